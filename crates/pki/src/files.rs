@@ -1,0 +1,113 @@
+//! Crash-safe, permission-aware file writes and checks for secret files.
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Why a file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The target exists and the caller did not ask to replace it.
+    #[error("{path}: already exists; pass --force to replace it")]
+    Exists {
+        /// The file that exists.
+        path: PathBuf,
+    },
+    /// An I/O error while writing, syncing or renaming.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file being written.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Writes `bytes` to `path` so that a crash at any point leaves either the old
+/// file or the complete new one: a temporary file in the same directory is
+/// written with `mode`, fsynced, renamed over the target, and the directory is
+/// fsynced. Without `replace`, an existing target is an error.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<(), WriteError> {
+    let io_err = |source| WriteError::Io { path: path.to_owned(), source };
+    if !replace && path.exists() {
+        return Err(WriteError::Exists { path: path.to_owned() });
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| io_err(io::Error::other("no file name")))?;
+    let tmp = dir.join(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        // The mode given to open() is masked by the umask; set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        if !replace && path.exists() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        fs::rename(&tmp, path)?;
+        File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => WriteError::Exists { path: path.to_owned() },
+        _ => io_err(e),
+    })
+}
+
+/// A secret file that group or others can reach.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: private key is accessible by group or others (mode {mode:04o}); \
+     fix it with `chmod 600 {path}`"
+)]
+pub struct ExposedSecret {
+    /// The offending file.
+    pub path: PathBuf,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+/// Refuses a secret file whose permissions let group or others read or write it.
+pub fn check_secret_mode(path: &Path, meta: &fs::Metadata) -> Result<(), ExposedSecret> {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(ExposedSecret { path: path.to_owned(), mode });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_mode_and_refuses_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.key");
+        write_atomic(&p, b"one", 0o600, false).unwrap();
+        let meta = fs::metadata(&p).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(matches!(write_atomic(&p, b"two", 0o600, false), Err(WriteError::Exists { .. })));
+        assert_eq!(fs::read(&p).unwrap(), b"one");
+        write_atomic(&p, b"two", 0o600, true).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        // no temporary files are left behind
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn exposed_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.key");
+        write_atomic(&p, b"x", 0o640, false).unwrap();
+        let err = check_secret_mode(&p, &fs::metadata(&p).unwrap()).unwrap_err();
+        assert_eq!(err.mode, 0o640);
+        assert!(err.to_string().contains("chmod 600"));
+    }
+}
