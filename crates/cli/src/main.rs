@@ -1,1 +1,79 @@
-fn main(){}
+//! `sealtls`: one binary, one subcommand per job.
+mod bench;
+mod endpoints;
+mod pki;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sealtls_endpoint::Failure;
+
+/// TLS endpoints whose dangerous parts are kept apart.
+#[derive(Parser)]
+#[command(name = "sealtls", version, about, propagate_version = true)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a development CA and issue certificates.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Describe certificates, chains and keys, with warnings in plain words.
+    Inspect(pki::InspectArgs),
+    /// Run a TLS echo / sink / handshake server.
+    Serve(endpoints::ServeArgs),
+    /// Connect to a TLS server, print what was negotiated, relay data.
+    Connect(endpoints::ConnectArgs),
+    /// Stream a file through an echo or sink server and check it.
+    Send(endpoints::SendArgs),
+    /// Run the whole stack on loopback with a development PKI.
+    Up(up::UpArgs),
+    /// Measure against openssl s_server in the same run.
+    Bench(bench::BenchArgs),
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Prints a failure as two lines (what, fix) and turns it into its exit code.
+pub fn report(failure: &Failure) -> ExitCode {
+    eprintln!("error: {failure}");
+    ExitCode::from(failure.class.exit_code() as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Pki(cmd) => pki::run(cmd),
+            Command::Inspect(args) => pki::inspect(args),
+            Command::Serve(args) => endpoints::serve(args).await,
+            Command::Connect(args) => endpoints::connect(args).await,
+            Command::Send(args) => endpoints::send(args).await,
+            Command::Up(args) => up::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => report(&failure),
+    }
+}

@@ -1,0 +1,14 @@
+//! TLS endpoints for sealtls: rustls configurations built from files,
+//! certificate verifiers that explain refusals, a multi-connection echo
+//! server, a client that reports what was negotiated, and bulk transfers.
+pub mod client;
+pub mod explain;
+pub mod net;
+pub mod server;
+pub mod session;
+pub mod settings;
+pub mod transfer;
+pub mod verify;
+
+pub use explain::{Failure, FailureClass};
+pub use settings::{ClientAuthMode, TlsVersions};

@@ -1,0 +1,297 @@
+//! `sealtls serve`, `connect` and `send`.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use rustls::sign::SingleCertAndKey;
+use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
+use sealtls_endpoint::net::bind;
+use sealtls_endpoint::server::{Mode, Server, ServerOptions};
+use sealtls_endpoint::settings::{certified_key, Anchors, ClientSettings, ServerSettings, ServerTls};
+use sealtls_endpoint::transfer::{send_file, Expect};
+use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
+use sealtls_pki::inspect::CertFacts;
+use sealtls_pki::{load_certs, load_key};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+/// The server's identity and trust, by file.
+#[derive(Args, Clone)]
+pub struct ServerFiles {
+    /// Certificate chain, leaf first (PEM or DER).
+    #[arg(long, visible_alias = "certificate")]
+    pub cert: PathBuf,
+    /// Private key: PKCS#8, SEC1 or PKCS#1, PEM or DER, mode 0600.
+    #[arg(long, visible_alias = "private-key")]
+    pub key: PathBuf,
+    /// CA certificates whose client certificates are accepted.
+    #[arg(long, visible_alias = "ca-certificate")]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: SocketAddr,
+    /// Port to listen on (overrides the port of --listen).
+    #[arg(short = 'p', long)]
+    port: Option<u16>,
+    #[command(flatten)]
+    files: ServerFiles,
+    /// Client certificates: none, optional or required (default: required with --ca).
+    #[arg(long)]
+    client_auth: Option<ClientAuthMode>,
+    /// TLS versions: 1.2, 1.3 or any.
+    #[arg(long, default_value = "any")]
+    tls: TlsVersions,
+    /// echo (bytes go back), handshake (close after the handshake) or sink (discard).
+    #[arg(long, default_value = "echo")]
+    mode: Mode,
+}
+
+fn config_failure(e: impl std::fmt::Display) -> Failure {
+    Failure::config(e)
+}
+
+/// Warns at start about a leaf that clients will refuse, with the remedy.
+fn warn_about_leaf(chain: &[rustls_pki_types::CertificateDer<'_>], origin: &Path) {
+    let Some(facts) = chain.first().and_then(|c| CertFacts::from_der(c).ok()) else { return };
+    for w in facts.warnings(true) {
+        warn!(file = %origin.display(), subject = %facts.subject, "clients will refuse this certificate: {w}");
+    }
+    if !facts.warnings(true).is_empty() {
+        warn!("reissue it with `sealtls pki issue server --dir DIR --name NAME`, or with openssl pass `-extfile FILE -extensions SECTION` carrying subjectAltName and basicConstraints=CA:FALSE");
+    }
+}
+
+/// Loads a certificate chain and key into a static server identity.
+pub fn static_identity(cert: &Path, key: &Path) -> Result<Arc<SingleCertAndKey>, Failure> {
+    let chain = load_certs(cert).map_err(config_failure)?;
+    warn_about_leaf(&chain, cert);
+    let key_der = load_key(key).map_err(config_failure)?;
+    let certified = certified_key(chain, &key_der, &cert.display().to_string(), &key.display().to_string()).map_err(config_failure)?;
+    Ok(Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(certified))))
+}
+
+fn anchors(path: &Path) -> Result<Anchors, Failure> {
+    Ok(Anchors { origin: path.display().to_string(), certs: load_certs(path).map_err(config_failure)? })
+}
+
+/// Builds a server's TLS from files.
+pub fn server_tls(files: &ServerFiles, client_auth: Option<ClientAuthMode>, versions: TlsVersions) -> Result<ServerTls, Failure> {
+    let client_ca = files.ca.as_deref().map(anchors).transpose()?;
+    let client_auth = client_auth.unwrap_or(if client_ca.is_some() { ClientAuthMode::Required } else { ClientAuthMode::None });
+    let settings = ServerSettings { identity: static_identity(&files.cert, &files.key)?, client_ca, client_auth, versions };
+    ServerTls::new(settings).map_err(config_failure)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let tls = server_tls(&args.files, args.client_auth, args.tls)?;
+    let mut addr = args.listen;
+    if let Some(port) = args.port {
+        addr.set_port(port);
+    }
+    let listener = bind(addr).await?;
+    let local = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, e.to_string(), "retry"))?;
+    info!(listen = %local, mode = ?args.mode, tls = %args.tls, "serving");
+    let server = Server::new(tls, ServerOptions { mode: args.mode, ..Default::default() });
+    server.run(listener, shutdown_signal()).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Whom the client trusts and who it is.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Server as HOST:PORT.
+    target: Option<String>,
+    /// Server host (with -p), as in mbedtls_script_client.
+    #[arg(long)]
+    server: Option<String>,
+    /// Server port for --server.
+    #[arg(short = 'p', long, default_value_t = 4433)]
+    port: u16,
+    /// Name to verify the certificate against (default: the host).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// CA certificates to trust (default: the system's).
+    #[arg(long, visible_alias = "ca-certificate")]
+    ca: Option<PathBuf>,
+    /// Our certificate chain, for servers that ask for one.
+    #[arg(long, visible_alias = "certificate", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Our private key.
+    #[arg(long, visible_alias = "private-key", requires = "cert")]
+    key: Option<PathBuf>,
+    /// TLS versions: 1.2, 1.3 or any.
+    #[arg(long, default_value = "any")]
+    tls: TlsVersions,
+    /// Seconds to wait for the connection and handshake.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ClientArgs {
+    fn target(&self) -> Result<String, Failure> {
+        match (&self.target, &self.server) {
+            (Some(t), _) => Ok(t.clone()),
+            (None, Some(host)) if host.contains(':') && !host.starts_with('[') => Ok(format!("[{host}]:{}", self.port)),
+            (None, Some(host)) => Ok(format!("{host}:{}", self.port)),
+            (None, None) => Err(Failure::new(FailureClass::Usage, "no server given", "give HOST:PORT, or --server HOST [-p PORT]")),
+        }
+    }
+
+    fn settings(&self) -> Result<ClientSettings, Failure> {
+        let trust = match &self.ca {
+            Some(path) => anchors(path)?,
+            None => Anchors::system().map_err(config_failure)?,
+        };
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let chain = load_certs(cert).map_err(config_failure)?;
+                let key_der = load_key(key).map_err(config_failure)?;
+                Some(certified_key(chain, &key_der, &cert.display().to_string(), &key.display().to_string()).map_err(config_failure)?)
+            }
+            _ => None,
+        };
+        Ok(ClientSettings { trust, identity, versions: self.tls })
+    }
+
+    async fn open(&self) -> Result<(String, Connected), Failure> {
+        let target = self.target()?;
+        let connected = tls_connect(&target, self.server_name.as_deref(), &self.settings()?, Duration::from_secs(self.timeout)).await?;
+        Ok((target, connected))
+    }
+}
+
+#[derive(Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Send this text, print what comes back, and close.
+    #[arg(long)]
+    send: Option<String>,
+}
+
+fn print_session(s: &ClientSession) {
+    eprintln!("connected to {} as {}", s.peer, s.server_name);
+    eprintln!("  version             {}", s.info.version);
+    eprintln!("  cipher suite        {}", s.info.suite);
+    eprintln!("  key exchange        {}", s.info.group);
+    eprintln!("  signature scheme    {}", s.signature_scheme);
+    eprintln!("  client certificate  {}", s.client_certificate);
+    for (i, subject) in s.info.peer_chain.iter().enumerate() {
+        eprintln!("  peer chain #{i}       {subject}");
+    }
+    eprintln!("  verification        {}", s.verification);
+}
+
+pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
+    let (target, Connected { mut stream, session, early_data }) = match args.client.open().await {
+        Ok(c) => c,
+        Err(f) if args.client.json => {
+            println!("{}", serde_json::json!({ "ok": false, "error": f }));
+            return Err(f);
+        }
+        Err(f) => return Err(f),
+    };
+    let peer_err = |e: std::io::Error| sealtls_endpoint::explain::explain(&e, &Default::default(), sealtls_endpoint::explain::Side::Client, &target);
+    match args.send {
+        Some(text) => {
+            stream.write_all(text.as_bytes()).await.map_err(peer_err)?;
+            stream.flush().await.map_err(peer_err)?;
+            let mut received = early_data;
+            let mut buf = vec![0u8; 16 * 1024];
+            // An echo server returns exactly what was sent; stop then, at EOF, or after a quiet second.
+            while received.len() < text.len() {
+                match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+                    Ok(Ok(0)) | Err(_) => break,
+                    Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+                    Ok(Err(e)) => return Err(peer_err(e)),
+                }
+            }
+            let _ = stream.shutdown().await;
+            let received = String::from_utf8_lossy(&received).into_owned();
+            if args.client.json {
+                println!("{}", serde_json::json!({ "ok": true, "session": session, "received": received }));
+            } else {
+                print_session(&session);
+                print!("{received}");
+            }
+        }
+        None => {
+            if args.client.json {
+                println!("{}", serde_json::json!({ "ok": true, "session": session }));
+            } else {
+                print_session(&session);
+            }
+            tokio::io::stdout().write_all(&early_data).await.ok();
+            relay_stdio(stream).await.map_err(peer_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies stdin to the server and the server to stdout; at stdin's end,
+/// sends close_notify and drains what the server still sends.
+async fn relay_stdio(stream: sealtls_endpoint::client::ClientStream) -> std::io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let upstream = async {
+        tokio::io::copy(&mut tokio::io::stdin(), &mut wr).await?;
+        wr.shutdown().await
+    };
+    let mut stdout = tokio::io::stdout();
+    let downstream = async {
+        tokio::io::copy(&mut rd, &mut stdout).await?;
+        stdout.flush().await
+    };
+    tokio::try_join!(upstream, downstream)?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The file to send.
+    #[arg(long)]
+    file: PathBuf,
+    /// What the server does: echo (compare SHA-256 of what returns) or sink (compare the count it reports).
+    #[arg(long, default_value = "echo", value_parser = ["echo", "sink"])]
+    expect: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub async fn send(args: SendArgs) -> Result<(), Failure> {
+    let (target, connected) = args.client.open().await?;
+    let expect = if args.expect == "sink" { Expect::Sink } else { Expect::Echo };
+    let show = !args.quiet && !args.client.json;
+    let report = send_file(connected.stream, &args.file, expect, show, &target).await?;
+    if args.client.json {
+        println!("{}", serde_json::json!({ "ok": true, "session": connected.session, "transfer": report }));
+    } else {
+        println!(
+            "sent {} bytes in {:.2} s ({:.1} MiB/s) over {} {}; {} confirmed, sha256 {}",
+            report.bytes_sent, report.seconds, report.mib_per_s, connected.session.info.version, connected.session.info.suite,
+            if expect == Expect::Echo { "echo" } else { "count" }, report.sha256
+        );
+    }
+    Ok(())
+}

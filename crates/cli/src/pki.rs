@@ -1,0 +1,140 @@
+//! `sealtls pki ...` and `sealtls inspect`.
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_pki::inspect::{inspect as inspect_inputs, Item};
+use sealtls_pki::issue::{init_ca, issue_leaf, KeyType, LeafKind};
+
+#[derive(Subcommand)]
+pub enum PkiCommand {
+    /// Create a CA: DIR/ca.pem and DIR/ca.key.
+    Init {
+        /// Directory for the CA files (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Common name of the CA.
+        #[arg(long, default_value = "sealtls development CA")]
+        cn: String,
+        /// Key algorithm.
+        #[arg(long, default_value = "ecdsa-p256")]
+        key_type: KeyType,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a server or client certificate signed by the CA in DIR.
+    Issue {
+        /// server (serverAuth) or client (clientAuth).
+        #[arg(value_parser = ["server", "client"])]
+        kind: String,
+        /// Directory holding ca.pem and ca.key; NAME.pem and NAME.key go there.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Certificate name: its CN and file name.
+        #[arg(long)]
+        name: String,
+        /// Subject alternative names (DNS names or IP addresses); default NAME,
+        /// plus 127.0.0.1 and ::1 for localhost.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Key algorithm.
+        #[arg(long, default_value = "ecdsa-p256")]
+        key_type: KeyType,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Certificate, chain or key files (PEM or DER).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: PkiCommand) -> Result<(), Failure> {
+    let issued = match cmd {
+        PkiCommand::Init { dir, cn, key_type, days, force } => init_ca(&dir, &cn, key_type, days, force),
+        PkiCommand::Issue { kind, dir, name, sans, key_type, days, force } => {
+            let kind = if kind == "server" { LeafKind::Server } else { LeafKind::Client };
+            issue_leaf(&dir, kind, &name, &sans, key_type, days, force)
+        }
+    }
+    .map_err(Failure::config)?;
+    println!("wrote {} and {} (mode 0600)", issued.cert_path.display(), issued.key_path.display());
+    Ok(())
+}
+
+pub fn inspect(args: InspectArgs) -> Result<(), Failure> {
+    let mut inputs = Vec::new();
+    for path in &args.files {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Failure::new(FailureClass::Config, format!("{}: cannot read: {e}", path.display()), "check the path"))?;
+        inputs.push((path.display().to_string(), bytes));
+    }
+    let items = inspect_inputs(&inputs);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&items).expect("items serialise"));
+    } else {
+        for item in &items {
+            print_item(item);
+        }
+    }
+    match items.iter().any(|i| matches!(i, Item::Error { .. })) {
+        true => Err(Failure::new(FailureClass::Config, "some inputs could not be read as certificates or keys", "see the errors above")),
+        false => Ok(()),
+    }
+}
+
+fn print_item(item: &Item) {
+    match item {
+        Item::Certificate { source, index, facts, warnings } => {
+            println!("{source} #{index}: certificate");
+            let rows = [
+                ("subject", facts.subject.clone()),
+                ("issuer", facts.issuer.clone()),
+                ("serial", facts.serial.clone()),
+                ("version", facts.version.to_string()),
+                ("SANs", if facts.has_san_extension { facts.sans.join(", ") } else { "(none)".into() }),
+                ("key", facts.key.clone()),
+                ("signature", facts.signature_algorithm.clone()),
+                ("EKU", facts.extended_key_usage.as_ref().map_or("(none)".into(), |e| e.join(", "))),
+                ("basicConstraints", facts.basic_constraints.clone().unwrap_or_else(|| "(none)".into())),
+                ("keyUsage", facts.key_usage.clone().unwrap_or_else(|| "(none)".into())),
+                ("valid", format!("{} to {} ({} days left)", facts.not_before, facts.not_after, facts.days_left)),
+                ("SHA-256", facts.sha256.clone()),
+            ];
+            print_rows(&rows, warnings);
+        }
+        Item::PrivateKey { source, facts, matches, warnings } => {
+            println!("{source}: private key");
+            let rows = [
+                ("key", facts.key.clone()),
+                ("encoding", facts.encoding.to_owned()),
+                ("matches", matches.clone().unwrap_or_else(|| "(no certificate given)".into())),
+            ];
+            print_rows(&rows, warnings);
+        }
+        Item::Error { source, error } => println!("{source}: error: {error}"),
+    }
+}
+
+fn print_rows(rows: &[(&str, String)], warnings: &[String]) {
+    for (k, v) in rows {
+        println!("  {k:<17} {v}");
+    }
+    for w in warnings {
+        println!("  WARNING: {w}");
+    }
+}

@@ -1,0 +1,123 @@
+//! A TLS client that reports what was negotiated and explains failures.
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::explain::{explain, Failure, FailureClass, Side};
+use crate::net::{buffered, Buffered};
+use crate::session::SessionInfo;
+use crate::settings::ClientSettings;
+
+/// A client TLS stream.
+pub type ClientStream = TlsStream<Buffered>;
+
+/// The summary printed after a successful handshake.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientSession {
+    /// The address connected to.
+    pub peer: String,
+    /// The name verified against the certificate.
+    pub server_name: String,
+    /// Negotiated parameters.
+    #[serde(flatten)]
+    pub info: SessionInfo,
+    /// The scheme the server signed the handshake with.
+    pub signature_scheme: String,
+    /// Verification result.
+    pub verification: String,
+    /// Whether the server asked for our certificate and whether we sent one.
+    pub client_certificate: &'static str,
+}
+
+/// A connected, verified stream and its summary.
+pub struct Connected {
+    /// The TLS stream.
+    pub stream: ClientStream,
+    /// What was negotiated.
+    pub session: ClientSession,
+    /// Application data read while confirming the server accepted us.
+    pub early_data: Vec<u8>,
+}
+
+/// Splits `HOST:PORT` (IPv6 in brackets) and gives the host part.
+pub fn host_of(target: &str) -> Result<&str, Failure> {
+    let usage = || Failure::new(FailureClass::Usage, format!("`{target}` is not HOST:PORT"), "write the address as HOST:PORT, e.g. 127.0.0.1:4433 or [::1]:4433");
+    let (host, port) = target.rsplit_once(':').ok_or_else(usage)?;
+    port.parse::<u16>().map_err(|_| usage())?;
+    Ok(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
+async fn tcp_connect(target: &str, timeout: Duration) -> Result<TcpStream, Failure> {
+    let attempt = async {
+        let addrs = tokio::net::lookup_host(target).await?;
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address");
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(explain(&e, &Default::default(), Side::Client, target)),
+        Err(_) => Err(explain(&std::io::ErrorKind::TimedOut.into(), &Default::default(), Side::Client, target)),
+    }
+}
+
+/// Connects to `target`, verifies the server as `server_name` (default: the
+/// host part of `target`) and, when we presented a certificate over TLS 1.3,
+/// waits briefly for the server's verdict on it, which arrives after the
+/// client considers the handshake done.
+pub async fn connect(target: &str, server_name: Option<&str>, settings: &ClientSettings, timeout: Duration) -> Result<Connected, Failure> {
+    let name_text = server_name.map_or_else(|| host_of(target).map(str::to_owned), |n| Ok(n.to_owned()))?;
+    let name = ServerName::try_from(name_text.clone()).map_err(|_| {
+        Failure::new(FailureClass::Usage, format!("`{name_text}` is not a valid server name"), "give a DNS name or an IP address with --server-name")
+    })?;
+    let (config, seen) = settings.config().map_err(Failure::config)?;
+    let tcp = tcp_connect(target, timeout).await?;
+    let handshake = TlsConnector::from(config).connect(name, buffered(tcp));
+    let mut stream = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(explain(&e, &seen, Side::Client, target)),
+        Err(_) => return Err(explain(&std::io::ErrorKind::TimedOut.into(), &seen, Side::Client, target)),
+    };
+    let info = SessionInfo::of(stream.get_ref().1);
+    let mut early_data = Vec::new();
+    if seen.cert_sent() && info.version == "TLSv1.3" {
+        let mut buf = vec![0u8; 16 * 1024];
+        for _ in 0..50 {
+            if seen.ticket_received() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(10), stream.read(&mut buf)).await {
+                Ok(Ok(n)) => {
+                    early_data.extend_from_slice(&buf[..n]);
+                    break;
+                }
+                Ok(Err(e)) => return Err(explain(&e, &seen, Side::Client, target)),
+                Err(_) => {}
+            }
+        }
+    }
+    let client_certificate = match (seen.cert_requested(), seen.cert_sent()) {
+        (false, _) => "not requested",
+        (true, true) => "sent",
+        (true, false) => "requested, none sent",
+    };
+    let session = ClientSession {
+        peer: target.to_owned(),
+        server_name: name_text.clone(),
+        signature_scheme: seen.peer_signature().map_or("none".to_owned(), |s| format!("{s:?}")),
+        verification: format!("OK: chain to a trusted CA ({}), valid for {name_text}", settings.trust.origin),
+        info,
+        client_certificate,
+    };
+    Ok(Connected { stream, session, early_data })
+}

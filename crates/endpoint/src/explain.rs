@@ -1,0 +1,297 @@
+//! Failures explained: what went wrong and how to fix it, with a class that
+//! maps to a stable process exit code.
+use std::fmt;
+use std::io;
+
+use rustls::{AlertDescription, Error as TlsError, PeerIncompatible};
+
+use crate::verify::Observation;
+
+/// Kinds of failure; each has a stable exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// Bad command line (2).
+    Usage,
+    /// A file or configuration could not be used (3).
+    Config,
+    /// The network failed: refused, reset, timed out, closed (4).
+    Network,
+    /// The peer's certificate was not trusted (5).
+    PeerNotTrusted,
+    /// The peer refused us, usually our certificate (6).
+    Rejected,
+    /// The peers could not agree, or one does not speak TLS properly (7).
+    Protocol,
+    /// Data came back different from what was sent (8).
+    DataMismatch,
+}
+
+impl FailureClass {
+    /// The process exit code for this class.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Usage => 2,
+            Self::Config => 3,
+            Self::Network => 4,
+            Self::PeerNotTrusted => 5,
+            Self::Rejected => 6,
+            Self::Protocol => 7,
+            Self::DataMismatch => 8,
+        }
+    }
+}
+
+/// A failure with its explanation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Failure {
+    /// Kind of failure.
+    pub class: FailureClass,
+    /// What is wrong, in one line.
+    pub what: String,
+    /// How to fix it, in one line.
+    pub fix: String,
+}
+
+impl Failure {
+    /// A failure of the given class.
+    pub fn new(class: FailureClass, what: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { class, what: what.into(), fix: fix.into() }
+    }
+    /// A configuration failure. sealtls error messages put the remedy after
+    /// the first `"; "`; messages without one get a generic remedy.
+    pub fn config(err: impl fmt::Display) -> Self {
+        let text = err.to_string();
+        match text.split_once("; ") {
+            Some((what, fix)) => Self::new(FailureClass::Config, what, fix),
+            None => Self::new(FailureClass::Config, text, "check the file's path, permissions and contents"),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\n  fix: {}", self.what, self.fix)
+    }
+}
+
+/// Which end of the connection we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// We connected.
+    Client,
+    /// We accepted.
+    Server,
+}
+
+impl Side {
+    fn peer(self) -> &'static str {
+        match self {
+            Self::Client => "server",
+            Self::Server => "client",
+        }
+    }
+}
+
+/// The rustls error inside an I/O error from tokio-rustls, if any.
+pub fn tls_error(err: &io::Error) -> Option<&TlsError> {
+    err.get_ref().and_then(|e| e.downcast_ref::<TlsError>())
+}
+
+/// Alert names as in RFC 8446 (`unknown_ca`, not `UnknownCA`).
+pub fn alert_name(alert: AlertDescription) -> String {
+    let debug = format!("{alert:?}");
+    let mut out = String::new();
+    for (i, ch) in debug.chars().enumerate() {
+        let prev_lower = i > 0 && debug.chars().nth(i - 1).is_some_and(|c| c.is_ascii_lowercase());
+        if ch.is_ascii_uppercase() && prev_lower {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+fn is_version_problem(p: &PeerIncompatible) -> bool {
+    use PeerIncompatible as P;
+    matches!(
+        p,
+        P::ServerDoesNotSupportTls12Or13
+            | P::ServerTlsVersionIsDisabledByOurConfig
+            | P::SupportedVersionsExtensionRequired
+            | P::Tls12NotOffered
+            | P::Tls12NotOfferedOrEnabled
+    )
+}
+
+fn version_mismatch(side: Side) -> Failure {
+    let peer = side.peer();
+    Failure::new(
+        FailureClass::Protocol,
+        format!("protocol version mismatch: the {peer} and we have no TLS version in common"),
+        format!("allow a version the {peer} speaks (--tls 1.2, 1.3 or any on our side; -tls1_2 / -tls1_3 on openssl)"),
+    )
+}
+
+/// Explains a failed handshake or transfer. `seen` is what the handshake's
+/// verifiers observed; `peer` names the other end for messages.
+pub fn explain(err: &io::Error, seen: &Observation, side: Side, peer: &str) -> Failure {
+    match tls_error(err) {
+        Some(tls) => explain_tls(tls, seen, side, peer),
+        None => explain_io(err, side, peer),
+    }
+}
+
+fn explain_tls(err: &TlsError, seen: &Observation, side: Side, peer: &str) -> Failure {
+    use FailureClass as C;
+    let peer_role = side.peer();
+    match err {
+        TlsError::InvalidCertificate(ce) => match seen.diagnosis() {
+            Some(d) => Failure::new(C::PeerNotTrusted, d.what(), d.fix()),
+            None => Failure::new(C::PeerNotTrusted, format!("the {peer_role} certificate was refused: {ce:?}"), "check it with `sealtls inspect FILE`"),
+        },
+        TlsError::NoCertificatesPresented => Failure::new(
+            C::PeerNotTrusted,
+            format!("client {peer} sent no certificate, but this server requires one"),
+            "the client must present a certificate issued by the CA in --ca (sealtls connect --cert F --key F; openssl s_client -cert F -key F)",
+        ),
+        TlsError::AlertReceived(alert) => explain_alert(*alert, seen, side, peer),
+        TlsError::PeerIncompatible(p) if is_version_problem(p) => version_mismatch(side),
+        TlsError::PeerIncompatible(p) => Failure::new(
+            C::Protocol,
+            format!("the {peer_role} {peer} and we share no usable parameters ({p:?})"),
+            "allow a common cipher suite, key-exchange group and signature scheme on both sides (check --tls and the key type)",
+        ),
+        TlsError::InvalidMessage(_) | TlsError::InappropriateMessage { .. } | TlsError::InappropriateHandshakeMessage { .. } => {
+            Failure::new(
+                C::Protocol,
+                format!("{peer} does not speak TLS here: it sent bytes that are not a valid TLS message ({err})"),
+                match side {
+                    Side::Client => "check the port: it may be a plain-text or HTTP service rather than TLS",
+                    Side::Server => "the client must speak TLS to this port (plain-text and HTTP clients are refused)",
+                },
+            )
+        }
+        TlsError::PeerMisbehaved(m) => Failure::new(C::Protocol, format!("{peer} broke the TLS protocol ({m:?})"), "report this peer's TLS implementation"),
+        TlsError::DecryptError => Failure::new(
+            C::Protocol,
+            format!("a record from {peer} failed to decrypt: data corrupted in transit or keys out of step"),
+            "retry; if it persists, look for a middlebox altering the traffic",
+        ),
+        other => Failure::new(C::Protocol, format!("TLS failure with {peer}: {other}"), "run with RUST_LOG=debug for details"),
+    }
+}
+
+fn explain_alert(alert: AlertDescription, seen: &Observation, side: Side, peer: &str) -> Failure {
+    use AlertDescription as A;
+    use FailureClass as C;
+    let name = alert_name(alert);
+    let peer_role = side.peer();
+    let no_cert_sent = seen.cert_requested() && !seen.cert_sent();
+    match alert {
+        A::CertificateRequired => client_cert_missing(peer, &name),
+        A::HandshakeFailure if side == Side::Client && no_cert_sent => client_cert_missing(peer, &name),
+        A::ProtocolVersion => version_mismatch(side),
+        A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::UnsupportedCertificate | A::CertificateExpired
+        | A::CertificateRevoked | A::AccessDenied | A::DecryptError
+            if side == Side::Server || seen.cert_sent() =>
+        {
+            let (whose, fix) = match side {
+                Side::Client => (
+                    "our client certificate",
+                    "check it with `sealtls inspect FILE`, and use a certificate issued by a CA in the server's --ca (or add our CA there)",
+                ),
+                Side::Server => (
+                    "this server's certificate",
+                    "give the client the CA that issued this server's certificate (openssl s_client -CAfile, sealtls connect --ca), or check the name it connects to",
+                ),
+            };
+            let reason = match alert {
+                A::UnknownCA => "it does not trust the CA that issued it",
+                A::CertificateExpired => "it considers the certificate expired or not yet valid",
+                A::BadCertificate | A::UnsupportedCertificate => "it found the certificate unusable (wrong name, key usage, CA flag or encoding)",
+                A::AccessDenied => "the certificate is valid but not allowed in",
+                A::DecryptError => "the handshake signature did not verify",
+                _ => "it did not accept the certificate",
+            };
+            Failure::new(C::Rejected, format!("the {peer_role} {peer} rejected {whose} (alert {name}): {reason}"), fix)
+        }
+        A::HandshakeFailure => Failure::new(
+            C::Protocol,
+            format!("the {peer_role} {peer} aborted the handshake (alert handshake_failure): no common cipher suite, group or signature scheme"),
+            "allow common parameters on both sides (check --tls, key types, and the peer's cipher settings)",
+        ),
+        A::UnrecognisedName => Failure::new(
+            C::Rejected,
+            format!("the {peer_role} {peer} does not serve the name we asked for (alert unrecognized_name)"),
+            "connect with a name it serves (--server-name)",
+        ),
+        _ => Failure::new(C::Protocol, format!("the {peer_role} {peer} aborted the connection with alert {name}"), "look at the peer's log for the reason"),
+    }
+}
+
+fn client_cert_missing(peer: &str, alert: &str) -> Failure {
+    Failure::new(
+        FailureClass::Rejected,
+        format!("server {peer} requires a client certificate and none was sent (alert {alert})"),
+        "pass --cert FILE --key FILE with a certificate issued by a CA the server trusts",
+    )
+}
+
+fn explain_io(err: &io::Error, side: Side, peer: &str) -> Failure {
+    use io::ErrorKind as K;
+    use FailureClass as C;
+    let peer_role = side.peer();
+    match err.kind() {
+        K::ConnectionRefused => Failure::new(C::Network, format!("nothing accepts connections at {peer}"), "start the server, or check the host and port"),
+        K::TimedOut => Failure::new(C::Network, format!("{peer} did not answer in time"), "check that the host is reachable and the port is right; raise --timeout for slow links"),
+        K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe => Failure::new(
+            C::Network,
+            format!("the {peer_role} {peer} closed the connection unexpectedly ({err})"),
+            match side {
+                Side::Client => "the server may have refused us without an alert (wrong TLS version, or not a TLS port): check its log",
+                Side::Server => "the client gave up, or it is not a TLS client",
+            },
+        ),
+        _ => Failure::new(C::Network, format!("network error with {peer}: {err}"), "check the address and that the peer is running"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_names_follow_the_rfc() {
+        assert_eq!(alert_name(AlertDescription::UnknownCA), "unknown_ca");
+        assert_eq!(alert_name(AlertDescription::CertificateRequired), "certificate_required");
+        assert_eq!(alert_name(AlertDescription::BadCertificate), "bad_certificate");
+        assert_eq!(alert_name(AlertDescription::ProtocolVersion), "protocol_version");
+    }
+
+    #[test]
+    fn exit_codes_are_stable() {
+        let codes: Vec<i32> = [
+            FailureClass::Usage,
+            FailureClass::Config,
+            FailureClass::Network,
+            FailureClass::PeerNotTrusted,
+            FailureClass::Rejected,
+            FailureClass::Protocol,
+            FailureClass::DataMismatch,
+        ]
+        .iter()
+        .map(|c| c.exit_code())
+        .collect();
+        assert_eq!(codes, vec![2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn certificate_required_alert_means_we_sent_none() {
+        let seen = Observation::default();
+        let err = io::Error::new(io::ErrorKind::InvalidData, TlsError::AlertReceived(AlertDescription::CertificateRequired));
+        let f = explain(&err, &seen, Side::Client, "127.0.0.1:1");
+        assert_eq!(f.class, FailureClass::Rejected);
+        assert!(f.what.contains("requires a client certificate"));
+    }
+}

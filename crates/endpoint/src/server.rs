@@ -1,0 +1,213 @@
+//! A TLS server for many concurrent connections: echo, sink or
+//! handshake-only, with one log line at the start and end of each session.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::explain::{explain, Side};
+use crate::net::buffered;
+use crate::session::SessionInfo;
+use crate::settings::ServerTls;
+
+/// What the server does with application data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Write every received chunk straight back.
+    Echo,
+    /// Finish the handshake, send close_notify, close.
+    Handshake,
+    /// Read and discard; on the client's close, report the byte count.
+    Sink,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "echo" => Ok(Self::Echo),
+            "handshake" => Ok(Self::Handshake),
+            "sink" => Ok(Self::Sink),
+            _ => Err(format!("unknown mode `{s}`; choose echo, handshake or sink")),
+        }
+    }
+}
+
+/// The line a sink server sends after the client's close_notify.
+pub fn sink_report(bytes: u64) -> String {
+    format!("sealtls-sink bytes={bytes}\n")
+}
+
+/// Counters over the server's lifetime.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Handshakes completed.
+    pub handshakes: AtomicU64,
+    /// Handshakes that failed.
+    pub failed: AtomicU64,
+    /// Application bytes received.
+    pub bytes_in: AtomicU64,
+    /// Application bytes sent.
+    pub bytes_out: AtomicU64,
+}
+
+/// Server limits and behaviour.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// What to do with data.
+    pub mode: Mode,
+    /// A handshake not finished in this time is abandoned.
+    pub handshake_timeout: Duration,
+    /// Connections beyond this wait in the listen backlog.
+    pub max_connections: usize,
+    /// On shutdown, open sessions get this long to finish.
+    pub grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { mode: Mode::Echo, handshake_timeout: Duration::from_secs(10), max_connections: 10_000, grace: Duration::from_secs(2) }
+    }
+}
+
+/// A running server's shared state.
+pub struct Server {
+    tls: ServerTls,
+    options: ServerOptions,
+    /// Lifetime counters.
+    pub stats: ServerStats,
+}
+
+impl Server {
+    /// A server with the given TLS configuration.
+    pub fn new(tls: ServerTls, options: ServerOptions) -> Arc<Self> {
+        Arc::new(Self { tls, options, stats: ServerStats::default() })
+    }
+
+    /// Accepts connections until `shutdown` completes, then gives open
+    /// sessions the grace period and closes the rest.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(self.options.max_connections));
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let server = self.clone();
+                    sessions.spawn(async move {
+                        server.handle(tcp, peer).await;
+                        drop(permit);
+                    });
+                }
+                // Out of descriptors or a connection reset before accept: keep serving.
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            while sessions.try_join_next().is_some() {}
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(self.options.grace, async { while sessions.join_next().await.is_some() {} }).await;
+        sessions.shutdown().await;
+    }
+
+    async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
+        let started = Instant::now();
+        let (config, seen) = self.tls.for_connection();
+        let handshake = TlsAcceptor::from(config).accept(buffered(tcp));
+        let mut stream = match tokio::time::timeout(self.options.handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let why = explain(&e, &seen, Side::Server, &peer.to_string());
+                warn!(%peer, reason = %why.what, fix = %why.fix, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(%peer, reason = "no complete handshake within the time limit", timeout_s = self.options.handshake_timeout.as_secs(), "handshake failed");
+                return;
+            }
+        };
+        self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+        let info = SessionInfo::of(stream.get_ref().1);
+        info!(%peer, version = %info.version, suite = %info.suite, group = %info.group, client = %info.peer_subject(), "session started");
+        let mut counts = Counts::default();
+        let result = match self.options.mode {
+            Mode::Echo => echo(&mut stream, &mut counts).await,
+            Mode::Sink => sink(&mut stream, &mut counts).await,
+            Mode::Handshake => stream.shutdown().await,
+        };
+        self.stats.bytes_in.fetch_add(counts.bytes_in, Ordering::Relaxed);
+        self.stats.bytes_out.fetch_add(counts.bytes_out, Ordering::Relaxed);
+        let ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => info!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, "session ended"),
+            Err(e) => {
+                let why = explain(&e, &seen, Side::Server, &peer.to_string());
+                warn!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, reason = %why.what, "session ended with an error");
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// Byte-stream echo: each chunk goes back as soon as it arrives; on the
+/// peer's close, what is pending is flushed and close_notify sent.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts) -> std::io::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        counts.bytes_in += n as u64;
+        stream.write_all(&buf[..n]).await?;
+        stream.flush().await?;
+        counts.bytes_out += n as u64;
+    }
+    stream.shutdown().await
+}
+
+async fn sink<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts) -> std::io::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        counts.bytes_in += n as u64;
+    }
+    let report = sink_report(counts.bytes_in);
+    stream.write_all(report.as_bytes()).await?;
+    counts.bytes_out += report.len() as u64;
+    stream.shutdown().await
+}

@@ -1,0 +1,274 @@
+//! What an endpoint is configured with, and the rustls configurations built
+//! from it.
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::{ResolvesClientCert, Resumption};
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::verify::{ExplainingClientVerifier, ExplainingServerVerifier, Observation, RecordingClientCert, TicketWatch};
+
+/// The process-wide crypto provider: aws-lc-rs.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
+}
+
+/// Which TLS versions an endpoint speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsVersions {
+    /// TLS 1.2 only.
+    V12,
+    /// TLS 1.3 only.
+    V13,
+    /// TLS 1.3 and 1.2.
+    #[default]
+    Any,
+}
+
+impl TlsVersions {
+    /// The rustls protocol versions.
+    pub fn rustls(self) -> &'static [&'static SupportedProtocolVersion] {
+        static V12: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
+        static V13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        static ANY: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
+        match self {
+            Self::V12 => &V12,
+            Self::V13 => &V13,
+            Self::Any => &ANY,
+        }
+    }
+}
+
+impl FromStr for TlsVersions {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "1.2" => Ok(Self::V12),
+            "1.3" => Ok(Self::V13),
+            "any" => Ok(Self::Any),
+            _ => Err(format!("unknown TLS version `{s}`; choose 1.2, 1.3 or any")),
+        }
+    }
+}
+
+impl fmt::Display for TlsVersions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V12 => "1.2",
+            Self::V13 => "1.3",
+            Self::Any => "any",
+        })
+    }
+}
+
+/// Whether a server asks clients for certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// Never ask.
+    None,
+    /// Ask; accept clients without one, verify those that send one.
+    Optional,
+    /// Ask and refuse clients without a valid certificate.
+    Required,
+}
+
+impl FromStr for ClientAuthMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "optional" => Ok(Self::Optional),
+            "required" => Ok(Self::Required),
+            _ => Err(format!("unknown client-auth mode `{s}`; choose none, optional or required")),
+        }
+    }
+}
+
+/// Why an endpoint could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The private key does not belong to the certificate.
+    #[error("{key}: this private key does not belong to the certificate in {cert}; give the key that was used to request that certificate")]
+    KeyMismatch {
+        /// Certificate origin.
+        cert: String,
+        /// Key origin.
+        key: String,
+    },
+    /// Client authentication was asked for without a CA to check clients against.
+    #[error("--client-auth {0} needs --ca FILE: the CA whose client certificates are accepted")]
+    ClientAuthWithoutCa(&'static str),
+    /// A trust anchor that rustls cannot use.
+    #[error("{origin}: certificate #{index} cannot be used as a trust anchor: {detail}")]
+    BadAnchor {
+        /// Where the anchors came from.
+        origin: String,
+        /// Position, from 1.
+        index: usize,
+        /// What rustls said.
+        detail: String,
+    },
+    /// The system trust store could not be read.
+    #[error("cannot load the system's trusted CAs: {0}; pass --ca FILE instead")]
+    SystemRoots(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration refused: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A certificate or key could not be loaded.
+    #[error(transparent)]
+    Load(#[from] sealtls_pki::LoadError),
+}
+
+/// Certificates to trust, and where they came from (for messages).
+#[derive(Clone, Debug)]
+pub struct Anchors {
+    /// Where the certificates came from.
+    pub origin: String,
+    /// The CA certificates.
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+impl Anchors {
+    fn root_store(&self) -> Result<RootCertStore, SetupError> {
+        let mut store = RootCertStore::empty();
+        for (i, cert) in self.certs.iter().enumerate() {
+            store.add(cert.clone()).map_err(|e| SetupError::BadAnchor {
+                origin: self.origin.clone(),
+                index: i + 1,
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(store)
+    }
+
+    /// The operating system's trusted CAs.
+    pub fn system() -> Result<Self, SetupError> {
+        let found = rustls_native_certs::load_native_certs();
+        if found.certs.is_empty() {
+            let why = found.errors.first().map_or("no certificates found".to_owned(), |e| e.to_string());
+            return Err(SetupError::SystemRoots(why));
+        }
+        Ok(Self { origin: "system trust store".into(), certs: found.certs })
+    }
+}
+
+/// A certificate chain with its private key, checked to belong together.
+/// The public keys are compared directly, so that a certificate webpki
+/// would refuse (version 1, say) can still be served and explained.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'_>,
+    cert_origin: &str,
+    key_origin: &str,
+) -> Result<Arc<CertifiedKey>, SetupError> {
+    let signer = sealtls_pki::load::signing_key(key, key_origin)?;
+    let leaf_spki = chain.first().and_then(|c| sealtls_pki::inspect::CertFacts::from_der(c).ok()).map(|f| f.spki);
+    let key_spki = signer.public_key().map(|k| k.as_ref().to_vec());
+    if leaf_spki.is_none() || key_spki.is_some_and(|k| Some(k) != leaf_spki) {
+        return Err(SetupError::KeyMismatch { cert: cert_origin.into(), key: key_origin.into() });
+    }
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+}
+
+/// How a server is configured.
+pub struct ServerSettings {
+    /// Picks the certificate and signing key for each handshake.
+    pub identity: Arc<dyn ResolvesServerCert>,
+    /// CAs whose client certificates are accepted.
+    pub client_ca: Option<Anchors>,
+    /// Whether clients are asked for certificates.
+    pub client_auth: ClientAuthMode,
+    /// TLS versions offered.
+    pub versions: TlsVersions,
+}
+
+/// A server's TLS configuration, ready to hand out per connection.
+pub struct ServerTls {
+    base: Arc<ServerConfig>,
+    versions: TlsVersions,
+    identity: Arc<dyn ResolvesServerCert>,
+    client_verifier: Option<(Arc<dyn ClientCertVerifier>, Arc<Vec<CertificateDer<'static>>>)>,
+}
+
+impl ServerTls {
+    /// Builds the configuration.
+    pub fn new(settings: ServerSettings) -> Result<Self, SetupError> {
+        let builder = ServerConfig::builder_with_provider(provider()).with_protocol_versions(settings.versions.rustls())?;
+        let (builder, client_verifier) = match (settings.client_auth, &settings.client_ca) {
+            (ClientAuthMode::None, _) => (builder.with_no_client_auth(), None),
+            (mode, None) => {
+                return Err(SetupError::ClientAuthWithoutCa(if mode == ClientAuthMode::Required { "required" } else { "optional" }))
+            }
+            (mode, Some(anchors)) => {
+                let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(anchors.root_store()?), provider());
+                if mode == ClientAuthMode::Optional {
+                    vb = vb.allow_unauthenticated();
+                }
+                let verifier = vb.build().map_err(|e| rustls::Error::General(e.to_string()))?;
+                let b = builder.with_client_cert_verifier(verifier.clone());
+                (b, Some((verifier, Arc::new(anchors.certs.clone()))))
+            }
+        };
+        let config = builder.with_cert_resolver(settings.identity.clone());
+        Ok(Self { base: Arc::new(config), versions: settings.versions, identity: settings.identity, client_verifier })
+    }
+
+    /// The configuration for one connection. With client authentication the
+    /// verifier is wrapped so that a refusal can be explained for exactly
+    /// this connection.
+    pub fn for_connection(&self) -> (Arc<ServerConfig>, Arc<Observation>) {
+        let seen = Arc::new(Observation::default());
+        match &self.client_verifier {
+            None => (self.base.clone(), seen),
+            Some((inner, anchors)) => {
+                let verifier = Arc::new(ExplainingClientVerifier::new(inner.clone(), anchors.clone(), seen.clone()));
+                let mut config = ServerConfig::builder_with_provider(provider())
+                    .with_protocol_versions(self.versions.rustls())
+                    .expect("the same versions were accepted by ServerTls::new")
+                    .with_client_cert_verifier(verifier)
+                    .with_cert_resolver(self.identity.clone());
+                // Sessions resumed on one connection were stored by another.
+                config.session_storage = self.base.session_storage.clone();
+                config.ticketer = self.base.ticketer.clone();
+                (Arc::new(config), seen)
+            }
+        }
+    }
+}
+
+/// How a client is configured.
+#[derive(Clone)]
+pub struct ClientSettings {
+    /// Whom to trust.
+    pub trust: Anchors,
+    /// Our certificate chain and key, when we have one.
+    pub identity: Option<Arc<CertifiedKey>>,
+    /// TLS versions offered.
+    pub versions: TlsVersions,
+}
+
+impl ClientSettings {
+    /// A configuration for one connection, with the observation its
+    /// verifier and certificate resolver fill in.
+    pub fn config(&self) -> Result<(Arc<ClientConfig>, Arc<Observation>), SetupError> {
+        let seen = Arc::new(Observation::default());
+        let verifier: Arc<dyn ServerCertVerifier> =
+            Arc::new(ExplainingServerVerifier::new(self.trust.root_store()?, self.trust.certs.clone(), seen.clone())?);
+        let resolver: Arc<dyn ResolvesClientCert> = Arc::new(RecordingClientCert::new(self.identity.clone(), seen.clone()));
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(self.versions.rustls())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(resolver);
+        config.resumption = Resumption::store(Arc::new(TicketWatch::new(seen.clone()))).tls12_resumption(rustls::client::Tls12Resumption::Disabled);
+        Ok((Arc::new(config), seen))
+    }
+}
