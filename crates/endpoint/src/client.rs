@@ -72,8 +72,8 @@ async fn tcp_connect(target: &str, timeout: Duration) -> Result<TcpStream, Failu
 }
 
 /// Connects to `target`, verifies the server as `server_name` (default: the
-/// host part of `target`) and, when we presented a certificate over TLS 1.3,
-/// waits briefly for the server's verdict on it, which arrives after the
+/// host part of `target`) and, when the server asked for a certificate over TLS 1.3,
+/// waits briefly for its verdict on our answer, which arrives after the
 /// client considers the handshake done.
 pub async fn connect(target: &str, server_name: Option<&str>, settings: &ClientSettings, timeout: Duration) -> Result<Connected, Failure> {
     let name_text = server_name.map_or_else(|| host_of(target).map(str::to_owned), |n| Ok(n.to_owned()))?;
@@ -90,7 +90,7 @@ pub async fn connect(target: &str, server_name: Option<&str>, settings: &ClientS
     };
     let info = SessionInfo::of(stream.get_ref().1);
     let mut early_data = Vec::new();
-    if seen.cert_sent() && info.version == "TLSv1.3" {
+    if seen.cert_requested() && info.version == "TLSv1.3" {
         let mut buf = vec![0u8; 16 * 1024];
         for _ in 0..50 {
             if seen.ticket_received() {
