@@ -38,6 +38,9 @@ pub struct TransferReport {
 
 const CHUNK: usize = 256 * 1024;
 
+/// A server that sends nothing for this long is given up on.
+const QUIET_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -80,7 +83,9 @@ async fn read_echo<R: AsyncRead + Unpin>(input: &mut R, expected: u64, bar: &Pro
     let mut hash = Context::new(&SHA256);
     let mut total = 0u64;
     while total < expected {
-        let n = input.read(&mut buf).await?;
+        let n = tokio::time::timeout(QUIET_LIMIT, input.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the server stopped sending"))??;
         if n == 0 {
             break;
         }
@@ -103,7 +108,14 @@ pub async fn send_file(stream: ClientStream, path: &Path, expect: Expect, show_p
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (sent, digest, confirmed) = match expect {
         Expect::Echo => {
-            let (w, r) = tokio::try_join!(write_file(path, &mut wr, &bar, false), read_echo(&mut rd, size, &bar)).map_err(net_err)?;
+            // After the last byte, close_notify: an echo server flushes what is
+            // pending and closes, so anything but an exact echo ends the read.
+            let write = async {
+                let written = write_file(path, &mut wr, &bar, false).await?;
+                wr.shutdown().await?;
+                Ok(written)
+            };
+            let (w, r) = tokio::try_join!(write, read_echo(&mut rd, size, &bar)).map_err(net_err)?;
             if w.1 != r.1 || r.0 != w.0 {
                 return Err(Failure::new(
                     FailureClass::DataMismatch,
@@ -117,7 +129,10 @@ pub async fn send_file(stream: ClientStream, path: &Path, expect: Expect, show_p
             let (sent, digest) = write_file(path, &mut wr, &bar, true).await.map_err(net_err)?;
             wr.shutdown().await.map_err(net_err)?;
             let mut reply = Vec::new();
-            rd.read_to_end(&mut reply).await.map_err(net_err)?;
+            tokio::time::timeout(QUIET_LIMIT, rd.read_to_end(&mut reply))
+                .await
+                .map_err(|_| net_err(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(net_err)?;
             if reply != sink_report(sent).as_bytes() {
                 return Err(Failure::new(
                     FailureClass::DataMismatch,

@@ -1,0 +1,463 @@
+//! The `sealtls` binary against real peers: openssl, gnutls-cli, Python's
+//! ssl module, and the certificate recipes of the seed guides.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn sealtls() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sealtls"));
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// Runs a command to completion with a time limit.
+fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "command timed out: {cmd:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A `sealtls serve` process on an ephemeral loopback port, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = sealtls()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listen=").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
+        Server { child, addr, log }
+    }
+
+    fn port(&self) -> &str {
+        self.addr.rsplit(':').next().unwrap()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for `needle` to appear in the log.
+    fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "server exited: {}", self.log());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A development PKI made by `sealtls pki`: CA, server `localhost`, client `alice`.
+fn dev_pki(dir: &Path) -> PathBuf {
+    let d = dir.to_str().unwrap();
+    for args in [
+        vec!["pki", "init", "--dir", d],
+        vec!["pki", "issue", "server", "--dir", d, "--name", "localhost"],
+        vec!["pki", "issue", "client", "--dir", d, "--name", "alice"],
+    ] {
+        let o = run(sealtls().args(&args));
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    dir.to_owned()
+}
+
+fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).to_str().unwrap().to_owned()
+}
+
+/// Starts a line-oriented TLS client (openssl, gnutls-cli, ...), writes `line`
+/// and returns its output once the echo appeared (or after 15 s).
+fn interactive_echo(cmd: &mut Command, line: &str) -> String {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut sent = false;
+    while Instant::now() < deadline && !out.lock().unwrap().contains(line) {
+        // Give the handshake a moment, then send once.
+        if !sent && Instant::now() + Duration::from_millis(14_500) > deadline {
+            let _ = stdin.write_all(format!("{line}\n").as_bytes());
+            let _ = stdin.flush();
+            sent = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let mut err = String::new();
+    let _ = child.wait();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let result = out.lock().unwrap().clone();
+    format!("{result}\n--stderr--\n{err}")
+}
+
+fn echo_line_count(output: &str, line: &str) -> usize {
+    output.lines().filter(|l| l.trim_end() == line).count()
+}
+
+// ---------------------------------------------------------------- interop
+
+#[test]
+fn openssl_s_client_echoes_over_tls12_and_tls13_with_verification() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--ca", &p(&d, "ca.pem")]);
+    for version in ["-tls1_2", "-tls1_3"] {
+        let line = format!("hello over {version}");
+        let out = interactive_echo(
+            Command::new("openssl").args(["s_client", "-connect", &server.addr, version, "-verify_return_error", "-verify_hostname", "localhost"]).args([
+                "-CAfile",
+                &p(&d, "ca.pem"),
+                "-cert",
+                &p(&d, "alice.pem"),
+                "-key",
+                &p(&d, "alice.key"),
+            ]),
+            &line,
+        );
+        assert_eq!(echo_line_count(&out, &line), 1, "{version}: {out}");
+        assert!(out.contains("Verification: OK") || out.contains("Verify return code: 0"), "{out}");
+    }
+    let log = server.wait_log("client=CN=alice");
+    assert!(log.contains("version=TLSv1.2") && log.contains("version=TLSv1.3"), "{log}");
+}
+
+#[test]
+fn gnutls_cli_echoes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--ca", &p(&d, "ca.pem")]);
+    let out = interactive_echo(
+        Command::new("gnutls-cli").args(["--port", server.port(), "127.0.0.1", "--sni-hostname", "localhost", "--verify-hostname", "localhost"]).args([
+            "--x509cafile",
+            &p(&d, "ca.pem"),
+            "--x509certfile",
+            &p(&d, "alice.pem"),
+            "--x509keyfile",
+            &p(&d, "alice.key"),
+        ]),
+        "hello gnutls",
+    );
+    assert_eq!(echo_line_count(&out, "hello gnutls"), 1, "{out}");
+}
+
+#[test]
+fn python_ssl_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--ca", &p(&d, "ca.pem")]);
+    let script = r#"
+import socket, ssl, sys
+ca, cert, key, port = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
+    with ctx.wrap_socket(s, server_hostname="localhost") as t:
+        t.sendall(b"hello python")
+        got = b""
+        while len(got) < 12:
+            got += t.recv(64)
+        print(t.version(), got.decode())
+"#;
+    let o = run(Command::new("python3").args(["-c", script, &p(&d, "ca.pem"), &p(&d, "alice.pem"), &p(&d, "alice.key"), server.port()]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "TLSv1.3 hello python");
+}
+
+/// `openssl s_server` with its own certificate; our client verifies and echoes nothing back (s_server is not an echo),
+/// so we check the negotiated session and that our text reached the server.
+#[test]
+fn our_client_against_openssl_s_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut s_server = Command::new("openssl")
+        .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert", &p(&d, "localhost.pem"), "-key", &p(&d, "localhost.key")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "s_server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for version in ["1.2", "1.3"] {
+        let o = run(sealtls().args(["connect", &format!("127.0.0.1:{port}"), "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--tls", version, "--send", "to-openssl", "--json"]));
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["session"]["version"], if version == "1.2" { "TLSv1.2" } else { "TLSv1.3" });
+        assert_eq!(v["session"]["peer_chain"][0], "CN=localhost");
+    }
+    let _ = s_server.kill();
+    let mut out = String::new();
+    let _ = s_server.stdout.take().unwrap().read_to_string(&mut out);
+    let _ = s_server.wait();
+    assert!(out.contains("to-openssl"), "s_server output: {out}");
+}
+
+// ---------------------------------------------------------------- seed 003: mutual TLS with openssl-made RSA 4096 certificates
+
+const CA_CONF: &str = "[ ca ]\ndefault_ca = CA_default\n[ CA_default ]\ndir = .\ncertificate = $dir/ca_cert.pem\nprivate_key = $dir/ca_key.pem\n[ req ]\ndefault_bits = 4096\nprompt = no\ndefault_md = sha256\ndistinguished_name = dn\nx509_extensions = v3_ca\n[ dn ]\nCN = My Test CA\n[ v3_ca ]\n";
+const CERT_CONF: &str = "[ req ]\ndefault_bits = 4096\nprompt = no\ndefault_md = sha256\ndistinguished_name = dn\nreq_extensions = req_ext\n[ dn ]\nCN = localhost\n[ req_ext ]\nsubjectAltName = @alt_names\n[ alt_names ]\nDNS.1 = localhost\n";
+
+fn sh(dir: &Path, script: &str) {
+    let o = run(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
+    assert!(o.status.success(), "{script}: {}", text(&o));
+}
+
+/// The seed's commands, verbatim, for a CA and `prefix` (server, client, bad).
+fn seed003_pki(dir: &Path) {
+    std::fs::write(dir.join("ca.conf"), CA_CONF).unwrap();
+    std::fs::write(dir.join("cert.conf"), CERT_CONF).unwrap();
+    sh(dir, "openssl genrsa -out ca_key.pem 4096 2>/dev/null
+openssl req -new -x509 -days 3650 -config ca.conf -key ca_key.pem -out ca_cert.pem
+for n in server client; do
+  openssl genrsa -out ${n}_key.pem 4096 2>/dev/null
+  openssl req -new -key ${n}_key.pem -out ${n}_csr.pem -config cert.conf
+  openssl x509 -req -days 365 -in ${n}_csr.pem -CA ca_cert.pem -CAkey ca_key.pem -CAcreateserial -out ${n}_cert.pem -extfile cert.conf -extensions req_ext 2>/dev/null
+done
+openssl genrsa -out bad_ca_key.pem 4096 2>/dev/null
+openssl req -new -x509 -days 3650 -config ca.conf -key bad_ca_key.pem -out bad_ca_cert.pem
+openssl genrsa -out bad_key.pem 4096 2>/dev/null
+openssl req -new -key bad_key.pem -out bad_csr.pem -config cert.conf
+openssl x509 -req -days 365 -in bad_csr.pem -CA bad_ca_cert.pem -CAkey bad_ca_key.pem -CAcreateserial -out bad_cert.pem -extfile cert.conf -extensions req_ext 2>/dev/null");
+}
+
+fn seed_client(d: &Path, server: &Server, cert: &str, key: &str) -> Output {
+    run(sealtls().args([
+        "connect", "--server", "localhost", "-p", server.port(),
+        "--ca-certificate", &p(d, "ca_cert.pem"), "--certificate", &p(d, cert), "--private-key", &p(d, key),
+    ]))
+}
+
+#[test]
+fn seed003_mutual_tls_scenarios() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    seed003_pki(d);
+    let good = Server::start(&["--ca-certificate", &p(d, "ca_cert.pem"), "--certificate", &p(d, "server_cert.pem"), "--private-key", &p(d, "server_key.pem"), "--mode", "handshake"]);
+
+    // Success: both sides verify.
+    let o = seed_client(d, &good, "client_cert.pem", "client_key.pem");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("verification        OK"), "{}", text(&o));
+    assert!(good.wait_log("client=CN=localhost").contains("client=CN=localhost"));
+
+    // A client certificate from an untrusted CA with the same name: refused by the server.
+    let o = seed_client(d, &good, "bad_cert.pem", "bad_key.pem");
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("rejected our client certificate (alert "), "{}", text(&o));
+    let log = good.wait_log("not the trusted CA of the same name");
+    assert!(log.contains("handshake failed") && log.contains("not the trusted CA of the same name"), "{log}");
+
+    // No client certificate at all.
+    let o = run(sealtls().args(["connect", "--server", "localhost", "-p", good.port(), "--ca", &p(d, "ca_cert.pem")]));
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("requires a client certificate and none was sent"), "{}", text(&o));
+    assert!(good.wait_log("sent no certificate").contains("sent no certificate"));
+
+    // A server certificate from the untrusted CA: refused by the client.
+    let bad = Server::start(&["--ca-certificate", &p(d, "bad_ca_cert.pem"), "--certificate", &p(d, "bad_cert.pem"), "--private-key", &p(d, "bad_key.pem"), "--mode", "handshake"]);
+    let o = seed_client(d, &bad, "client_cert.pem", "client_key.pem");
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("not the trusted CA of the same name") && t.contains("fix: two different CAs"), "{t}");
+}
+
+// ---------------------------------------------------------------- seed 000: the guide's certificates as written
+
+const ROOT_CNF: &str = "distinguished_name = req_distinguished_name\nx509_extensions = v3_ca\nprompt = no\n[ req_distinguished_name ]\nCN = RootCA\n[ v3_ca ]\nbasicConstraints = critical, CA:TRUE\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always, issuer:always\nkeyUsage = critical, cRLSign, digitalSignature, keyCertSign\n";
+const SERVER_CNF: &str = "[req]\ndefault_bits = 2048\ndistinguished_name = req_distinguished_name\nx509_extensions = v3_server\nprompt = no\n[ req_distinguished_name ]\nC = JP\nST = TOKYO\nL = TOKYO\nO = ABCCOMPANY\nCN = *\n[ v3_server ]\nbasicConstraints = critical, CA:TRUE\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always, issuer:always\nkeyUsage = critical, nonRepudiation, digitalSignature, keyEncipherment, keyAgreement\nextendedKeyUsage = critical, serverAuth\n";
+
+#[test]
+fn seed000_guide_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("RootCA.cnf"), ROOT_CNF).unwrap();
+    std::fs::write(d.join("server.cnf"), SERVER_CNF).unwrap();
+    sh(d, "openssl genpkey -algorithm RSA -out RootCA.key 2>/dev/null
+openssl req -new -x509 -days 3650 -key RootCA.key -out RootCA.pem -config RootCA.cnf
+openssl genpkey -algorithm RSA -out server.key 2>/dev/null
+openssl req -new -key server.key -out server.csr -config server.cnf
+openssl x509 -req -days 365 -in server.csr -CA RootCA.pem -CAkey RootCA.key -CAcreateserial -out server.pem -extensions v3_server 2>/dev/null");
+
+    // What OpenSSL 3 really made: version 1, no extensions.
+    let o = run(sealtls().args(["inspect", "--json", &p(d, "server.pem"), &p(d, "server.key")]));
+    assert!(o.status.success(), "{}", text(&o));
+    let items: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(items[0]["version"], 1);
+    assert_eq!(items[0]["has_san_extension"], false);
+    assert!(items[1]["matches"].as_str().unwrap().contains("CN=*"));
+
+    let mut server = Server::start(&["--cert", &p(d, "server.pem"), "--key", &p(d, "server.key")]);
+    assert!(server.log().contains("clients will refuse this certificate: X.509 version 1"), "{}", server.log());
+
+    // openssl s_client -tls1_2 echoes through it.
+    let out = interactive_echo(Command::new("openssl").args(["s_client", "-connect", &server.addr, "-tls1_2", "-CAfile", &p(d, "RootCA.pem")]), "bitvisor echo");
+    assert_eq!(echo_line_count(&out, "bitvisor echo"), 1, "{out}");
+    assert!(out.contains("Protocol  : TLSv1.2"), "{out}");
+
+    // Our client refuses that certificate and explains why.
+    let o = run(sealtls().args(["connect", &server.addr, "--ca", &p(d, "RootCA.pem"), "--send", "x"]));
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("is X.509 version 1") && t.contains("fix: OpenSSL makes version 1 certificates"), "{t}");
+    server.assert_alive();
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[test]
+fn hostile_bytes_do_not_stop_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let mut server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--client-auth", "none"]);
+    let garbage: [&[u8]; 3] = [
+        b"\x00\xff\x13\x37garbage garbage garbage",
+        // A ClientHello record header promising 512 bytes, then 10 of them and a close.
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x00\x00\x00\x00",
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ];
+    for bytes in garbage {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(bytes).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    let log = server.wait_log("does not speak TLS");
+    assert!(log.contains("does not speak TLS"), "{log}");
+    server.assert_alive();
+    let o = run(sealtls().args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--send", "still here"]));
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("still here"), "{}", text(&o));
+}
+
+#[test]
+fn bad_files_are_refused_with_their_name_and_a_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let junk = p(&d, "junk.pem");
+    std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\nnot base64 at all!!\n-----END CERTIFICATE-----\n").unwrap();
+    let enc = p(&d, "enc.key");
+    sh(&d, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -aes256 -pass pass:secret -out enc.key 2>/dev/null; chmod 600 enc.key");
+    let open = p(&d, "open.key");
+    std::fs::copy(d.join("localhost.key"), &open).unwrap();
+    sh(&d, "chmod 644 open.key");
+    let cert = p(&d, "localhost.pem");
+    let cases = [
+        (junk.clone(), p(&d, "localhost.key"), "junk.pem: damaged PEM"),
+        (cert.clone(), enc.clone(), "encrypted with a passphrase"),
+        (cert.clone(), p(&d, "missing.key"), "missing.key: cannot read"),
+        (cert.clone(), open.clone(), "chmod 600"),
+        (cert.clone(), p(&d, "alice.key"), "does not belong to the certificate"),
+        (p(&d, "localhost.key"), p(&d, "localhost.key"), "were the certificate and key files swapped"),
+    ];
+    for (c, k, expected) in cases {
+        let o = run(sealtls().args(["serve", "--listen", "127.0.0.1:0", "--cert", &c, "--key", &k]));
+        assert_eq!(o.status.code(), Some(3), "{expected}: {}", text(&o));
+        let t = text(&o);
+        assert!(t.contains(expected) && t.contains("fix:"), "{expected}: {t}");
+    }
+}
+
+#[test]
+fn pki_refuses_to_overwrite_and_writes_private_keys_0600() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "localhost.key", "alice.key"] {
+        assert_eq!(std::fs::metadata(d.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{key}");
+    }
+    let before = std::fs::read(d.join("ca.key")).unwrap();
+    let o = run(sealtls().args(["pki", "init", "--dir", d.to_str().unwrap()]));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert_eq!(std::fs::read(d.join("ca.key")).unwrap(), before);
+    for kt in ["ecdsa-p384", "ed25519", "rsa2048"] {
+        let o = run(sealtls().args(["pki", "issue", "server", "--dir", d.to_str().unwrap(), "--name", &format!("s-{kt}"), "--key-type", kt, "--san", "localhost"]));
+        assert!(o.status.success(), "{kt}: {}", text(&o));
+    }
+}
+
+#[test]
+fn send_moves_a_file_through_echo_and_sink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let file = p(&d, "payload.bin");
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    for mode in ["echo", "sink"] {
+        let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--client-auth", "none", "--mode", mode]);
+        let o = run(sealtls().args(["send", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--file", &file, "--expect", mode, "--json"]));
+        assert!(o.status.success(), "{mode}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["transfer"]["bytes_confirmed"], data.len() as u64, "{mode}");
+    }
+    // A sink is not an echo: asking for an echo from it must fail, not pass.
+    let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--client-auth", "none", "--mode", "sink"]);
+    let o = run(sealtls().args(["send", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--file", &file, "--expect", "echo"]));
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+}
