@@ -81,7 +81,7 @@ pub fn inspect(args: InspectArgs) -> Result<(), Failure> {
     for path in &args.files {
         let bytes = std::fs::read(path)
             .map_err(|e| Failure::new(FailureClass::Config, format!("{}: cannot read: {e}", path.display()), "check the path"))?;
-        inputs.push((path.display().to_string(), bytes));
+        inputs.push((path.display().to_string(), zeroize::Zeroizing::new(bytes)));
     }
     let items = inspect_inputs(&inputs);
     if args.json {

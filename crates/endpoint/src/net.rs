@@ -8,7 +8,7 @@ use crate::explain::{Failure, FailureClass};
 
 /// rustls pulls at most 4 KiB per read; a buffer under it turns four or more
 /// syscalls per 16 KiB record into one per buffer fill.
-pub const READ_BUFFER: usize = 64 * 1024;
+pub const READ_BUFFER: usize = 256 * 1024;
 
 /// A TCP stream with a read buffer, as handed to rustls.
 pub type Buffered = BufReader<TcpStream>;

@@ -178,7 +178,7 @@ struct Counts {
     bytes_out: u64,
 }
 
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// Byte-stream echo: each chunk goes back as soon as it arrives; on the
 /// peer's close, what is pending is flushed and close_notify sent.

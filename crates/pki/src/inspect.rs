@@ -316,7 +316,7 @@ pub enum Item {
 
 /// Inspects several inputs together, each `(origin, bytes)`.
 /// Keys are matched against the leaf certificates among the inputs.
-pub fn inspect(inputs: &[(String, Vec<u8>)]) -> Vec<Item> {
+pub fn inspect(inputs: &[(String, zeroize::Zeroizing<Vec<u8>>)]) -> Vec<Item> {
     let mut items = Vec::new();
     for (origin, bytes) in inputs {
         let mut found = false;

@@ -229,7 +229,7 @@ pub fn issue_leaf(
     let (ca_cert_path, ca_key_path) = ca_paths(dir);
     let ca_chain = load_certs(&ca_cert_path).map_err(IssueError::Ca)?;
     let ca_key = load_key(&ca_key_path).map_err(IssueError::Ca)?;
-    let ca_key = KeyPair::try_from(&ca_key)?;
+    let ca_key = KeyPair::try_from(&*ca_key)?;
     let issuer = Issuer::from_ca_cert_der(&ca_chain[0], ca_key)?;
 
     let mut params = base_params(name, days);

@@ -195,7 +195,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, LoadError
 
 /// Parses one private key: PEM (PKCS#8, SEC1 or PKCS#1) or DER, and checks
 /// that the crypto provider can sign with it.
-pub fn load_key_pem(bytes: &[u8], origin: &str) -> Result<PrivateKeyDer<'static>, LoadError> {
+/// The key is wiped from memory when the returned value is dropped.
+pub fn load_key_pem(bytes: &[u8], origin: &str) -> Result<Zeroizing<PrivateKeyDer<'static>>, LoadError> {
     let origin_s = || origin.to_owned();
     if contains(bytes, b"ENCRYPTED PRIVATE KEY") || contains(bytes, b"Proc-Type: 4,ENCRYPTED") {
         return Err(LoadError::EncryptedKey { origin: origin_s() });
@@ -216,6 +217,7 @@ pub fn load_key_pem(bytes: &[u8], origin: &str) -> Result<PrivateKeyDer<'static>
         PrivateKeyDer::try_from(bytes.to_vec())
             .map_err(|_| LoadError::Unrecognised { origin: origin_s(), expected: "private key" })?
     };
+    let key = Zeroizing::new(key);
     signing_key(&key, origin)?;
     Ok(key)
 }
@@ -226,7 +228,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Loads one private key from a file, refusing a file that group or others
 /// can read.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
+pub fn load_key(path: &Path) -> Result<Zeroizing<PrivateKeyDer<'static>>, LoadError> {
     let (bytes, meta) = read_limited(path)?;
     check_secret_mode(path, &meta)?;
     load_key_pem(&bytes, &path.display().to_string())
