@@ -180,32 +180,33 @@ struct Counts {
 
 const CHUNK: usize = 256 * 1024;
 
-/// Byte-stream echo: each chunk goes back as soon as it arrives; on the
-/// peer's close, what is pending is flushed and close_notify sent.
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts) -> std::io::Result<()> {
+/// Reads until the peer's close. With `echo`, each chunk goes back as soon
+/// as it arrives (a byte stream, not lines).
+async fn drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts, echo: bool) -> std::io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
-            break;
+            return Ok(());
         }
         counts.bytes_in += n as u64;
-        stream.write_all(&buf[..n]).await?;
-        stream.flush().await?;
-        counts.bytes_out += n as u64;
+        if echo {
+            stream.write_all(&buf[..n]).await?;
+            stream.flush().await?;
+            counts.bytes_out += n as u64;
+        }
     }
+}
+
+/// Echo; on the peer's close, pending data is flushed and close_notify sent.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts) -> std::io::Result<()> {
+    drain(stream, counts, true).await?;
     stream.shutdown().await
 }
 
+/// Discard; on the peer's close, report the byte count, then close.
 async fn sink<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts) -> std::io::Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        counts.bytes_in += n as u64;
-    }
+    drain(stream, counts, false).await?;
     let report = sink_report(counts.bytes_in);
     stream.write_all(report.as_bytes()).await?;
     counts.bytes_out += report.len() as u64;
