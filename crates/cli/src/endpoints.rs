@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use rustls::sign::SingleCertAndKey;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Mode, Server, ServerOptions};
@@ -17,18 +17,23 @@ use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
+use crate::config::Config;
+
 /// The server's identity and trust, by file.
 #[derive(Args, Clone)]
 pub struct ServerFiles {
-    /// Certificate chain, leaf first (PEM or DER).
-    #[arg(long, visible_alias = "certificate")]
-    pub cert: PathBuf,
-    /// Private key: PKCS#8, SEC1 or PKCS#1, PEM or DER, mode 0600.
-    #[arg(long, visible_alias = "private-key")]
-    pub key: PathBuf,
-    /// CA certificates whose client certificates are accepted.
+    /// Certificate chain, leaf first (PEM or DER); overrides [tls] srv_cert.
+    #[arg(long, visible_alias = "certificate", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key: PKCS#8, SEC1 or PKCS#1, PEM or DER, mode 0600; overrides [tls] srv_key.
+    #[arg(long, visible_alias = "private-key", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// CA certificates whose client certificates are accepted; overrides [tls] ca_cert.
     #[arg(long, visible_alias = "ca-certificate")]
     pub ca: Option<PathBuf>,
+    /// Take what the flags do not give from this file's [tls] table.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -67,24 +72,35 @@ fn warn_about_leaf(chain: &[rustls_pki_types::CertificateDer<'_>], origin: &Path
     }
 }
 
-/// Loads a certificate chain and key into a static server identity.
-pub fn static_identity(cert: &Path, key: &Path) -> Result<Arc<SingleCertAndKey>, Failure> {
+/// Loads a certificate chain and its key, checked to belong together.
+fn identity_from_files(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Failure> {
     let chain = load_certs(cert).map_err(config_failure)?;
-    warn_about_leaf(&chain, cert);
     let key_der = load_key(key).map_err(config_failure)?;
-    let certified = certified_key(chain, &key_der, &cert.display().to_string(), &key.display().to_string()).map_err(config_failure)?;
-    Ok(Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(certified))))
+    certified_key(chain, &key_der, &cert.display().to_string(), &key.display().to_string()).map_err(config_failure)
 }
 
 fn anchors(path: &Path) -> Result<Anchors, Failure> {
     Ok(Anchors { origin: path.display().to_string(), certs: load_certs(path).map_err(config_failure)? })
 }
 
-/// Builds a server's TLS from files.
+/// Builds a server's TLS from files, and from the config for what the
+/// flags do not give.
 pub fn server_tls(files: &ServerFiles, client_auth: Option<ClientAuthMode>, versions: TlsVersions) -> Result<ServerTls, Failure> {
-    let client_ca = files.ca.as_deref().map(anchors).transpose()?;
+    let config = files.config.as_deref().map(Config::load).transpose().map_err(config_failure)?;
+    let material = config.as_ref().map(|c| &c.material);
+    let identity = match (&files.cert, &files.key, material.and_then(|m| m.server.clone())) {
+        (Some(cert), Some(key), _) => identity_from_files(cert, key)?,
+        (_, _, Some(from_config)) => from_config,
+        _ => return Err(Failure::new(FailureClass::Usage, "no server certificate given", "pass --cert FILE --key FILE, or --config FILE with [tls] srv_cert and srv_key")),
+    };
+    warn_about_leaf(&identity.cert, files.cert.as_deref().unwrap_or(Path::new("[tls] srv_cert")));
+    let client_ca = match &files.ca {
+        Some(path) => Some(anchors(path)?),
+        None => material.and_then(|m| m.ca.clone()),
+    };
     let client_auth = client_auth.unwrap_or(if client_ca.is_some() { ClientAuthMode::Required } else { ClientAuthMode::None });
-    let settings = ServerSettings { identity: static_identity(&files.cert, &files.key)?, client_ca, client_auth, versions };
+    let identity = Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(identity)));
+    let settings = ServerSettings { identity, client_ca, client_auth, versions };
     ServerTls::new(settings).map_err(config_failure)
 }
 
@@ -163,13 +179,11 @@ impl ClientArgs {
         };
         let identity = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
-                let chain = load_certs(cert).map_err(config_failure)?;
-                let key_der = load_key(key).map_err(config_failure)?;
-                Some(certified_key(chain, &key_der, &cert.display().to_string(), &key.display().to_string()).map_err(config_failure)?)
+                Some(identity_from_files(cert, key)?)
             }
             _ => None,
         };
-        Ok(ClientSettings { trust, identity, versions: self.tls })
+        Ok(ClientSettings { trust, identity, versions: self.tls, legacy_v1_leaf: false })
     }
 
     async fn open(&self) -> Result<(String, Connected), Failure> {

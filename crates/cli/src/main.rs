@@ -1,7 +1,9 @@
 //! `sealtls`: one binary, one subcommand per job.
 mod bench;
+mod config;
 mod endpoints;
 mod pki;
+mod services;
 mod up;
 
 use std::process::ExitCode;
@@ -35,6 +37,11 @@ enum Command {
     Send(endpoints::SendArgs),
     /// Run the whole stack on loopback with a development PKI.
     Up(up::UpArgs),
+    /// Run the echoctl_tls console (telnet 127.0.0.1 11123).
+    Console(up::ConsoleArgs),
+    /// Check a sealtls.toml.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Measure against openssl s_server in the same run.
     Bench(bench::BenchArgs),
 }
@@ -68,7 +75,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => endpoints::serve(args).await,
             Command::Connect(args) => endpoints::connect(args).await,
             Command::Send(args) => endpoints::send(args).await,
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) => up::up(args).await,
+            Command::Console(args) => up::console(args).await,
+            Command::Config(cmd) => config::run(cmd),
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -1,85 +1,114 @@
-//! `sealtls up`: the whole stack on loopback, from a development data directory.
-use std::future::Future;
-use std::net::SocketAddr;
+//! `sealtls up`: the whole stack on loopback, from a development data
+//! directory made on first run, and `sealtls console`: the console alone.
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 
 use clap::Args;
-use sealtls_endpoint::net::bind;
-use sealtls_endpoint::server::{Mode, Server, ServerOptions};
-use sealtls_endpoint::{ClientAuthMode, Failure, TlsVersions};
+use sealtls_console::EchoServers;
+use sealtls_endpoint::Failure;
+use sealtls_pki::files::write_atomic;
 use sealtls_pki::issue::{init_ca, issue_leaf, KeyType, LeafKind};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::endpoints::{server_tls, shutdown_signal, ServerFiles};
+use crate::config::{locate, Config, DEFAULT_NAME, DEV_CONFIG};
+use crate::services::{self, run_until_signal, ConsoleFlags};
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Data directory; created with a development PKI when missing.
+    /// Data directory; created with a development PKI and config when missing.
     #[arg(long, default_value = "sealtls-data")]
     data_dir: PathBuf,
-    /// Echo server address.
-    #[arg(long, default_value = "127.0.0.1:10007")]
-    echo_listen: SocketAddr,
+    /// Configuration file (default: ./sealtls.toml, else DATA_DIR/sealtls.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    console: ConsoleFlags,
 }
 
-/// Creates the development PKI in `dir` unless it is already there.
-pub fn ensure_dev_pki(dir: &Path) -> Result<(), Failure> {
-    if dir.join("ca.pem").exists() {
-        return Ok(());
+/// Creates the development PKI and its config in `dir` unless already there.
+pub fn ensure_dev_data(dir: &Path) -> Result<(), Failure> {
+    if !dir.join("ca.pem").exists() {
+        info!(dir = %dir.display(), "creating a development PKI");
+        init_ca(dir, "sealtls development CA", KeyType::EcdsaP256, 3650, false).map_err(Failure::config)?;
+        issue_leaf(dir, LeafKind::Server, "localhost", &[], KeyType::EcdsaP256, 365, false).map_err(Failure::config)?;
+        issue_leaf(dir, LeafKind::Client, "client", &[], KeyType::EcdsaP256, 365, false).map_err(Failure::config)?;
     }
-    info!(dir = %dir.display(), "creating a development PKI");
-    init_ca(dir, "sealtls development CA", KeyType::EcdsaP256, 3650, false).map_err(Failure::config)?;
-    issue_leaf(dir, LeafKind::Server, "localhost", &[], KeyType::EcdsaP256, 365, false).map_err(Failure::config)?;
-    issue_leaf(dir, LeafKind::Client, "client", &[], KeyType::EcdsaP256, 365, false).map_err(Failure::config)?;
+    let config = dir.join(DEFAULT_NAME);
+    if !config.exists() {
+        write_atomic(&config, DEV_CONFIG.as_bytes(), 0o600, false).map_err(Failure::config)?;
+    }
     Ok(())
 }
 
-type ServiceFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// One running part of the stack: its name, where it listens, and the task.
-struct Service {
-    name: &'static str,
-    address: String,
-    task: ServiceFuture,
+fn load(path: Option<&Path>) -> Result<Config, Failure> {
+    match path {
+        Some(p) => Config::load(p).map_err(Failure::config),
+        None => Ok(Config::defaults()),
+    }
 }
 
-async fn echo_service(dir: &Path, addr: SocketAddr, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
-    let files = ServerFiles { cert: dir.join("localhost.pem"), key: dir.join("localhost.key"), ca: Some(dir.join("ca.pem")) };
-    let tls = server_tls(&files, Some(ClientAuthMode::Optional), TlsVersions::Any)?;
-    let listener = bind(addr).await?;
-    let server = Server::new(tls, ServerOptions { mode: Mode::Echo, ..Default::default() });
-    Ok(Service { name: "TLS echo server", address: addr.to_string(), task: Box::pin(server.run(listener, stopped(stop))) })
-}
-
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-pub async fn run(args: UpArgs) -> Result<(), Failure> {
-    let dir = &args.data_dir;
-    ensure_dev_pki(dir)?;
+pub async fn up(args: UpArgs) -> Result<(), Failure> {
+    let path = match locate(args.config.as_deref(), &args.data_dir) {
+        Some(p) => p,
+        None => {
+            ensure_dev_data(&args.data_dir)?;
+            args.data_dir.join(DEFAULT_NAME)
+        }
+    };
+    let config = load(Some(&path))?;
+    let console_section = args.console.apply(config.console.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let services = vec![echo_service(dir, args.echo_listen, stop_rx.clone()).await?];
+    let servers = EchoServers::new(config.material.clone());
+    let started = async {
+        Ok::<_, Failure>(vec![
+            services::echo(&servers, &config.echo, stop_rx.clone()).await?,
+            services::console(&servers, &console_section, stop_rx.clone()).await?,
+        ])
+    };
+    let list = match started.await {
+        Ok(list) => list,
+        Err(f) => {
+            servers.stop_all().await;
+            return Err(f);
+        }
+    };
 
-    println!("sealtls is up (data in {}):", dir.display());
-    for s in &services {
-        println!("  {:<18} {}", s.name, s.address);
+    println!("sealtls is up (config {}):", path.display());
+    for s in &list {
+        println!("  {:<20} {}", s.name, s.address);
     }
-    let d = dir.display();
+    let (echo, console) = (list[0].address, list[1].address);
+    let ca = config.material.ca.as_ref().map_or("CA.pem".to_owned(), |a| a.origin.trim_start_matches("ca_cert: ").to_owned());
+    let d = args.data_dir.display();
     println!("try:");
-    println!("  openssl s_client -connect {} -CAfile {d}/ca.pem", args.echo_listen);
-    println!("  sealtls connect {} --server-name localhost --ca {d}/ca.pem --cert {d}/client.pem --key {d}/client.key --send hello", args.echo_listen);
+    println!("  openssl s_client -connect {echo} -CAfile {ca}");
+    println!("  telnet {} {}", console.ip(), console.port());
+    println!("  sealtls connect {echo} --server-name localhost --ca {ca} --cert {d}/client.pem --key {d}/client.key --send hello");
     println!("stop with Ctrl-C");
+    run_until_signal(list, stop_tx, &servers).await;
+    Ok(())
+}
 
-    let handles: Vec<_> = services.into_iter().map(|s| tokio::spawn(s.task)).collect();
-    shutdown_signal().await;
-    info!("stopping");
-    let _ = stop_tx.send(true);
-    for h in handles {
-        let _ = h.await;
-    }
-    info!("stopped");
+#[derive(Args)]
+pub struct ConsoleArgs {
+    /// Configuration file (default: ./sealtls.toml, else DATA_DIR/sealtls.toml, else none).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to look for a configuration when --config is not given.
+    #[arg(long, default_value = "sealtls-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    console: ConsoleFlags,
+}
+
+pub async fn console(args: ConsoleArgs) -> Result<(), Failure> {
+    let path = locate(args.config.as_deref(), &args.data_dir);
+    let config = load(path.as_deref())?;
+    let section = args.console.apply(config.console.clone())?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let servers = EchoServers::new(config.material.clone());
+    let service = services::console(&servers, &section, stop_rx).await?;
+    info!(listen = %service.address, config = %path.as_deref().map_or("none".into(), |p| p.display().to_string()), "console ready");
+    run_until_signal(vec![service], stop_tx, &servers).await;
     Ok(())
 }

@@ -115,7 +115,11 @@ pub async fn connect(target: &str, server_name: Option<&str>, settings: &ClientS
         peer: target.to_owned(),
         server_name: name_text.clone(),
         signature_scheme: seen.peer_signature().map_or("none".to_owned(), |s| format!("{s:?}")),
-        verification: format!("OK: chain to a trusted CA ({}), valid for {name_text}", settings.trust.origin),
+        verification: if settings.legacy_v1_leaf {
+            format!("OK (legacy_v1_leaf): signed by a trusted CA ({}) and within its validity period; host name, version and SAN not checked", settings.trust.origin)
+        } else {
+            format!("OK: chain to a trusted CA ({}), valid for {name_text}", settings.trust.origin)
+        },
         info,
         client_certificate,
     };

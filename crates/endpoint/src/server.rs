@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -60,6 +60,8 @@ pub struct ServerStats {
     pub bytes_in: AtomicU64,
     /// Application bytes sent.
     pub bytes_out: AtomicU64,
+    /// Sessions open now (handshake done, not yet closed).
+    pub open: AtomicU64,
 }
 
 /// Server limits and behaviour.
@@ -100,6 +102,7 @@ impl Server {
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let slots = Arc::new(Semaphore::new(self.options.max_connections));
         let mut sessions = JoinSet::new();
+        let (closing_tx, closing) = watch::channel(false);
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -114,8 +117,9 @@ impl Server {
                 Ok((tcp, peer)) => {
                     self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let server = self.clone();
+                    let closing = closing.clone();
                     sessions.spawn(async move {
-                        server.handle(tcp, peer).await;
+                        server.handle(tcp, peer, closing).await;
                         drop(permit);
                     });
                 }
@@ -128,11 +132,13 @@ impl Server {
             while sessions.try_join_next().is_some() {}
         }
         drop(listener);
+        // Open sessions send close_notify after the chunk in flight.
+        let _ = closing_tx.send(true);
         let _ = tokio::time::timeout(self.options.grace, async { while sessions.join_next().await.is_some() {} }).await;
         sessions.shutdown().await;
     }
 
-    async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
+    async fn handle(&self, tcp: TcpStream, peer: SocketAddr, closing: watch::Receiver<bool>) {
         let started = Instant::now();
         let (config, seen) = self.tls.for_connection();
         let handshake = TlsAcceptor::from(config).accept(buffered(tcp));
@@ -153,14 +159,14 @@ impl Server {
         self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         let info = SessionInfo::of(stream.get_ref().1);
         info!(%peer, version = %info.version, suite = %info.suite, group = %info.group, client = %info.peer_subject(), "session started");
-        let mut counts = Counts::default();
+        let mut counts = Counts { stats: &self.stats, closing, bytes_in: 0, bytes_out: 0 };
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
         let result = match self.options.mode {
             Mode::Echo => echo(&mut stream, &mut counts).await,
             Mode::Sink => sink(&mut stream, &mut counts).await,
             Mode::Handshake => stream.shutdown().await,
         };
-        self.stats.bytes_in.fetch_add(counts.bytes_in, Ordering::Relaxed);
-        self.stats.bytes_out.fetch_add(counts.bytes_out, Ordering::Relaxed);
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => info!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, "session ended"),
@@ -172,43 +178,60 @@ impl Server {
     }
 }
 
-#[derive(Default)]
-struct Counts {
+/// One session's byte counts, also added to the server's as they happen.
+struct Counts<'a> {
+    stats: &'a ServerStats,
+    closing: watch::Receiver<bool>,
     bytes_in: u64,
     bytes_out: u64,
 }
 
+impl Counts<'_> {
+    fn received(&mut self, n: usize) {
+        self.bytes_in += n as u64;
+        self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    fn sent(&mut self, n: usize) {
+        self.bytes_out += n as u64;
+        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
 const CHUNK: usize = 256 * 1024;
 
-/// Reads until the peer's close. With `echo`, each chunk goes back as soon
-/// as it arrives (a byte stream, not lines).
-async fn drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts, echo: bool) -> std::io::Result<()> {
+/// Reads until the peer's close or the server's shutdown. With `echo`, each
+/// chunk goes back as soon as it arrives (a byte stream, not lines).
+async fn drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts<'_>, echo: bool) -> std::io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
+    let mut closing = counts.closing.clone();
     loop {
-        let n = stream.read(&mut buf).await?;
+        let n = tokio::select! {
+            read = stream.read(&mut buf) => read?,
+            _ = closing.wait_for(|c| *c) => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }
-        counts.bytes_in += n as u64;
+        counts.received(n);
         if echo {
             stream.write_all(&buf[..n]).await?;
             stream.flush().await?;
-            counts.bytes_out += n as u64;
+            counts.sent(n);
         }
     }
 }
 
 /// Echo; on the peer's close, pending data is flushed and close_notify sent.
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts) -> std::io::Result<()> {
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts<'_>) -> std::io::Result<()> {
     drain(stream, counts, true).await?;
     stream.shutdown().await
 }
 
 /// Discard; on the peer's close, report the byte count, then close.
-async fn sink<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts) -> std::io::Result<()> {
+async fn sink<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts<'_>) -> std::io::Result<()> {
     drain(stream, counts, false).await?;
     let report = sink_report(counts.bytes_in);
     stream.write_all(report.as_bytes()).await?;
-    counts.bytes_out += report.len() as u64;
+    counts.sent(report.len());
     stream.shutdown().await
 }

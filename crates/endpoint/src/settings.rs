@@ -13,6 +13,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::legacy::LegacyLeafVerifier;
 use crate::verify::{ExplainingClientVerifier, ExplainingServerVerifier, Observation, RecordingClientCert, TicketWatch};
 
 /// The process-wide crypto provider: aws-lc-rs.
@@ -253,6 +254,9 @@ pub struct ClientSettings {
     pub identity: Option<Arc<CertifiedKey>>,
     /// TLS versions offered.
     pub versions: TlsVersions,
+    /// Accept a server leaf the way BitVisor's client does: signature chain
+    /// and validity only (see [`crate::legacy`]).
+    pub legacy_v1_leaf: bool,
 }
 
 impl ClientSettings {
@@ -260,8 +264,11 @@ impl ClientSettings {
     /// verifier and certificate resolver fill in.
     pub fn config(&self) -> Result<(Arc<ClientConfig>, Arc<Observation>), SetupError> {
         let seen = Arc::new(Observation::default());
-        let verifier: Arc<dyn ServerCertVerifier> =
-            Arc::new(ExplainingServerVerifier::new(self.trust.root_store()?, self.trust.certs.clone(), seen.clone())?);
+        let verifier: Arc<dyn ServerCertVerifier> = if self.legacy_v1_leaf {
+            Arc::new(LegacyLeafVerifier::new(self.trust.certs.clone(), seen.clone()))
+        } else {
+            Arc::new(ExplainingServerVerifier::new(self.trust.root_store()?, self.trust.certs.clone(), seen.clone())?)
+        };
         let resolver: Arc<dyn ResolvesClientCert> = Arc::new(RecordingClientCert::new(self.identity.clone(), seen.clone()));
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(self.versions.rustls())?

@@ -45,12 +45,12 @@ impl Observation {
     pub fn ticket_received(&self) -> bool {
         self.ticket_received.load(Ordering::Relaxed)
     }
-    fn record_refusal(&self, err: &Error, chain: &[CertificateDer<'_>], anchors: &[CertificateDer<'_>], name: Option<&str>, purpose: Purpose) {
+    pub(crate) fn record_refusal(&self, err: &Error, chain: &[CertificateDer<'_>], anchors: &[CertificateDer<'_>], name: Option<&str>, purpose: Purpose) {
         if let Error::InvalidCertificate(ce) = err {
             *self.diagnosis.lock().expect("not poisoned") = Some(diagnose(chain, anchors, name, purpose, ce));
         }
     }
-    fn record_signature(&self, dss: &DigitallySignedStruct) {
+    pub(crate) fn record_signature(&self, dss: &DigitallySignedStruct) {
         *self.peer_signature.lock().expect("not poisoned") = Some(dss.scheme);
     }
 }

@@ -63,7 +63,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Resu
 /// A secret file that group or others can reach.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{path}: private key is accessible by group or others (mode {mode:04o}); \
+    "{path}: secret (private key or token) is accessible by group or others (mode {mode:04o}); \
      fix it with `chmod 600 {path}`"
 )]
 pub struct ExposedSecret {

@@ -106,7 +106,9 @@ pub enum LoadError {
     Exposed(#[from] ExposedSecret),
 }
 
-fn read_limited(path: &Path) -> Result<(Zeroizing<Vec<u8>>, fs::Metadata), LoadError> {
+/// Reads a whole file of at most [`MAX_INPUT`] bytes, with its metadata; the bytes are
+/// wiped when dropped.
+pub fn read_limited(path: &Path) -> Result<(Zeroizing<Vec<u8>>, fs::Metadata), LoadError> {
     let origin = || path.display().to_string();
     let meta = fs::metadata(path).map_err(|source| LoadError::Io { origin: origin(), source })?;
     if meta.len() > MAX_INPUT {

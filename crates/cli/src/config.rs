@@ -1,0 +1,444 @@
+//! `sealtls.toml`: one file for the long-running subcommands. The `[tls]`
+//! table mirrors BitVisor's defconfig `.tls` section (`srv_cert`, `srv_key`,
+//! `ca_cert` as inline PEM, or `*_file` paths relative to the config file).
+//! Everything is checked at load; nothing starts on a bad config.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::CertificateDer;
+use sealtls_console::TlsMaterial;
+use sealtls_endpoint::settings::{certified_key, Anchors, SetupError};
+use sealtls_endpoint::{ClientAuthMode, TlsVersions};
+use sealtls_pki::files::check_secret_mode;
+use sealtls_pki::load::read_limited;
+use sealtls_pki::{load_certs_pem, load_key_pem, LoadError};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// The name looked for in the working directory.
+pub const DEFAULT_NAME: &str = "sealtls.toml";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    echo: RawEcho,
+    #[serde(default)]
+    console: RawConsole,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    srv_cert: Option<String>,
+    srv_cert_file: Option<PathBuf>,
+    srv_key: Option<Zeroizing<String>>,
+    srv_key_file: Option<PathBuf>,
+    ca_cert: Option<String>,
+    ca_cert_file: Option<PathBuf>,
+    cli_cert: Option<String>,
+    cli_cert_file: Option<PathBuf>,
+    cli_key: Option<Zeroizing<String>>,
+    cli_key_file: Option<PathBuf>,
+    #[serde(default)]
+    legacy_v1_leaf: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEcho {
+    listen: Option<String>,
+    client_auth: Option<String>,
+    tls: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    listen: Option<String>,
+    #[serde(default)]
+    allow_remote: bool,
+    token_file: Option<PathBuf>,
+}
+
+/// The echo server of `sealtls up`.
+#[derive(Clone, Debug)]
+pub struct EchoSection {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Client certificate policy.
+    pub client_auth: ClientAuthMode,
+    /// TLS versions.
+    pub versions: TlsVersions,
+}
+
+/// The console.
+#[derive(Clone, Debug)]
+pub struct ConsoleSection {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Whether a non-loopback address is allowed.
+    pub allow_remote: bool,
+    /// The token a session must give, read from `token_file`.
+    pub token: Option<Arc<Zeroizing<String>>>,
+}
+
+/// A loaded, checked configuration.
+pub struct Config {
+    /// Certificates and keys.
+    pub material: Arc<TlsMaterial>,
+    /// `[echo]`.
+    pub echo: EchoSection,
+    /// `[console]`.
+    pub console: ConsoleSection,
+}
+
+/// Why a configuration was refused. Each message names the file and the
+/// key, and gives the remedy after the first `"; "`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the configuration: {detail}; check the path given with --config")]
+    Read { path: String, detail: String },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("{path}: line {line}: {message}; {fix}")]
+    Syntax { path: String, line: usize, message: String, fix: &'static str },
+    /// An inline value and a file for the same item.
+    #[error("{path}: [tls] {key} and {key}_file are both given; keep one of them")]
+    Both { path: String, key: &'static str },
+    /// A certificate without its key, or the reverse.
+    #[error("{path}: [tls] {given} is given without {missing}; give both, or neither")]
+    Half { path: String, given: &'static str, missing: &'static str },
+    /// A certificate, key or token that could not be loaded.
+    #[error("{path}: [{table}] {key}: {source}")]
+    Item { path: String, table: &'static str, key: &'static str, source: LoadError },
+    /// The certificate and key do not belong together.
+    #[error("{path}: {source}")]
+    Setup { path: String, source: SetupError },
+    /// A private key inline in a file others can read.
+    #[error("{path}: holds a private key inline ([tls] {key}) and group or others can read it (mode {mode:04o}); fix it with `chmod 600 {path}`")]
+    ExposedInline { path: String, key: &'static str, mode: u32 },
+    /// The console token file could not be used.
+    #[error("{path}: [console] token_file: {detail}")]
+    Token { path: String, detail: String },
+    /// A value that does not parse.
+    #[error("{path}: [{table}] {key} = \"{value}\": {detail}")]
+    Value { path: String, table: &'static str, key: &'static str, value: String, detail: String },
+}
+
+const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file";
+
+/// Finds the configuration: `explicit`, else `./sealtls.toml`, else
+/// `DATA_DIR/sealtls.toml`, when they exist.
+pub fn locate(explicit: Option<&Path>, data_dir: &Path) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_owned());
+    }
+    [PathBuf::from(DEFAULT_NAME), data_dir.join(DEFAULT_NAME)].into_iter().find(|p| p.exists())
+}
+
+/// One `[tls]` item: inline PEM or a file.
+struct Item<'a, T> {
+    key: &'static str,
+    inline: Option<&'a T>,
+    file: Option<&'a Path>,
+}
+
+struct Loader<'a> {
+    path: &'a Path,
+    dir: PathBuf,
+    mode: u32,
+}
+
+impl Loader<'_> {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The bytes of an item and where they came from; `None` when absent.
+    fn bytes<T: AsRef<str>>(&self, item: &Item<'_, T>, secret: bool) -> Result<Option<(Zeroizing<Vec<u8>>, String)>, ConfigError> {
+        let item_err = |source| ConfigError::Item { path: self.name(), table: "tls", key: item.key, source };
+        match (item.inline, item.file) {
+            (Some(_), Some(_)) => Err(ConfigError::Both { path: self.name(), key: item.key }),
+            (Some(text), None) => {
+                if secret && self.mode & 0o077 != 0 {
+                    return Err(ConfigError::ExposedInline { path: self.name(), key: item.key, mode: self.mode });
+                }
+                Ok(Some((Zeroizing::new(text.as_ref().as_bytes().to_vec()), format!("inline {}", item.key))))
+            }
+            (None, Some(file)) => {
+                let file = self.dir.join(file);
+                let (bytes, meta) = read_limited(&file).map_err(item_err)?;
+                if secret {
+                    check_secret_mode(&file, &meta).map_err(|e| item_err(e.into()))?;
+                }
+                Ok(Some((bytes, file.display().to_string())))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn certs(&self, item: Item<'_, String>) -> Result<Option<(Vec<CertificateDer<'static>>, String)>, ConfigError> {
+        let key = item.key;
+        let Some((bytes, origin)) = self.bytes(&item, false)? else { return Ok(None) };
+        let certs = load_certs_pem(&bytes, &origin).map_err(|source| ConfigError::Item { path: self.name(), table: "tls", key, source })?;
+        Ok(Some((certs, origin)))
+    }
+
+    /// A certificate chain with its key, checked to belong together.
+    fn identity(&self, cert: Item<'_, String>, key: Item<'_, Zeroizing<String>>) -> Result<Option<Arc<CertifiedKey>>, ConfigError> {
+        let (cert_key, key_key) = (cert.key, key.key);
+        let chain = self.certs(cert)?;
+        let key_bytes = self.bytes(&key, true)?;
+        let (chain, cert_origin, key_bytes, key_origin) = match (chain, key_bytes) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => return Err(ConfigError::Half { path: self.name(), given: cert_key, missing: key_key }),
+            (None, Some(_)) => return Err(ConfigError::Half { path: self.name(), given: key_key, missing: cert_key }),
+            (Some((chain, co)), Some((kb, ko))) => (chain, co, kb, ko),
+        };
+        let key_der = load_key_pem(&key_bytes, &key_origin).map_err(|source| ConfigError::Item { path: self.name(), table: "tls", key: key_key, source })?;
+        let certified = certified_key(chain, &key_der, &format!("[tls] {cert_key} ({cert_origin})"), &format!("[tls] {key_key} ({key_origin})"))
+            .map_err(|source| ConfigError::Setup { path: self.name(), source })?;
+        Ok(Some(certified))
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, table: &'static str, key: &'static str, value: Option<&str>, default: &str) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = value.unwrap_or(default);
+        value.parse().map_err(|e: T::Err| ConfigError::Value { path: self.name(), table, key, value: value.chars().take(80).collect(), detail: e.to_string() })
+    }
+
+    fn token(&self, file: &Path) -> Result<Arc<Zeroizing<String>>, ConfigError> {
+        read_token(&self.dir.join(file)).map_err(|detail| ConfigError::Token { path: self.name(), detail })
+    }
+}
+
+/// Reads a console token: one line of text, in a file only its owner can read.
+pub fn read_token(file: &Path) -> Result<Arc<Zeroizing<String>>, String> {
+    let (bytes, meta) = read_limited(file).map_err(|e| e.to_string())?;
+    check_secret_mode(file, &meta).map_err(|e| e.to_string())?;
+    let token = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
+    if token.is_empty() {
+        return Err(format!("{}: empty or not text; write one line of text into it", file.display()));
+    }
+    Ok(Arc::new(Zeroizing::new(token.to_owned())))
+}
+
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("not an address; write it as IP:PORT, e.g. 127.0.0.1:{}", s.rsplit(':').next().unwrap_or("10007")))
+}
+
+/// A parsed `listen` value.
+struct Listen(SocketAddr);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        socket_addr(s).map(Listen)
+    }
+}
+
+impl Config {
+    /// Built-in defaults: no certificates, echo on 127.0.0.1:10007, console on 127.0.0.1:11123.
+    pub fn defaults() -> Self {
+        Self::from_raw(None, RawConfig::default(), 0o600, Path::new(".")).expect("defaults are valid")
+    }
+
+    /// Loads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let (bytes, meta) = read_limited(path).map_err(|e| ConfigError::Read { path: name.clone(), detail: e.to_string() })?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| ConfigError::Read { path: name.clone(), detail: "not UTF-8 text".into() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let message = e.message().trim().to_owned();
+            let fix = if message.starts_with("unknown field") { KEYS_FIX } else { "correct the TOML at that line" };
+            ConfigError::Syntax { path: name.clone(), line, message, fix }
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Self::from_raw(Some(path), raw, meta.permissions().mode(), dir)
+    }
+
+    fn from_raw(path: Option<&Path>, raw: RawConfig, mode: u32, dir: &Path) -> Result<Self, ConfigError> {
+        let shown = path.unwrap_or(Path::new("built-in defaults"));
+        let l = Loader { path: shown, dir: dir.to_owned(), mode };
+        let t = &raw.tls;
+        let server = l.identity(
+            Item { key: "srv_cert", inline: t.srv_cert.as_ref(), file: t.srv_cert_file.as_deref() },
+            Item { key: "srv_key", inline: t.srv_key.as_ref(), file: t.srv_key_file.as_deref() },
+        )?;
+        let client = l.identity(
+            Item { key: "cli_cert", inline: t.cli_cert.as_ref(), file: t.cli_cert_file.as_deref() },
+            Item { key: "cli_key", inline: t.cli_key.as_ref(), file: t.cli_key_file.as_deref() },
+        )?;
+        let ca = l
+            .certs(Item { key: "ca_cert", inline: t.ca_cert.as_ref(), file: t.ca_cert_file.as_deref() })?
+            .map(|(certs, origin)| Anchors { origin: format!("ca_cert: {origin}"), certs });
+        let material = TlsMaterial { origin: shown.display().to_string(), server, ca, client, legacy_v1_leaf: t.legacy_v1_leaf };
+        let echo = EchoSection {
+            listen: l.parsed::<Listen>("echo", "listen", raw.echo.listen.as_deref(), "127.0.0.1:10007")?.0,
+            client_auth: l.parsed("echo", "client_auth", raw.echo.client_auth.as_deref(), "optional")?,
+            versions: l.parsed("echo", "tls", raw.echo.tls.as_deref(), "any")?,
+        };
+        let console = ConsoleSection {
+            listen: l.parsed::<Listen>("console", "listen", raw.console.listen.as_deref(), "127.0.0.1:11123")?.0,
+            allow_remote: raw.console.allow_remote,
+            token: raw.console.token_file.as_deref().map(|f| l.token(f)).transpose()?,
+        };
+        Ok(Self { material: Arc::new(material), echo, console })
+    }
+}
+
+/// The configuration `sealtls up` writes next to its development PKI.
+pub const DEV_CONFIG: &str = r#"# sealtls configuration. Paths are relative to this file.
+# Certificates and keys may also be written inline as PEM, as in BitVisor's
+# defconfig:  srv_cert = """-----BEGIN CERTIFICATE-----
+#             ...
+#             -----END CERTIFICATE-----"""
+# (a file holding srv_key inline must be mode 0600).
+
+[tls]
+srv_cert_file = "localhost.pem"
+srv_key_file = "localhost.key"
+ca_cert_file = "ca.pem"
+# Accept server certificates the way BitVisor does in `client connect`
+# (signature chain and validity only): needed for the guide's openssl certificates.
+legacy_v1_leaf = false
+
+[echo]
+listen = "127.0.0.1:10007"
+client_auth = "optional"   # none, optional or required
+tls = "any"                # 1.2, 1.3 or any
+
+[console]
+listen = "127.0.0.1:11123"
+allow_remote = false       # true needs token_file
+# token_file = "console.token"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let c = Config::defaults();
+        assert_eq!(c.echo.listen.to_string(), "127.0.0.1:10007");
+        assert_eq!(c.console.listen.to_string(), "127.0.0.1:11123");
+        assert!(c.material.server.is_none());
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "a.toml", "[tls]\nlegacy_v1_leaf = true\n\n[echo]\nlisten = \n", 0o600);
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("a.toml: line 5:"), "{e}");
+        let p = write(dir.path(), "b.toml", "[echo]\nlisten = \"localhost\"\n", 0o600);
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("[echo] listen = \"localhost\": not an address"), "{e}");
+        let p = write(dir.path(), "c.toml", "[echo]\ntls = \"1.1\"\n", 0o600);
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("[echo] tls = \"1.1\": unknown TLS version"), "{e}");
+    }
+
+    #[test]
+    fn dev_config_is_valid_toml_with_known_keys() {
+        let raw: RawConfig = toml::from_str(DEV_CONFIG).unwrap();
+        assert_eq!(raw.tls.srv_cert_file.as_deref(), Some(Path::new("localhost.pem")));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_are_refused_not_panicked_on(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("x.toml");
+            std::fs::write(&p, &bytes).unwrap();
+            let _ = Config::load(&p);
+        }
+    }
+}
+
+/// `sealtls config`.
+#[derive(clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration and print what would run.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn describe_chain(chain: &[CertificateDer<'_>]) -> String {
+    let Some(leaf) = chain.first().and_then(|c| sealtls_pki::inspect::CertFacts::from_der(c).ok()) else {
+        return "unreadable".into();
+    };
+    let sans = if leaf.sans.is_empty() { "no subjectAltName".to_owned() } else { format!("names {}", leaf.sans.join(", ")) };
+    format!("{}, {}, {}, chain of {}, expires {} ({} days)", leaf.subject, leaf.key, sans, chain.len(), leaf.not_after, leaf.days_left)
+}
+
+fn leaf_warnings(what: &str, chain: &[CertificateDer<'_>], out: &mut Vec<String>) {
+    if let Some(facts) = chain.first().and_then(|c| sealtls_pki::inspect::CertFacts::from_der(c).ok()) {
+        out.extend(facts.warnings(true).into_iter().map(|w| format!("{what}: clients will refuse it: {w}")));
+    }
+}
+
+/// Runs `sealtls config`.
+pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
+    let ConfigCommand::Check { file } = cmd;
+    let c = Config::load(&file).map_err(sealtls_endpoint::Failure::config)?;
+    let m = &c.material;
+    let mut warnings = Vec::new();
+    println!("{}: valid", file.display());
+    match &m.server {
+        Some(k) => {
+            println!("  [tls] srv_cert        {}", describe_chain(&k.cert));
+            println!("  [tls] srv_key         matches srv_cert");
+            leaf_warnings("srv_cert", &k.cert, &mut warnings);
+        }
+        None => println!("  [tls] srv_cert        none: the echo server and `server start` cannot run"),
+    }
+    match &m.ca {
+        Some(a) => println!("  [tls] ca_cert         {} certificate(s), first {}", a.certs.len(), describe_chain(&a.certs)),
+        None => println!("  [tls] ca_cert         none: `client connect` cannot verify servers, servers ask no client certificate"),
+    }
+    match &m.client {
+        Some(k) => println!("  [tls] cli_cert        {}", describe_chain(&k.cert)),
+        None => println!("  [tls] cli_cert        none: `client connect` offers no client certificate"),
+    }
+    println!("  [tls] legacy_v1_leaf  {}", m.legacy_v1_leaf);
+    if m.legacy_v1_leaf {
+        warnings.push("legacy_v1_leaf = true: `client connect` checks only the signature chain and validity of servers, not their names".into());
+    }
+    println!("would run (sealtls up):");
+    let auth = format!("{:?}", c.echo.client_auth).to_lowercase();
+    println!("  TLS echo server       {}  TLS {}, client certificates {auth}", c.echo.listen, c.echo.versions);
+    let access = match (c.console.listen.ip().is_loopback(), &c.console.token) {
+        (true, None) => "loopback, no token",
+        (true, Some(_)) => "loopback, token required",
+        (false, _) => "remote access, token required",
+    };
+    println!("  echoctl_tls console   {}  {access}", c.console.listen);
+    if let Err(f) = sealtls_console::check_listen(c.console.listen, c.console.allow_remote, c.console.token.is_some()) {
+        return Err(f);
+    }
+    for w in &warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}

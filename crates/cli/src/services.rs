@@ -1,0 +1,93 @@
+//! The long-running parts of sealtls as a list of services, so that `up`
+//! and the single-service subcommands start them the same way.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use clap::Args;
+use sealtls_console::{check_listen, Console, ConsoleOptions, EchoServers, ServerSpec};
+use sealtls_endpoint::net::bind;
+use sealtls_endpoint::{Failure, FailureClass};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::{ConsoleSection, EchoSection};
+
+type ServiceFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One running part of the stack: its name, where it listens, and the task
+/// that ends when the stack is told to stop.
+pub struct Service {
+    /// What it is, for people.
+    pub name: &'static str,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Runs until stopped.
+    pub task: ServiceFuture,
+}
+
+/// Resolves once `stop` turns true.
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The echo server from `[echo]`, registered with `servers` so that the
+/// console lists it and can stop it.
+pub async fn echo(servers: &Arc<EchoServers>, echo: &EchoSection, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+    let spec = ServerSpec { addr: echo.listen, client_auth: echo.client_auth, versions: echo.versions, started_by: "sealtls up".into() };
+    let address = servers.start(spec).await?;
+    Ok(Service { name: "TLS echo server", address, task: Box::pin(stopped(stop)) })
+}
+
+/// Console flags that override `[console]`.
+#[derive(Args, Clone, Default)]
+pub struct ConsoleFlags {
+    /// Console address (default from the config, else 127.0.0.1:11123).
+    #[arg(long = "console-listen")]
+    pub listen: Option<SocketAddr>,
+    /// Allow a console address that is not loopback (needs a token).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// File with the token a console session must give first (mode 0600).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ConsoleFlags {
+    /// The `[console]` section with these flags applied.
+    pub fn apply(&self, mut section: ConsoleSection) -> Result<ConsoleSection, Failure> {
+        if let Some(l) = self.listen {
+            section.listen = l;
+        }
+        section.allow_remote |= self.allow_remote;
+        if let Some(path) = &self.token_file {
+            section.token = Some(crate::config::read_token(path).map_err(Failure::config)?);
+        }
+        Ok(section)
+    }
+}
+
+/// The echoctl_tls console.
+pub async fn console(servers: &Arc<EchoServers>, section: &ConsoleSection, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+    check_listen(section.listen, section.allow_remote, section.token.is_some())?;
+    let listener = bind(section.listen).await?;
+    let address = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
+    let options = ConsoleOptions { token: section.token.clone(), server_ip: address.ip(), ..Default::default() };
+    let console = Console::new(servers.clone(), options);
+    Ok(Service { name: "echoctl_tls console", address, task: Box::pin(console.run(listener, stopped(stop))) })
+}
+
+/// Runs `services` until Ctrl-C or SIGTERM, then stops them and the echo servers.
+pub async fn run_until_signal(services: Vec<Service>, stop: watch::Sender<bool>, servers: &EchoServers) {
+    let handles: Vec<_> = services.into_iter().map(|s| tokio::spawn(s.task)).collect();
+    crate::endpoints::shutdown_signal().await;
+    info!("stopping");
+    let _ = stop.send(true);
+    for h in handles {
+        let _ = h.await;
+    }
+    servers.stop_all().await;
+    info!("stopped");
+}
