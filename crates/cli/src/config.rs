@@ -115,7 +115,7 @@ pub enum ConfigError {
     Half { path: String, given: &'static str, missing: &'static str },
     /// A certificate, key or token that could not be loaded.
     #[error("{path}: [{table}] {key}: {source}")]
-    Item { path: String, table: &'static str, key: &'static str, source: LoadError },
+    Item { path: String, table: &'static str, key: String, source: LoadError },
     /// The certificate and key do not belong together.
     #[error("{path}: {source}")]
     Setup { path: String, source: SetupError },
@@ -148,6 +148,13 @@ struct Item<'a, T> {
     file: Option<&'a Path>,
 }
 
+impl<T> Item<'_, T> {
+    /// The key as written in the file: `srv_cert` or `srv_cert_file`.
+    fn name(&self) -> String {
+        if self.file.is_some() { format!("{}_file", self.key) } else { self.key.to_owned() }
+    }
+}
+
 struct Loader<'a> {
     path: &'a Path,
     dir: PathBuf,
@@ -161,7 +168,7 @@ impl Loader<'_> {
 
     /// The bytes of an item and where they came from; `None` when absent.
     fn bytes<T: AsRef<str>>(&self, item: &Item<'_, T>, secret: bool) -> Result<Option<(Zeroizing<Vec<u8>>, String)>, ConfigError> {
-        let item_err = |source| ConfigError::Item { path: self.name(), table: "tls", key: item.key, source };
+        let item_err = |source| ConfigError::Item { path: self.name(), table: "tls", key: format!("{}_file", item.key), source };
         match (item.inline, item.file) {
             (Some(_), Some(_)) => Err(ConfigError::Both { path: self.name(), key: item.key }),
             (Some(text), None) => {
@@ -183,7 +190,7 @@ impl Loader<'_> {
     }
 
     fn certs(&self, item: Item<'_, String>) -> Result<Option<(Vec<CertificateDer<'static>>, String)>, ConfigError> {
-        let key = item.key;
+        let key = item.name();
         let Some((bytes, origin)) = self.bytes(&item, false)? else { return Ok(None) };
         let certs = load_certs_pem(&bytes, &origin).map_err(|source| ConfigError::Item { path: self.name(), table: "tls", key, source })?;
         Ok(Some((certs, origin)))
@@ -192,6 +199,7 @@ impl Loader<'_> {
     /// A certificate chain with its key, checked to belong together.
     fn identity(&self, cert: Item<'_, String>, key: Item<'_, Zeroizing<String>>) -> Result<Option<Arc<CertifiedKey>>, ConfigError> {
         let (cert_key, key_key) = (cert.key, key.key);
+        let key_name = key.name();
         let chain = self.certs(cert)?;
         let key_bytes = self.bytes(&key, true)?;
         let (chain, cert_origin, key_bytes, key_origin) = match (chain, key_bytes) {
@@ -200,7 +208,7 @@ impl Loader<'_> {
             (None, Some(_)) => return Err(ConfigError::Half { path: self.name(), given: key_key, missing: cert_key }),
             (Some((chain, co)), Some((kb, ko))) => (chain, co, kb, ko),
         };
-        let key_der = load_key_pem(&key_bytes, &key_origin).map_err(|source| ConfigError::Item { path: self.name(), table: "tls", key: key_key, source })?;
+        let key_der = load_key_pem(&key_bytes, &key_origin).map_err(|source| ConfigError::Item { path: self.name(), table: "tls", key: key_name, source })?;
         let certified = certified_key(chain, &key_der, &format!("[tls] {cert_key} ({cert_origin})"), &format!("[tls] {key_key} ({key_origin})"))
             .map_err(|source| ConfigError::Setup { path: self.name(), source })?;
         Ok(Some(certified))
@@ -347,13 +355,13 @@ mod tests {
     fn syntax_errors_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "a.toml", "[tls]\nlegacy_v1_leaf = true\n\n[echo]\nlisten = \n", 0o600);
-        let e = Config::load(&p).unwrap_err().to_string();
+        let e = Config::load(&p).err().expect("refused").to_string();
         assert!(e.contains("a.toml: line 5:"), "{e}");
         let p = write(dir.path(), "b.toml", "[echo]\nlisten = \"localhost\"\n", 0o600);
-        let e = Config::load(&p).unwrap_err().to_string();
+        let e = Config::load(&p).err().expect("refused").to_string();
         assert!(e.contains("[echo] listen = \"localhost\": not an address"), "{e}");
         let p = write(dir.path(), "c.toml", "[echo]\ntls = \"1.1\"\n", 0o600);
-        let e = Config::load(&p).unwrap_err().to_string();
+        let e = Config::load(&p).err().expect("refused").to_string();
         assert!(e.contains("[echo] tls = \"1.1\": unknown TLS version"), "{e}");
     }
 

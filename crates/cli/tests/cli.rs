@@ -1,159 +1,14 @@
 //! The `sealtls` binary against real peers: openssl, gnutls-cli, Python's
 //! ssl module, and the certificate recipes of the seed guides.
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
 
-fn sealtls() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sealtls"));
-    c.env("RUST_LOG", "info");
-    c
-}
-
-/// Runs a command to completion with a time limit.
-fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "command timed out: {cmd:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// A `sealtls serve` process on an ephemeral loopback port, killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = sealtls()
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn server");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listen=").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
-        Server { child, addr, log }
-    }
-
-    fn port(&self) -> &str {
-        self.addr.rsplit(':').next().unwrap()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits for `needle` to appear in the log.
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if log.contains(needle) || Instant::now() > deadline {
-                return log;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn assert_alive(&mut self) {
-        assert!(self.child.try_wait().unwrap().is_none(), "server exited: {}", self.log());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A development PKI made by `sealtls pki`: CA, server `localhost`, client `alice`.
-fn dev_pki(dir: &Path) -> PathBuf {
-    let d = dir.to_str().unwrap();
-    for args in [
-        vec!["pki", "init", "--dir", d],
-        vec!["pki", "issue", "server", "--dir", d, "--name", "localhost"],
-        vec!["pki", "issue", "client", "--dir", d, "--name", "alice"],
-    ] {
-        let o = run(sealtls().args(&args));
-        assert!(o.status.success(), "{}", text(&o));
-    }
-    dir.to_owned()
-}
-
-fn p(dir: &Path, name: &str) -> String {
-    dir.join(name).to_str().unwrap().to_owned()
-}
-
-/// Starts a line-oriented TLS client (openssl, gnutls-cli, ...), writes `line`
-/// and returns its output once the echo appeared (or after 15 s).
-fn interactive_echo(cmd: &mut Command, line: &str) -> String {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut sent = false;
-    while Instant::now() < deadline && !out.lock().unwrap().contains(line) {
-        // Give the handshake a moment, then send once.
-        if !sent && Instant::now() + Duration::from_millis(14_500) > deadline {
-            let _ = stdin.write_all(format!("{line}\n").as_bytes());
-            let _ = stdin.flush();
-            sent = true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let mut err = String::new();
-    let _ = child.wait();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let result = out.lock().unwrap().clone();
-    format!("{result}\n--stderr--\n{err}")
-}
-
-fn echo_line_count(output: &str, line: &str) -> usize {
-    output.lines().filter(|l| l.trim_end() == line).count()
-}
+use common::*;
 
 // ---------------------------------------------------------------- interop
 
@@ -230,30 +85,15 @@ with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
 fn our_client_against_openssl_s_server() {
     let tmp = tempfile::tempdir().unwrap();
     let d = dev_pki(tmp.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut s_server = Command::new("openssl")
-        .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert", &p(&d, "localhost.pem"), "-key", &p(&d, "localhost.key")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "s_server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let s_server = OpensslServer::start(&d, &["-cert", "localhost.pem", "-key", "localhost.key"]);
     for version in ["1.2", "1.3"] {
-        let o = run(sealtls().args(["connect", &format!("127.0.0.1:{port}"), "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--tls", version, "--send", "to-openssl", "--json"]));
+        let o = run(sealtls().args(["connect", &format!("127.0.0.1:{}", s_server.port), "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--tls", version, "--send", "to-openssl", "--json"]));
         assert!(o.status.success(), "{}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["session"]["version"], if version == "1.2" { "TLSv1.2" } else { "TLSv1.3" });
         assert_eq!(v["session"]["peer_chain"][0], "CN=localhost");
     }
-    let _ = s_server.kill();
-    let mut out = String::new();
-    let _ = s_server.stdout.take().unwrap().read_to_string(&mut out);
-    let _ = s_server.wait();
+    let out = s_server.wait_output("to-openssl");
     assert!(out.contains("to-openssl"), "s_server output: {out}");
 }
 
@@ -261,11 +101,6 @@ fn our_client_against_openssl_s_server() {
 
 const CA_CONF: &str = "[ ca ]\ndefault_ca = CA_default\n[ CA_default ]\ndir = .\ncertificate = $dir/ca_cert.pem\nprivate_key = $dir/ca_key.pem\n[ req ]\ndefault_bits = 4096\nprompt = no\ndefault_md = sha256\ndistinguished_name = dn\nx509_extensions = v3_ca\n[ dn ]\nCN = My Test CA\n[ v3_ca ]\n";
 const CERT_CONF: &str = "[ req ]\ndefault_bits = 4096\nprompt = no\ndefault_md = sha256\ndistinguished_name = dn\nreq_extensions = req_ext\n[ dn ]\nCN = localhost\n[ req_ext ]\nsubjectAltName = @alt_names\n[ alt_names ]\nDNS.1 = localhost\n";
-
-fn sh(dir: &Path, script: &str) {
-    let o = run(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
-    assert!(o.status.success(), "{script}: {}", text(&o));
-}
 
 /// The seed's commands, verbatim, for a CA and `prefix` (server, client, bad).
 fn seed003_pki(dir: &Path) {
@@ -328,20 +163,11 @@ fn seed003_mutual_tls_scenarios() {
 
 // ---------------------------------------------------------------- seed 000: the guide's certificates as written
 
-const ROOT_CNF: &str = "distinguished_name = req_distinguished_name\nx509_extensions = v3_ca\nprompt = no\n[ req_distinguished_name ]\nCN = RootCA\n[ v3_ca ]\nbasicConstraints = critical, CA:TRUE\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always, issuer:always\nkeyUsage = critical, cRLSign, digitalSignature, keyCertSign\n";
-const SERVER_CNF: &str = "[req]\ndefault_bits = 2048\ndistinguished_name = req_distinguished_name\nx509_extensions = v3_server\nprompt = no\n[ req_distinguished_name ]\nC = JP\nST = TOKYO\nL = TOKYO\nO = ABCCOMPANY\nCN = *\n[ v3_server ]\nbasicConstraints = critical, CA:TRUE\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always, issuer:always\nkeyUsage = critical, nonRepudiation, digitalSignature, keyEncipherment, keyAgreement\nextendedKeyUsage = critical, serverAuth\n";
-
 #[test]
 fn seed000_guide_certificates() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    std::fs::write(d.join("RootCA.cnf"), ROOT_CNF).unwrap();
-    std::fs::write(d.join("server.cnf"), SERVER_CNF).unwrap();
-    sh(d, "openssl genpkey -algorithm RSA -out RootCA.key 2>/dev/null
-openssl req -new -x509 -days 3650 -key RootCA.key -out RootCA.pem -config RootCA.cnf
-openssl genpkey -algorithm RSA -out server.key 2>/dev/null
-openssl req -new -key server.key -out server.csr -config server.cnf
-openssl x509 -req -days 365 -in server.csr -CA RootCA.pem -CAkey RootCA.key -CAcreateserial -out server.pem -extensions v3_server 2>/dev/null");
+    seed000_pki(d);
 
     // What OpenSSL 3 really made: version 1, no extensions.
     let o = run(sealtls().args(["inspect", "--json", &p(d, "server.pem"), &p(d, "server.key")]));

@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn long_lines_and_binary_are_refused_whole() {
         let mut r = LineReader::new(8);
-        r.push(b"123456789\nok\n\x01\x02\nbad \xff\xfe utf8\n");
+        r.push(b"123456789\nok\n\x01\x02\nb\xc3\x28d\n");
         assert_eq!(all(&mut r), vec![Input::TooLong, Input::Line("ok".into()), Input::NotText, Input::NotText]);
         assert_eq!(r.pending(), 0);
     }

@@ -1,0 +1,327 @@
+//! Helpers shared by the CLI tests: running the binary with time limits,
+//! daemons on ephemeral ports, and the seed guides' certificate recipes.
+#![allow(dead_code)]
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn sealtls() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sealtls"));
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// Runs a command to completion with a time limit.
+pub fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "command timed out: {cmd:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A long-running `sealtls` process on an ephemeral loopback port, killed
+/// on drop; `addr` is the first `listen=` address it logs.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// `sealtls serve --listen 127.0.0.1:0 ARGS`.
+    pub fn start(args: &[&str]) -> Server {
+        Self::spawn(&[&["serve", "--listen", "127.0.0.1:0"], args].concat())
+    }
+
+    /// `sealtls ARGS`.
+    pub fn spawn(args: &[&str]) -> Server {
+        let mut child = sealtls()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listen=").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
+        Server { child, addr, log }
+    }
+
+    pub fn port(&self) -> &str {
+        self.addr.rsplit(':').next().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for `needle` to appear in the log.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "server exited: {}", self.log());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A development PKI made by `sealtls pki`: CA, server `localhost`, client `alice`.
+pub fn dev_pki(dir: &Path) -> PathBuf {
+    let d = dir.to_str().unwrap();
+    for args in [
+        vec!["pki", "init", "--dir", d],
+        vec!["pki", "issue", "server", "--dir", d, "--name", "localhost"],
+        vec!["pki", "issue", "client", "--dir", d, "--name", "alice"],
+    ] {
+        let o = run(sealtls().args(&args));
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    dir.to_owned()
+}
+
+pub fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).to_str().unwrap().to_owned()
+}
+
+/// Starts a line-oriented TLS client (openssl, gnutls-cli, ...), writes `line`
+/// and returns its output once the echo appeared (or after 15 s).
+pub fn interactive_echo(cmd: &mut Command, line: &str) -> String {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut sent = false;
+    while Instant::now() < deadline && !out.lock().unwrap().contains(line) {
+        // Give the handshake a moment, then send once.
+        if !sent && Instant::now() + Duration::from_millis(14_500) > deadline {
+            let _ = stdin.write_all(format!("{line}\n").as_bytes());
+            let _ = stdin.flush();
+            sent = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let mut err = String::new();
+    let _ = child.wait();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let result = out.lock().unwrap().clone();
+    format!("{result}\n--stderr--\n{err}")
+}
+
+pub fn echo_line_count(output: &str, line: &str) -> usize {
+    output.lines().filter(|l| l.trim_end() == line).count()
+}
+
+pub fn sh(dir: &Path, script: &str) {
+    let o = run(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
+    assert!(o.status.success(), "{script}: {}", text(&o));
+}
+
+pub const ROOT_CNF: &str = "distinguished_name = req_distinguished_name\nx509_extensions = v3_ca\nprompt = no\n[ req_distinguished_name ]\nCN = RootCA\n[ v3_ca ]\nbasicConstraints = critical, CA:TRUE\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always, issuer:always\nkeyUsage = critical, cRLSign, digitalSignature, keyCertSign\n";
+pub const SERVER_CNF: &str = "[req]\ndefault_bits = 2048\ndistinguished_name = req_distinguished_name\nx509_extensions = v3_server\nprompt = no\n[ req_distinguished_name ]\nC = JP\nST = TOKYO\nL = TOKYO\nO = ABCCOMPANY\nCN = *\n[ v3_server ]\nbasicConstraints = critical, CA:TRUE\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always, issuer:always\nkeyUsage = critical, nonRepudiation, digitalSignature, keyEncipherment, keyAgreement\nextendedKeyUsage = critical, serverAuth\n";
+
+/// The seed 000 guide's commands, verbatim: RootCA.pem/.key, server.pem/.key
+/// (OpenSSL 3 makes the server certificate X.509 version 1 with CN=*).
+pub fn seed000_pki(d: &Path) {
+    std::fs::write(d.join("RootCA.cnf"), ROOT_CNF).unwrap();
+    std::fs::write(d.join("server.cnf"), SERVER_CNF).unwrap();
+    sh(d, "openssl genpkey -algorithm RSA -out RootCA.key 2>/dev/null
+openssl req -new -x509 -days 3650 -key RootCA.key -out RootCA.pem -config RootCA.cnf
+openssl genpkey -algorithm RSA -out server.key 2>/dev/null
+openssl req -new -key server.key -out server.csr -config server.cnf
+openssl x509 -req -days 365 -in server.csr -CA RootCA.pem -CAkey RootCA.key -CAcreateserial -out server.pem -extensions v3_server 2>/dev/null");
+}
+
+/// A console session driven the way a person with telnet would.
+pub struct Telnet {
+    pub stream: std::net::TcpStream,
+    seen: String,
+}
+
+
+impl Telnet {
+    pub fn connect(addr: &str) -> Telnet {
+        let stream = std::net::TcpStream::connect(addr).expect("console accepts");
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Telnet { stream, seen: String::new() }
+    }
+
+    /// Types a line, ending it with CR LF as telnet does.
+    pub fn line(&mut self, text: &str) {
+        self.stream.write_all(format!("{text}\r\n").as_bytes()).unwrap();
+    }
+
+    /// Reads until `needle` appears (CR LF turned into LF); returns
+    /// everything read up to and including it, and keeps the rest.
+    pub fn expect(&mut self, needle: &str) -> String {
+        self.expect_any(&[needle])
+    }
+
+    /// Reads until one of `needles` appears; like [`Telnet::expect`].
+    pub fn expect_any(&mut self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = needles.iter().filter_map(|n| self.seen.find(n).map(|at| at + n.len())).min() {
+                let rest = self.seen.split_off(end);
+                return std::mem::replace(&mut self.seen, rest);
+            }
+            assert!(Instant::now() < deadline, "console never printed {needles:?}; it printed:\n{}", self.seen);
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("console closed before printing {needles:?}; it printed:\n{}", self.seen),
+                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n]).replace("\r\n", "\n")),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Types a line and reads up to the next prompt `prompt`.
+    pub fn run(&mut self, text: &str, prompt: &str) -> String {
+        self.line(text);
+        self.expect(prompt)
+    }
+
+    /// Whether the console closed the session within a few seconds.
+    pub fn closed(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => {}
+            }
+        }
+        false
+    }
+}
+
+/// Writes a file with the given mode.
+pub fn write_mode(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A TOML basic multi-line string holding `path`'s contents (inline PEM).
+pub fn inline(path: &Path) -> String {
+    format!("\"\"\"\n{}\"\"\"", std::fs::read_to_string(path).unwrap())
+}
+
+/// `openssl s_server` on a free loopback port, its output collected; killed on drop.
+pub struct OpensslServer {
+    child: Child,
+    pub port: u16,
+    out: Arc<Mutex<String>>,
+}
+
+impl OpensslServer {
+    /// Starts `openssl s_server -accept 127.0.0.1:PORT ARGS` in `dir`.
+    pub fn start(dir: &Path, args: &[&str]) -> OpensslServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new("openssl")
+            .arg("s_server")
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server starts");
+        let out = Arc::new(Mutex::new(String::new()));
+        let sink = out.clone();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "openssl s_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OpensslServer { child, port, out }
+    }
+
+    /// Waits until `needle` appears in its output (at most 10 s) and returns the output.
+    pub fn wait_output(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.out.lock().unwrap().clone();
+            if out.contains(needle) || Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Types a line into it: s_server sends it to the connected client.
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,329 @@
+//! The echoctl_tls console, sealtls.toml and `sealtls up`, driven the way
+//! people drive them: telnet-style sessions, openssl as the peer, signals.
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PROMPT: &str = "echoctl_tls> ";
+
+/// `sealtls console` on a free loopback port with `config`.
+fn console(dir: &Path, config: &Path, extra: &[&str]) -> Server {
+    let config = config.to_str().unwrap();
+    let mut args = vec!["console", "--config", config, "--console-listen", "127.0.0.1:0", "--data-dir"];
+    args.push(dir.to_str().unwrap());
+    args.extend_from_slice(extra);
+    Server::spawn(&args)
+}
+
+/// A config holding the development PKI's files inline, as in BitVisor's defconfig.
+fn inline_config(d: &Path) -> std::path::PathBuf {
+    let cfg = d.join("inline.toml");
+    let text = format!(
+        "[tls]\nsrv_cert = {}\nsrv_key = {}\nca_cert = {}\n",
+        inline(&d.join("localhost.pem")),
+        inline(&d.join("localhost.key")),
+        inline(&d.join("ca.pem"))
+    );
+    write_mode(&cfg, &text, 0o600);
+    cfg
+}
+
+fn enter_echoctl(addr: &str) -> Telnet {
+    let mut t = Telnet::connect(addr);
+    t.expect("> ");
+    t.run("echoctl_tls", PROMPT);
+    t
+}
+
+fn listening_port(output: &str) -> u16 {
+    let addr = output.split("Listening on ").nth(1).unwrap_or_else(|| panic!("no address in {output}"));
+    addr.split_whitespace().next().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn console_drives_an_echo_server_like_a_person_with_telnet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let c = console(&d, &inline_config(&d), &[]);
+    let mut t = Telnet::connect(&c.addr);
+    // A telnet client's option negotiation is refused and does not reach the shell.
+    t.stream.write_all(&[255, 253, 1, 255, 251, 31]).unwrap();
+    t.expect("> ");
+    assert!(t.run("echoctl_tls", PROMPT).ends_with(PROMPT));
+    let help = t.run("help", PROMPT);
+    assert!(help.contains("usage:\n  client connect <ipaddr> <port> [netif]  Connect to echo server.\n  client send                             Send a message to client.\n  server start <port> [netif]             Start echo server.\n"), "{help}");
+
+    let started = t.run("server start 0", PROMPT);
+    assert!(started.starts_with("Starting TLS server (Port: 0)...\n") && started.contains("Done.\n"), "{started}");
+    let port = listening_port(&started);
+
+    let connected = t.run(&format!("client connect 127.0.0.1 {port}"), PROMPT);
+    assert!(connected.contains(&format!("Connecting to TLS server at 127.0.0.1:{port} (7f000001)\n")), "{connected}");
+    assert!(connected.contains("Connected: TLSv1.3") && connected.contains("Done.\n"), "{connected}");
+    t.line("client send");
+    t.expect("Received.\nHello, BitVisor with TLS!\n");
+    t.expect(PROMPT);
+
+    // The same server, reached by openssl over TLS 1.2 with full verification, echoes.
+    let out = interactive_echo(
+        std::process::Command::new("openssl").args([
+            "s_client", "-connect", &format!("127.0.0.1:{port}"), "-tls1_2", "-CAfile", &p(&d, "ca.pem"), "-verify_return_error", "-verify_hostname", "localhost",
+        ]),
+        "from openssl",
+    );
+    assert_eq!(echo_line_count(&out, "from openssl"), 1, "{out}");
+    assert!(out.contains("Protocol  : TLSv1.2"), "{out}");
+
+    // A big transfer through it keeps its SHA-256.
+    let file = d.join("payload.bin");
+    let data: Vec<u8> = (0..64 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let o = run(sealtls().args(["send", &format!("127.0.0.1:{port}"), "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--file", file.to_str().unwrap(), "--json"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["transfer"]["bytes_confirmed"], data.len() as u64);
+
+    let status = t.run("status", PROMPT);
+    assert!(status.contains("sent 26 bytes, received 26 bytes"), "{status}");
+    assert!(status.contains(&format!("bytes in {}", 26 + 13 + data.len())), "{status}");
+
+    // Stopping the server closes our client cleanly (close_notify), and says so.
+    let stopped = t.run(&format!("server stop {port}"), PROMPT);
+    assert!(stopped.contains("Stopped the TLS server") && stopped.contains("Done."), "{stopped}");
+    t.expect(&format!("the server 127.0.0.1:{port} closed the connection."));
+    t.expect(PROMPT);
+    let refused = t.run(&format!("client connect 127.0.0.1 {port}"), PROMPT);
+    assert!(refused.contains("error: ") && refused.contains("fix: ") && !refused.contains("Done."), "{refused}");
+    t.line("quit");
+    assert!(t.closed());
+}
+
+#[test]
+fn console_refuses_junk_and_floods_and_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let cfg = d.join("files.toml");
+    write_mode(&cfg, "[tls]\nsrv_cert_file = \"localhost.pem\"\nsrv_key_file = \"localhost.key\"\nca_cert_file = \"ca.pem\"\n", 0o644);
+    let mut c = console(&d, &cfg, &[]);
+    let mut t = enter_echoctl(&c.addr);
+    assert!(t.run(&"a".repeat(3000), PROMPT).contains("line longer than 1024 bytes; ignored"));
+    t.stream.write_all(b"\x01\x02\x03 \xc3\x28 junk\r\n").unwrap();
+    assert!(t.expect(PROMPT).contains("control bytes or is not UTF-8"));
+    let bad_port = t.run("server start 99999", PROMPT);
+    assert!(bad_port.contains("`99999` is not a port number") && bad_port.contains("usage:"), "{bad_port}");
+    assert!(t.run("frobnicate now", PROMPT).contains("`frobnicate` is not a command"));
+    let no_client = t.run("client send", PROMPT);
+    assert!(no_client.contains("error: no client connection is open") && no_client.contains("fix: connect first"), "{no_client}");
+    assert!(t.run("server start 0 nosuchif0", PROMPT).contains("no network interface named `nosuchif0`"));
+    let no_server = t.run("server stop 9", PROMPT);
+    assert!(no_server.contains("no echo server runs on port 9"), "{no_server}");
+
+    // More sessions than allowed: the extra ones are told, the rest work.
+    let mut flood: Vec<Telnet> = (0..140).map(|_| Telnet::connect(&c.addr)).collect();
+    let mut refused = 0;
+    for s in &mut flood {
+        if s.expect_any(&["> ", "try again later"]).contains("too many console sessions") {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 140 + 1 - 128, "sessions beyond 128 are refused");
+    drop(flood);
+    c.assert_alive();
+    let started = t.run("server start 0", PROMPT);
+    assert!(started.contains("Done."), "{started}");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = enter_echoctl(&c.addr);
+    assert!(again.run("server list", PROMPT).contains(&format!("127.0.0.1:{}", listening_port(&started))));
+}
+
+#[test]
+fn console_access_beyond_loopback_needs_a_flag_and_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let o = run(sealtls().args(["console", "--console-listen", "0.0.0.0:0"]).current_dir(d));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not loopback") && text(&o).contains("--allow-remote"), "{}", text(&o));
+    let o = run(sealtls().args(["console", "--console-listen", "0.0.0.0:0", "--allow-remote"]).current_dir(d));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("needs a token"), "{}", text(&o));
+
+    let token = d.join("console.token");
+    write_mode(&token, "s3cret-token\n", 0o644);
+    let o = run(sealtls().args(["console", "--console-listen", "127.0.0.1:0", "--token-file", token.to_str().unwrap()]).current_dir(d));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("chmod 600"), "{}", text(&o));
+
+    write_mode(&token, "s3cret-token\n", 0o600);
+    let c = Server::spawn(&["console", "--console-listen", "127.0.0.1:0", "--data-dir", d.to_str().unwrap(), "--token-file", token.to_str().unwrap()]);
+    let mut wrong = Telnet::connect(&c.addr);
+    wrong.expect("token: ");
+    wrong.line("guess");
+    wrong.expect("wrong token; closing.");
+    assert!(wrong.closed());
+    let mut right = Telnet::connect(&c.addr);
+    right.expect("token: ");
+    right.line("s3cret-token");
+    right.expect("> ");
+    right.run("echoctl_tls", PROMPT);
+}
+
+/// Seed 000's client scenario: the console's client against `openssl s_server
+/// -tls1_2` serving the guide's version 1 certificate.
+#[test]
+fn seed000_console_client_against_openssl_s_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    seed000_pki(d);
+    // A second CA with the same name, and the same server key signed by it.
+    sh(d, "openssl genpkey -algorithm RSA -out Other.key 2>/dev/null
+openssl req -new -x509 -days 3650 -key Other.key -out Other.pem -config RootCA.cnf
+openssl x509 -req -days 365 -in server.csr -CA Other.pem -CAkey Other.key -CAcreateserial -out server_other.pem -extensions v3_server 2>/dev/null");
+    let mut s_server = OpensslServer::start(d, &["-key", "server.key", "-cert", "server.pem", "-tls1_2"]);
+    let other = OpensslServer::start(d, &["-key", "server.key", "-cert", "server_other.pem", "-tls1_2"]);
+    let ca = format!("[tls]\nca_cert = {}\n", inline(&d.join("RootCA.pem")));
+    write_mode(&d.join("strict.toml"), &ca, 0o644);
+    write_mode(&d.join("legacy.toml"), &format!("{ca}legacy_v1_leaf = true\n"), 0o644);
+
+    // By default the guide's certificate is refused, with the reason and the fix.
+    let strict = console(d, &d.join("strict.toml"), &[]);
+    let mut t = enter_echoctl(&strict.addr);
+    let out = t.run(&format!("client connect 127.0.0.1 {}", s_server.port), PROMPT);
+    assert!(out.contains("Connecting to TLS server at 127.0.0.1:") && out.contains("X.509 version 1") && out.contains("fix: "), "{out}");
+    assert!(!out.contains("Done."), "{out}");
+
+    // With legacy_v1_leaf it is accepted as BitVisor does, with warnings, and the guide's exchange works.
+    let legacy = console(d, &d.join("legacy.toml"), &[]);
+    let mut t = enter_echoctl(&legacy.addr);
+    let out = t.run(&format!("client connect 127.0.0.1 {}", s_server.port), PROMPT);
+    assert!(out.contains("Connected: TLSv1.2") && out.contains("Done."), "{out}");
+    assert!(out.contains("warning: legacy_v1_leaf = true") && out.contains("X.509 version 1"), "{out}");
+    t.run("client send", PROMPT);
+    assert!(s_server.wait_output("Hello, BitVisor with TLS!").contains("Hello, BitVisor with TLS!"));
+    s_server.type_line("Test 123 Message from server.");
+    t.expect("Received.\nTest 123 Message from server.\n");
+    t.expect(PROMPT);
+    assert!(legacy.wait_log("Test 123 Message from server.").contains("Received."));
+
+    // A leaf signed by another CA (even one named RootCA) is still refused.
+    let out = t.run(&format!("client connect 127.0.0.1 {}", other.port), PROMPT);
+    assert!(out.contains("not the trusted CA of the same name") && out.contains("fix: "), "{out}");
+    assert!(!out.contains("Connected:"), "{out}");
+}
+
+#[test]
+fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut child = sealtls().arg("up").current_dir(d).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = String::new();
+    while !banner.contains("stop with Ctrl-C") {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => banner.push_str(&(line + "\n")),
+            Err(_) => panic!("sealtls up did not come up: {banner}"),
+        }
+    }
+    assert!(banner.contains("TLS echo server      127.0.0.1:10007") && banner.contains("echoctl_tls console  127.0.0.1:11123"), "{banner}");
+    assert!(banner.contains("openssl s_client -connect 127.0.0.1:10007 -CAfile sealtls-data/ca.pem"), "{banner}");
+    let data = d.join("sealtls-data");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for key in ["ca.key", "localhost.key", "client.key", "sealtls.toml"] {
+            assert_eq!(std::fs::metadata(data.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{key}");
+        }
+    }
+
+    let out = interactive_echo(
+        std::process::Command::new("openssl").args(["s_client", "-connect", "127.0.0.1:10007", "-CAfile", "sealtls-data/ca.pem", "-verify_return_error"]).current_dir(d),
+        "through up",
+    );
+    assert_eq!(echo_line_count(&out, "through up"), 1, "{out}");
+    let o = run(sealtls().current_dir(d).args([
+        "connect", "127.0.0.1:10007", "--server-name", "localhost", "--ca", "sealtls-data/ca.pem", "--cert", "sealtls-data/client.pem", "--key", "sealtls-data/client.key", "--send", "hello",
+    ]));
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hello"), "{}", text(&o));
+    assert!(text(&o).contains("client certificate  sent"), "{}", text(&o));
+
+    let mut t = enter_echoctl("127.0.0.1:11123");
+    let list = t.run("server list", PROMPT);
+    assert!(list.contains("127.0.0.1:10007") && list.contains("started by sealtls up"), "{list}");
+
+    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    t.expect("sealtls is stopping; session closed.");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "sealtls up did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    for port in [10007, 11123] {
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} still held");
+    }
+}
+
+/// `sealtls config check` on a file that should fail, returning its output.
+fn check_fails(d: &Path, name: &str, body: &str, mode: u32) -> String {
+    let cfg = d.join(name);
+    write_mode(&cfg, body, mode);
+    let o = run(sealtls().args(["config", "check", cfg.to_str().unwrap()]));
+    assert_eq!(o.status.code(), Some(3), "{name}: {}", text(&o));
+    let t = text(&o);
+    assert!(t.contains(name) && t.contains("fix: "), "{name} must be named with a fix: {t}");
+    t
+}
+
+#[test]
+fn config_errors_name_the_file_the_key_and_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    sh(&d, "cp localhost.key open.key && chmod 644 open.key");
+    let files = "srv_cert_file = \"localhost.pem\"\nsrv_key_file = \"localhost.key\"\n";
+
+    let t = check_fails(&d, "unknown.toml", "[tls]\nsrv_cert_file = \"localhost.pem\"\nsrv_crt = \"x\"\n", 0o600);
+    assert!(t.contains("line 3") && t.contains("unknown field `srv_crt`"), "{t}");
+    let t = check_fails(&d, "both.toml", &format!("[tls]\n{files}srv_cert = {}\n", inline(&d.join("localhost.pem"))), 0o600);
+    assert!(t.contains("[tls] srv_cert and srv_cert_file are both given"), "{t}");
+    let t = check_fails(&d, "missing.toml", "[tls]\nca_cert_file = \"nowhere.pem\"\n", 0o600);
+    assert!(t.contains("[tls] ca_cert_file") && t.contains("nowhere.pem: cannot read"), "{t}");
+    let t = check_fails(&d, "badpem.toml", "[tls]\nca_cert = \"\"\"\n-----BEGIN CERTIFICATE-----\nnot base64!!\n-----END CERTIFICATE-----\n\"\"\"\n", 0o600);
+    assert!(t.contains("[tls] ca_cert: inline ca_cert: damaged PEM"), "{t}");
+    let t = check_fails(&d, "mismatch.toml", "[tls]\nsrv_cert_file = \"localhost.pem\"\nsrv_key_file = \"alice.key\"\n", 0o600);
+    assert!(t.contains("[tls] srv_key") && t.contains("does not belong to the certificate in [tls] srv_cert"), "{t}");
+    let t = check_fails(&d, "open.toml", "[tls]\nsrv_cert_file = \"localhost.pem\"\nsrv_key_file = \"open.key\"\n", 0o600);
+    assert!(t.contains("[tls] srv_key_file") && t.contains("chmod 600"), "{t}");
+    let t = check_fails(&d, "inline-open.toml", &format!("[tls]\nsrv_cert_file = \"localhost.pem\"\nsrv_key = {}\n", inline(&d.join("localhost.key"))), 0o644);
+    assert!(t.contains("holds a private key inline ([tls] srv_key)") && t.contains("chmod 600"), "{t}");
+    let t = check_fails(&d, "half.toml", "[tls]\nsrv_cert_file = \"localhost.pem\"\n", 0o600);
+    assert!(t.contains("[tls] srv_cert is given without srv_key"), "{t}");
+
+    // Nothing starts on a bad config.
+    let o = run(sealtls().args(["up", "--config", d.join("open.toml").to_str().unwrap()]));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+
+    // A good one is described, and serves.
+    let good = d.join("good.toml");
+    write_mode(&good, &format!("[tls]\n{files}ca_cert_file = \"ca.pem\"\n[echo]\nlisten = \"127.0.0.1:0\"\n"), 0o644);
+    let o = run(sealtls().args(["config", "check", good.to_str().unwrap()]));
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("good.toml: valid") && t.contains("CN=localhost") && t.contains("would run") && t.contains("127.0.0.1:11123"), "{t}");
+    let server = Server::start(&["--config", good.to_str().unwrap(), "--client-auth", "optional"]);
+    let o = run(sealtls().args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--send", "configured"]));
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("configured"), "{}", text(&o));
+}
