@@ -119,23 +119,28 @@ pub fn p(dir: &Path, name: &str) -> String {
     dir.join(name).to_str().unwrap().to_owned()
 }
 
-/// Starts a line-oriented TLS client (openssl, gnutls-cli, ...), writes `line`
-/// and returns its output once the echo appeared (or after 15 s).
-pub fn interactive_echo(cmd: &mut Command, line: &str) -> String {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+/// Collects everything `from` yields, in a background thread.
+pub fn collect(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     let out = Arc::new(Mutex::new(String::new()));
     let sink = out.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
+        while let Ok(n) = from.read(&mut buf) {
             if n == 0 {
                 break;
             }
             sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
+    out
+}
+
+/// Starts a line-oriented TLS client (openssl, gnutls-cli, ...), writes `line`
+/// and returns its output once the echo appeared (or after 15 s).
+pub fn interactive_echo(cmd: &mut Command, line: &str) -> String {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
+    let mut stdin = child.stdin.take().unwrap();
+    let out = collect(child.stdout.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut sent = false;
     while Instant::now() < deadline && !out.lock().unwrap().contains(line) {
@@ -279,18 +284,7 @@ impl OpensslServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("openssl s_server starts");
-        let out = Arc::new(Mutex::new(String::new()));
-        let sink = out.clone();
-        let mut stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let out = collect(child.stdout.take().unwrap());
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "openssl s_server did not start");
