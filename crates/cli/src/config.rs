@@ -275,7 +275,7 @@ impl Config {
     }
 
     fn from_raw(path: Option<&Path>, raw: RawConfig, mode: u32, dir: &Path) -> Result<Self, ConfigError> {
-        let shown = path.unwrap_or(Path::new("built-in defaults"));
+        let shown = path.unwrap_or(Path::new("no config file found"));
         let l = Loader { path: shown, dir: dir.to_owned(), mode };
         let t = &raw.tls;
         let server = l.identity(

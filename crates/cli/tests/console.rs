@@ -170,6 +170,9 @@ fn console_access_beyond_loopback_needs_a_flag_and_a_token() {
     right.line("s3cret-token");
     right.expect("> ");
     right.run("echoctl_tls", PROMPT);
+    // Without a config there is nothing to serve with; the console says what to give.
+    let out = right.run("server start 0", PROMPT);
+    assert!(out.contains("error: no server certificate configured (no config file found)") && out.contains("fix: give srv_cert and srv_key"), "{out}");
 }
 
 /// Seed 000's client scenario: the console's client against `openssl s_server

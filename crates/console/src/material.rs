@@ -9,7 +9,7 @@ use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
 /// BitVisor's `.tls` section, loaded and checked.
 #[derive(Clone)]
 pub struct TlsMaterial {
-    /// Where it came from (the config file), for messages.
+    /// Where it came from (the config file, or that there was none), for messages.
     pub origin: String,
     /// `srv_cert` + `srv_key`: the echo servers' identity.
     pub server: Option<Arc<CertifiedKey>>,
@@ -28,8 +28,8 @@ impl TlsMaterial {
         let identity = self.server.clone().ok_or_else(|| {
             Failure::new(
                 FailureClass::Config,
-                format!("no server certificate configured in {}", self.origin),
-                "add srv_cert and srv_key (or srv_cert_file and srv_key_file) to its [tls] table",
+                format!("no server certificate configured ({})", self.origin),
+                "give srv_cert and srv_key (or srv_cert_file and srv_key_file) in the [tls] table of the file passed with --config",
             )
         })?;
         let client_auth = if self.ca.is_none() && client_auth == ClientAuthMode::Optional { ClientAuthMode::None } else { client_auth };
@@ -42,8 +42,8 @@ impl TlsMaterial {
         let trust = self.ca.clone().ok_or_else(|| {
             Failure::new(
                 FailureClass::Config,
-                format!("no ca_cert configured in {}: the server's certificate cannot be verified", self.origin),
-                "add ca_cert (or ca_cert_file) with the CA that signed the server to its [tls] table",
+                format!("no ca_cert configured ({}): the server's certificate cannot be verified", self.origin),
+                "give ca_cert (or ca_cert_file), the CA that signed the server, in the [tls] table of the file passed with --config",
             )
         })?;
         Ok(ClientSettings { trust, identity: self.client.clone(), versions: TlsVersions::Any, legacy_v1_leaf: self.legacy_v1_leaf })
