@@ -50,6 +50,9 @@ impl Observation {
             *self.diagnosis.lock().expect("not poisoned") = Some(diagnose(chain, anchors, name, purpose, ce));
         }
     }
+    pub(crate) fn record_diagnosis(&self, diagnosis: Diagnosis) {
+        *self.diagnosis.lock().expect("not poisoned") = Some(diagnosis);
+    }
     pub(crate) fn record_signature(&self, dss: &DigitallySignedStruct) {
         *self.peer_signature.lock().expect("not poisoned") = Some(dss.scheme);
     }
