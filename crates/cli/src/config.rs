@@ -76,8 +76,8 @@ pub struct EchoSection {
     pub versions: TlsVersions,
 }
 
-/// The console.
-#[derive(Clone, Debug)]
+/// The console. Not `Debug`: it holds the token.
+#[derive(Clone)]
 pub struct ConsoleSection {
     /// Listen address.
     pub listen: SocketAddr,
@@ -227,13 +227,19 @@ impl Loader<'_> {
     }
 }
 
+/// The shortest console token accepted.
+const MIN_TOKEN: usize = 16;
+
 /// Reads a console token: one line of text, in a file only its owner can read.
 pub fn read_token(file: &Path) -> Result<Arc<Zeroizing<String>>, String> {
     let (bytes, meta) = read_limited(file).map_err(|e| e.to_string())?;
     check_secret_mode(file, &meta).map_err(|e| e.to_string())?;
     let token = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
-    if token.is_empty() {
-        return Err(format!("{}: empty or not text; write one line of text into it", file.display()));
+    if token.chars().count() < MIN_TOKEN {
+        return Err(format!(
+            "{}: the token must be one line of at least {MIN_TOKEN} characters; make one with `head -c 24 /dev/urandom | base64 > {0}; chmod 600 {0}`",
+            file.display()
+        ));
     }
     Ok(Arc::new(Zeroizing::new(token.to_owned())))
 }
@@ -264,7 +270,7 @@ impl Config {
         let (bytes, meta) = read_limited(path).map_err(|e| ConfigError::Read { path: name.clone(), detail: e.to_string() })?;
         let text = std::str::from_utf8(&bytes).map_err(|_| ConfigError::Read { path: name.clone(), detail: "not UTF-8 text".into() })?;
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = e.span().map_or(0, |s| bytes[..s.start.min(bytes.len())].iter().filter(|&&b| b == b'\n').count() + 1);
             let message = e.message().trim().to_owned();
             let fix = if message.starts_with("unknown field") { KEYS_FIX } else { "correct the TOML at that line" };
             ConfigError::Syntax { path: name.clone(), line, message, fix }
@@ -410,6 +416,7 @@ fn leaf_warnings(what: &str, chain: &[CertificateDer<'_>], out: &mut Vec<String>
 pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
     let ConfigCommand::Check { file } = cmd;
     let c = Config::load(&file).map_err(sealtls_endpoint::Failure::config)?;
+    sealtls_console::check_listen(c.console.listen, c.console.allow_remote, c.console.token.is_some())?;
     let m = &c.material;
     let mut warnings = Vec::new();
     println!("{}: valid", file.display());
@@ -442,9 +449,6 @@ pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
         (false, _) => "remote access, token required",
     };
     println!("  echoctl_tls console   {}  {access}", c.console.listen);
-    if let Err(f) = sealtls_console::check_listen(c.console.listen, c.console.allow_remote, c.console.token.is_some()) {
-        return Err(f);
-    }
     for w in &warnings {
         println!("warning: {w}");
     }

@@ -104,16 +104,22 @@ pub fn server_tls(files: &ServerFiles, client_auth: Option<ClientAuthMode>, vers
     ServerTls::new(settings).map_err(config_failure)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+/// Installs SIGINT and SIGTERM handlers now, so that a signal arriving
+/// during start-up is not lost, and resolves when one arrives.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
     }
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let shutdown = shutdown_signal();
     let tls = server_tls(&args.files, args.client_auth, args.tls)?;
     let mut addr = args.listen;
     if let Some(port) = args.port {
@@ -123,7 +129,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let local = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, e.to_string(), "retry"))?;
     info!(listen = %local, mode = ?args.mode, tls = %args.tls, "serving");
     let server = Server::new(tls, ServerOptions { mode: args.mode, ..Default::default() });
-    server.run(listener, shutdown_signal()).await;
+    server.run(listener, shutdown).await;
     info!("stopped");
     Ok(())
 }

@@ -79,10 +79,10 @@ pub async fn console(servers: &Arc<EchoServers>, section: &ConsoleSection, stop:
     Ok(Service { name: "echoctl_tls console", address, task: Box::pin(console.run(listener, stopped(stop))) })
 }
 
-/// Runs `services` until Ctrl-C or SIGTERM, then stops them and the echo servers.
-pub async fn run_until_signal(services: Vec<Service>, stop: watch::Sender<bool>, servers: &EchoServers) {
+/// Runs `services` until `shutdown` (Ctrl-C or SIGTERM), then stops them and the echo servers.
+pub async fn run_until_signal(services: Vec<Service>, shutdown: impl Future<Output = ()>, stop: watch::Sender<bool>, servers: &EchoServers) {
     let handles: Vec<_> = services.into_iter().map(|s| tokio::spawn(s.task)).collect();
-    crate::endpoints::shutdown_signal().await;
+    shutdown.await;
     info!("stopping");
     let _ = stop.send(true);
     for h in handles {

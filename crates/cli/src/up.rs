@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::{locate, Config, DEFAULT_NAME, DEV_CONFIG};
+use crate::endpoints::shutdown_signal;
 use crate::services::{self, run_until_signal, ConsoleFlags};
 
 #[derive(Args)]
@@ -48,6 +49,7 @@ fn load(path: Option<&Path>) -> Result<Config, Failure> {
 }
 
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
+    let shutdown = shutdown_signal();
     let path = match locate(args.config.as_deref(), &args.data_dir) {
         Some(p) => p,
         None => {
@@ -78,14 +80,16 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         println!("  {:<20} {}", s.name, s.address);
     }
     let (echo, console) = (list[0].address, list[1].address);
-    let ca = config.material.ca.as_ref().map_or("CA.pem".to_owned(), |a| a.origin.trim_start_matches("ca_cert: ").to_owned());
+    // The CA file to name in the examples: ca_cert_file, or a placeholder when ca_cert is inline.
+    let ca = config.material.ca.as_ref().and_then(|a| a.origin.strip_prefix("ca_cert: ")).filter(|o| !o.starts_with("inline")).unwrap_or("CA.pem");
     let d = args.data_dir.display();
+    let client = if args.data_dir.join("client.pem").exists() { format!(" --cert {d}/client.pem --key {d}/client.key") } else { String::new() };
     println!("try:");
     println!("  openssl s_client -connect {echo} -CAfile {ca}");
     println!("  telnet {} {}", console.ip(), console.port());
-    println!("  sealtls connect {echo} --server-name localhost --ca {ca} --cert {d}/client.pem --key {d}/client.key --send hello");
+    println!("  sealtls connect {echo} --server-name localhost --ca {ca}{client} --send hello");
     println!("stop with Ctrl-C");
-    run_until_signal(list, stop_tx, &servers).await;
+    run_until_signal(list, shutdown, stop_tx, &servers).await;
     Ok(())
 }
 
@@ -102,6 +106,7 @@ pub struct ConsoleArgs {
 }
 
 pub async fn console(args: ConsoleArgs) -> Result<(), Failure> {
+    let shutdown = shutdown_signal();
     let path = locate(args.config.as_deref(), &args.data_dir);
     let config = load(path.as_deref())?;
     let section = args.console.apply(config.console.clone())?;
@@ -109,6 +114,6 @@ pub async fn console(args: ConsoleArgs) -> Result<(), Failure> {
     let servers = EchoServers::new(config.material.clone());
     let service = services::console(&servers, &section, stop_rx).await?;
     info!(listen = %service.address, config = %path.as_deref().map_or("none".into(), |p| p.display().to_string()), "console ready");
-    run_until_signal(vec![service], stop_tx, &servers).await;
+    run_until_signal(vec![service], shutdown, stop_tx, &servers).await;
     Ok(())
 }

@@ -54,7 +54,10 @@ fn console_drives_an_echo_server_like_a_person_with_telnet() {
     // A telnet client's option negotiation is refused and does not reach the shell.
     t.stream.write_all(&[255, 253, 1, 255, 251, 31]).unwrap();
     t.expect("> ");
-    assert!(t.run("echoctl_tls", PROMPT).ends_with(PROMPT));
+    let entered = t.run("echoctl_tls", PROMPT);
+    assert!(!entered.contains("error") && !entered.contains("unknown"), "telnet bytes reached the shell: {entered}");
+    let refusals = [255, 252, 1, 255, 254, 31]; // WONT ECHO, DONT NAWS
+    assert!(t.raw.windows(6).any(|w| w == refusals), "telnet options must be refused: {:?}", t.raw);
     let help = t.run("help", PROMPT);
     assert!(help.contains("usage:\n  client connect <ipaddr> <port> [netif]  Connect to echo server.\n  client send                             Send a message to client.\n  server start <port> [netif]             Start echo server.\n"), "{help}");
 
@@ -136,8 +139,17 @@ fn console_refuses_junk_and_floods_and_keeps_serving() {
     c.assert_alive();
     let started = t.run("server start 0", PROMPT);
     assert!(started.contains("Done."), "{started}");
-    std::thread::sleep(Duration::from_millis(300));
-    let mut again = enter_echoctl(&c.addr);
+    // The flood's slots are freed as the console notices the closed sockets.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut again = loop {
+        let mut s = Telnet::connect(&c.addr);
+        if !s.expect_any(&["> ", "try again later"]).contains("too many") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "slots were not freed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    again.run("echoctl_tls", PROMPT);
     assert!(again.run("server list", PROMPT).contains(&format!("127.0.0.1:{}", listening_port(&started))));
 }
 
@@ -153,12 +165,16 @@ fn console_access_beyond_loopback_needs_a_flag_and_a_token() {
     assert!(text(&o).contains("needs a token"), "{}", text(&o));
 
     let token = d.join("console.token");
-    write_mode(&token, "s3cret-token\n", 0o644);
+    write_mode(&token, "short\n", 0o600);
+    let o = run(sealtls().args(["console", "--console-listen", "127.0.0.1:0", "--token-file", token.to_str().unwrap()]).current_dir(d));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("at least 16 characters"), "{}", text(&o));
+    write_mode(&token, "s3cret-token-0123456789\n", 0o644);
     let o = run(sealtls().args(["console", "--console-listen", "127.0.0.1:0", "--token-file", token.to_str().unwrap()]).current_dir(d));
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("chmod 600"), "{}", text(&o));
 
-    write_mode(&token, "s3cret-token\n", 0o600);
+    write_mode(&token, "s3cret-token-0123456789\n", 0o600);
     let c = Server::spawn(&["console", "--console-listen", "127.0.0.1:0", "--data-dir", d.to_str().unwrap(), "--token-file", token.to_str().unwrap()]);
     let mut wrong = Telnet::connect(&c.addr);
     wrong.expect("token: ");
@@ -167,7 +183,7 @@ fn console_access_beyond_loopback_needs_a_flag_and_a_token() {
     assert!(wrong.closed());
     let mut right = Telnet::connect(&c.addr);
     right.expect("token: ");
-    right.line("s3cret-token");
+    right.line("s3cret-token-0123456789");
     right.expect("> ");
     right.run("echoctl_tls", PROMPT);
     // Without a config there is nothing to serve with; the console says what to give.

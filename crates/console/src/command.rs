@@ -95,7 +95,7 @@ pub enum EchoCommand {
 pub struct Malformed(pub String);
 
 fn port(word: &str) -> Result<u16, Malformed> {
-    word.parse().map_err(|_| Malformed(format!("`{word}` is not a port number (0-65535)")))
+    word.parse().map_err(|_| Malformed(format!("`{}` is not a port number (0-65535)", truncate(word, 40))))
 }
 
 fn netif(word: Option<&&str>) -> Option<String> {
@@ -112,7 +112,7 @@ pub fn parse_echoctl(line: &str) -> Result<EchoCommand, Malformed> {
         ["help"] => C::Help,
         ["status"] => C::Status,
         ["client", "connect", ip, p, rest @ ..] if rest.len() <= 1 => C::ClientConnect {
-            ip: ip.parse().map_err(|_| Malformed(format!("`{ip}` is not an IP address")))?,
+            ip: ip.parse().map_err(|_| Malformed(format!("`{}` is not an IP address", truncate(ip, 40))))?,
             port: port(p)?,
             netif: netif(rest.first()),
         },
@@ -164,6 +164,10 @@ mod tests {
         assert!(parse_echoctl("client connect 127.0.0.1").is_err());
         assert!(parse_echoctl("server start 1 eth0 extra").is_err());
         assert!(parse_echoctl("dance").unwrap_err().0.contains("`dance` is not a command"));
+        let long = "x".repeat(300);
+        for line in [format!("server stop {long}"), format!("client connect {long} 1"), long.clone()] {
+            assert!(parse_echoctl(&line).unwrap_err().0.chars().count() < 80, "{line}");
+        }
     }
 
     #[test]

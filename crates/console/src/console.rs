@@ -27,6 +27,10 @@ pub const MAX_LINE: usize = 1024;
 const SHOW_RECEIVED: usize = 4096;
 /// A session writes nothing for this long only when its peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session may take to give the token.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before closing a session that gave a wrong token, against guessing.
+const WRONG_TOKEN_PAUSE: Duration = Duration::from_secs(1);
 
 /// Console limits and access.
 #[derive(Clone)]
@@ -228,8 +232,9 @@ impl Console {
                 break 'session "write failed";
             }
             loop {
+                let idle = if s.shell == Shell::Token { TOKEN_TIMEOUT } else { self.options.idle };
                 tokio::select! {
-                    read = tokio::time::timeout(self.options.idle, rd.read(&mut buf)) => {
+                    read = tokio::time::timeout(idle, rd.read(&mut buf)) => {
                         let n = match read {
                             Ok(Ok(0)) => break 'session "closed by peer",
                             Ok(Ok(n)) => n,
@@ -277,7 +282,8 @@ impl Console {
         match event {
             LinkEvent::Received(data) => {
                 let target = s.client.as_ref().map_or("", |l| l.target.as_str());
-                info!(session = s.id, server = %target, bytes = data.len(), text = %String::from_utf8_lossy(&data[..data.len().min(200)]).trim_end(), "Received.");
+                let text = String::from_utf8_lossy(&data[..data.len().min(200)]).trim_end().escape_debug().to_string();
+                info!(session = s.id, server = %target, bytes = data.len(), text = %text, "Received.");
                 out.text(&format!("\nReceived.\n{}", printable(&data))).await?;
             }
             LinkEvent::Closed(why) => {
@@ -317,11 +323,15 @@ impl Console {
 
     async fn token(&self, s: &mut Session, out: &mut Out, line: &str) -> std::io::Result<Flow> {
         let expected = self.options.token.as_ref().expect("token shell only with a token");
-        if aws_lc_rs::constant_time::verify_slices_are_equal(line.trim().as_bytes(), expected.as_bytes()).is_ok() {
+        // Digests of equal length: the comparison time says nothing about the token.
+        let digest = |t: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t);
+        let (given, wanted) = (digest(line.trim().as_bytes()), digest(expected.as_bytes()));
+        if aws_lc_rs::constant_time::verify_slices_are_equal(given.as_ref(), wanted.as_ref()).is_ok() {
             s.shell = Shell::Top;
             return Ok(Flow::Continue);
         }
         warn!(session = s.id, peer = %s.peer, "console session gave a wrong token");
+        tokio::time::sleep(WRONG_TOKEN_PAUSE).await;
         out.text("wrong token; closing.\n").await?;
         Ok(Flow::Close)
     }
@@ -431,7 +441,7 @@ impl Console {
             )),
             None => text.push_str("  not connected\n"),
         }
-        text.push_str("TLS versions: servers and client offer 1.3 and 1.2\n");
+        text.push_str("TLS versions: each server's are listed above; the client offers 1.3 and 1.2\n");
         text
     }
 

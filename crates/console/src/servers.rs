@@ -79,49 +79,63 @@ impl EchoServers {
         &self.material
     }
 
+    /// Refuses a port already served, or one server too many.
+    fn check_room(running: &BTreeMap<u16, Running>, port: u16) -> Result<(), Failure> {
+        if port != 0 && running.contains_key(&port) {
+            return Err(Failure::new(FailureClass::Usage, format!("an echo server already runs on port {port}"), "see `server list`; stop it with `server stop PORT` or pick another port"));
+        }
+        if running.len() >= MAX_SERVERS {
+            return Err(Failure::new(FailureClass::Usage, format!("{MAX_SERVERS} echo servers already run"), "stop one with `server stop PORT` first"));
+        }
+        Ok(())
+    }
+
     /// Starts an echo server and returns the address it listens on.
     pub async fn start(&self, spec: ServerSpec) -> Result<SocketAddr, Failure> {
-        let port = spec.addr.port();
-        {
-            let running = self.running.lock().expect("not poisoned");
-            if port != 0 && running.contains_key(&port) {
-                return Err(Failure::new(FailureClass::Usage, format!("an echo server already runs on port {port}"), "see `server list`; stop it with `server stop PORT` or pick another port"));
-            }
-            if running.len() >= MAX_SERVERS {
-                return Err(Failure::new(FailureClass::Usage, format!("{MAX_SERVERS} echo servers already run"), "stop one with `server stop PORT` first"));
-            }
-        }
+        Self::check_room(&self.running.lock().expect("not poisoned"), spec.addr.port())?;
         let tls = self.material.server_tls(spec.client_auth, spec.versions)?;
         let listener = bind(spec.addr).await?;
         let addr = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
+        // Checked again: another session may have started one meanwhile.
+        // On refusal the listener is dropped, unused.
+        let mut running = self.running.lock().expect("not poisoned");
+        Self::check_room(&running, addr.port())?;
         let server = Server::new(tls, ServerOptions { mode: Mode::Echo, ..Default::default() });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.clone().run(listener, async {
             let _ = stopped.await;
         }));
         info!(listen = %addr, started_by = %spec.started_by, tls = %spec.versions, "echo server started");
-        let mut running = self.running.lock().expect("not poisoned");
         running.insert(addr.port(), Running { spec, addr, server, stop, task });
         Ok(addr)
     }
 
-    /// Stops the server on `port`; open sessions get the server's grace period.
+    /// Stops the server on `port`; open sessions get close_notify.
     pub async fn stop(&self, port: u16) -> Result<SocketAddr, Failure> {
         let running = self.running.lock().expect("not poisoned").remove(&port);
         let Some(r) = running else {
             return Err(Failure::new(FailureClass::Usage, format!("no echo server runs on port {port}"), "see `server list`"));
         };
-        let _ = r.stop.send(());
-        let _ = r.task.await;
-        info!(listen = %r.addr, "echo server stopped");
-        Ok(r.addr)
+        let addr = r.addr;
+        Self::finish(vec![r]).await;
+        Ok(addr)
     }
 
-    /// Stops every server.
+    /// Stops every server, all at once.
     pub async fn stop_all(&self) {
-        let ports: Vec<u16> = self.running.lock().expect("not poisoned").keys().copied().collect();
-        for port in ports {
-            let _ = self.stop(port).await;
+        let all = std::mem::take(&mut *self.running.lock().expect("not poisoned"));
+        Self::finish(all.into_values().collect()).await;
+    }
+
+    async fn finish(servers: Vec<Running>) {
+        let mut tasks = Vec::new();
+        for r in servers {
+            let _ = r.stop.send(());
+            tasks.push((r.addr, r.task));
+        }
+        for (addr, task) in tasks {
+            let _ = task.await;
+            info!(listen = %addr, "echo server stopped");
         }
     }
 

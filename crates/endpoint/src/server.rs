@@ -199,18 +199,27 @@ impl Counts<'_> {
 
 const CHUNK: usize = 256 * 1024;
 
+/// How a session's data ended.
+#[derive(PartialEq, Eq)]
+enum End {
+    /// The peer closed.
+    PeerClosed,
+    /// The server is shutting down.
+    ServerClosing,
+}
+
 /// Reads until the peer's close or the server's shutdown. With `echo`, each
 /// chunk goes back as soon as it arrives (a byte stream, not lines).
-async fn drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts<'_>, echo: bool) -> std::io::Result<()> {
+async fn drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts<'_>, echo: bool) -> std::io::Result<End> {
     let mut buf = vec![0u8; CHUNK];
     let mut closing = counts.closing.clone();
     loop {
         let n = tokio::select! {
             read = stream.read(&mut buf) => read?,
-            _ = closing.wait_for(|c| *c) => return Ok(()),
+            _ = closing.wait_for(|c| *c) => return Ok(End::ServerClosing),
         };
         if n == 0 {
-            return Ok(());
+            return Ok(End::PeerClosed);
         }
         counts.received(n);
         if echo {
@@ -227,9 +236,12 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Co
     stream.shutdown().await
 }
 
-/// Discard; on the peer's close, report the byte count, then close.
+/// Discard; on the peer's close, report the byte count, then close. A
+/// server shutting down closes without a report: the count is not final.
 async fn sink<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts<'_>) -> std::io::Result<()> {
-    drain(stream, counts, false).await?;
+    if drain(stream, counts, false).await? == End::ServerClosing {
+        return stream.shutdown().await;
+    }
     let report = sink_report(counts.bytes_in);
     stream.write_all(report.as_bytes()).await?;
     counts.sent(report.len());

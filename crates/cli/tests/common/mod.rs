@@ -190,6 +190,8 @@ openssl x509 -req -days 365 -in server.csr -CA RootCA.pem -CAkey RootCA.key -CAc
 pub struct Telnet {
     pub stream: std::net::TcpStream,
     seen: String,
+    /// Every byte received, unconverted.
+    pub raw: Vec<u8>,
 }
 
 
@@ -197,7 +199,7 @@ impl Telnet {
     pub fn connect(addr: &str) -> Telnet {
         let stream = std::net::TcpStream::connect(addr).expect("console accepts");
         stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        Telnet { stream, seen: String::new() }
+        Telnet { stream, seen: String::new(), raw: Vec::new() }
     }
 
     /// Types a line, ending it with CR LF as telnet does.
@@ -223,7 +225,10 @@ impl Telnet {
             assert!(Instant::now() < deadline, "console never printed {needles:?}; it printed:\n{}", self.seen);
             match self.stream.read(&mut buf) {
                 Ok(0) => panic!("console closed before printing {needles:?}; it printed:\n{}", self.seen),
-                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n]).replace("\r\n", "\n")),
+                Ok(n) => {
+                    self.raw.extend_from_slice(&buf[..n]);
+                    self.seen.push_str(&String::from_utf8_lossy(&buf[..n]).replace("\r\n", "\n"));
+                }
                 Err(_) => {}
             }
         }
