@@ -168,7 +168,7 @@ impl Loader<'_> {
 
     /// The bytes of an item and where they came from; `None` when absent.
     fn bytes<T: AsRef<str>>(&self, item: &Item<'_, T>, secret: bool) -> Result<Option<(Zeroizing<Vec<u8>>, String)>, ConfigError> {
-        let item_err = |source| ConfigError::Item { path: self.name(), table: "tls", key: format!("{}_file", item.key), source };
+        let item_err = |source| ConfigError::Item { path: self.name(), table: "tls", key: item.name(), source };
         match (item.inline, item.file) {
             (Some(_), Some(_)) => Err(ConfigError::Both { path: self.name(), key: item.key }),
             (Some(text), None) => {
@@ -244,17 +244,13 @@ pub fn read_token(file: &Path) -> Result<Arc<Zeroizing<String>>, String> {
     Ok(Arc::new(Zeroizing::new(token.to_owned())))
 }
 
-fn socket_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| format!("not an address; write it as IP:PORT, e.g. 127.0.0.1:{}", s.rsplit(':').next().unwrap_or("10007")))
-}
-
-/// A parsed `listen` value.
+/// A parsed `listen` value, with a message that shows the expected form.
 struct Listen(SocketAddr);
 
 impl std::str::FromStr for Listen {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        socket_addr(s).map(Listen)
+        s.parse().map(Listen).map_err(|_| format!("not an address; write it as IP:PORT, e.g. 127.0.0.1:{}", s.rsplit(':').next().unwrap_or("10007")))
     }
 }
 
@@ -406,12 +402,6 @@ fn describe_chain(chain: &[CertificateDer<'_>]) -> String {
     format!("{}, {}, {}, chain of {}, expires {} ({} days)", leaf.subject, leaf.key, sans, chain.len(), leaf.not_after, leaf.days_left)
 }
 
-fn leaf_warnings(what: &str, chain: &[CertificateDer<'_>], out: &mut Vec<String>) {
-    if let Some(facts) = chain.first().and_then(|c| sealtls_pki::inspect::CertFacts::from_der(c).ok()) {
-        out.extend(facts.warnings(true).into_iter().map(|w| format!("{what}: clients will refuse it: {w}")));
-    }
-}
-
 /// Runs `sealtls config`.
 pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
     let ConfigCommand::Check { file } = cmd;
@@ -424,7 +414,8 @@ pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
         Some(k) => {
             println!("  [tls] srv_cert        {}", describe_chain(&k.cert));
             println!("  [tls] srv_key         matches srv_cert");
-            leaf_warnings("srv_cert", &k.cert, &mut warnings);
+            let problems = crate::endpoints::leaf_problems(&k.cert).map(|(_, p)| p).unwrap_or_default();
+            warnings.extend(problems.into_iter().map(|w| format!("srv_cert: clients will refuse it: {w}")));
         }
         None => println!("  [tls] srv_cert        none: the echo server and `server start` cannot run"),
     }

@@ -61,13 +61,20 @@ fn config_failure(e: impl std::fmt::Display) -> Failure {
     Failure::config(e)
 }
 
+/// The leaf's subject and what clients will refuse in it, in words.
+pub fn leaf_problems(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<(String, Vec<String>)> {
+    let facts = chain.first().and_then(|c| CertFacts::from_der(c).ok())?;
+    let problems = facts.warnings(true);
+    Some((facts.subject, problems))
+}
+
 /// Warns at start about a leaf that clients will refuse, with the remedy.
 fn warn_about_leaf(chain: &[rustls_pki_types::CertificateDer<'_>], origin: &Path) {
-    let Some(facts) = chain.first().and_then(|c| CertFacts::from_der(c).ok()) else { return };
-    for w in facts.warnings(true) {
-        warn!(file = %origin.display(), subject = %facts.subject, "clients will refuse this certificate: {w}");
+    let Some((subject, problems)) = leaf_problems(chain) else { return };
+    for w in &problems {
+        warn!(file = %origin.display(), subject = %subject, "clients will refuse this certificate: {w}");
     }
-    if !facts.warnings(true).is_empty() {
+    if !problems.is_empty() {
         warn!("reissue it with `sealtls pki issue server --dir DIR --name NAME`, or with openssl pass `-extfile FILE -extensions SECTION` carrying subjectAltName and basicConstraints=CA:FALSE");
     }
 }

@@ -212,11 +212,10 @@ enum End {
 /// chunk goes back as soon as it arrives (a byte stream, not lines).
 async fn drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts<'_>, echo: bool) -> std::io::Result<End> {
     let mut buf = vec![0u8; CHUNK];
-    let mut closing = counts.closing.clone();
     loop {
         let n = tokio::select! {
             read = stream.read(&mut buf) => read?,
-            _ = closing.wait_for(|c| *c) => return Ok(End::ServerClosing),
+            _ = counts.closing.wait_for(|c| *c) => return Ok(End::ServerClosing),
         };
         if n == 0 {
             return Ok(End::PeerClosed);
