@@ -5,12 +5,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 use sealtls_console::TlsMaterial;
 use sealtls_endpoint::settings::{certified_key, Anchors, SetupError};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
+use sealtls_offload_daemon::{Allow, OffloadSettings, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CLIENTS};
 use sealtls_pki::files::check_secret_mode;
 use sealtls_pki::load::read_limited;
 use sealtls_pki::{load_certs_pem, load_key_pem, LoadError};
@@ -29,6 +31,8 @@ struct RawConfig {
     echo: RawEcho,
     #[serde(default)]
     console: RawConsole,
+    #[serde(default)]
+    offload: RawOffload,
 }
 
 #[derive(Deserialize, Default)]
@@ -65,6 +69,22 @@ struct RawConsole {
     token_file: Option<PathBuf>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOffload {
+    socket: Option<PathBuf>,
+    trust: Option<Vec<String>>,
+    max_clients: Option<usize>,
+    #[serde(default)]
+    allow_uid: Vec<u32>,
+    #[serde(default)]
+    allow_gid: Vec<u32>,
+    buffer_size: Option<usize>,
+    connect_timeout_secs: Option<u64>,
+    handshake_timeout_secs: Option<u64>,
+    hostname_check: Option<bool>,
+}
+
 /// The echo server of `sealtls up`.
 #[derive(Clone, Debug)]
 pub struct EchoSection {
@@ -87,6 +107,62 @@ pub struct ConsoleSection {
     pub token: Option<Arc<Zeroizing<String>>>,
 }
 
+/// The offload daemon. `trust` is `None` when neither `[offload] trust`
+/// nor `[tls] ca_cert` is given.
+#[derive(Clone, Debug)]
+pub struct OffloadSection {
+    /// Socket path (relative paths resolved against the config's directory).
+    pub socket: PathBuf,
+    /// The daemon's trust anchors.
+    pub trust: Option<Anchors>,
+    /// Number of slots.
+    pub max_clients: usize,
+    /// Who may connect.
+    pub allow: Allow,
+    /// Largest READ or WRITE.
+    pub buffer_size: usize,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// TLS handshake limit.
+    pub handshake_timeout: Duration,
+    /// Check certificates against the host connected to.
+    pub name_check: bool,
+}
+
+impl OffloadSection {
+    /// The daemon settings (with no trust anchors the daemon refuses to start).
+    pub fn settings(&self) -> OffloadSettings {
+        let trust = self.trust.clone().unwrap_or(Anchors { origin: "none".into(), certs: Vec::new() });
+        OffloadSettings {
+            socket: self.socket.clone(),
+            trust,
+            max_clients: self.max_clients,
+            allow: self.allow.clone(),
+            buffer_size: self.buffer_size,
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: self.handshake_timeout,
+            name_check: self.name_check,
+        }
+    }
+}
+
+/// Loads trust anchors: `system`, or PEM files.
+pub fn load_trust(sources: &[PathBuf]) -> Result<Option<Anchors>, String> {
+    let mut all = Vec::new();
+    let mut origins = Vec::new();
+    for source in sources {
+        let anchors = if source.as_os_str() == "system" {
+            Anchors::system().map_err(|e| e.to_string())?
+        } else {
+            let certs = sealtls_pki::load_certs(source).map_err(|e| e.to_string())?;
+            Anchors { origin: source.display().to_string(), certs }
+        };
+        origins.push(anchors.origin);
+        all.extend(anchors.certs);
+    }
+    Ok((!sources.is_empty()).then(|| Anchors { origin: origins.join(", "), certs: all }))
+}
+
 /// A loaded, checked configuration.
 pub struct Config {
     /// Certificates and keys.
@@ -95,6 +171,8 @@ pub struct Config {
     pub echo: EchoSection,
     /// `[console]`.
     pub console: ConsoleSection,
+    /// `[offload]`.
+    pub offload: OffloadSection,
 }
 
 /// Why a configuration was refused. Each message names the file and the
@@ -130,7 +208,7 @@ pub enum ConfigError {
     Value { path: String, table: &'static str, key: &'static str, value: String, detail: String },
 }
 
-const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file";
+const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, hostname_check";
 
 /// Finds the configuration: `explicit`, else `./sealtls.toml`, else
 /// `DATA_DIR/sealtls.toml`, when they exist.
@@ -302,7 +380,24 @@ impl Config {
             allow_remote: raw.console.allow_remote,
             token: raw.console.token_file.as_deref().map(|f| l.token(f)).transpose()?,
         };
-        Ok(Self { material: Arc::new(material), echo, console })
+        let o = &raw.offload;
+        let trust_files: Option<Vec<PathBuf>> =
+            o.trust.as_ref().map(|t| t.iter().map(|s| if s == "system" { PathBuf::from(s) } else { dir.join(s) }).collect());
+        let trust = match trust_files {
+            Some(files) => load_trust(&files).map_err(|detail| ConfigError::Value { path: l.name(), table: "offload", key: "trust", value: files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "), detail })?,
+            None => material.ca.clone(),
+        };
+        let offload = OffloadSection {
+            socket: dir.join(o.socket.as_deref().unwrap_or(Path::new("offload.sock"))),
+            trust,
+            max_clients: o.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
+            allow: Allow { uids: o.allow_uid.clone(), gids: o.allow_gid.clone() },
+            buffer_size: o.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE),
+            connect_timeout: Duration::from_secs(o.connect_timeout_secs.unwrap_or(10)),
+            handshake_timeout: Duration::from_secs(o.handshake_timeout_secs.unwrap_or(10)),
+            name_check: o.hostname_check.unwrap_or(true),
+        };
+        Ok(Self { material: Arc::new(material), echo, console, offload })
     }
 }
 
@@ -331,6 +426,17 @@ tls = "any"                # 1.2, 1.3 or any
 listen = "127.0.0.1:11123"
 allow_remote = false       # true needs token_file
 # token_file = "console.token"
+
+[offload]
+socket = "offload.sock"    # mode 0660; clients: sealtls offload-client, libsealtls_offload
+# trust = ["ca.pem"]       # CA files or "system"; default: [tls] ca_cert
+max_clients = 8
+# allow_uid = [1000]       # default: whoever can open the socket
+# allow_gid = [1000]
+buffer_size = 16384
+connect_timeout_secs = 10
+handshake_timeout_secs = 10
+hostname_check = true
 "#;
 
 #[cfg(test)]

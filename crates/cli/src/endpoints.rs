@@ -196,7 +196,7 @@ impl ClientArgs {
             }
             _ => None,
         };
-        Ok(ClientSettings { trust, identity, versions: self.tls, legacy_v1_leaf: false })
+        Ok(ClientSettings { trust, identity, versions: self.tls, legacy_v1_leaf: false, name_check: true })
     }
 
     async fn open(&self) -> Result<(String, Connected), Failure> {

@@ -2,6 +2,7 @@
 mod bench;
 mod config;
 mod endpoints;
+mod offload;
 mod pki;
 mod services;
 mod up;
@@ -42,6 +43,10 @@ enum Command {
     /// Check a sealtls.toml.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Run the TLS offload daemon: outbound TLS for local programs over a Unix socket.
+    Offload(offload::OffloadArgs),
+    /// Connect to a TLS server through the offload daemon.
+    OffloadClient(offload::OffloadClientArgs),
     /// Measure against openssl s_server in the same run.
     Bench(bench::BenchArgs),
 }
@@ -78,6 +83,8 @@ fn main() -> ExitCode {
             Command::Up(args) => up::up(args).await,
             Command::Console(args) => up::console(args).await,
             Command::Config(cmd) => config::run(cmd),
+            Command::Offload(args) => offload::offload(args).await,
+            Command::OffloadClient(args) => offload::offload_client(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -13,9 +13,27 @@ use sealtls_endpoint::{Failure, FailureClass};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::config::{ConsoleSection, EchoSection};
+use crate::config::{ConsoleSection, EchoSection, OffloadSection};
 
 type ServiceFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where a service listens.
+#[derive(Clone, Debug)]
+pub enum Address {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
 
 /// One running part of the stack: its name, where it listens, and the task
 /// that ends when the stack is told to stop.
@@ -23,7 +41,7 @@ pub struct Service {
     /// What it is, for people.
     pub name: &'static str,
     /// Where it listens.
-    pub address: SocketAddr,
+    pub address: Address,
     /// Runs until stopped.
     pub task: ServiceFuture,
 }
@@ -38,7 +56,7 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
 pub async fn echo(servers: &Arc<EchoServers>, echo: &EchoSection, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
     let spec = ServerSpec { addr: echo.listen, client_auth: echo.client_auth, versions: echo.versions, started_by: "sealtls up".into() };
     let address = servers.start(spec).await?;
-    Ok(Service { name: "TLS echo server", address, task: Box::pin(stopped(stop)) })
+    Ok(Service { name: "TLS echo server", address: Address::Tcp(address), task: Box::pin(stopped(stop)) })
 }
 
 /// Console flags that override `[console]`.
@@ -76,7 +94,14 @@ pub async fn console(servers: &Arc<EchoServers>, section: &ConsoleSection, stop:
     let address = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
     let options = ConsoleOptions { token: section.token.clone(), server_ip: address.ip(), ..Default::default() };
     let console = Console::new(servers.clone(), options);
-    Ok(Service { name: "echoctl_tls console", address, task: Box::pin(console.run(listener, stopped(stop))) })
+    Ok(Service { name: "echoctl_tls console", address: Address::Tcp(address), task: Box::pin(console.run(listener, stopped(stop))) })
+}
+
+/// The TLS offload daemon from `[offload]`.
+pub fn offload(section: &OffloadSection, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+    let daemon = crate::offload::bind(section)?;
+    let address = Address::Unix(daemon.socket().to_owned());
+    Ok(Service { name: "TLS offload daemon", address, task: Box::pin(daemon.run(stopped(stop))) })
 }
 
 /// Runs `services` until `shutdown` (Ctrl-C or SIGTERM), then stops them and the echo servers.

@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::config::{locate, Config, DEFAULT_NAME, DEV_CONFIG};
 use crate::endpoints::shutdown_signal;
-use crate::services::{self, run_until_signal, ConsoleFlags};
+use crate::services::{self, run_until_signal, Address, ConsoleFlags};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -65,6 +65,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         Ok::<_, Failure>(vec![
             services::echo(&servers, &config.echo, stop_rx.clone()).await?,
             services::console(&servers, &console_section, stop_rx.clone()).await?,
+            services::offload(&config.offload, stop_rx.clone())?,
         ])
     };
     let list = match started.await {
@@ -79,7 +80,9 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     for s in &list {
         println!("  {:<20} {}", s.name, s.address);
     }
-    let (echo, console) = (list[0].address, list[1].address);
+    let (Address::Tcp(echo), Address::Tcp(console), Address::Unix(offload)) = (&list[0].address, &list[1].address, &list[2].address) else {
+        unreachable!("up starts echo, console and offload in this order")
+    };
     // The CA file to name in the examples: ca_cert_file, or a placeholder when ca_cert is inline.
     let ca = config.material.ca.as_ref().and_then(|a| a.origin.strip_prefix("ca_cert: ")).filter(|o| !o.starts_with("inline")).unwrap_or("CA.pem");
     let d = args.data_dir.display();
@@ -88,6 +91,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     println!("  openssl s_client -connect {echo} -CAfile {ca}");
     println!("  telnet {} {}", console.ip(), console.port());
     println!("  sealtls connect {echo} --server-name localhost --ca {ca}{client} --send hello");
+    println!("  sealtls offload-client --socket {} localhost:{} --send hello", offload.display(), echo.port());
     println!("stop with Ctrl-C");
     run_until_signal(list, shutdown, stop_tx, &servers).await;
     Ok(())

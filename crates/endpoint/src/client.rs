@@ -1,7 +1,9 @@
 //! A TLS client that reports what was negotiated and explains failures.
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -12,6 +14,7 @@ use crate::explain::{explain, Failure, FailureClass, Side};
 use crate::net::{buffered, Buffered};
 use crate::session::SessionInfo;
 use crate::settings::ClientSettings;
+use crate::verify::Observation;
 
 /// A client TLS stream.
 pub type ClientStream = TlsStream<Buffered>;
@@ -52,7 +55,9 @@ pub fn host_of(target: &str) -> Result<&str, Failure> {
     Ok(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
-async fn tcp_connect(target: &str, timeout: Duration) -> Result<TcpStream, Failure> {
+/// Opens a TCP connection to `target` (`HOST:PORT`, names resolved, each
+/// address tried in turn) within `timeout`, explaining a failure.
+pub async fn tcp_connect(target: &str, timeout: Duration) -> Result<TcpStream, Failure> {
     let attempt = async {
         let addrs = tokio::net::lookup_host(target).await?;
         let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address");
@@ -71,6 +76,24 @@ async fn tcp_connect(target: &str, timeout: Duration) -> Result<TcpStream, Failu
     }
 }
 
+/// Runs the client handshake over `tcp` within `timeout`, verifying the
+/// server as `name`; a failure is explained with what `seen` observed.
+pub async fn handshake(
+    tcp: TcpStream,
+    name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+    seen: &Observation,
+    target: &str,
+    timeout: Duration,
+) -> Result<ClientStream, Failure> {
+    let handshake = TlsConnector::from(config).connect(name, buffered(tcp));
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(explain(&e, seen, Side::Client, target)),
+        Err(_) => Err(explain(&std::io::ErrorKind::TimedOut.into(), seen, Side::Client, target)),
+    }
+}
+
 /// Connects to `target`, verifies the server as `server_name` (default: the
 /// host part of `target`) and, when the server asked for a certificate over TLS 1.3,
 /// waits briefly for its verdict on our answer, which arrives after the
@@ -82,12 +105,7 @@ pub async fn connect(target: &str, server_name: Option<&str>, settings: &ClientS
     })?;
     let (config, seen) = settings.config().map_err(Failure::config)?;
     let tcp = tcp_connect(target, timeout).await?;
-    let handshake = TlsConnector::from(config).connect(name, buffered(tcp));
-    let mut stream = match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(explain(&e, &seen, Side::Client, target)),
-        Err(_) => return Err(explain(&std::io::ErrorKind::TimedOut.into(), &seen, Side::Client, target)),
-    };
+    let mut stream = handshake(tcp, name, config, &seen, target, timeout).await?;
     let info = SessionInfo::of(stream.get_ref().1);
     let mut early_data = Vec::new();
     if seen.cert_requested() && info.version == "TLSv1.3" {

@@ -257,6 +257,10 @@ pub struct ClientSettings {
     /// Accept a server leaf the way BitVisor's client does: signature chain
     /// and validity only (see [`crate::legacy`]).
     pub legacy_v1_leaf: bool,
+    /// Check the server's certificate against the name connected to. Off
+    /// only for deployments that must behave like TRENTOS TlsServer, which
+    /// checks the chain alone.
+    pub name_check: bool,
 }
 
 impl ClientSettings {
@@ -267,7 +271,7 @@ impl ClientSettings {
         let verifier: Arc<dyn ServerCertVerifier> = if self.legacy_v1_leaf {
             Arc::new(LegacyLeafVerifier::new(self.trust.certs.clone(), seen.clone()))
         } else {
-            Arc::new(ExplainingServerVerifier::new(self.trust.root_store()?, self.trust.certs.clone(), seen.clone())?)
+            Arc::new(ExplainingServerVerifier::new(self.trust.root_store()?, self.trust.certs.clone(), self.name_check, seen.clone())?)
         };
         let resolver: Arc<dyn ResolvesClientCert> = Arc::new(RecordingClientCert::new(self.identity.clone(), seen.clone()));
         let mut config = ClientConfig::builder_with_provider(provider())

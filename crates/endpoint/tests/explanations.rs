@@ -62,7 +62,7 @@ async fn server(identity: Identity, client_ca: Option<&Ca>, auth: ClientAuthMode
 
 async fn client(addr: SocketAddr, trust: &Ca, identity: Option<Identity>, versions: TlsVersions) -> Result<Connected, Failure> {
     let identity = identity.map(|(chain, key)| certified_key(chain, &key, "cert", "key").unwrap());
-    let settings = ClientSettings { trust: anchors(trust), identity, versions, legacy_v1_leaf: false };
+    let settings = ClientSettings { trust: anchors(trust), identity, versions, legacy_v1_leaf: false, name_check: true };
     connect(&addr.to_string(), Some("localhost"), &settings, Duration::from_secs(5)).await
 }
 

@@ -35,6 +35,10 @@ pub enum Op {
     Reset = 6,
     /// The text explaining the last failure.
     Detail = 7,
+    /// Wait until something the client is interested in happens.
+    Wait = 8,
+    /// What the TLS session negotiated, in words.
+    Session = 9,
 }
 
 impl Op {
@@ -47,6 +51,8 @@ impl Op {
             5 => Self::Read,
             6 => Self::Reset,
             7 => Self::Detail,
+            8 => Self::Wait,
+            9 => Self::Session,
             _ => return None,
         })
     }
@@ -54,8 +60,15 @@ impl Op {
 
 /// The kind byte of the daemon's greeting.
 const WELCOME: u8 = 0x40;
+/// The kind byte of the daemon's last words before it closes the socket.
+const GOODBYE: u8 = 0x41;
 /// Response kinds are the request's with this bit set.
 const RESPONSE: u8 = 0x80;
+
+/// WAIT interest: data, the end of the stream or an error can be read.
+pub const READABLE: u8 = 0x01;
+/// WAIT interest: WRITE would take at least one byte.
+pub const WRITABLE: u8 = 0x02;
 
 /// A client's call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,12 +86,26 @@ pub enum Request {
     Handshake,
     /// Send these bytes.
     Write(Vec<u8>),
-    /// Receive at most this many bytes.
-    Read(u32),
+    /// Receive at most `size` bytes.
+    Read {
+        /// Most bytes wanted.
+        size: u32,
+        /// When nothing can be read yet, answer once something can (or when
+        /// the next request arrives) instead of answering WOULD_BLOCK now.
+        wait: bool,
+    },
     /// End the TLS session, keep the slot connected.
     Reset,
     /// Why did the last call fail?
     Detail,
+    /// Answer when a connect or handshake under way finishes, or when one of
+    /// the `interest` conditions ([`READABLE`], [`WRITABLE`]) holds.
+    Wait {
+        /// Bit set of [`READABLE`] and [`WRITABLE`].
+        interest: u8,
+    },
+    /// What did the handshake negotiate?
+    Session,
 }
 
 /// The daemon's answer.
@@ -94,7 +121,14 @@ pub enum Response {
         /// Largest WRITE or READ size, in bytes.
         buffer_size: u32,
     },
-    /// The answer to CONNECT, DISCONNECT, HANDSHAKE or RESET.
+    /// Sent just before the daemon closes the socket on its own initiative.
+    Goodbye {
+        /// Why, as a code.
+        code: Code,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The answer to CONNECT, DISCONNECT, HANDSHAKE, RESET or WAIT.
     Status {
         /// Which call this answers.
         op: Op,
@@ -115,8 +149,15 @@ pub enum Response {
         /// Bytes read (empty unless SUCCESS).
         data: Vec<u8>,
     },
-    /// The answer to DETAIL: empty when nothing failed.
-    Detail(String),
+    /// The answer to DETAIL or SESSION.
+    Text {
+        /// Which call this answers.
+        op: Op,
+        /// The result.
+        code: Code,
+        /// The text; empty when there is nothing to say.
+        text: String,
+    },
 }
 
 /// Why bytes are not a valid frame. Any of these ends the conversation:
@@ -157,61 +198,70 @@ fn header(out: &mut Vec<u8>, kind: u8, body_len: usize) {
     out.extend_from_slice(&(body_len as u32).to_be_bytes());
 }
 
+/// Appends a WRITE request for `data` to `out`, without building a
+/// [`Request`] (and copying the data into it) first.
+pub fn encode_write(out: &mut Vec<u8>, data: &[u8]) {
+    header(out, Op::Write as u8, data.len());
+    out.extend_from_slice(data);
+}
+
 impl Request {
     /// Appends the frame to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let (op, body): (Op, Vec<u8>) = match self {
+        match self {
             Self::Connect { host, port } => {
                 let host = &host.as_bytes()[..host.len().min(MAX_HOST)];
-                let mut b = port.to_be_bytes().to_vec();
-                b.push(host.len() as u8);
-                b.extend_from_slice(host);
-                (Op::Connect, b)
+                header(out, Op::Connect as u8, 3 + host.len());
+                out.extend_from_slice(&port.to_be_bytes());
+                out.push(host.len() as u8);
+                out.extend_from_slice(host);
             }
-            Self::Disconnect => (Op::Disconnect, vec![]),
-            Self::Handshake => (Op::Handshake, vec![]),
-            Self::Write(data) => (Op::Write, data.clone()),
-            Self::Read(size) => (Op::Read, size.to_be_bytes().to_vec()),
-            Self::Reset => (Op::Reset, vec![]),
-            Self::Detail => (Op::Detail, vec![]),
-        };
-        header(out, op as u8, body.len());
-        out.extend_from_slice(&body);
+            Self::Write(data) => encode_write(out, data),
+            Self::Read { size, wait } => {
+                header(out, Op::Read as u8, 5);
+                out.extend_from_slice(&size.to_be_bytes());
+                out.push(u8::from(*wait));
+            }
+            Self::Wait { interest } => {
+                header(out, Op::Wait as u8, 1);
+                out.push(*interest);
+            }
+            Self::Disconnect => header(out, Op::Disconnect as u8, 0),
+            Self::Handshake => header(out, Op::Handshake as u8, 0),
+            Self::Reset => header(out, Op::Reset as u8, 0),
+            Self::Detail => header(out, Op::Detail as u8, 0),
+            Self::Session => header(out, Op::Session as u8, 0),
+        }
     }
+}
+
+fn code_and_bytes(out: &mut Vec<u8>, kind: u8, code: Code, bytes: &[u8]) {
+    header(out, kind, 4 + bytes.len());
+    out.extend_from_slice(&code.value().to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 impl Response {
     /// Appends the frame to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let code_bytes = |c: &Code| c.value().to_be_bytes();
         match self {
             Self::Welcome { code, badge, buffer_size } => {
-                header(out, WELCOME, 12);
-                out.extend_from_slice(&code_bytes(code));
-                out.extend_from_slice(&badge.to_be_bytes());
-                out.extend_from_slice(&buffer_size.to_be_bytes());
+                let mut rest = badge.to_be_bytes().to_vec();
+                rest.extend_from_slice(&buffer_size.to_be_bytes());
+                code_and_bytes(out, WELCOME, *code, &rest);
             }
-            Self::Status { op, code } => {
-                header(out, *op as u8 | RESPONSE, 4);
-                out.extend_from_slice(&code_bytes(code));
-            }
-            Self::Written { code, taken } => {
-                header(out, Op::Write as u8 | RESPONSE, 8);
-                out.extend_from_slice(&code_bytes(code));
-                out.extend_from_slice(&taken.to_be_bytes());
-            }
-            Self::Read { code, data } => {
-                header(out, Op::Read as u8 | RESPONSE, 4 + data.len());
-                out.extend_from_slice(&code_bytes(code));
-                out.extend_from_slice(data);
-            }
-            Self::Detail(text) => {
-                header(out, Op::Detail as u8 | RESPONSE, 4 + text.len());
-                out.extend_from_slice(&code_bytes(&Code::Success));
-                out.extend_from_slice(text.as_bytes());
-            }
+            Self::Goodbye { code, reason } => code_and_bytes(out, GOODBYE, *code, reason.as_bytes()),
+            Self::Status { op, code } => code_and_bytes(out, *op as u8 | RESPONSE, *code, &[]),
+            Self::Written { code, taken } => code_and_bytes(out, Op::Write as u8 | RESPONSE, *code, &taken.to_be_bytes()),
+            Self::Read { code, data } => encode_read_response(out, *code, data),
+            Self::Text { op, code, text } => code_and_bytes(out, *op as u8 | RESPONSE, *code, text.as_bytes()),
         }
     }
+}
+
+/// Appends a READ response to `out`, without building a [`Response`] first.
+pub fn encode_read_response(out: &mut Vec<u8>, code: Code, data: &[u8]) {
+    code_and_bytes(out, Op::Read as u8 | RESPONSE, code, data);
 }
 
 /// Splits one frame off `buf`: `Ok(None)` while incomplete, else the kind,
@@ -252,6 +302,10 @@ fn code_at(body: &[u8], kind: &'static str) -> Result<Code, ProtoError> {
     Code::from_value(be_u32(body) as i32).ok_or(malformed(kind, "unknown result code"))
 }
 
+fn text_at(body: &[u8], kind: &'static str) -> Result<String, ProtoError> {
+    String::from_utf8(body.to_vec()).map_err(|_| malformed(kind, "text is not UTF-8"))
+}
+
 /// Decodes one request from the front of `buf`, accepting bodies of at
 /// most `max_body` bytes. `Ok(None)`: more bytes are needed.
 pub fn decode_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usize)>, ProtoError> {
@@ -266,17 +320,20 @@ pub fn decode_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, us
             let host = std::str::from_utf8(&body[3..]).map_err(|_| malformed("CONNECT", "host is not UTF-8"))?;
             Request::Connect { host: host.to_owned(), port: u16::from_be_bytes([body[0], body[1]]) }
         }
+        Op::Write => Request::Write(body.to_vec()),
+        Op::Read => match body {
+            [a, b, c, d, flags @ (0 | 1)] => Request::Read { size: be_u32(&[*a, *b, *c, *d]), wait: *flags == 1 },
+            _ => return Err(malformed("READ", "body must be a 4-byte size and a wait flag of 0 or 1")),
+        },
+        Op::Wait => match body {
+            [interest] if interest & !(READABLE | WRITABLE) == 0 => Request::Wait { interest: *interest },
+            _ => return Err(malformed("WAIT", "body must be one byte of interest bits 0x01 and 0x02")),
+        },
         Op::Disconnect => empty("DISCONNECT", Request::Disconnect)?,
         Op::Handshake => empty("HANDSHAKE", Request::Handshake)?,
-        Op::Write => Request::Write(body.to_vec()),
-        Op::Read => {
-            if body.len() != 4 {
-                return Err(malformed("READ", "body must be a 4-byte size"));
-            }
-            Request::Read(be_u32(body))
-        }
         Op::Reset => empty("RESET", Request::Reset)?,
         Op::Detail => empty("DETAIL", Request::Detail)?,
+        Op::Session => empty("SESSION", Request::Session)?,
     };
     Ok(Some((request, used)))
 }
@@ -284,30 +341,32 @@ pub fn decode_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, us
 /// Decodes one response from the front of `buf`; like [`decode_request`].
 pub fn decode_response(buf: &[u8], max_body: usize) -> Result<Option<(Response, usize)>, ProtoError> {
     let Some((kind, body, used)) = frame(buf, max_body)? else { return Ok(None) };
-    let response = if kind == WELCOME {
-        if body.len() != 12 {
-            return Err(malformed("WELCOME", "body must be 12 bytes"));
+    let response = match kind {
+        WELCOME => {
+            if body.len() != 12 {
+                return Err(malformed("WELCOME", "body must be 12 bytes"));
+            }
+            Response::Welcome { code: code_at(body, "WELCOME")?, badge: be_u32(&body[4..]), buffer_size: be_u32(&body[8..]) }
         }
-        Response::Welcome { code: code_at(body, "WELCOME")?, badge: be_u32(&body[4..]), buffer_size: be_u32(&body[8..]) }
-    } else {
-        let op = Op::from_u8(kind & !RESPONSE).filter(|_| kind & RESPONSE != 0).ok_or(ProtoError::UnknownKind(kind))?;
-        match op {
-            Op::Write => {
-                if body.len() != 8 {
-                    return Err(malformed("WRITE response", "body must be 8 bytes"));
+        GOODBYE => Response::Goodbye { code: code_at(body, "GOODBYE")?, reason: text_at(&body[4..], "GOODBYE")? },
+        _ => {
+            let op = Op::from_u8(kind & !RESPONSE).filter(|_| kind & RESPONSE != 0).ok_or(ProtoError::UnknownKind(kind))?;
+            let code = code_at(body, "response")?;
+            match op {
+                Op::Write => {
+                    if body.len() != 8 {
+                        return Err(malformed("WRITE response", "body must be 8 bytes"));
+                    }
+                    Response::Written { code, taken: be_u32(&body[4..]) }
                 }
-                Response::Written { code: code_at(body, "WRITE response")?, taken: be_u32(&body[4..]) }
-            }
-            Op::Read => Response::Read { code: code_at(body, "READ response")?, data: body[4..].to_vec() },
-            Op::Detail => {
-                code_at(body, "DETAIL response")?;
-                Response::Detail(String::from_utf8_lossy(&body[4..]).into_owned())
-            }
-            _ => {
-                if body.len() != 4 {
-                    return Err(malformed("status response", "body must be 4 bytes"));
+                Op::Read => Response::Read { code, data: body[4..].to_vec() },
+                Op::Detail | Op::Session => Response::Text { op, code, text: text_at(&body[4..], "text response")? },
+                _ => {
+                    if body.len() != 4 {
+                        return Err(malformed("status response", "body must be 4 bytes"));
+                    }
+                    Response::Status { op, code }
                 }
-                Response::Status { op, code: code_at(body, "status response")? }
             }
         }
     };
@@ -336,8 +395,10 @@ mod tests {
         round_trip_request(Request::Connect { host: String::new(), port: 0 });
         round_trip_request(Request::Write(b"HELLOOOOOO?!\0".to_vec()));
         round_trip_request(Request::Write(vec![]));
-        round_trip_request(Request::Read(1024));
-        for r in [Request::Disconnect, Request::Handshake, Request::Reset, Request::Detail] {
+        round_trip_request(Request::Read { size: 1024, wait: false });
+        round_trip_request(Request::Read { size: 16384, wait: true });
+        round_trip_request(Request::Wait { interest: READABLE | WRITABLE });
+        for r in [Request::Disconnect, Request::Handshake, Request::Reset, Request::Detail, Request::Session] {
             round_trip_request(r);
         }
     }
@@ -352,7 +413,10 @@ mod tests {
             Response::Written { code: Code::Success, taken: 13 },
             Response::Read { code: Code::Success, data: b"HELLOOOOOO?!\0".to_vec() },
             Response::Read { code: Code::ConnectionClosed, data: vec![] },
-            Response::Detail("certificate is signed by an untrusted CA".into()),
+            Response::Text { op: Op::Detail, code: Code::Success, text: "certificate is signed by an untrusted CA".into() },
+            Response::Text { op: Op::Session, code: Code::InvalidState, text: String::new() },
+            Response::Status { op: Op::Wait, code: Code::WouldBlock },
+            Response::Goodbye { code: Code::InvalidParameter, reason: "unknown frame kind 0x0a".into() },
         ] {
             let mut buf = Vec::new();
             r.encode(&mut buf);
@@ -373,7 +437,9 @@ mod tests {
     fn bad_frames_are_named() {
         assert_eq!(decode_request(b"GET / HTTP/1.1\r\n", MAX), Err(ProtoError::BadMagic(b'G', b'E')));
         assert_eq!(decode_request(b"SO\x02", MAX), Err(ProtoError::BadVersion(2)));
-        assert_eq!(decode_request(b"SO\x01\x09\0\0\0\0", MAX), Err(ProtoError::UnknownKind(9)));
+        assert_eq!(decode_request(b"SO\x01\x0a\0\0\0\0", MAX), Err(ProtoError::UnknownKind(10)));
+        assert!(matches!(decode_request(b"SO\x01\x05\0\0\0\x05\0\0\0\x01\x02", MAX), Err(ProtoError::Malformed { .. })));
+        assert!(matches!(decode_request(b"SO\x01\x08\0\0\0\x01\x04", MAX), Err(ProtoError::Malformed { .. })));
         assert!(matches!(decode_request(b"SO\x01\x04\xff\xff\xff\xff", MAX), Err(ProtoError::TooLarge { .. })));
         assert!(matches!(decode_request(b"SO\x01\x02\0\0\0\x01x", MAX), Err(ProtoError::Malformed { .. })));
         assert!(matches!(decode_request(b"SO\x01\x01\0\0\0\x04\x01\xbb\x05x", MAX), Err(ProtoError::Malformed { .. })));

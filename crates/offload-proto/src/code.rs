@@ -37,7 +37,8 @@ pub enum Code {
     NetworkConnShutdown = -1306,
 }
 
-const ALL: [Code; 15] = [
+/// Every code, in the order of the table in docs/offload-protocol.md.
+pub const ALL: [Code; 15] = [
     Code::Success,
     Code::Generic,
     Code::NotSupported,

@@ -1,0 +1,212 @@
+//! `sealtls offload` (the TLS offload daemon) and `sealtls offload-client`
+//! (a person at a shell using it).
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_offload::{Code, Error};
+use sealtls_offload_daemon::Daemon;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::info;
+
+use crate::config::{load_trust, Config, OffloadSection};
+use crate::endpoints::shutdown_signal;
+
+#[derive(Args)]
+pub struct OffloadArgs {
+    /// Unix socket to listen on, created with mode 0660 (default: [offload] socket of --config).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// CA certificate (PEM) every server must chain to, or `system` for the
+    /// operating system's CAs; repeat for more. Default: the config's.
+    #[arg(long, value_name = "CA.pem|system")]
+    trust: Vec<PathBuf>,
+    /// Number of client slots.
+    #[arg(long)]
+    max_clients: Option<usize>,
+    /// Admit only these user ids (with --allow-gid: either matches). Default: anyone who can open the socket.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
+    /// Admit only these (primary) group ids.
+    #[arg(long = "allow-gid", value_name = "GID")]
+    allow_gid: Vec<u32>,
+    /// Largest read or write in bytes (the dataport size), 256 to 1048576.
+    #[arg(long)]
+    buffer_size: Option<usize>,
+    /// Limit for a TCP connect, in seconds.
+    #[arg(long, value_name = "SECS")]
+    connect_timeout: Option<u64>,
+    /// Limit for a TLS handshake, in seconds.
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout: Option<u64>,
+    /// Verify server chains but not their names, as TRENTOS TlsServer does.
+    /// Daemon-wide; clients cannot choose it.
+    #[arg(long)]
+    no_hostname_check: bool,
+    /// Configuration file with an [offload] table.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl OffloadArgs {
+    /// The `[offload]` table with these flags applied.
+    fn section(&self) -> Result<OffloadSection, Failure> {
+        let config = match &self.config {
+            Some(path) => Config::load(path).map_err(Failure::config)?,
+            None if self.socket.is_none() => {
+                return Err(Failure::new(FailureClass::Usage, "no socket given", "give --socket PATH (or --config FILE with an [offload] table)"))
+            }
+            None => Config::defaults(),
+        };
+        let mut section = config.offload;
+        if let Some(socket) = &self.socket {
+            section.socket = socket.clone();
+        }
+        if !self.trust.is_empty() {
+            section.trust = load_trust(&self.trust).map_err(Failure::config)?;
+        }
+        section.max_clients = self.max_clients.unwrap_or(section.max_clients);
+        section.allow.uids.extend(&self.allow_uid);
+        section.allow.gids.extend(&self.allow_gid);
+        section.buffer_size = self.buffer_size.unwrap_or(section.buffer_size);
+        if let Some(secs) = self.connect_timeout {
+            section.connect_timeout = Duration::from_secs(secs);
+        }
+        if let Some(secs) = self.handshake_timeout {
+            section.handshake_timeout = Duration::from_secs(secs);
+        }
+        section.name_check &= !self.no_hostname_check;
+        Ok(section)
+    }
+}
+
+/// Binds the daemon described by `section`, logging what it will do.
+pub fn bind(section: &OffloadSection) -> Result<Daemon, Failure> {
+    let settings = section.settings();
+    let daemon = Daemon::bind(settings.clone())?;
+    info!(
+        socket = %daemon.socket().display(),
+        trust = %settings.trust.origin,
+        max_clients = settings.max_clients,
+        buffer_size = settings.buffer_size,
+        hostname_check = settings.name_check,
+        "offload daemon ready"
+    );
+    Ok(daemon)
+}
+
+pub async fn offload(args: OffloadArgs) -> Result<(), Failure> {
+    let shutdown = shutdown_signal();
+    let daemon = bind(&args.section()?)?;
+    daemon.run(shutdown).await;
+    info!("stopped");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct OffloadClientArgs {
+    /// Server as HOST:PORT; HOST is checked against its certificate.
+    target: String,
+    /// The daemon's socket.
+    #[arg(long, default_value = "sealtls-data/offload.sock")]
+    socket: PathBuf,
+    /// Send TEXT and a newline, print the answer up to a newline, disconnect.
+    /// Without it, standard input is sent and what arrives is printed.
+    #[arg(long, value_name = "TEXT")]
+    send: Option<String>,
+    /// How long to wait for the answer to --send, in seconds.
+    #[arg(long, default_value_t = 10)]
+    wait: u64,
+}
+
+/// A failed offload call as a failure with its remedy.
+fn failure(e: Error, target: &str) -> Failure {
+    let detail = e.detail.clone().unwrap_or_else(|| e.code.describe().to_owned());
+    let (what, fix) = match detail.split_once(" (fix: ") {
+        Some((what, fix)) => (what.to_owned(), fix.trim_end_matches(')').to_owned()),
+        None => (detail, String::new()),
+    };
+    let (class, fix) = match e.code {
+        Code::NotFound | Code::OutOfBounds | Code::OperationDenied | Code::Generic => (FailureClass::Network, "check that `sealtls offload` runs on --socket and admits this user".to_owned()),
+        Code::Aborted => (FailureClass::Protocol, fix),
+        Code::InvalidParameter => (FailureClass::Usage, "give the server as HOST:PORT with a port from 1 to 65535".to_owned()),
+        _ => (FailureClass::Network, fix),
+    };
+    let fix = if fix.is_empty() { format!("check that {target} is reachable from the daemon and serves TLS") } else { fix };
+    Failure::new(class, format!("{} via the offload daemon: {what}", e.code.name()), fix)
+}
+
+pub async fn offload_client(args: OffloadClientArgs) -> Result<(), Failure> {
+    let usage = || Failure::new(FailureClass::Usage, format!("`{}` is not HOST:PORT", args.target), "write the server as HOST:PORT, e.g. localhost:10007");
+    let (host, port) = args.target.rsplit_once(':').ok_or_else(usage)?;
+    let port: u16 = port.parse().map_err(|_| usage())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let client = sealtls_offload::AsyncClient::open(&args.socket).await.map_err(|e| failure(e, &args.target))?;
+    let badge = client.badge();
+    let mut tls = client.connect(host, port).await.map_err(|e| failure(e, &args.target))?;
+    eprintln!("connected to {} through the offload daemon (badge {badge}): {}", args.target, tls.session());
+    let broken = |e: std::io::Error| Failure::new(FailureClass::Network, format!("connection to {} failed: {e}", args.target), "see the offload daemon's log");
+    match &args.send {
+        Some(text) => {
+            tls.write_all(format!("{text}\n").as_bytes()).await.map_err(broken)?;
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let read = async {
+                while !answer.contains(&b'\n') {
+                    match tls.read(&mut chunk).await? {
+                        0 => break,
+                        n => answer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            match tokio::time::timeout(Duration::from_secs(args.wait), read).await {
+                Ok(result) => result.map_err(broken)?,
+                Err(_) => eprintln!("no newline within {} s", args.wait),
+            }
+            print!("{}", String::from_utf8_lossy(&answer));
+        }
+        None => relay_stdio(&mut tls).await.map_err(broken)?,
+    }
+    let _ = tls.shutdown().await;
+    Ok(())
+}
+
+/// How long to keep printing after standard input ended, once the server is quiet.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Sends standard input, prints what arrives; after standard input ends,
+/// keeps printing until the server closes or is quiet for [`LINGER`].
+async fn relay_stdio(tls: &mut sealtls_offload::OffloadStream) -> std::io::Result<()> {
+    let (mut from_server, mut to_server) = tokio::io::split(tls);
+    let mut stdout = tokio::io::stdout();
+    let mut stdin = tokio::io::stdin();
+    let upload = tokio::io::copy(&mut stdin, &mut to_server);
+    tokio::pin!(upload);
+    let mut uploading = true;
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let quiet = async {
+            if uploading {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(LINGER).await
+            }
+        };
+        tokio::select! {
+            read = from_server.read(&mut chunk) => match read? {
+                0 => return Ok(()),
+                n => {
+                    stdout.write_all(&chunk[..n]).await?;
+                    stdout.flush().await?;
+                }
+            },
+            sent = &mut upload, if uploading => {
+                sent?;
+                uploading = false;
+            }
+            () = quiet => return Ok(()),
+        }
+    }
+}

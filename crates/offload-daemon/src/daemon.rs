@@ -1,0 +1,265 @@
+//! The daemon's socket: who may connect, which slot (badge) each client
+//! gets, and an orderly shutdown.
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sealtls_endpoint::settings::{Anchors, ClientSettings, TlsVersions};
+use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_offload_proto::proto::Response;
+use sealtls_offload_proto::Code;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::link::Dialer;
+use crate::session::Session;
+
+/// The first badge; TRENTOS numbers its RPC clients from 101.
+pub const FIRST_BADGE: u32 = 101;
+/// Default number of slots, as in TlsServer.
+pub const DEFAULT_MAX_CLIENTS: usize = 8;
+/// Default largest READ or WRITE, the size of TlsServer's dataport.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+/// Accepted range of buffer sizes.
+pub const BUFFER_SIZES: std::ops::RangeInclusive<usize> = 256..=1024 * 1024;
+/// How long sessions may take to say goodbye when the daemon stops.
+const DRAIN_LIMIT: Duration = Duration::from_secs(6);
+
+/// Which local users may use the daemon, by SO_PEERCRED.
+#[derive(Clone, Debug, Default)]
+pub struct Allow {
+    /// Allowed user ids.
+    pub uids: Vec<u32>,
+    /// Allowed (primary) group ids.
+    pub gids: Vec<u32>,
+}
+
+impl Allow {
+    /// Whether a peer with these ids may connect. With both lists empty,
+    /// anyone who can open the socket (mode 0660) may.
+    pub fn admits(&self, uid: u32, gid: u32) -> bool {
+        (self.uids.is_empty() && self.gids.is_empty()) || self.uids.contains(&uid) || self.gids.contains(&gid)
+    }
+}
+
+/// How the daemon runs.
+#[derive(Clone, Debug)]
+pub struct OffloadSettings {
+    /// The Unix socket to listen on.
+    pub socket: PathBuf,
+    /// The CAs every server must chain to.
+    pub trust: Anchors,
+    /// Number of slots.
+    pub max_clients: usize,
+    /// Who may connect.
+    pub allow: Allow,
+    /// Largest READ or WRITE in bytes.
+    pub buffer_size: usize,
+    /// Limit for a TCP connect.
+    pub connect_timeout: Duration,
+    /// Limit for a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Check server certificates against the host connected to.
+    pub name_check: bool,
+}
+
+impl OffloadSettings {
+    /// Settings with the defaults for everything but the socket and trust.
+    pub fn new(socket: PathBuf, trust: Anchors) -> Self {
+        Self {
+            socket,
+            trust,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            allow: Allow::default(),
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            name_check: true,
+        }
+    }
+}
+
+/// What every session shares.
+pub(crate) struct Shared {
+    pub dialer: Arc<Dialer>,
+    pub buffer_size: usize,
+    badges: Mutex<Vec<bool>>,
+}
+
+impl Shared {
+    /// Plaintext each direction of a session may hold: a few buffers, so
+    /// that the network and the client need not take turns.
+    pub(crate) fn queue_size(&self) -> usize {
+        4 * self.buffer_size
+    }
+
+    fn claim_badge(self: &Arc<Self>) -> Option<BadgeGuard> {
+        let mut taken = self.badges.lock().expect("not poisoned");
+        let index = taken.iter().position(|t| !t)?;
+        taken[index] = true;
+        Some(BadgeGuard { shared: self.clone(), index })
+    }
+}
+
+/// A slot in use; dropping it frees the slot.
+struct BadgeGuard {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl BadgeGuard {
+    fn badge(&self) -> u32 {
+        FIRST_BADGE + self.index as u32
+    }
+}
+
+impl Drop for BadgeGuard {
+    fn drop(&mut self) {
+        self.shared.badges.lock().expect("not poisoned")[self.index] = false;
+    }
+}
+
+/// A bound offload daemon.
+pub struct Daemon {
+    listener: UnixListener,
+    socket: PathBuf,
+    inode: u64,
+    allow: Allow,
+    shared: Arc<Shared>,
+}
+
+fn socket_failure(socket: &Path, what: impl std::fmt::Display, fix: impl Into<String>) -> Failure {
+    Failure::new(FailureClass::Config, format!("offload socket {}: {what}", socket.display()), fix)
+}
+
+/// Removes a socket left by a daemon that is gone; refuses to touch
+/// anything else.
+fn clear_stale_socket(socket: &Path) -> Result<(), Failure> {
+    let Ok(meta) = std::fs::symlink_metadata(socket) else { return Ok(()) };
+    if !meta.file_type().is_socket() {
+        return Err(socket_failure(socket, "exists and is not a socket", "remove it or choose another --socket path"));
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(socket_failure(socket, "another daemon is listening on it", "stop that daemon or choose another --socket path"));
+    }
+    std::fs::remove_file(socket).map_err(|e| socket_failure(socket, format!("cannot remove the stale socket: {e}"), "remove it by hand"))
+}
+
+impl Daemon {
+    /// Checks the settings and binds the socket (mode 0660). Must be called
+    /// inside a tokio runtime.
+    pub fn bind(settings: OffloadSettings) -> Result<Self, Failure> {
+        if settings.trust.certs.is_empty() {
+            return Err(Failure::new(
+                FailureClass::Config,
+                format!("no trust anchors (OS_ERROR_NOT_INITIALIZED, {}): the daemon cannot verify any server", Code::NotInitialized.value()),
+                "give the CA that issued your servers' certificates with --trust CA.pem, or --trust system",
+            ));
+        }
+        if settings.max_clients == 0 || settings.max_clients > 10_000 {
+            return Err(Failure::new(FailureClass::Usage, format!("--max-clients {} is out of range", settings.max_clients), "give 1 to 10000"));
+        }
+        if !BUFFER_SIZES.contains(&settings.buffer_size) {
+            return Err(Failure::new(
+                FailureClass::Usage,
+                format!("buffer size {} is out of range", settings.buffer_size),
+                format!("give {} to {} bytes", BUFFER_SIZES.start(), BUFFER_SIZES.end()),
+            ));
+        }
+        let socket = settings.socket.clone();
+        clear_stale_socket(&socket)?;
+        let listener = UnixListener::bind(&socket).map_err(|e| {
+            let fix = match socket.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => format!("create the directory {} first", dir.display()),
+                _ => "check the path and the directory's permissions".to_owned(),
+            };
+            socket_failure(&socket, format!("cannot listen: {e}"), fix)
+        })?;
+        let meta = std::fs::metadata(&socket).and_then(|m| {
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
+            Ok(m)
+        });
+        let inode = meta.map_err(|e| socket_failure(&socket, format!("cannot set mode 0660: {e}"), "check the directory's permissions"))?.ino();
+        let tls = ClientSettings { trust: settings.trust, identity: None, versions: TlsVersions::Any, legacy_v1_leaf: false, name_check: settings.name_check };
+        let dialer = Arc::new(Dialer { tls, connect_timeout: settings.connect_timeout, handshake_timeout: settings.handshake_timeout });
+        let shared = Arc::new(Shared { dialer, buffer_size: settings.buffer_size, badges: Mutex::new(vec![false; settings.max_clients]) });
+        Ok(Self { listener, socket, inode, allow: settings.allow, shared })
+    }
+
+    /// The socket's path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Serves clients until `shutdown` resolves, then tells each client
+    /// why it is cut off, closes their TLS sessions with close_notify and
+    /// removes the socket.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopped) = watch::channel(false);
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => self.admit(stream, &stopped, &mut sessions),
+                    Err(e) => {
+                        warn!(error = %e, "accept failed; pausing");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(DRAIN_LIMIT, async { while sessions.join_next().await.is_some() {} }).await;
+        // Closing sessions send close_notify from tasks of their own; give them a moment.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if std::fs::metadata(&self.socket).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+
+    fn admit(&self, stream: UnixStream, stopped: &watch::Receiver<bool>, sessions: &mut JoinSet<()>) {
+        let cred = match stream.peer_cred() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot read the client's credentials (SO_PEERCRED); refused");
+                sessions.spawn(refuse(stream, Code::OperationDenied));
+                return;
+            }
+        };
+        let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid().unwrap_or(0));
+        if !self.allow.admits(uid, gid) {
+            warn!(uid, gid, pid, "client refused: its uid and gid are not in the allow lists");
+            sessions.spawn(refuse(stream, Code::OperationDenied));
+            return;
+        }
+        let Some(guard) = self.shared.claim_badge() else {
+            warn!(uid, gid, pid, "client refused: all slots are taken (OS_ERROR_OUT_OF_BOUNDS)");
+            sessions.spawn(refuse(stream, Code::OutOfBounds));
+            return;
+        };
+        let badge = guard.badge();
+        info!(badge, uid, gid, pid, "client admitted");
+        let session = Session::new(self.shared.clone(), badge);
+        let stopped = stopped.clone();
+        sessions.spawn(async move {
+            session.run(stream, stopped).await;
+            drop(guard);
+            info!(badge, "slot freed");
+        });
+    }
+}
+
+/// Tells a client it has no slot, then closes its socket.
+async fn refuse(mut stream: UnixStream, code: Code) {
+    let mut frame = Vec::new();
+    Response::Welcome { code, badge: 0, buffer_size: 0 }.encode(&mut frame);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&frame)).await;
+}

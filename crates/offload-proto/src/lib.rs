@@ -1,0 +1,14 @@
+//! The protocol core of the sealtls TLS offload daemon, after TRENTOS's
+//! TlsServer: local programs ask the daemon to open, verify and use an
+//! outbound TLS connection for them.
+//!
+//! Everything here is sans-IO: [`code`] holds the OS_Error_t values,
+//! [`proto`] encodes and decodes the RPC frames of docs/offload-protocol.md,
+//! and [`slot`] is one client's state machine, which says what the runtime
+//! must do next instead of doing it.
+pub mod code;
+pub mod proto;
+pub mod slot;
+
+pub use code::{Code, ALL as ALL_CODES};
+pub use slot::{Action, Slot, State};
