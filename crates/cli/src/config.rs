@@ -82,6 +82,7 @@ struct RawOffload {
     buffer_size: Option<usize>,
     connect_timeout_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
+    client_timeout_secs: Option<u64>,
     hostname_check: Option<bool>,
 }
 
@@ -127,6 +128,8 @@ pub struct OffloadSection {
     pub handshake_timeout: Duration,
     /// Check certificates against the host connected to.
     pub name_check: bool,
+    /// How long a client may leave answers unread.
+    pub client_timeout: Duration,
 }
 
 impl OffloadSection {
@@ -142,6 +145,7 @@ impl OffloadSection {
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.handshake_timeout,
             name_check: self.name_check,
+            answer_timeout: self.client_timeout,
         }
     }
 }
@@ -208,7 +212,7 @@ pub enum ConfigError {
     Value { path: String, table: &'static str, key: &'static str, value: String, detail: String },
 }
 
-const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, hostname_check";
+const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check";
 
 /// Finds the configuration: `explicit`, else `./sealtls.toml`, else
 /// `DATA_DIR/sealtls.toml`, when they exist.
@@ -396,6 +400,7 @@ impl Config {
             connect_timeout: Duration::from_secs(o.connect_timeout_secs.unwrap_or(10)),
             handshake_timeout: Duration::from_secs(o.handshake_timeout_secs.unwrap_or(10)),
             name_check: o.hostname_check.unwrap_or(true),
+            client_timeout: Duration::from_secs(o.client_timeout_secs.unwrap_or(10)),
         };
         Ok(Self { material: Arc::new(material), echo, console, offload })
     }
@@ -436,6 +441,7 @@ max_clients = 8
 buffer_size = 16384
 connect_timeout_secs = 10
 handshake_timeout_secs = 10
+client_timeout_secs = 10   # a client leaving answers unread this long is dropped
 hostname_check = true
 "#;
 

@@ -40,6 +40,9 @@ pub struct OffloadArgs {
     /// Limit for a TLS handshake, in seconds.
     #[arg(long, value_name = "SECS")]
     handshake_timeout: Option<u64>,
+    /// Drop a client that leaves answers unread this long, in seconds.
+    #[arg(long, value_name = "SECS")]
+    client_timeout: Option<u64>,
     /// Verify server chains but not their names, as TRENTOS TlsServer does.
     /// Daemon-wide; clients cannot choose it.
     #[arg(long)]
@@ -76,6 +79,9 @@ impl OffloadArgs {
         if let Some(secs) = self.handshake_timeout {
             section.handshake_timeout = Duration::from_secs(secs);
         }
+        if let Some(secs) = self.client_timeout {
+            section.client_timeout = Duration::from_secs(secs);
+        }
         section.name_check &= !self.no_hostname_check;
         Ok(section)
     }
@@ -86,7 +92,7 @@ pub fn bind(section: &OffloadSection) -> Result<Daemon, Failure> {
     let settings = section.settings();
     let daemon = Daemon::bind(settings.clone())?;
     info!(
-        socket = %daemon.socket().display(),
+        listen = %daemon.socket().display(),
         trust = %settings.trust.origin,
         max_clients = settings.max_clients,
         buffer_size = settings.buffer_size,

@@ -66,6 +66,8 @@ pub struct OffloadSettings {
     pub handshake_timeout: Duration,
     /// Check server certificates against the host connected to.
     pub name_check: bool,
+    /// How long a client may leave answers unread before it is dropped.
+    pub answer_timeout: Duration,
 }
 
 impl OffloadSettings {
@@ -80,6 +82,7 @@ impl OffloadSettings {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             name_check: true,
+            answer_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -88,6 +91,7 @@ impl OffloadSettings {
 pub(crate) struct Shared {
     pub dialer: Arc<Dialer>,
     pub buffer_size: usize,
+    pub answer_timeout: Duration,
     badges: Mutex<Vec<bool>>,
 }
 
@@ -187,7 +191,7 @@ impl Daemon {
         let inode = meta.map_err(|e| socket_failure(&socket, format!("cannot set mode 0660: {e}"), "check the directory's permissions"))?.ino();
         let tls = ClientSettings { trust: settings.trust, identity: None, versions: TlsVersions::Any, legacy_v1_leaf: false, name_check: settings.name_check };
         let dialer = Arc::new(Dialer { tls, connect_timeout: settings.connect_timeout, handshake_timeout: settings.handshake_timeout });
-        let shared = Arc::new(Shared { dialer, buffer_size: settings.buffer_size, badges: Mutex::new(vec![false; settings.max_clients]) });
+        let shared = Arc::new(Shared { dialer, buffer_size: settings.buffer_size, answer_timeout: settings.answer_timeout, badges: Mutex::new(vec![false; settings.max_clients]) });
         Ok(Self { listener, socket, inode, allow: settings.allow, shared })
     }
 

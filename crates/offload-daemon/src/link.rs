@@ -49,10 +49,29 @@ pub(crate) struct Dialer {
     pub handshake_timeout: Duration,
 }
 
+/// Runs `step` for at most `limit`, naming the daemon setting to raise when
+/// it runs out (the endpoint's own limit is set past ours, so ours fires).
+async fn within<T>(limit: Duration, what: String, setting: &str, step: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, String> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(result) => result.map_err(|f| detail(&f)),
+        Err(_) => Err(format!(
+            "{what} did not finish within {} s (fix: check that the server is reachable and speaks TLS on that port, or raise the daemon's {setting})",
+            limit.as_secs_f32()
+        )),
+    }
+}
+
+/// The endpoint's own limit, kept past the daemon's.
+fn outer(limit: Duration) -> Duration {
+    limit + Duration::from_secs(1)
+}
+
 impl Dialer {
     /// Opens the TCP connection.
     pub(crate) async fn connect(&self, target: &Target) -> Result<TcpStream, String> {
-        tcp_connect(&target.address(), self.connect_timeout).await.map_err(|f| detail(&f))
+        let address = target.address();
+        let what = format!("the TCP connect to {address}");
+        within(self.connect_timeout, what, "--connect-timeout", tcp_connect(&address, outer(self.connect_timeout))).await
     }
 
     /// Runs the handshake, verifying the server as the host connected to.
@@ -61,7 +80,9 @@ impl Dialer {
             .map_err(|_| format!("`{}` is neither a DNS name nor an IP address, so the certificate cannot be checked against it (fix: connect by DNS name or address)", target.host))?;
         let (config, seen) = self.tls.config().map_err(|e| detail(&Failure::config(e)))?;
         let address = target.address();
-        let stream = handshake(tcp, name, config, &seen, &address, self.handshake_timeout).await.map_err(|f| detail(&f))?;
+        let what = format!("the TLS handshake with {address}");
+        let step = handshake(tcp, name, config, &seen, &address, outer(self.handshake_timeout));
+        let stream = within(self.handshake_timeout, what, "--handshake-timeout", step).await?;
         let info = SessionInfo::of(stream.get_ref().1);
         let checked = if self.tls.name_check { format!("valid for {}", target.host) } else { "host name not checked".to_owned() };
         let session = format!(

@@ -17,8 +17,6 @@ use tracing::{debug, info, warn};
 use crate::daemon::Shared;
 use crate::link::{End, Target, Tls};
 
-/// How long a client may leave answers unread before it is dropped.
-const ANSWER_LIMIT: Duration = Duration::from_secs(10);
 /// How long the last words to a departing client may take.
 const GOODBYE_LIMIT: Duration = Duration::from_secs(1);
 /// Bytes read from the client's socket at a time.
@@ -123,10 +121,11 @@ impl Session {
             self.rx.drain(..used);
             self.answer_wait_if_ready();
             if !self.tx.is_empty() {
-                match tokio::time::timeout(ANSWER_LIMIT, writer.write_all(&self.tx)).await {
+                let limit = self.shared.answer_timeout;
+                match tokio::time::timeout(limit, writer.write_all(&self.tx)).await {
                     Ok(Ok(())) => self.tx.clear(),
                     Ok(Err(_)) => return Ending::ClientLeft,
-                    Err(_) => return Ending::Goodbye(Code::Aborted, format!("answers left unread for {} s", ANSWER_LIMIT.as_secs())),
+                    Err(_) => return Ending::Goodbye(Code::Aborted, format!("answers left unread for {} s", limit.as_secs_f32())),
                 }
             }
             self.rx.reserve(READ_CHUNK);

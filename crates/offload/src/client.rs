@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 const ANSWER_LIMIT: Duration = Duration::from_secs(30);
 
 /// A client of the offload daemon holding one slot.
+#[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
     badge: u32,
