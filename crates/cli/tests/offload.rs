@@ -429,6 +429,12 @@ fn hostile_and_stalled_clients_do_not_hold_up_a_good_one() {
     huge.write_all(b"SO\x01\x04\xff\xff\xff\xff").unwrap();
     assert!(goodbye_reason(&read_to_close(huge, Duration::from_secs(5))).contains("exceeds the limit"));
 
+    let mut early = UnixStream::connect(&socket).unwrap();
+    let mut send = Vec::new();
+    sealtls_offload_proto::proto::encode_send(&mut send, b"data");
+    early.write_all(&send).unwrap();
+    assert!(goodbye_reason(&read_to_close(early, Duration::from_secs(5))).contains("SEND before STREAM"));
+
     // A TLS client that fills the echo path and never reads.
     let mut stalled = handshaked(&socket, "localhost", s.port());
     let block = vec![b's'; stalled.buffer_size()];

@@ -93,7 +93,7 @@ impl Dialer {
             info.peer_subject(),
             self.tls.trust.origin
         );
-        Ok(Tls { stream: Box::new(stream), session, address, inbound: None, outbound: None, unflushed: false, end: None })
+        Ok(Tls { stream: Box::new(stream), session, address, inbound: None, outbound: None, unflushed: false, drained: 0, end: None })
     }
 }
 
@@ -115,6 +115,8 @@ pub(crate) struct Tls {
     inbound: Option<Buffer>,
     outbound: Option<Buffer>,
     unflushed: bool,
+    /// Bytes moved from the outbound queue into TLS since last reported.
+    pub drained: usize,
     /// Set once no more data can be read or written.
     pub end: Option<End>,
 }
@@ -155,6 +157,7 @@ impl Tls {
                 match Pin::new(&mut *stream).poll_write(cx, out.data()) {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         out.consume(n);
+                        self.drained += n;
                         self.unflushed = true;
                         changed = true;
                     }

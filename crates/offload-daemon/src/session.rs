@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealtls_offload_proto::proto::{decode_request, encode_read_response, Op, Request, Response, BODY_OVERHEAD, READABLE, WRITABLE};
+use sealtls_offload_proto::proto::{
+    decode_request, encode_data, encode_read_response, split_bulk, Bulk, Op, Request, Response, BODY_OVERHEAD, READABLE, WRITABLE,
+};
 use sealtls_offload_proto::{Action, Code, Slot, State};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -66,6 +68,11 @@ pub(crate) struct Session {
     link: Link,
     pending: Option<Pending>,
     waiting: Option<Waiting>,
+    /// Streaming: receive credit left, and whether the end was pushed.
+    streaming: Option<usize>,
+    end_pushed: bool,
+    /// A breach of the protocol that ends the conversation.
+    violation: Option<String>,
     rx: Vec<u8>,
     tx: Vec<u8>,
 }
@@ -80,6 +87,9 @@ impl Session {
             link: Link::None,
             pending: None,
             waiting: None,
+            streaming: None,
+            end_pushed: false,
+            violation: None,
             rx: Vec::with_capacity(READ_CHUNK),
             tx: Vec::new(),
         }
@@ -106,20 +116,11 @@ impl Session {
     async fn converse(&mut self, reader: &mut OwnedReadHalf, writer: &mut OwnedWriteHalf, stop: &mut watch::Receiver<bool>) -> Ending {
         let max_body = self.shared.buffer_size + BODY_OVERHEAD;
         loop {
-            let mut used = 0;
-            loop {
-                match decode_request(&self.rx[used..], max_body) {
-                    Ok(Some((request, n))) => {
-                        used += n;
-                        self.interrupt_wait();
-                        self.handle(request);
-                    }
-                    Ok(None) => break,
-                    Err(e) => return Ending::Goodbye(Code::InvalidParameter, format!("bad frame: {e}; the daemon closes the connection")),
-                }
+            if let Some(ending) = self.take_requests(max_body) {
+                return ending;
             }
-            self.rx.drain(..used);
             self.answer_wait_if_ready();
+            self.push_stream();
             if !self.tx.is_empty() {
                 let limit = self.shared.answer_timeout;
                 match tokio::time::timeout(limit, writer.write_all(&self.tx)).await {
@@ -145,6 +146,38 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// Handles every complete request received so far, in order.
+    fn take_requests(&mut self, max_body: usize) -> Option<Ending> {
+        let rx = std::mem::take(&mut self.rx);
+        let mut used = 0;
+        let ending = loop {
+            if let Some((Bulk::Send(data), n)) = split_bulk(&rx[used..], max_body) {
+                // The data path: from the socket buffer straight into the queue.
+                used += n;
+                self.send(data);
+            } else {
+                match decode_request(&rx[used..], max_body) {
+                    Ok(Some((request, n))) => {
+                        used += n;
+                        // CREDIT has no answer, so it leaves waits alone.
+                        if !matches!(request, Request::Credit(_)) {
+                            self.interrupt_wait();
+                        }
+                        self.handle(request);
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(Ending::Goodbye(Code::InvalidParameter, format!("bad frame: {e}; the daemon closes the connection"))),
+                }
+            }
+            if let Some(why) = self.violation.take() {
+                break Some(Ending::Goodbye(Code::InvalidParameter, format!("{why}; the daemon closes the connection")));
+            }
+        };
+        self.rx = rx;
+        self.rx.drain(..used);
+        ending
     }
 
     fn respond(&mut self, response: Response) {
@@ -201,6 +234,24 @@ impl Session {
             Request::Detail => {
                 let text = self.slot.detail().unwrap_or_default().to_owned();
                 self.respond(Response::Text { op: Op::Detail, code: Code::Success, text });
+            }
+            Request::Stream { window } => {
+                let send_window = self.shared.queue_size() as u32;
+                let code = match (&self.link, self.slot.state()) {
+                    (Link::Tls(_), State::Handshaked) => {
+                        self.streaming = Some(window as usize);
+                        Code::Success
+                    }
+                    _ => Code::InvalidState,
+                };
+                let send_window = if code == Code::Success { send_window } else { 0 };
+                self.respond(Response::Streaming { code, send_window });
+            }
+            Request::Send(data) => self.send(&data),
+            Request::Credit(n) => {
+                if let Some(credit) = self.streaming.as_mut() {
+                    *credit = credit.saturating_add(n as usize);
+                }
             }
             Request::Session => {
                 let response = match (&self.link, self.slot.state()) {
@@ -309,6 +360,54 @@ impl Session {
         }
     }
 
+    /// SEND: queue the bytes. The client keeps within the send window, so
+    /// they always fit; after the session ended they are dropped (the
+    /// client learns of the end from the pushed DATA frame).
+    fn send(&mut self, data: &[u8]) {
+        if self.streaming.is_none() {
+            self.violation = Some("SEND before STREAM".into());
+            return;
+        }
+        if data.is_empty() || data.len() > self.shared.buffer_size {
+            self.violation = Some(format!("SEND of {} bytes (1 to {} allowed)", data.len(), self.shared.buffer_size));
+            return;
+        }
+        let capacity = self.shared.queue_size();
+        if let Link::Tls(tls) = &mut self.link {
+            if tls.end.is_none() && tls.queues(capacity).1.push(data) < data.len() {
+                self.violation = Some("SEND beyond the send window".into());
+            }
+        }
+    }
+
+    /// Streaming: pushes received data within the credit, gives back send
+    /// window, and reports the end of the session once.
+    fn push_stream(&mut self) {
+        let Some(mut credit) = self.streaming else { return };
+        let (capacity, buffer) = (self.shared.queue_size(), self.shared.buffer_size);
+        let Link::Tls(tls) = &mut self.link else { return };
+        // Given back in quarters of the window: enough to keep the client
+        // sending, without a frame (and a wake-up) per TLS record.
+        if tls.drained >= capacity / 4 {
+            Response::Sent(tls.drained as u32).encode(&mut self.tx);
+            tls.drained = 0;
+        }
+        let inbound = tls.queues(capacity).0;
+        while credit > 0 && !inbound.is_empty() {
+            let n = credit.min(buffer).min(inbound.data().len());
+            encode_data(&mut self.tx, Code::Success, &inbound.data()[..n]);
+            inbound.consume(n);
+            credit -= n;
+        }
+        let drained = inbound.is_empty();
+        self.streaming = Some(credit);
+        if drained && tls.end.is_some() && !self.end_pushed {
+            self.end_pushed = true;
+            let code = self.ended().unwrap_or(Code::ConnectionClosed);
+            encode_data(&mut self.tx, code, &[]);
+        }
+    }
+
     /// Answers a READ of at most `size` bytes if it can be answered now.
     fn try_read(&mut self, size: usize) -> bool {
         let capacity = self.shared.queue_size();
@@ -367,6 +466,8 @@ impl Session {
     }
 
     fn close_link(&mut self, close_notify: bool) {
+        self.streaming = None;
+        self.end_pushed = false;
         if let Link::Tls(tls) = std::mem::replace(&mut self.link, Link::None) {
             tls.close(close_notify);
         }

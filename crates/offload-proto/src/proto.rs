@@ -39,6 +39,12 @@ pub enum Op {
     Wait = 8,
     /// What the TLS session negotiated, in words.
     Session = 9,
+    /// Switch to streaming: received data is pushed, sends are not answered.
+    Stream = 10,
+    /// Streaming: bytes to send, within the send window; no answer.
+    Send = 11,
+    /// Streaming: more receive credit; no answer.
+    Credit = 12,
 }
 
 impl Op {
@@ -53,6 +59,9 @@ impl Op {
             7 => Self::Detail,
             8 => Self::Wait,
             9 => Self::Session,
+            10 => Self::Stream,
+            11 => Self::Send,
+            12 => Self::Credit,
             _ => return None,
         })
     }
@@ -62,6 +71,10 @@ impl Op {
 const WELCOME: u8 = 0x40;
 /// The kind byte of the daemon's last words before it closes the socket.
 const GOODBYE: u8 = 0x41;
+/// Streaming, unasked: received data, or the end of the session.
+const DATA: u8 = 0x42;
+/// Streaming, unasked: send-window bytes given back.
+const SENT: u8 = 0x43;
 /// Response kinds are the request's with this bit set.
 const RESPONSE: u8 = 0x80;
 
@@ -106,6 +119,15 @@ pub enum Request {
     },
     /// What did the handshake negotiate?
     Session,
+    /// Switch the session to streaming, granting `window` bytes of receive credit.
+    Stream {
+        /// Bytes the daemon may push before more credit is granted.
+        window: u32,
+    },
+    /// Streaming: send these bytes (never more than the send window allows).
+    Send(Vec<u8>),
+    /// Streaming: the client consumed this many pushed bytes; push more.
+    Credit(u32),
 }
 
 /// The daemon's answer.
@@ -149,6 +171,24 @@ pub enum Response {
         /// Bytes read (empty unless SUCCESS).
         data: Vec<u8>,
     },
+    /// The answer to STREAM: the send window, in bytes.
+    Streaming {
+        /// SUCCESS, or INVALID_STATE without a TLS session.
+        code: Code,
+        /// Most SEND bytes the client may have unacknowledged (see [`Response::Sent`]).
+        send_window: u32,
+    },
+    /// Streaming, unasked: received bytes (code SUCCESS), or, once, the end
+    /// of the session (CONNECTION_CLOSED or NETWORK_CONN_SHUTDOWN, no bytes).
+    Data {
+        /// SUCCESS while data flows.
+        code: Code,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Streaming, unasked: this many SEND bytes left the daemon's queue, so
+    /// the client may send as many more.
+    Sent(u32),
     /// The answer to DETAIL or SESSION.
     Text {
         /// Which call this answers.
@@ -205,6 +245,12 @@ pub fn encode_write(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(data);
 }
 
+/// Appends a SEND request for `data` to `out`, like [`encode_write`].
+pub fn encode_send(out: &mut Vec<u8>, data: &[u8]) {
+    header(out, Op::Send as u8, data.len());
+    out.extend_from_slice(data);
+}
+
 impl Request {
     /// Appends the frame to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -231,6 +277,15 @@ impl Request {
             Self::Reset => header(out, Op::Reset as u8, 0),
             Self::Detail => header(out, Op::Detail as u8, 0),
             Self::Session => header(out, Op::Session as u8, 0),
+            Self::Stream { window } => {
+                header(out, Op::Stream as u8, 4);
+                out.extend_from_slice(&window.to_be_bytes());
+            }
+            Self::Send(data) => encode_send(out, data),
+            Self::Credit(bytes) => {
+                header(out, Op::Credit as u8, 4);
+                out.extend_from_slice(&bytes.to_be_bytes());
+            }
         }
     }
 }
@@ -255,8 +310,19 @@ impl Response {
             Self::Written { code, taken } => code_and_bytes(out, Op::Write as u8 | RESPONSE, *code, &taken.to_be_bytes()),
             Self::Read { code, data } => encode_read_response(out, *code, data),
             Self::Text { op, code, text } => code_and_bytes(out, *op as u8 | RESPONSE, *code, text.as_bytes()),
+            Self::Streaming { code, send_window } => code_and_bytes(out, Op::Stream as u8 | RESPONSE, *code, &send_window.to_be_bytes()),
+            Self::Data { code, data } => encode_data(out, *code, data),
+            Self::Sent(bytes) => {
+                header(out, SENT, 4);
+                out.extend_from_slice(&bytes.to_be_bytes());
+            }
         }
     }
+}
+
+/// Appends a pushed DATA frame to `out`, without building a [`Response`] first.
+pub fn encode_data(out: &mut Vec<u8>, code: Code, data: &[u8]) {
+    code_and_bytes(out, DATA, code, data);
 }
 
 /// Appends a READ response to `out`, without building a [`Response`] first.
@@ -306,6 +372,27 @@ fn text_at(body: &[u8], kind: &'static str) -> Result<String, ProtoError> {
     String::from_utf8(body.to_vec()).map_err(|_| malformed(kind, "text is not UTF-8"))
 }
 
+/// A frame carrying bulk data, borrowed from the receive buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bulk<'a> {
+    /// SEND (client → daemon).
+    Send(&'a [u8]),
+    /// DATA with SUCCESS (daemon → client).
+    Data(&'a [u8]),
+}
+
+/// The complete, valid SEND or successful DATA frame at the front of `buf`
+/// and its length; `None` for anything else (decode that as usual). Lets
+/// the data path skip copying bodies into a [`Request`] or [`Response`].
+pub fn split_bulk(buf: &[u8], max_body: usize) -> Option<(Bulk<'_>, usize)> {
+    let (kind, body, used) = frame(buf, max_body).ok()??;
+    match kind {
+        k if k == Op::Send as u8 => Some((Bulk::Send(body), used)),
+        DATA if body.len() >= 4 && be_u32(body) == 0 => Some((Bulk::Data(&body[4..]), used)),
+        _ => None,
+    }
+}
+
 /// Decodes one request from the front of `buf`, accepting bodies of at
 /// most `max_body` bytes. `Ok(None)`: more bytes are needed.
 pub fn decode_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, usize)>, ProtoError> {
@@ -334,6 +421,12 @@ pub fn decode_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, us
         Op::Reset => empty("RESET", Request::Reset)?,
         Op::Detail => empty("DETAIL", Request::Detail)?,
         Op::Session => empty("SESSION", Request::Session)?,
+        Op::Send => Request::Send(body.to_vec()),
+        Op::Stream | Op::Credit => {
+            let [a, b, c, d] = body else { return Err(malformed("STREAM or CREDIT", "body must be a 4-byte count")) };
+            let n = u32::from_be_bytes([*a, *b, *c, *d]);
+            if op == Op::Stream { Request::Stream { window: n } } else { Request::Credit(n) }
+        }
     };
     Ok(Some((request, used)))
 }
@@ -349,6 +442,11 @@ pub fn decode_response(buf: &[u8], max_body: usize) -> Result<Option<(Response, 
             Response::Welcome { code: code_at(body, "WELCOME")?, badge: be_u32(&body[4..]), buffer_size: be_u32(&body[8..]) }
         }
         GOODBYE => Response::Goodbye { code: code_at(body, "GOODBYE")?, reason: text_at(&body[4..], "GOODBYE")? },
+        DATA => Response::Data { code: code_at(body, "DATA")?, data: body[4..].to_vec() },
+        SENT => match body {
+            [a, b, c, d] => Response::Sent(u32::from_be_bytes([*a, *b, *c, *d])),
+            _ => return Err(malformed("SENT", "body must be a 4-byte count")),
+        },
         _ => {
             let op = Op::from_u8(kind & !RESPONSE).filter(|_| kind & RESPONSE != 0).ok_or(ProtoError::UnknownKind(kind))?;
             let code = code_at(body, "response")?;
@@ -361,6 +459,10 @@ pub fn decode_response(buf: &[u8], max_body: usize) -> Result<Option<(Response, 
                 }
                 Op::Read => Response::Read { code, data: body[4..].to_vec() },
                 Op::Detail | Op::Session => Response::Text { op, code, text: text_at(&body[4..], "text response")? },
+                Op::Stream => match body[4..] {
+                    [a, b, c, d] => Response::Streaming { code, send_window: u32::from_be_bytes([a, b, c, d]) },
+                    _ => return Err(malformed("STREAM response", "body must be 8 bytes")),
+                },
                 _ => {
                     if body.len() != 4 {
                         return Err(malformed("status response", "body must be 4 bytes"));
@@ -398,6 +500,9 @@ mod tests {
         round_trip_request(Request::Read { size: 1024, wait: false });
         round_trip_request(Request::Read { size: 16384, wait: true });
         round_trip_request(Request::Wait { interest: READABLE | WRITABLE });
+        round_trip_request(Request::Stream { window: 1 << 17 });
+        round_trip_request(Request::Send(b"streamed".to_vec()));
+        round_trip_request(Request::Credit(16384));
         for r in [Request::Disconnect, Request::Handshake, Request::Reset, Request::Detail, Request::Session] {
             round_trip_request(r);
         }
@@ -416,12 +521,33 @@ mod tests {
             Response::Text { op: Op::Detail, code: Code::Success, text: "certificate is signed by an untrusted CA".into() },
             Response::Text { op: Op::Session, code: Code::InvalidState, text: String::new() },
             Response::Status { op: Op::Wait, code: Code::WouldBlock },
-            Response::Goodbye { code: Code::InvalidParameter, reason: "unknown frame kind 0x0a".into() },
+            Response::Goodbye { code: Code::InvalidParameter, reason: "unknown frame kind 0x0d".into() },
+            Response::Streaming { code: Code::Success, send_window: 65536 },
+            Response::Data { code: Code::Success, data: b"pushed".to_vec() },
+            Response::Data { code: Code::ConnectionClosed, data: vec![] },
+            Response::Sent(16384),
         ] {
             let mut buf = Vec::new();
             r.encode(&mut buf);
             assert_eq!(decode_response(&buf, MAX), Ok(Some((r, buf.len()))));
         }
+    }
+
+    #[test]
+    fn bulk_frames_are_borrowed_and_nothing_else_is() {
+        let mut buf = Vec::new();
+        encode_send(&mut buf, b"abc");
+        assert_eq!(split_bulk(&buf, MAX), Some((Bulk::Send(b"abc"), buf.len())));
+        assert_eq!(split_bulk(&buf[..buf.len() - 1], MAX), None);
+        let mut buf = Vec::new();
+        encode_data(&mut buf, Code::Success, b"xyz");
+        assert_eq!(split_bulk(&buf, MAX), Some((Bulk::Data(b"xyz"), buf.len())));
+        let mut buf = Vec::new();
+        encode_data(&mut buf, Code::ConnectionClosed, b"");
+        assert_eq!(split_bulk(&buf, MAX), None);
+        let mut buf = Vec::new();
+        encode_write(&mut buf, b"abc");
+        assert_eq!(split_bulk(&buf, MAX), None);
     }
 
     #[test]
@@ -437,7 +563,7 @@ mod tests {
     fn bad_frames_are_named() {
         assert_eq!(decode_request(b"GET / HTTP/1.1\r\n", MAX), Err(ProtoError::BadMagic(b'G', b'E')));
         assert_eq!(decode_request(b"SO\x02", MAX), Err(ProtoError::BadVersion(2)));
-        assert_eq!(decode_request(b"SO\x01\x0a\0\0\0\0", MAX), Err(ProtoError::UnknownKind(10)));
+        assert_eq!(decode_request(b"SO\x01\x0d\0\0\0\0", MAX), Err(ProtoError::UnknownKind(13)));
         assert!(matches!(decode_request(b"SO\x01\x05\0\0\0\x05\0\0\0\x01\x02", MAX), Err(ProtoError::Malformed { .. })));
         assert!(matches!(decode_request(b"SO\x01\x08\0\0\0\x01\x04", MAX), Err(ProtoError::Malformed { .. })));
         assert!(matches!(decode_request(b"SO\x01\x04\xff\xff\xff\xff", MAX), Err(ProtoError::TooLarge { .. })));
@@ -461,6 +587,9 @@ mod tests {
                 prop_assert_eq!(used, buf.len());
             }
             if let Ok(Some((_, used))) = decode_response(&buf, MAX) {
+                prop_assert_eq!(used, buf.len());
+            }
+            if let Some((_, used)) = split_bulk(&buf, MAX) {
                 prop_assert_eq!(used, buf.len());
             }
         }

@@ -1,17 +1,15 @@
 //! The async API: [`connect`] gives an [`OffloadStream`], a TLS connection
 //! run by the daemon that reads and writes like any tokio stream.
 //!
-//! Underneath it sends the same calls as [`crate::Client`], pipelined: a
-//! READ that waits for data (answered when data arrives, or WOULD_BLOCK when
-//! the next call interrupts it), WRITE, and WAIT when the daemon's queue
-//! towards the server is full, so nothing polls in a loop.
+//! Connecting uses the same calls as [`crate::Client`] (with WAIT instead
+//! of polling); the session then runs in the protocol's streaming mode.
 use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use sealtls_offload_proto::proto::{decode_response, encode_write, Op, Request, Response, WRITABLE};
+use sealtls_offload_proto::proto::{decode_response, encode_send, split_bulk, Bulk, Op, Request, Response};
 use sealtls_offload_proto::Code;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixStream;
@@ -61,6 +59,22 @@ impl Wire {
         request.encode(&mut frame);
         self.io.write_all(&frame).await.map_err(|e| daemon_gone(Some(e)))?;
         self.answer().await
+    }
+}
+
+/// Reads from the daemon's socket into the spare capacity of `rx`.
+fn read_into_rx(wire: &mut Wire, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    loop {
+        match wire.io.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        match wire.io.try_read_buf(&mut wire.rx) {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -129,6 +143,12 @@ impl AsyncClient {
         self.complete(Request::Handshake, Op::Handshake).await?;
         let response = self.wire.call(&Request::Session).await?;
         let session = answer::text(response, Op::Session)?;
+        let receive_window = RECEIVE_WINDOW_BUFFERS * self.buffer_size;
+        let send_window = match self.wire.call(&Request::Stream { window: receive_window as u32 }).await? {
+            Response::Streaming { code: Code::Success, send_window } => send_window as usize,
+            Response::Streaming { code, .. } => return Err(self.explain(Error::code(code)).await),
+            other => return Err(answer::unexpected(other, "a STREAM answer")),
+        };
         Ok(OffloadStream {
             wire: self.wire,
             badge: self.badge,
@@ -139,9 +159,11 @@ impl AsyncClient {
             expected: VecDeque::new(),
             inbound: Vec::new(),
             taken: 0,
-            read_end: None,
-            written: None,
-            write_blocked: false,
+            receive_window,
+            consumed: 0,
+            end: None,
+            send_window,
+            in_flight: 0,
             disconnected: None,
             lost: None,
             reader: None,
@@ -156,19 +178,20 @@ pub async fn connect(socket: impl AsRef<Path>, host: &str, port: u16) -> Result<
     AsyncClient::open(socket).await?.connect(host, port).await
 }
 
-/// Answers the stream is waiting for, in the order the calls were sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Expected {
-    Read,
-    Write,
-    Wait,
-    Disconnect,
-}
+/// Queued SEND bytes that make a write go out at once.
+const FLUSH_AT: usize = 64 * 1024;
 
-/// A TLS connection run by the offload daemon.
+/// Receive credit granted to the daemon, in buffers.
+const RECEIVE_WINDOW_BUFFERS: usize = 8;
+
+/// A TLS connection run by the offload daemon, in the protocol's streaming
+/// mode: the daemon pushes what arrives (within the credit this side
+/// grants as it consumes) and takes SENDs within its send window, so data
+/// moves without a round trip per call.
 ///
-/// As with other tokio streams, a write that returned `Pending` must be
-/// repeated with the same bytes: they may already be on their way.
+/// Written bytes are queued for the daemon until 64 KiB are waiting, the
+/// stream is read, flushed or shut down: flush after a request you expect
+/// an answer to, as with a `BufWriter`.
 pub struct OffloadStream {
     wire: Wire,
     badge: u32,
@@ -176,13 +199,17 @@ pub struct OffloadStream {
     session: String,
     tx: Vec<u8>,
     sent: usize,
-    expected: VecDeque<Expected>,
+    /// Answers still due, in order (DISCONNECT).
+    expected: VecDeque<Op>,
     inbound: Vec<u8>,
     taken: usize,
+    receive_window: usize,
+    /// Bytes read by the application and not yet returned as credit.
+    consumed: usize,
     /// `Some(None)`: the server closed cleanly; `Some(Some(e))`: it broke.
-    read_end: Option<Option<Error>>,
-    written: Option<Result<usize>>,
-    write_blocked: bool,
+    end: Option<Option<Error>>,
+    send_window: usize,
+    in_flight: usize,
     disconnected: Option<Result<()>>,
     lost: Option<Error>,
     reader: Option<Waker>,
@@ -200,20 +227,19 @@ impl OffloadStream {
         self.badge
     }
 
-    fn expect(&mut self, request: &Request, expected: Expected) {
-        request.encode(&mut self.tx);
-        self.expected.push_back(expected);
-    }
-
     fn lose(&mut self, error: Error) -> Error {
         self.lost = Some(error.clone());
-        for waker in [self.reader.take(), self.writer.take()].into_iter().flatten() {
-            waker.wake();
-        }
+        self.wake_both();
         error
     }
 
-    /// Sends what is queued and takes every answer that has arrived.
+    fn wake_both(&mut self) {
+        for waker in [self.reader.take(), self.writer.take()].into_iter().flatten() {
+            waker.wake();
+        }
+    }
+
+    /// Sends what is queued and takes every frame that has arrived.
     fn drive(&mut self, cx: &mut Context<'_>) -> Result<()> {
         if let Some(lost) = &self.lost {
             return Err(lost.clone());
@@ -231,66 +257,76 @@ impl OffloadStream {
             self.sent = 0;
         }
         loop {
-            loop {
-                match self.wire.decode() {
-                    Ok(Some(response)) => self.dispatch(response)?,
-                    Ok(None) => break,
-                    Err(e) => return Err(self.lose(e)),
-                }
-            }
-            if self.expected.is_empty() {
+            self.take_frames()?;
+            if self.expected.is_empty() && self.reader.is_none() && self.writer.is_none() {
                 return Ok(());
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut self.wire.io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Err(self.lose(daemon_gone(None))),
-                Poll::Ready(Ok(())) => self.wire.rx.extend_from_slice(buf.filled()),
+            self.wire.rx.reserve(READ_CHUNK);
+            match read_into_rx(&mut self.wire, cx) {
+                Poll::Ready(Ok(0)) => return Err(self.lose(daemon_gone(None))),
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Err(self.lose(daemon_gone(Some(e)))),
                 Poll::Pending => return Ok(()),
             }
         }
     }
 
-    fn dispatch(&mut self, response: Response) -> Result<()> {
-        let Some(expected) = self.expected.pop_front().filter(|_| !matches!(response, Response::Goodbye { .. })) else {
-            return Err(self.lose(answer::unexpected(response, "no answer")));
-        };
-        match expected {
-            Expected::Read => {
-                match answer::read(response) {
-                    Ok(data) => {
-                        self.inbound.drain(..self.taken);
-                        self.taken = 0;
-                        self.inbound.extend_from_slice(&data);
-                    }
-                    Err(e) if e.is_would_block() => {}
-                    Err(e) if e.code == Code::ConnectionClosed => self.read_end = Some(None),
-                    Err(e) => self.read_end = Some(Some(e)),
+    /// Takes every complete frame in the receive buffer; pushed data goes
+    /// straight from there to the inbound queue.
+    fn take_frames(&mut self) -> Result<()> {
+        let rx = std::mem::take(&mut self.wire.rx);
+        let mut start = 0;
+        let result = loop {
+            if let Some((Bulk::Data(data), used)) = split_bulk(&rx[start..], self.wire.max_body) {
+                start += used;
+                if self.taken == self.inbound.len() {
+                    self.inbound.clear();
+                    self.taken = 0;
                 }
+                self.inbound.extend_from_slice(data);
                 if let Some(w) = self.reader.take() {
                     w.wake();
                 }
+                continue;
             }
-            Expected::Write => {
-                self.written = Some(answer::written(response));
+            match decode_response(&rx[start..], self.wire.max_body) {
+                Ok(Some((frame, used))) => {
+                    start += used;
+                    if let Err(e) = self.dispatch(frame) {
+                        break Err(e);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(self.lose(Error::explained(Code::Generic, format!("bad frame from the offload daemon: {e}")))),
+            }
+        };
+        self.wire.rx = rx;
+        self.wire.rx.drain(..start);
+        result
+    }
+
+    fn dispatch(&mut self, frame: Response) -> Result<()> {
+        match frame {
+            Response::Data { code, .. } => {
+                self.end = Some((code != Code::ConnectionClosed).then(|| Error::code(code)));
+                self.wake_both();
+            }
+            Response::Sent(n) => {
+                self.in_flight = self.in_flight.saturating_sub(n as usize);
                 if let Some(w) = self.writer.take() {
                     w.wake();
                 }
             }
-            Expected::Wait => {
-                self.write_blocked = false;
-                answer::status(response, Op::Wait).or_else(|e| if e.is_would_block() { Ok(()) } else { Err(e) })?;
-                if let Some(w) = self.writer.take() {
-                    w.wake();
+            Response::Goodbye { .. } => return Err(self.lose(answer::unexpected(frame, "no goodbye"))),
+            other => match self.expected.pop_front() {
+                Some(op) => {
+                    self.disconnected = Some(answer::status(other, op));
+                    if let Some(w) = self.writer.take() {
+                        w.wake();
+                    }
                 }
-            }
-            Expected::Disconnect => {
-                self.disconnected = Some(answer::status(response, Op::Disconnect));
-                if let Some(w) = self.writer.take() {
-                    w.wake();
-                }
-            }
+                None => return Err(self.lose(answer::unexpected(other, "no answer"))),
+            },
         }
         Ok(())
     }
@@ -304,14 +340,21 @@ impl OffloadStream {
         }
     }
 
+    /// Copies received bytes into `buf`, returning credit to the daemon once
+    /// half the window is consumed; or reports the end.
     fn take_inbound(&mut self, buf: &mut ReadBuf<'_>) -> Option<io::Result<()>> {
         if self.taken < self.inbound.len() {
             let n = buf.remaining().min(self.inbound.len() - self.taken);
             buf.put_slice(&self.inbound[self.taken..self.taken + n]);
             self.taken += n;
+            self.consumed += n;
+            if self.consumed >= self.receive_window / 2 {
+                Request::Credit(self.consumed as u32).encode(&mut self.tx);
+                self.consumed = 0;
+            }
             return Some(Ok(()));
         }
-        match &self.read_end {
+        match &self.end {
             Some(None) => Some(Ok(())),
             Some(Some(e)) => Some(Err(e.clone().into())),
             None => None,
@@ -322,39 +365,22 @@ impl OffloadStream {
 impl AsyncRead for OffloadStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(done) = this.take_inbound(buf) {
-            return Poll::Ready(done);
-        }
-        this.reader = Some(cx.waker().clone());
-        if !this.expected.contains(&Expected::Read) {
-            let size = this.buffer_size as u32;
-            this.expect(&Request::Read { size, wait: true }, Expected::Read);
-        }
-        if let Err(e) = this.drive(cx) {
-            this.reader = None;
-            return Poll::Ready(Err(e.into()));
+        if this.taken == this.inbound.len() && this.end.is_none() {
+            this.reader = Some(cx.waker().clone());
+            if let Err(e) = this.drive(cx) {
+                this.reader = None;
+                return Poll::Ready(Err(e.into()));
+            }
         }
         match this.take_inbound(buf) {
             Some(done) => {
                 this.reader = None;
+                // Hands over returned credit; a failure shows on the next call.
+                let _ = this.drive(cx);
                 this.hand_over(true);
                 Poll::Ready(done)
             }
             None => Poll::Pending,
-        }
-    }
-}
-
-impl OffloadStream {
-    /// A WRITE answer, as poll_write's result; `None` after WOULD_BLOCK.
-    fn take_written(&mut self) -> Option<io::Result<usize>> {
-        match self.written.take()? {
-            Ok(n) => Some(Ok(n)),
-            Err(e) if e.is_would_block() => {
-                self.write_blocked = true;
-                None
-            }
-            Err(e) => Some(Err(e.into())),
         }
     }
 }
@@ -365,56 +391,56 @@ impl AsyncWrite for OffloadStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        this.writer = Some(cx.waker().clone());
-        // Two rounds: a WOULD_BLOCK answer found in the first leads to a WAIT in the second.
-        for _ in 0..2 {
-            if let Some(done) = this.take_written() {
-                this.writer = None;
-                this.hand_over(false);
-                return Poll::Ready(done);
-            }
-            let waiting = this.expected.contains(&Expected::Write) || this.expected.contains(&Expected::Wait);
-            if !waiting {
-                if this.write_blocked {
-                    this.expect(&Request::Wait { interest: WRITABLE }, Expected::Wait);
-                } else {
-                    encode_write(&mut this.tx, &data[..data.len().min(this.buffer_size)]);
-                    this.expected.push_back(Expected::Write);
-                }
-            }
+        if this.in_flight >= this.send_window {
+            this.writer = Some(cx.waker().clone());
             if let Err(e) = this.drive(cx) {
                 this.writer = None;
                 return Poll::Ready(Err(e.into()));
             }
         }
-        match this.take_written() {
-            Some(done) => {
-                this.writer = None;
-                this.hand_over(false);
-                Poll::Ready(done)
-            }
-            None => Poll::Pending,
+        if let Some(end) = &this.end {
+            let e = end.clone().unwrap_or_else(|| Error::code(Code::ConnectionClosed));
+            return Poll::Ready(Err(e.into()));
         }
+        let room = this.send_window - this.in_flight.min(this.send_window);
+        if room == 0 {
+            return Poll::Pending;
+        }
+        this.writer = None;
+        let n = data.len().min(room);
+        for frame in data[..n].chunks(this.buffer_size) {
+            encode_send(&mut this.tx, frame);
+        }
+        this.in_flight += n;
+        // Small writes wait in `tx` for the next call (or flush) to travel together.
+        if this.tx.len() >= FLUSH_AT {
+            if let Err(e) = this.drive(cx) {
+                return Poll::Ready(Err(e.into()));
+            }
+            this.hand_over(false);
+        }
+        Poll::Ready(Ok(n))
     }
 
+    /// Hands every queued byte to the daemon.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Every write is confirmed before poll_write returns; only queued calls remain.
         let this = self.get_mut();
         this.drive(cx).map_err(io::Error::from)?;
         if this.tx.is_empty() {
             Poll::Ready(Ok(()))
         } else {
-            this.writer = Some(cx.waker().clone());
             Poll::Pending
         }
     }
 
-    /// Ends the TLS session with close_notify (DISCONNECT).
+    /// Ends the TLS session: the daemon sends what is queued, then
+    /// close_notify (DISCONNECT).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.writer = Some(cx.waker().clone());
-        if this.disconnected.is_none() && !this.expected.contains(&Expected::Disconnect) {
-            this.expect(&Request::Disconnect, Expected::Disconnect);
+        if this.disconnected.is_none() && !this.expected.contains(&Op::Disconnect) {
+            Request::Disconnect.encode(&mut this.tx);
+            this.expected.push_back(Op::Disconnect);
         }
         this.drive(cx).map_err(io::Error::from)?;
         match this.disconnected.take() {

@@ -18,10 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+mod offload;
+
 #[derive(Args)]
 pub struct BenchArgs {
-    /// handshake, throughput or all.
-    #[arg(default_value = "all", value_parser = ["handshake", "throughput", "all"])]
+    /// handshake, throughput, offload or all.
+    #[arg(default_value = "all", value_parser = ["handshake", "throughput", "offload", "all"])]
     what: String,
     /// Seconds of handshake load per server.
     #[arg(long, default_value_t = 5)]
@@ -32,6 +34,12 @@ pub struct BenchArgs {
     /// Bytes sent one way in the throughput test.
     #[arg(long, default_value_t = 1 << 30)]
     bytes: u64,
+    /// Parallel clients in the offload throughput test.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Small write+read round trips timed in the offload latency test.
+    #[arg(long, default_value_t = 5000)]
+    rounds: usize,
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
@@ -45,12 +53,12 @@ struct Row {
     ratio: f64,
 }
 
-fn fail(what: String) -> Failure {
+pub(crate) fn fail(what: String) -> Failure {
     Failure::new(FailureClass::Config, what, "install openssl and make sure loopback ports are free")
 }
 
 /// A server process that is killed when dropped.
-struct Peer(Child);
+pub(crate) struct Peer(Child);
 
 impl Drop for Peer {
     fn drop(&mut self) {
@@ -75,12 +83,12 @@ async fn wait_ready(addr: SocketAddr) -> Result<(), Failure> {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Contender {
+pub(crate) enum Contender {
     Sealtls,
     Openssl,
 }
 
-async fn start(who: Contender, dir: &Path, sink: bool) -> Result<(Peer, SocketAddr), Failure> {
+pub(crate) async fn start(who: Contender, dir: &Path, sink: bool) -> Result<(Peer, SocketAddr), Failure> {
     let addr = free_port()?;
     let cert = dir.join("localhost.pem");
     let key = dir.join("localhost.key");
@@ -182,6 +190,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     init_ca(dir, "bench CA", KeyType::EcdsaP256, 2, false).map_err(Failure::config)?;
     issue_leaf(dir, LeafKind::Server, "localhost", &[], KeyType::EcdsaP256, 2, false).map_err(Failure::config)?;
     let config = client_config(dir)?;
+    if args.what == "offload" {
+        return offload::run(dir, config, &args).await;
+    }
     let mut rows = Vec::new();
     let contenders = [Contender::Sealtls, Contender::Openssl];
 
@@ -216,6 +227,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             println!("{:<42} {:>12.1} {:>18.1} {:>7.2}x", r.metric, r.sealtls, r.openssl, r.ratio);
         }
         println!("(same client in this process for both: TLS 1.3, X25519, no resumption, {} concurrent handshakes)", args.concurrency);
+    }
+    if args.what == "all" {
+        offload::run(dir, config, &args).await?;
     }
     Ok(())
 }
