@@ -62,6 +62,14 @@ impl Wire {
     }
 }
 
+/// Wakes the task waiting in `slot` unless it is the one running (`cx`):
+/// waking oneself only costs a needless trip through the scheduler.
+fn wake_other(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if let Some(w) = slot.take_if(|w| !w.will_wake(cx.waker())) {
+        w.wake();
+    }
+}
+
 /// Reads from the daemon's socket into the spare capacity of `rx`.
 fn read_into_rx(wire: &mut Wire, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
     loop {
@@ -257,7 +265,7 @@ impl OffloadStream {
             self.sent = 0;
         }
         loop {
-            self.take_frames()?;
+            self.take_frames(cx)?;
             if self.expected.is_empty() && self.reader.is_none() && self.writer.is_none() {
                 return Ok(());
             }
@@ -273,7 +281,7 @@ impl OffloadStream {
 
     /// Takes every complete frame in the receive buffer; pushed data goes
     /// straight from there to the inbound queue.
-    fn take_frames(&mut self) -> Result<()> {
+    fn take_frames(&mut self, cx: &Context<'_>) -> Result<()> {
         let rx = std::mem::take(&mut self.wire.rx);
         let mut start = 0;
         let result = loop {
@@ -284,15 +292,13 @@ impl OffloadStream {
                     self.taken = 0;
                 }
                 self.inbound.extend_from_slice(data);
-                if let Some(w) = self.reader.take() {
-                    w.wake();
-                }
+                wake_other(&mut self.reader, cx);
                 continue;
             }
             match decode_response(&rx[start..], self.wire.max_body) {
                 Ok(Some((frame, used))) => {
                     start += used;
-                    if let Err(e) = self.dispatch(frame) {
+                    if let Err(e) = self.dispatch(frame, cx) {
                         break Err(e);
                     }
                 }
@@ -305,7 +311,7 @@ impl OffloadStream {
         result
     }
 
-    fn dispatch(&mut self, frame: Response) -> Result<()> {
+    fn dispatch(&mut self, frame: Response, cx: &Context<'_>) -> Result<()> {
         match frame {
             Response::Data { code, .. } => {
                 self.end = Some((code != Code::ConnectionClosed).then(|| Error::code(code)));
@@ -313,17 +319,13 @@ impl OffloadStream {
             }
             Response::Sent(n) => {
                 self.in_flight = self.in_flight.saturating_sub(n as usize);
-                if let Some(w) = self.writer.take() {
-                    w.wake();
-                }
+                wake_other(&mut self.writer, cx);
             }
             Response::Goodbye { .. } => return Err(self.lose(answer::unexpected(frame, "no goodbye"))),
             other => match self.expected.pop_front() {
                 Some(op) => {
                     self.disconnected = Some(answer::status(other, op));
-                    if let Some(w) = self.writer.take() {
-                        w.wake();
-                    }
+                    wake_other(&mut self.writer, cx);
                 }
                 None => return Err(self.lose(answer::unexpected(other, "no answer"))),
             },

@@ -79,7 +79,8 @@ async fn echo_through(stream: impl AsyncRead + AsyncWrite, bytes: u64) -> Result
             wr.write_all(&chunk[..n]).await?;
             sent += n as u64;
         }
-        Ok::<_, std::io::Error>(())
+        // Both streams buffer: the last bytes go out on flush.
+        wr.flush().await
     };
     let receive = async {
         let mut buf = vec![0u8; CHUNK];
