@@ -108,50 +108,9 @@ pub struct ConsoleSection {
     pub token: Option<Arc<Zeroizing<String>>>,
 }
 
-/// The offload daemon. `trust` is `None` when neither `[offload] trust`
-/// nor `[tls] ca_cert` is given.
-#[derive(Clone, Debug)]
-pub struct OffloadSection {
-    /// Socket path (relative paths resolved against the config's directory).
-    pub socket: PathBuf,
-    /// The daemon's trust anchors.
-    pub trust: Option<Anchors>,
-    /// Number of slots.
-    pub max_clients: usize,
-    /// Who may connect.
-    pub allow: Allow,
-    /// Largest READ or WRITE.
-    pub buffer_size: usize,
-    /// TCP connect limit.
-    pub connect_timeout: Duration,
-    /// TLS handshake limit.
-    pub handshake_timeout: Duration,
-    /// Check certificates against the host connected to.
-    pub name_check: bool,
-    /// How long a client may leave answers unread.
-    pub client_timeout: Duration,
-}
-
-impl OffloadSection {
-    /// The daemon settings (with no trust anchors the daemon refuses to start).
-    pub fn settings(&self) -> OffloadSettings {
-        let trust = self.trust.clone().unwrap_or(Anchors { origin: "none".into(), certs: Vec::new() });
-        OffloadSettings {
-            socket: self.socket.clone(),
-            trust,
-            max_clients: self.max_clients,
-            allow: self.allow.clone(),
-            buffer_size: self.buffer_size,
-            connect_timeout: self.connect_timeout,
-            handshake_timeout: self.handshake_timeout,
-            name_check: self.name_check,
-            answer_timeout: self.client_timeout,
-        }
-    }
-}
-
-/// Loads trust anchors: `system`, or PEM files.
-pub fn load_trust(sources: &[PathBuf]) -> Result<Option<Anchors>, String> {
+/// Loads trust anchors: `system`, or PEM files, all in one set (empty
+/// for no sources: the daemon then refuses to start).
+pub fn load_trust(sources: &[PathBuf]) -> Result<Anchors, String> {
     let mut all = Vec::new();
     let mut origins = Vec::new();
     for source in sources {
@@ -164,7 +123,7 @@ pub fn load_trust(sources: &[PathBuf]) -> Result<Option<Anchors>, String> {
         origins.push(anchors.origin);
         all.extend(anchors.certs);
     }
-    Ok((!sources.is_empty()).then(|| Anchors { origin: origins.join(", "), certs: all }))
+    Ok(Anchors { origin: origins.join(", "), certs: all })
 }
 
 /// A loaded, checked configuration.
@@ -175,8 +134,8 @@ pub struct Config {
     pub echo: EchoSection,
     /// `[console]`.
     pub console: ConsoleSection,
-    /// `[offload]`.
-    pub offload: OffloadSection,
+    /// `[offload]`; trust defaults to `[tls] ca_cert`.
+    pub offload: OffloadSettings,
 }
 
 /// Why a configuration was refused. Each message names the file and the
@@ -389,9 +348,9 @@ impl Config {
             o.trust.as_ref().map(|t| t.iter().map(|s| if s == "system" { PathBuf::from(s) } else { dir.join(s) }).collect());
         let trust = match trust_files {
             Some(files) => load_trust(&files).map_err(|detail| ConfigError::Value { path: l.name(), table: "offload", key: "trust", value: files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "), detail })?,
-            None => material.ca.clone(),
+            None => material.ca.clone().unwrap_or(Anchors { origin: "none".into(), certs: Vec::new() }),
         };
-        let offload = OffloadSection {
+        let offload = OffloadSettings {
             socket: dir.join(o.socket.as_deref().unwrap_or(Path::new("offload.sock"))),
             trust,
             max_clients: o.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
@@ -400,7 +359,7 @@ impl Config {
             connect_timeout: Duration::from_secs(o.connect_timeout_secs.unwrap_or(10)),
             handshake_timeout: Duration::from_secs(o.handshake_timeout_secs.unwrap_or(10)),
             name_check: o.hostname_check.unwrap_or(true),
-            client_timeout: Duration::from_secs(o.client_timeout_secs.unwrap_or(10)),
+            answer_timeout: Duration::from_secs(o.client_timeout_secs.unwrap_or(10)),
         };
         Ok(Self { material: Arc::new(material), echo, console, offload })
     }

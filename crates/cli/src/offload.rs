@@ -6,11 +6,11 @@ use std::time::Duration;
 use clap::Args;
 use sealtls_endpoint::{Failure, FailureClass};
 use sealtls_offload::{Code, Error};
-use sealtls_offload_daemon::Daemon;
+use sealtls_offload_daemon::{Daemon, OffloadSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
-use crate::config::{load_trust, Config, OffloadSection};
+use crate::config::{load_trust, Config};
 use crate::endpoints::shutdown_signal;
 
 #[derive(Args)]
@@ -54,7 +54,7 @@ pub struct OffloadArgs {
 
 impl OffloadArgs {
     /// The `[offload]` table with these flags applied.
-    fn section(&self) -> Result<OffloadSection, Failure> {
+    fn settings(&self) -> Result<OffloadSettings, Failure> {
         let config = match &self.config {
             Some(path) => Config::load(path).map_err(Failure::config)?,
             None if self.socket.is_none() => {
@@ -62,34 +62,28 @@ impl OffloadArgs {
             }
             None => Config::defaults(),
         };
-        let mut section = config.offload;
+        let mut settings = config.offload;
         if let Some(socket) = &self.socket {
-            section.socket = socket.clone();
+            settings.socket = socket.clone();
         }
         if !self.trust.is_empty() {
-            section.trust = load_trust(&self.trust).map_err(Failure::config)?;
+            settings.trust = load_trust(&self.trust).map_err(Failure::config)?;
         }
-        section.max_clients = self.max_clients.unwrap_or(section.max_clients);
-        section.allow.uids.extend(&self.allow_uid);
-        section.allow.gids.extend(&self.allow_gid);
-        section.buffer_size = self.buffer_size.unwrap_or(section.buffer_size);
-        if let Some(secs) = self.connect_timeout {
-            section.connect_timeout = Duration::from_secs(secs);
-        }
-        if let Some(secs) = self.handshake_timeout {
-            section.handshake_timeout = Duration::from_secs(secs);
-        }
-        if let Some(secs) = self.client_timeout {
-            section.client_timeout = Duration::from_secs(secs);
-        }
-        section.name_check &= !self.no_hostname_check;
-        Ok(section)
+        settings.max_clients = self.max_clients.unwrap_or(settings.max_clients);
+        settings.allow.uids.extend(&self.allow_uid);
+        settings.allow.gids.extend(&self.allow_gid);
+        settings.buffer_size = self.buffer_size.unwrap_or(settings.buffer_size);
+        let seconds = |flag: Option<u64>, default: Duration| flag.map_or(default, Duration::from_secs);
+        settings.connect_timeout = seconds(self.connect_timeout, settings.connect_timeout);
+        settings.handshake_timeout = seconds(self.handshake_timeout, settings.handshake_timeout);
+        settings.answer_timeout = seconds(self.client_timeout, settings.answer_timeout);
+        settings.name_check &= !self.no_hostname_check;
+        Ok(settings)
     }
 }
 
-/// Binds the daemon described by `section`, logging what it will do.
-pub fn bind(section: &OffloadSection) -> Result<Daemon, Failure> {
-    let settings = section.settings();
+/// Binds the daemon described by `settings`, logging what it will do.
+pub fn bind(settings: &OffloadSettings) -> Result<Daemon, Failure> {
     let daemon = Daemon::bind(settings.clone())?;
     info!(
         listen = %daemon.socket().display(),
@@ -104,7 +98,7 @@ pub fn bind(section: &OffloadSection) -> Result<Daemon, Failure> {
 
 pub async fn offload(args: OffloadArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    let daemon = bind(&args.section()?)?;
+    let daemon = bind(&args.settings()?)?;
     daemon.run(shutdown).await;
     info!("stopped");
     Ok(())

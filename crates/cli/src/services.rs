@@ -10,10 +10,11 @@ use clap::Args;
 use sealtls_console::{check_listen, Console, ConsoleOptions, EchoServers, ServerSpec};
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_offload_daemon::OffloadSettings;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::config::{ConsoleSection, EchoSection, OffloadSection};
+use crate::config::{ConsoleSection, EchoSection};
 
 type ServiceFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -98,8 +99,8 @@ pub async fn console(servers: &Arc<EchoServers>, section: &ConsoleSection, stop:
 }
 
 /// The TLS offload daemon from `[offload]`.
-pub fn offload(section: &OffloadSection, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
-    let daemon = crate::offload::bind(section)?;
+pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+    let daemon = crate::offload::bind(settings)?;
     let address = Address::Unix(daemon.socket().to_owned());
     Ok(Service { name: "TLS offload daemon", address, task: Box::pin(daemon.run(stopped(stop))) })
 }

@@ -42,14 +42,10 @@ fn echo_server(d: &Path, name: &str) -> Server {
 }
 
 fn daemon(d: &Path, ca: &str, args: &[&str]) -> Server {
-    let socket = d.join(format!("offload-{}.sock", std::process::id() as u64 * 1000 + rand_suffix()));
-    Server::spawn(&[&["offload", "--socket", socket.to_str().unwrap(), "--trust", &p(d, ca)], args].concat())
-}
-
-fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let socket = d.join(format!("offload-{}.sock", NEXT.fetch_add(1, Ordering::Relaxed)));
+    Server::spawn(&[&["offload", "--socket", socket.to_str().unwrap(), "--trust", &p(d, ca)], args].concat())
 }
 
 /// Repeats `call` while it answers WOULD_BLOCK, 1 ms apart, for at most 10 s.
