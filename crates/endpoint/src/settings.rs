@@ -138,7 +138,8 @@ pub struct Anchors {
 }
 
 impl Anchors {
-    fn root_store(&self) -> Result<RootCertStore, SetupError> {
+    /// The certificates as a rustls root store, naming the one that is refused.
+    pub fn root_store(&self) -> Result<RootCertStore, SetupError> {
         let mut store = RootCertStore::empty();
         for (i, cert) in self.certs.iter().enumerate() {
             store.add(cert.clone()).map_err(|e| SetupError::BadAnchor {

@@ -1,17 +1,17 @@
 //! The daemon's socket: who may connect, which slot (badge) each client
 //! gets, and an orderly shutdown.
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sealtls_endpoint::net::UnixSocket;
 use sealtls_endpoint::settings::{Anchors, ClientSettings, TlsVersions};
 use sealtls_endpoint::{Failure, FailureClass};
 use sealtls_offload_proto::proto::Response;
 use sealtls_offload_proto::Code;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -130,28 +130,9 @@ impl Drop for BadgeGuard {
 
 /// A bound offload daemon.
 pub struct Daemon {
-    listener: UnixListener,
-    socket: PathBuf,
-    inode: u64,
+    socket: UnixSocket,
     allow: Allow,
     shared: Arc<Shared>,
-}
-
-fn socket_failure(socket: &Path, what: impl std::fmt::Display, fix: impl Into<String>) -> Failure {
-    Failure::new(FailureClass::Config, format!("offload socket {}: {what}", socket.display()), fix)
-}
-
-/// Removes a socket left by a daemon that is gone; refuses to touch
-/// anything else.
-fn clear_stale_socket(socket: &Path) -> Result<(), Failure> {
-    let Ok(meta) = std::fs::symlink_metadata(socket) else { return Ok(()) };
-    if !meta.file_type().is_socket() {
-        return Err(socket_failure(socket, "exists and is not a socket", "remove it or choose another --socket path"));
-    }
-    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        return Err(socket_failure(socket, "another daemon is listening on it", "stop that daemon or choose another --socket path"));
-    }
-    std::fs::remove_file(socket).map_err(|e| socket_failure(socket, format!("cannot remove the stale socket: {e}"), "remove it by hand"))
 }
 
 impl Daemon {
@@ -175,29 +156,16 @@ impl Daemon {
                 format!("give {} to {} bytes", BUFFER_SIZES.start(), BUFFER_SIZES.end()),
             ));
         }
-        let socket = settings.socket.clone();
-        clear_stale_socket(&socket)?;
-        let listener = UnixListener::bind(&socket).map_err(|e| {
-            let fix = match socket.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => format!("create the directory {} first", dir.display()),
-                _ => "check the path and the directory's permissions".to_owned(),
-            };
-            socket_failure(&socket, format!("cannot listen: {e}"), fix)
-        })?;
-        let meta = std::fs::metadata(&socket).and_then(|m| {
-            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
-            Ok(m)
-        });
-        let inode = meta.map_err(|e| socket_failure(&socket, format!("cannot set mode 0660: {e}"), "check the directory's permissions"))?.ino();
+        let socket = UnixSocket::bind(&settings.socket, "offload")?;
         let tls = ClientSettings { trust: settings.trust, identity: None, versions: TlsVersions::Any, legacy_v1_leaf: false, name_check: settings.name_check };
         let dialer = Arc::new(Dialer { tls, connect_timeout: settings.connect_timeout, handshake_timeout: settings.handshake_timeout });
         let shared = Arc::new(Shared { dialer, buffer_size: settings.buffer_size, answer_timeout: settings.answer_timeout, badges: Mutex::new(vec![false; settings.max_clients]) });
-        Ok(Self { listener, socket, inode, allow: settings.allow, shared })
+        Ok(Self { socket, allow: settings.allow, shared })
     }
 
     /// The socket's path.
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.socket.path()
     }
 
     /// Serves clients until `shutdown` resolves, then tells each client
@@ -211,7 +179,7 @@ impl Daemon {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-                accepted = self.listener.accept() => match accepted {
+                accepted = self.socket.listener.accept() => match accepted {
                     Ok((stream, _)) => self.admit(stream, &stopped, &mut sessions),
                     Err(e) => {
                         warn!(error = %e, "accept failed; pausing");
@@ -224,9 +192,7 @@ impl Daemon {
         let _ = tokio::time::timeout(DRAIN_LIMIT, async { while sessions.join_next().await.is_some() {} }).await;
         // Closing sessions send close_notify from tasks of their own; give them a moment.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if std::fs::metadata(&self.socket).is_ok_and(|m| m.ino() == self.inode) {
-            let _ = std::fs::remove_file(&self.socket);
-        }
+        self.socket.remove();
     }
 
     fn admit(&self, stream: UnixStream, stopped: &watch::Receiver<bool>, sessions: &mut JoinSet<()>) {

@@ -1,0 +1,293 @@
+//! keyd's listeners: a Unix socket (callers known by SO_PEERCRED) and,
+//! when asked, TCP with mutual TLS for remote edges. Each connection reads
+//! pipelined requests and answers them as they complete.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+use rustls_pki_types::UnixTime;
+use sealtls_custody_proto::{decode_frame, BodyError, ErrorCode, Request, Response, HEADER_LEN, MAX_BODY};
+use sealtls_endpoint::net::{bind, UnixSocket};
+use sealtls_endpoint::settings::{provider, Anchors};
+use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_pki::inspect::CertFacts;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::custody::{Caller, Custody};
+
+/// Requests a connection may have on blocking threads at once; reading
+/// pauses beyond it.
+const MAX_SLOW_IN_FLIGHT: usize = 64;
+/// Connections served at once; more are told BUSY.
+const MAX_CONNECTIONS: usize = 4096;
+/// Time a TLS client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Responses written in one go.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// The TLS listener for remote edges.
+pub struct TlsListen {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// keyd's own certificate chain and key (an ordinary server identity).
+    pub identity: Arc<rustls::sign::CertifiedKey>,
+    /// CAs whose client certificates may sign.
+    pub client_ca: Anchors,
+}
+
+/// How keyd listens.
+pub struct KeydSettings {
+    /// The Unix socket.
+    pub socket: std::path::PathBuf,
+    /// The TCP listener, if any.
+    pub tls: Option<TlsListen>,
+    /// CAs whose client certificates may also provision keys over TLS.
+    pub admin_ca: Option<Anchors>,
+}
+
+struct Tls {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    admin: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// A bound custody daemon.
+pub struct Keyd {
+    custody: Arc<Custody>,
+    unix: UnixSocket,
+    tls: Option<Tls>,
+    own_uid: u32,
+}
+
+fn setup_failure(e: impl std::fmt::Display) -> Failure {
+    Failure::new(FailureClass::Config, e.to_string(), "check the --tls-cert, --client-ca and --admin-ca files")
+}
+
+fn verifier(anchors: &Anchors) -> Result<Arc<dyn ClientCertVerifier>, Failure> {
+    let roots = anchors.root_store().map_err(setup_failure)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(setup_failure)
+}
+
+impl Keyd {
+    /// Binds the Unix socket (mode 0660) and the TLS listener. Must be
+    /// called inside a tokio runtime.
+    pub async fn bind(custody: Custody, settings: KeydSettings) -> Result<Self, Failure> {
+        let unix = UnixSocket::bind(&settings.socket, "keyd")?;
+        let tls = match settings.tls {
+            None => None,
+            Some(t) => {
+                // Edges and admins both present certificates; admins are recognized afterwards.
+                let mut all = t.client_ca.clone();
+                if let Some(admin) = &settings.admin_ca {
+                    all.certs.extend(admin.certs.iter().cloned());
+                    all.origin = format!("{} and {}", t.client_ca.origin, admin.origin);
+                }
+                let config = ServerConfig::builder_with_provider(provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .map_err(setup_failure)?
+                    .with_client_cert_verifier(verifier(&all)?)
+                    .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(Arc::unwrap_or_clone(t.identity))));
+                let admin = settings.admin_ca.as_ref().map(verifier).transpose()?;
+                let listener = bind(t.addr).await?;
+                Some(Tls { listener, acceptor: TlsAcceptor::from(Arc::new(config)), admin })
+            }
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let own_uid = unsafe { libc::geteuid() };
+        Ok(Self { custody: Arc::new(custody), unix, tls, own_uid })
+    }
+
+    /// The Unix socket's path.
+    pub fn socket(&self) -> &Path {
+        self.unix.path()
+    }
+
+    /// The TLS listener's address.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|t| t.listener.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` resolves, then closes every connection and removes the socket.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = self.unix.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let caller = match stream.peer_cred() {
+                            Ok(cred) => Caller { admin: cred.uid() == 0 || cred.uid() == self.own_uid, who: format!("uid {} (pid {})", cred.uid(), cred.pid().unwrap_or(0)) },
+                            Err(e) => {
+                                warn!(error = %e, "cannot read a client's credentials (SO_PEERCRED); it may sign but not provision");
+                                Caller { admin: false, who: "unknown local user".into() }
+                            }
+                        };
+                        spawn_connection(&mut conns, &slots, stream, caller, self.custody.clone());
+                    }
+                    Err(e) => pause("unix", e).await,
+                },
+                accepted = accept_tcp(self.tls.as_ref()) => match accepted {
+                    Ok((tcp, peer)) => {
+                        let tls = self.tls.as_ref().expect("accepted on the TLS listener");
+                        let (acceptor, admin, custody, slots) = (tls.acceptor.clone(), tls.admin.clone(), self.custody.clone(), slots.clone());
+                        conns.spawn(async move {
+                            let _ = tcp.set_nodelay(true);
+                            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => return warn!(%peer, error = %e, "TLS client refused"),
+                                Err(_) => return warn!(%peer, "TLS client did not finish its handshake in time"),
+                            };
+                            let caller = tls_caller(stream.get_ref().1, admin.as_deref(), peer);
+                            info!(%peer, caller = %caller.who, admin = caller.admin, "TLS client connected");
+                            let Ok(permit) = slots.try_acquire_owned() else { return busy(stream).await };
+                            serve(stream, caller, custody).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => pause("tcp", e).await,
+                },
+            }
+        }
+        conns.shutdown().await;
+        self.unix.remove();
+        info!("keyd stopped");
+    }
+}
+
+async fn accept_tcp(tls: Option<&Tls>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tls {
+        Some(t) => t.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn pause(listener: &str, e: std::io::Error) {
+    warn!(listener, error = %e, "accept failed; pausing");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+fn tls_caller(conn: &rustls::ServerConnection, admin: Option<&dyn ClientCertVerifier>, peer: SocketAddr) -> Caller {
+    let certs = conn.peer_certificates().unwrap_or_default();
+    let subject = certs.first().and_then(|c| CertFacts::from_der(c).ok()).map_or_else(|| "?".into(), |f| f.subject);
+    let is_admin = match (admin, certs.split_first()) {
+        (Some(v), Some((leaf, rest))) => v.verify_client_cert(leaf, rest, UnixTime::now()).is_ok(),
+        _ => false,
+    };
+    Caller { admin: is_admin, who: format!("{subject} at {peer}") }
+}
+
+fn spawn_connection<S>(conns: &mut JoinSet<()>, slots: &Arc<Semaphore>, stream: S, caller: Caller, custody: Arc<Custody>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        conns.spawn(busy(stream));
+        return;
+    };
+    conns.spawn(async move {
+        serve(stream, caller, custody).await;
+        drop(permit);
+    });
+}
+
+async fn busy<S: AsyncWrite + Unpin>(mut stream: S) {
+    warn!("connection refused: {MAX_CONNECTIONS} connections are open");
+    let mut out = Vec::new();
+    Response::error(ErrorCode::Busy, format!("keyd serves at most {MAX_CONNECTIONS} connections; retry later")).encode(0, &mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+}
+
+/// Answers one connection's requests until it closes or sends bytes that are not frames.
+async fn serve<S>(stream: S, caller: Caller, custody: Arc<Custody>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(mut batch) = rx.recv().await {
+            while batch.len() < WRITE_BATCH {
+                let Ok(more) = rx.try_recv() else { break };
+                batch.extend_from_slice(&more);
+            }
+            if wr.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let slow = Arc::new(Semaphore::new(MAX_SLOW_IN_FLIGHT));
+    let caller = Arc::new(caller);
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    'conn: loop {
+        buf.reserve(64 * 1024);
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                debug!(caller = %caller.who, error = %e, "read failed");
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let mut used = 0;
+        loop {
+            let (frame, n) = match decode_frame(&buf[used..]) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(caller = %caller.who, error = %e, "not a custody frame; closing the connection");
+                    Response::error(ErrorCode::BadRequest, format!("{e}; the connection is closed")).encode(0, &mut out);
+                    let _ = tx.send(out);
+                    break 'conn;
+                }
+            };
+            used += n;
+            let id = frame.id;
+            let request = match Request::decode(&frame) {
+                Ok(r) => r,
+                Err(BodyError::UnknownKind(k)) => {
+                    Response::error(ErrorCode::UnknownOperation, format!("operation 0x{k:02x} is not defined in protocol version 1")).encode(id, &mut out);
+                    continue;
+                }
+                Err(e) => {
+                    Response::error(ErrorCode::BadRequest, format!("{} request: {e}", frame.kind)).encode(id, &mut out);
+                    continue;
+                }
+            };
+            if custody.is_quick(&request) {
+                custody.handle(request, &caller).encode(id, &mut out);
+                continue;
+            }
+            let Ok(permit) = slow.clone().acquire_owned().await else { break 'conn };
+            let (custody, caller, tx) = (custody.clone(), caller.clone(), tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut answer = Vec::new();
+                custody.handle(request, &caller).encode(id, &mut answer);
+                let _ = tx.send(answer);
+                drop(permit);
+            });
+        }
+        buf.drain(..used);
+        if !out.is_empty() && tx.send(out).is_err() {
+            break;
+        }
+        // A frame larger than the limit was refused above; this only bounds a peer that trickles one.
+        debug_assert!(buf.len() <= HEADER_LEN + MAX_BODY);
+    }
+    drop(tx);
+    let _ = writer.await;
+}
