@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use rustls::server::ResolvesServerCert;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::net::bind;
@@ -13,11 +14,13 @@ use sealtls_endpoint::settings::{certified_key, Anchors, ClientSettings, ServerS
 use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
 use sealtls_pki::inspect::CertFacts;
+use sealtls_keyless::{KeydClient, Keyless};
 use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::keyd::KeydFlags;
 
 /// The server's identity and trust, by file.
 #[derive(Args, Clone)]
@@ -46,6 +49,8 @@ pub struct ServeArgs {
     port: Option<u16>,
     #[command(flatten)]
     files: ServerFiles,
+    #[command(flatten)]
+    keyless: KeylessFlags,
     /// Client certificates: none, optional or required (default: required with --ca).
     #[arg(long)]
     client_auth: Option<ClientAuthMode>,
@@ -80,36 +85,80 @@ fn warn_about_leaf(chain: &[rustls_pki_types::CertificateDer<'_>], origin: &Path
 }
 
 /// Loads a certificate chain and its key, checked to belong together.
-fn identity_from_files(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Failure> {
+pub(crate) fn identity_from_files(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Failure> {
     let chain = load_certs(cert).map_err(config_failure)?;
     let key_der = load_key(key).map_err(config_failure)?;
     certified_key(chain, &key_der, &cert.display().to_string(), &key.display().to_string()).map_err(config_failure)
 }
 
-fn anchors(path: &Path) -> Result<Anchors, Failure> {
+pub(crate) fn anchors(path: &Path) -> Result<Anchors, Failure> {
     Ok(Anchors { origin: path.display().to_string(), certs: load_certs(path).map_err(config_failure)? })
 }
 
 /// Builds a server's TLS from files, and from the config for what the
-/// flags do not give.
-pub fn server_tls(files: &ServerFiles, client_auth: Option<ClientAuthMode>, versions: TlsVersions) -> Result<ServerTls, Failure> {
+/// flags do not give. With `keyless`, certificates and signatures come
+/// from keyd instead of files.
+pub fn server_tls(files: &ServerFiles, client_auth: Option<ClientAuthMode>, versions: TlsVersions, keyless: Option<Keyless>) -> Result<ServerTls, Failure> {
     let config = files.config.as_deref().map(Config::load).transpose().map_err(config_failure)?;
     let material = config.as_ref().map(|c| &c.material);
-    let identity = match (&files.cert, &files.key, material.and_then(|m| m.server.clone())) {
-        (Some(cert), Some(key), _) => identity_from_files(cert, key)?,
-        (_, _, Some(from_config)) => from_config,
-        _ => return Err(Failure::new(FailureClass::Usage, "no server certificate given", "pass --cert FILE --key FILE, or --config FILE with [tls] srv_cert and srv_key")),
+    let identity: Arc<dyn ResolvesServerCert> = match (&keyless, &files.cert, &files.key, material.and_then(|m| m.server.clone())) {
+        (Some(k), _, _, _) => Arc::new(k.clone()),
+        (None, Some(cert), Some(key), _) => single(identity_from_files(cert, key)?, Some(cert)),
+        (None, _, _, Some(from_config)) => single(from_config, None),
+        _ => return Err(Failure::new(FailureClass::Usage, "no server certificate given", "pass --cert FILE --key FILE, --keyd unix:PATH, or --config FILE with [tls] srv_cert and srv_key")),
     };
-    warn_about_leaf(&identity.cert, files.cert.as_deref().unwrap_or(Path::new("[tls] srv_cert")));
     let client_ca = match &files.ca {
         Some(path) => Some(anchors(path)?),
         None => material.and_then(|m| m.ca.clone()),
     };
     let client_auth = client_auth.unwrap_or(if client_ca.is_some() { ClientAuthMode::Required } else { ClientAuthMode::None });
-    let identity = Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(identity)));
     let settings = ServerSettings { identity, client_ca, client_auth, versions };
-    ServerTls::new(settings).map_err(config_failure)
+    let tls = ServerTls::new(settings).map_err(config_failure)?;
+    Ok(match keyless {
+        Some(k) => tls.with_gate(Arc::new(k)),
+        None => tls,
+    })
 }
+
+/// One certificate for every client, checked for what clients will refuse.
+fn single(identity: Arc<CertifiedKey>, origin: Option<&Path>) -> Arc<dyn ResolvesServerCert> {
+    warn_about_leaf(&identity.cert, origin.unwrap_or(Path::new("[tls] srv_cert")));
+    Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(identity)))
+}
+
+/// Signing through keyd instead of holding the key.
+#[derive(Args, Clone)]
+pub struct KeylessFlags {
+    /// Take certificates and signatures from keyd (unix:PATH or tls://HOST:PORT) instead of --cert/--key.
+    #[arg(long, conflicts_with_all = ["cert", "key"])]
+    keyd: Option<String>,
+    /// CA that issued keyd's certificate (with tls://).
+    #[arg(long)]
+    keyd_ca: Option<PathBuf>,
+    /// This server's client certificate for keyd (with tls://).
+    #[arg(long, requires = "keyd_key")]
+    keyd_cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, requires = "keyd_cert")]
+    keyd_key: Option<PathBuf>,
+    /// Connections to keyd; requests are pipelined over them.
+    #[arg(long, default_value_t = 4)]
+    keyd_pool: usize,
+}
+
+impl KeylessFlags {
+    /// The keyless resolver, if --keyd was given.
+    pub fn keyless(&self) -> Result<Option<Keyless>, Failure> {
+        let Some(spec) = &self.keyd else { return Ok(None) };
+        let flags = KeydFlags { keyd: spec.clone(), keyd_ca: self.keyd_ca.clone() };
+        let endpoint = flags.endpoint(self.keyd_cert.as_deref().zip(self.keyd_key.as_deref()), "--keyd-cert FILE --keyd-key FILE")?;
+        let client = KeydClient::new(endpoint, self.keyd_pool, Duration::from_secs(5));
+        Ok(Some(Keyless::new(client, KEYLESS_REFRESH)))
+    }
+}
+
+/// How old a cached chain may get before keyd is asked whether it changed.
+pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
 
 /// Installs SIGINT and SIGTERM handlers now, so that a signal arriving
 /// during start-up is not lost, and resolves when one arrives.
@@ -127,7 +176,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    let tls = server_tls(&args.files, args.client_auth, args.tls)?;
+    let tls = server_tls(&args.files, args.client_auth, args.tls, args.keyless.keyless()?)?;
     let mut addr = args.listen;
     if let Some(port) = args.port {
         addr.set_port(port);

@@ -2,6 +2,7 @@
 mod bench;
 mod config;
 mod endpoints;
+mod keyd;
 mod offload;
 mod pki;
 mod services;
@@ -47,6 +48,11 @@ enum Command {
     Offload(offload::OffloadArgs),
     /// Connect to a TLS server through the offload daemon.
     OffloadClient(offload::OffloadClientArgs),
+    /// Run the key-custody daemon: keys sealed to this machine (or on a PKCS#11 token) that sign for TLS servers.
+    Keyd(keyd::KeydArgs),
+    /// Install, list, generate and remove keys in keyd.
+    #[command(subcommand)]
+    Key(keyd::KeyCommand),
     /// Measure against openssl s_server in the same run.
     Bench(bench::BenchArgs),
 }
@@ -85,6 +91,8 @@ fn main() -> ExitCode {
             Command::Config(cmd) => config::run(cmd),
             Command::Offload(args) => offload::offload(args).await,
             Command::OffloadClient(args) => offload::offload_client(args).await,
+            Command::Keyd(args) => keyd::keyd(args).await,
+            Command::Key(cmd) => keyd::key(cmd).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -3,6 +3,7 @@
 //! server, a client that reports what was negotiated, and bulk transfers.
 pub mod client;
 pub mod explain;
+pub mod gate;
 pub mod legacy;
 pub mod net;
 pub mod server;

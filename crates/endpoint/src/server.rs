@@ -11,10 +11,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{StartHandshake, TlsAcceptor};
 use tracing::{info, warn};
 
-use crate::explain::{explain, Side};
+use crate::explain::{alert_name, explain, Side};
+use crate::gate::{read_client_hello, send_alert, Hello, Refusal};
 use crate::net::buffered;
 use crate::session::SessionInfo;
 use crate::settings::ServerTls;
@@ -138,16 +139,38 @@ impl Server {
         sessions.shutdown().await;
     }
 
+    /// The TLS handshake, after the gate's look at the ClientHello if there is a gate.
+    async fn open(&self, tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> Opened {
+        let Some(gate) = self.tls.gate() else { return TlsAcceptor::from(config).accept(buffered(tcp)).await.into() };
+        let mut io = buffered(tcp);
+        let accepted = match read_client_hello(&mut io).await {
+            Ok(Hello::Accepted(a)) => a,
+            Ok(Hello::Invalid(e)) => return Opened::Failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) => return Opened::Failed(e),
+        };
+        let name = accepted.client_hello().server_name().map(str::to_owned);
+        if let Err(refusal) = gate.check(name.as_deref()).await {
+            send_alert(&mut io, refusal.alert).await;
+            return Opened::Refused(name, refusal);
+        }
+        StartHandshake::from_parts(accepted, io).into_stream(config).await.into()
+    }
+
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr, closing: watch::Receiver<bool>) {
         let started = Instant::now();
         let (config, seen) = self.tls.for_connection();
-        let handshake = TlsAcceptor::from(config).accept(buffered(tcp));
-        let mut stream = match tokio::time::timeout(self.options.handshake_timeout, handshake).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+        let mut stream = match tokio::time::timeout(self.options.handshake_timeout, self.open(tcp, config)).await {
+            Ok(Opened::Stream(stream)) => stream,
+            Ok(Opened::Failed(e)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let why = explain(&e, &seen, Side::Server, &peer.to_string());
                 warn!(%peer, reason = %why.what, fix = %why.fix, "handshake failed");
+                return;
+            }
+            Ok(Opened::Refused(name, refusal)) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let alert = alert_name(refusal.alert);
+                warn!(%peer, server_name = name.as_deref().unwrap_or("(none)"), %alert, reason = %refusal.reason, "handshake refused");
                 return;
             }
             Err(_) => {
@@ -175,6 +198,20 @@ impl Server {
                 warn!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, reason = %why.what, "session ended with an error");
             }
         }
+    }
+}
+
+/// How a handshake ended.
+enum Opened {
+    Stream(tokio_rustls::server::TlsStream<crate::net::Buffered>),
+    Failed(std::io::Error),
+    /// The gate refused the server name (the SNI, if any).
+    Refused(Option<String>, Refusal),
+}
+
+impl From<std::io::Result<tokio_rustls::server::TlsStream<crate::net::Buffered>>> for Opened {
+    fn from(r: std::io::Result<tokio_rustls::server::TlsStream<crate::net::Buffered>>) -> Self {
+        r.map_or_else(Self::Failed, Self::Stream)
     }
 }
 

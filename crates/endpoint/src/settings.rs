@@ -198,6 +198,7 @@ pub struct ServerTls {
     versions: TlsVersions,
     identity: Arc<dyn ResolvesServerCert>,
     client_verifier: Option<(Arc<dyn ClientCertVerifier>, Arc<Vec<CertificateDer<'static>>>)>,
+    gate: Option<Arc<dyn crate::gate::HelloGate>>,
 }
 
 impl ServerTls {
@@ -220,7 +221,18 @@ impl ServerTls {
             }
         };
         let config = builder.with_cert_resolver(settings.identity.clone());
-        Ok(Self { base: Arc::new(config), versions: settings.versions, identity: settings.identity, client_verifier })
+        Ok(Self { base: Arc::new(config), versions: settings.versions, identity: settings.identity, client_verifier, gate: None })
+    }
+
+    /// Has every ClientHello checked by `gate` before the handshake goes on.
+    pub fn with_gate(mut self, gate: Arc<dyn crate::gate::HelloGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The ClientHello check, if any.
+    pub fn gate(&self) -> Option<&Arc<dyn crate::gate::HelloGate>> {
+        self.gate.as_ref()
     }
 
     /// The configuration for one connection. With client authentication the

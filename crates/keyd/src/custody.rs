@@ -87,7 +87,7 @@ fn parse_any_key(der: &[u8]) -> Result<Zeroizing<PrivateKeyDer<'static>>, StoreE
             return Ok(form);
         }
     }
-    Err(StoreError::Invalid("the private key is not PKCS#8, SEC1 or PKCS#1 DER of a supported type (ECDSA P-256/P-384, Ed25519, RSA)".into()))
+    Err(StoreError::Invalid("the private key is not PKCS#8, SEC1 or PKCS#1 DER of a supported type; give an ECDSA P-256/P-384, Ed25519 or RSA key".into()))
 }
 
 impl Custody {
@@ -240,7 +240,7 @@ impl Custody {
         let chain: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
         let stored = if key.is_empty() {
             let Some(existing) = self.exact(&domain) else {
-                return error(ErrorCode::KeyNotFound, format!("{domain} has no key to attach a chain to: give the key file too, or make one with `sealtls key gen {domain}`"));
+                return error(ErrorCode::KeyNotFound, format!("{domain} has no key to attach a chain to; give the key file too, or make one with `sealtls key gen {domain}`"));
             };
             if chain.is_empty() {
                 return error(ErrorCode::InvalidInput, "neither a key nor a certificate chain was given");
@@ -248,7 +248,7 @@ impl Custody {
             self.backend.put_chain(&existing.entry, &chain)
         } else {
             if chain.is_empty() {
-                return error(ErrorCode::InvalidInput, format!("{domain}: a key needs its certificate chain (--cert CHAIN.pem), or a server could not present it"));
+                return error(ErrorCode::InvalidInput, format!("{domain}: a key was given without its certificate chain, which servers need to present; give it with --cert CHAIN.pem"));
             }
             match parse_any_key(key) {
                 Ok(k) => self.backend.put(&domain, &k, &chain),

@@ -18,7 +18,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The device secret is missing, exposed or malformed.
-    #[error("device secret {path}: {problem}; fix: {fix}")]
+    #[error("device secret {path}: {problem}; {fix}")]
     DeviceSecret {
         /// The secret's file.
         path: PathBuf,
@@ -28,7 +28,7 @@ pub enum StoreError {
         fix: String,
     },
     /// The data directory can be read by group or others.
-    #[error("data directory {path}: readable by group or others (mode {mode:04o}); fix: chmod 700 {path}")]
+    #[error("data directory {path}: readable by group or others (mode {mode:04o}); fix it with `chmod 700 {path}`")]
     ExposedDir {
         /// The directory.
         path: PathBuf,
@@ -37,9 +37,9 @@ pub enum StoreError {
     },
     /// The data directory was sealed under another device secret.
     #[error(
-        "data directory {dir} was sealed under a different device secret than {secret}: it was copied from another machine, \
-         or the device secret was replaced. Nothing in it can be opened here and nothing is served from it. \
-         Fix: run keyd where the data directory was made (or restore that machine's device secret), \
+        "data directory {dir} was sealed under a different device secret than {secret} (it was copied from another machine, \
+         or the device secret was replaced): nothing in it can be opened here, so keyd serves nothing from it; \
+         run keyd where the data directory was made (or restore that machine's device secret), \
          or start with an empty --data-dir and install the keys again with `sealtls key put`"
     )]
     ForeignStore {

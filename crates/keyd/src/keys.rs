@@ -141,7 +141,7 @@ impl Sign for MemoryKey {
 /// Whether a certificate name (possibly `*.parent`) covers an installed
 /// domain (possibly `*.parent` too).
 fn name_covers(san: &str, domain: &str) -> bool {
-    let san = san.to_ascii_lowercase();
+    let Some(san) = san.strip_prefix("DNS:").map(str::to_ascii_lowercase) else { return false };
     if san == domain {
         return true;
     }
@@ -161,13 +161,13 @@ pub fn check_chain(domain: &str, key: &KeyInfo, chain: &[CertificateDer<'_>]) ->
     }
     if facts.spki != key.spki {
         return Err(StoreError::Invalid(format!(
-            "the key does not match the certificate ({}, key id {}): the certificate certifies another key. Give the key the certificate was issued for, or reissue the certificate for this key",
+            "the key does not match the certificate ({}, key id {}): the certificate certifies another key; give the key the certificate was issued for, or reissue the certificate for this key",
             facts.subject, key.id
         )));
     }
     if !facts.sans.iter().any(|san| name_covers(san, domain)) {
         return Err(StoreError::Invalid(format!(
-            "the certificate ({}) does not name {domain}: its names are [{}]. Install it under one of those names, or reissue it with {domain} in subjectAltName",
+            "the certificate ({}) does not name {domain}: its names are [{}]; install it under one of those names, or reissue it with {domain} in subjectAltName",
             facts.subject,
             facts.sans.join(", ")
         )));
@@ -181,13 +181,14 @@ mod tests {
 
     #[test]
     fn certificate_names_cover_domains() {
-        assert!(name_covers("www.example.com", "www.example.com"));
-        assert!(name_covers("WWW.example.com", "www.example.com"));
-        assert!(name_covers("*.example.com", "www.example.com"));
-        assert!(name_covers("*.example.com", "*.example.com"));
-        assert!(!name_covers("*.example.com", "a.b.example.com"));
-        assert!(!name_covers("*.example.com", "example.com"));
-        assert!(!name_covers("www.example.com", "*.example.com"));
+        assert!(name_covers("DNS:www.example.com", "www.example.com"));
+        assert!(name_covers("DNS:WWW.example.com", "www.example.com"));
+        assert!(name_covers("DNS:*.example.com", "www.example.com"));
+        assert!(name_covers("DNS:*.example.com", "*.example.com"));
+        assert!(!name_covers("DNS:*.example.com", "a.b.example.com"));
+        assert!(!name_covers("DNS:*.example.com", "example.com"));
+        assert!(!name_covers("DNS:www.example.com", "*.example.com"));
+        assert!(!name_covers("IP:127.0.0.1", "127.0.0.1"));
     }
 
     #[test]

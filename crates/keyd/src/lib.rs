@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod custody;
+pub mod der;
 pub mod device;
 pub mod error;
 pub mod keys;

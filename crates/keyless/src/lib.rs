@@ -1,1 +1,10 @@
-//! Keyless TLS.
+//! Keyless TLS: a client for the sealtls key-custody daemon (keyd), and a
+//! rustls certificate resolver whose keys sign through keyd, so that the
+//! TLS server never holds a private key.
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod resolver;
+
+pub use client::{KeydClient, KeydEndpoint, KeydError};
+pub use resolver::Keyless;

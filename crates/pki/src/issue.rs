@@ -264,7 +264,8 @@ pub fn pem_encode_cert(cert: &CertificateDer<'_>) -> String {
     pem_encode("CERTIFICATE", cert.as_ref())
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> String {
+/// PEM text of `der` under `label` ("CERTIFICATE REQUEST", ...), LF line endings.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new(label, der), config)
 }

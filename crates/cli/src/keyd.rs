@@ -1,0 +1,323 @@
+//! `sealtls keyd` (the custody daemon) and `sealtls key` (provisioning).
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use sealtls_custody_proto::{ErrorCode, ListEntry, Request, Response};
+use sealtls_endpoint::settings::provider;
+use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_keyd::{Custody, Keyd, KeydSettings, SealedFiles, TlsListen};
+use sealtls_keyless::{KeydClient, KeydEndpoint, KeydError};
+use tracing::info;
+
+use crate::endpoints::{anchors, identity_from_files, shutdown_signal};
+
+/// Where keyd keeps its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Files in the data directory sealed under the device secret.
+    SealedFile,
+    /// A PKCS#11 token (an HSM, or SoftHSM).
+    Pkcs11,
+}
+
+#[derive(Args, Clone)]
+pub struct KeydArgs {
+    /// Data directory (mode 0700): sealed keys, and the socket unless --socket.
+    #[arg(long, default_value = "sealtls-data/keyd")]
+    pub data_dir: PathBuf,
+    /// Unix socket for TLS servers and provisioning (default DATA_DIR/keyd.sock, mode 0660).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Also listen on TCP with mutual TLS, for remote edges.
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key", "client_ca"])]
+    pub listen_tls: Option<SocketAddr>,
+    /// keyd's certificate chain for --listen-tls.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// keyd's own private key for --listen-tls (mode 0600).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// CA whose client certificates may sign over --listen-tls.
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// CA whose client certificates may also provision keys over --listen-tls.
+    #[arg(long)]
+    pub admin_ca: Option<PathBuf>,
+    /// Where keys are kept.
+    #[arg(long, value_enum, default_value = "sealed-file")]
+    pub backend: BackendKind,
+    /// Device secret for sealed files (default /etc/sealtls/device.key for root, else ~/.config/sealtls/device.key).
+    #[arg(long)]
+    pub device_key: Option<PathBuf>,
+    /// PKCS#11 module (with --backend pkcs11).
+    #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+    pub module: PathBuf,
+    /// Token label (with --backend pkcs11).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// File holding the token's user PIN (mode 0600; with --backend pkcs11).
+    #[arg(long)]
+    pub pin_file: Option<PathBuf>,
+}
+
+impl KeydArgs {
+    /// The socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| self.data_dir.join("keyd.sock"))
+    }
+}
+
+fn open_custody(args: &KeydArgs) -> Result<Custody, Failure> {
+    let backend: Box<dyn sealtls_keyd::Backend> = match args.backend {
+        BackendKind::SealedFile => {
+            let device_key = args.device_key.clone().unwrap_or_else(sealtls_keyd::device::default_path);
+            Box::new(SealedFiles::open(&args.data_dir, &device_key).map_err(Failure::config)?)
+        }
+        BackendKind::Pkcs11 => {
+            let token = args.token.clone().ok_or_else(|| Failure::new(FailureClass::Usage, "--backend pkcs11 needs --token LABEL", "give the token's label (softhsm2-util --show-slots lists them)"))?;
+            let pin_file = args.pin_file.clone().ok_or_else(|| Failure::new(FailureClass::Usage, "--backend pkcs11 needs --pin-file FILE", "put the token's user PIN in a file with mode 0600"))?;
+            let pin = crate::config::read_token(&pin_file).map_err(Failure::config)?;
+            Box::new(sealtls_keyd::pkcs11::Token::open(&args.module, &token, &pin).map_err(Failure::config)?)
+        }
+    };
+    Custody::new(backend).map_err(Failure::config)
+}
+
+/// Opens the store and binds keyd's listeners.
+pub async fn bind(args: &KeydArgs) -> Result<Keyd, Failure> {
+    let custody = open_custody(args)?;
+    let (ready, unusable) = custody.counts();
+    info!(store = %custody.describe(), ready, unusable, "keys loaded");
+    let tls = match (&args.listen_tls, &args.tls_cert, &args.tls_key, &args.client_ca) {
+        (Some(addr), Some(cert), Some(key), Some(ca)) => Some(TlsListen { addr: *addr, identity: identity_from_files(cert, key)?, client_ca: anchors(ca)? }),
+        _ => None,
+    };
+    let admin_ca = args.admin_ca.as_deref().map(anchors).transpose()?;
+    let settings = KeydSettings { socket: args.socket(), tls, admin_ca };
+    Keyd::bind(custody, settings).await
+}
+
+pub async fn keyd(args: KeydArgs) -> Result<(), Failure> {
+    let shutdown = shutdown_signal();
+    let daemon = bind(&args).await?;
+    info!(socket = %daemon.socket().display(), tls = ?daemon.tls_addr(), "keyd ready");
+    daemon.run(shutdown).await;
+    Ok(())
+}
+
+/// How to reach keyd.
+#[derive(Args, Clone)]
+pub struct KeydFlags {
+    /// keyd as unix:PATH or tls://HOST:PORT.
+    #[arg(long, default_value = "unix:sealtls-data/keyd/keyd.sock")]
+    pub keyd: String,
+    /// CA that issued keyd's TLS certificate (with tls://).
+    #[arg(long)]
+    pub keyd_ca: Option<PathBuf>,
+}
+
+impl KeydFlags {
+    /// The endpoint, presenting `identity` (certificate, key) over TLS.
+    pub fn endpoint(&self, identity: Option<(&Path, &Path)>, cert_flags: &str) -> Result<KeydEndpoint, Failure> {
+        if let Some(path) = self.keyd.strip_prefix("unix:") {
+            return Ok(KeydEndpoint::Unix(PathBuf::from(path)));
+        }
+        let Some(addr) = self.keyd.strip_prefix("tls://") else {
+            return Err(Failure::new(FailureClass::Usage, format!("--keyd {:?} is neither unix:PATH nor tls://HOST:PORT", self.keyd), "for example --keyd unix:sealtls-data/keyd/keyd.sock"));
+        };
+        let host = sealtls_endpoint::client::host_of(addr)?;
+        let server_name = ServerName::try_from(host.to_string()).map_err(|e| Failure::new(FailureClass::Usage, format!("--keyd {addr}: {e}"), "give tls://HOST:PORT"))?;
+        let ca = self.keyd_ca.as_deref().ok_or_else(|| Failure::new(FailureClass::Usage, "--keyd tls://... needs --keyd-ca", "give the CA that issued keyd's certificate"))?;
+        let (cert, key) = identity.ok_or_else(|| Failure::new(FailureClass::Usage, "keyd over TLS needs a client certificate", format!("give {cert_flags}")))?;
+        let roots = anchors(ca)?.root_store().map_err(Failure::config)?;
+        let me = identity_from_files(cert, key)?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(Failure::config)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(me.cert.clone(), key_der(key)?)
+            .map_err(Failure::config)?;
+        Ok(KeydEndpoint::Tls { addr: addr.to_string(), server_name, config: Arc::new(config) })
+    }
+}
+
+fn key_der(path: &Path) -> Result<rustls_pki_types::PrivateKeyDer<'static>, Failure> {
+    Ok(sealtls_pki::load_key(path).map_err(Failure::config)?.clone_key())
+}
+
+#[derive(Args, Clone)]
+pub struct AdminFlags {
+    #[command(flatten)]
+    keyd: KeydFlags,
+    /// Admin client certificate (with tls://), issued by keyd's --admin-ca.
+    #[arg(long, requires = "admin_key")]
+    admin_cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, requires = "admin_cert")]
+    admin_key: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Install a key with its certificate chain (or a chain for a key made by `gen`).
+    Put {
+        /// Domain, e.g. www.example.com or *.example.com.
+        domain: String,
+        /// Private key (PKCS#8, SEC1 or PKCS#1, PEM or DER, mode 0600); leave out to attach a chain to a generated key.
+        keyfile: Option<PathBuf>,
+        /// Certificate chain, leaf first.
+        #[arg(long)]
+        cert: PathBuf,
+        #[command(flatten)]
+        admin: AdminFlags,
+    },
+    /// Print "Key found" (exit 0) or "Key not found" (exit 1).
+    Has {
+        /// Domain.
+        domain: String,
+        #[command(flatten)]
+        admin: AdminFlags,
+    },
+    /// Remove a domain's key.
+    Rm {
+        /// Domain.
+        domain: String,
+        #[command(flatten)]
+        admin: AdminFlags,
+    },
+    /// List domains, key types and certificate expiry.
+    Ls {
+        #[command(flatten)]
+        admin: AdminFlags,
+    },
+    /// Generate a key inside keyd and print a CSR for it.
+    Gen {
+        /// Domain.
+        domain: String,
+        /// ecdsa-p256, ecdsa-p384, ed25519, rsa2048, rsa3072 or rsa4096.
+        #[arg(long, default_value = "ecdsa-p256")]
+        key_type: String,
+        /// Write the CSR here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminFlags,
+    },
+}
+
+impl AdminFlags {
+    fn client(&self) -> Result<Arc<KeydClient>, Failure> {
+        let identity = self.admin_cert.as_deref().zip(self.admin_key.as_deref());
+        let endpoint = self.keyd.endpoint(identity, "--admin-cert FILE --admin-key FILE")?;
+        Ok(KeydClient::new(endpoint, 1, Duration::from_secs(60)))
+    }
+}
+
+/// A keyd failure in words, with the exit code of its kind.
+pub fn keyd_failure(e: KeydError) -> Failure {
+    match e {
+        KeydError::Unreachable { .. } | KeydError::Timeout(..) => Failure::new(FailureClass::Network, e.to_string(), "start keyd (sealtls keyd or sealtls up), or point --keyd at it"),
+        KeydError::Refused { code: ErrorCode::Forbidden, message } => Failure::new(FailureClass::Rejected, format!("keyd refused: {message}"), "use an admin identity"),
+        KeydError::Refused { code, message } => match message.split_once("; ") {
+            Some((what, fix)) => Failure::new(FailureClass::Config, format!("keyd refused ({code}): {what}"), fix),
+            None => Failure::new(FailureClass::Config, format!("keyd refused ({code}): {message}"), "see keyd's log"),
+        },
+        KeydError::Runtime => Failure::new(FailureClass::Config, e.to_string(), "report this as a bug"),
+    }
+}
+
+async fn call(client: &KeydClient, request: Request) -> Result<Response, Failure> {
+    client.call(&request).await.map_err(keyd_failure)
+}
+
+fn unexpected(r: Response) -> Failure {
+    Failure::new(FailureClass::Protocol, format!("keyd answered with {r:?}"), "check that sealtls and keyd are the same version")
+}
+
+fn expiry(t: Option<i64>) -> String {
+    t.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_list(entries: &[ListEntry], json: bool) {
+    if json {
+        let rows: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "domain": e.domain, "key_type": e.key_type, "key_id": e.key_id.to_string(),
+                    "not_after": e.not_after, "location": e.location, "status": e.status,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return;
+    }
+    println!("{:<32} {:<12} {:<22} {:<18} STATUS", "DOMAIN", "KEY", "EXPIRES", "KEY ID");
+    for e in entries {
+        let id = e.key_id.to_string();
+        println!("{:<32} {:<12} {:<22} {:<18} {}", e.domain, e.key_type, expiry(e.not_after), &id[..16], e.status);
+    }
+}
+
+pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
+    match cmd {
+        KeyCommand::Put { domain, keyfile, cert, admin } => {
+            let chain = sealtls_pki::load_certs(&cert).map_err(Failure::config)?;
+            let key = match &keyfile {
+                Some(path) => zeroize::Zeroizing::new(sealtls_pki::load_key(path).map_err(Failure::config)?.secret_der().to_vec()),
+                None => zeroize::Zeroizing::new(Vec::new()),
+            };
+            let request = Request::Put { domain: domain.clone(), key, chain: chain.iter().map(|c| c.to_vec()).collect() };
+            match call(&*admin.client()?, request).await? {
+                Response::Stored(id) if admin.json => println!("{}", serde_json::json!({"domain": domain, "key_id": id.to_string()})),
+                Response::Stored(id) => println!("Installed {domain} (key id {id})"),
+                r => return Err(unexpected(r)),
+            }
+        }
+        KeyCommand::Has { domain, admin } => match call(&*admin.client()?, Request::Has(domain)).await? {
+            Response::Found(true) => println!("Key found"),
+            Response::Found(false) => {
+                println!("Key not found");
+                std::process::exit(1);
+            }
+            r => return Err(unexpected(r)),
+        },
+        KeyCommand::Rm { domain, admin } => match call(&*admin.client()?, Request::Remove(domain.clone())).await? {
+            Response::Removed => println!("Removed {domain}"),
+            r => return Err(unexpected(r)),
+        },
+        KeyCommand::Ls { admin } => match call(&*admin.client()?, Request::List).await? {
+            Response::List(entries) => print_list(&entries, admin.json),
+            r => return Err(unexpected(r)),
+        },
+        KeyCommand::Gen { domain, key_type, out, admin } => match call(&*admin.client()?, Request::Generate { domain: domain.clone(), key_type }).await? {
+            Response::Csr(der) => {
+                let pem = pem_csr(&der);
+                match out {
+                    Some(path) => {
+                        std::fs::write(&path, pem).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
+                        eprintln!("key generated inside keyd for {domain}; CSR written to {}", path.display());
+                    }
+                    None => print!("{pem}"),
+                }
+                eprintln!("have it signed, then: sealtls key put {domain} --cert CHAIN.pem");
+            }
+            r => return Err(unexpected(r)),
+        },
+    }
+    Ok(())
+}
+
+fn pem_csr(der: &[u8]) -> String {
+    sealtls_pki::issue::pem_encode("CERTIFICATE REQUEST", der)
+}

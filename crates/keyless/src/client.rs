@@ -1,0 +1,213 @@
+//! A keyd client: a small pool of connections, each carrying pipelined
+//! requests matched to their responses by request id. Connections are
+//! opened on first use and again after keyd comes back.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use sealtls_custody_proto::{decode_frame, ErrorCode, Request, Response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroize;
+
+/// Where keyd listens.
+#[derive(Clone)]
+pub enum KeydEndpoint {
+    /// Its Unix socket.
+    Unix(PathBuf),
+    /// Its mutual-TLS listener.
+    Tls {
+        /// HOST:PORT.
+        addr: String,
+        /// The name keyd's certificate must carry.
+        server_name: ServerName<'static>,
+        /// Trust for keyd and this client's certificate.
+        config: Arc<ClientConfig>,
+    },
+}
+
+impl std::fmt::Display for KeydEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tls { addr, .. } => write!(f, "tls://{addr}"),
+        }
+    }
+}
+
+/// Why a call to keyd did not give an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeydError {
+    /// No connection could be made, or it broke.
+    #[error("keyd at {endpoint} is unreachable: {detail}")]
+    Unreachable {
+        /// Where keyd was expected.
+        endpoint: String,
+        /// What happened.
+        detail: String,
+    },
+    /// keyd answered with an error.
+    #[error("keyd refused: {message} ({code})")]
+    Refused {
+        /// The protocol's code.
+        code: ErrorCode,
+        /// keyd's explanation.
+        message: String,
+    },
+    /// No answer within the time limit.
+    #[error("keyd at {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    /// Blocking calls need a multi-thread tokio runtime.
+    #[error("keyless signing needs a multi-thread tokio runtime")]
+    Runtime,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+/// One connection to keyd.
+struct Conn {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+}
+
+/// A pool of pipelined connections to keyd.
+pub struct KeydClient {
+    endpoint: KeydEndpoint,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    next_slot: AtomicUsize,
+    next_id: AtomicU64,
+    timeout: Duration,
+}
+
+impl KeydClient {
+    /// A client with `pool` connections (at least one), each call answered within `timeout`.
+    pub fn new(endpoint: KeydEndpoint, pool: usize, timeout: Duration) -> Arc<Self> {
+        let slots = (0..pool.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect();
+        Arc::new(Self { endpoint, slots, next_slot: AtomicUsize::new(0), next_id: AtomicU64::new(1), timeout })
+    }
+
+    /// Where keyd is.
+    pub fn endpoint(&self) -> &KeydEndpoint {
+        &self.endpoint
+    }
+
+    fn unreachable(&self, detail: impl std::fmt::Display) -> KeydError {
+        KeydError::Unreachable { endpoint: self.endpoint.to_string(), detail: detail.to_string() }
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn>, KeydError> {
+        let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let mut held = slot.lock().await;
+        if let Some(c) = held.as_ref().filter(|c| c.alive.load(Ordering::Acquire)) {
+            return Ok(c.clone());
+        }
+        let conn = Arc::new(match &self.endpoint {
+            KeydEndpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| self.unreachable(e))?;
+                start(stream)
+            }
+            KeydEndpoint::Tls { addr, server_name, config } => {
+                let tcp = tokio::net::TcpStream::connect(addr.as_str()).await.map_err(|e| self.unreachable(e))?;
+                let _ = tcp.set_nodelay(true);
+                let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(server_name.clone(), tcp).await.map_err(|e| self.unreachable(format!("TLS handshake: {e}")))?;
+                start(tls)
+            }
+        });
+        *held = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `request` and waits for its answer; error answers become [`KeydError::Refused`].
+    pub async fn call(&self, request: &Request) -> Result<Response, KeydError> {
+        let conn = tokio::time::timeout(self.timeout, self.conn()).await.map_err(|_| KeydError::Timeout(self.endpoint.to_string(), self.timeout))??;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().expect("pending lock").insert(id, tx);
+        let mut frame = Vec::new();
+        request.encode(id, &mut frame);
+        if conn.tx.send(frame).is_err() {
+            conn.pending.lock().expect("pending lock").remove(&id);
+            return Err(self.unreachable("the connection closed"));
+        }
+        let answer = match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => return Err(self.unreachable("keyd closed the connection")),
+            Err(_) => {
+                conn.pending.lock().expect("pending lock").remove(&id);
+                return Err(KeydError::Timeout(self.endpoint.to_string(), self.timeout));
+            }
+        };
+        match answer {
+            Response::Error { code, message } => Err(KeydError::Refused { code, message }),
+            r => Ok(r),
+        }
+    }
+
+    /// [`KeydClient::call`] from synchronous code running on a tokio
+    /// worker (rustls's signer): the worker's other tasks move to another
+    /// thread while this one waits.
+    pub fn call_blocking(&self, request: &Request) -> Result<Response, KeydError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(self.call(request))),
+            _ => Err(KeydError::Runtime),
+        }
+    }
+}
+
+/// Starts the reader and writer tasks of a connection.
+fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let pending: Pending = Arc::default();
+    let alive = Arc::new(AtomicBool::new(true));
+    let alive_w = alive.clone();
+    tokio::spawn(async move {
+        while let Some(mut batch) = rx.recv().await {
+            while batch.len() < 64 * 1024 {
+                let Ok(mut more) = rx.try_recv() else { break };
+                batch.extend_from_slice(&more);
+                more.zeroize();
+            }
+            let written = wr.write_all(&batch).await;
+            // PUT frames carry private keys.
+            batch.zeroize();
+            if written.is_err() {
+                break;
+            }
+        }
+        alive_w.store(false, Ordering::Release);
+    });
+    let (pending_r, alive_r) = (pending.clone(), alive.clone());
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        'read: loop {
+            buf.reserve(64 * 1024);
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let mut used = 0;
+            while let Ok(Some((frame, n))) = decode_frame(&buf[used..]) {
+                used += n;
+                let Ok(response) = Response::decode(&frame) else { break 'read };
+                if let Some(waiter) = pending_r.lock().expect("pending lock").remove(&frame.id) {
+                    let _ = waiter.send(response);
+                }
+            }
+            if decode_frame(&buf[used..]).is_err() {
+                break;
+            }
+            buf.drain(..used);
+        }
+        alive_r.store(false, Ordering::Release);
+        // Waiters see their sender dropped: "keyd closed the connection".
+        pending_r.lock().expect("pending lock").clear();
+    });
+    Conn { tx, pending, alive }
+}
