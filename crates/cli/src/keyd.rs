@@ -66,13 +66,32 @@ pub struct KeydArgs {
 }
 
 impl KeydArgs {
+    /// A sealed-file keyd in `data_dir`, Unix socket only.
+    pub fn sealed(data_dir: PathBuf, device_key: Option<PathBuf>) -> Self {
+        Self {
+            data_dir,
+            socket: None,
+            listen_tls: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            admin_ca: None,
+            backend: BackendKind::SealedFile,
+            device_key,
+            module: PathBuf::new(),
+            token: None,
+            pin_file: None,
+        }
+    }
+
     /// The socket path.
     pub fn socket(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(|| self.data_dir.join("keyd.sock"))
     }
 }
 
-fn open_custody(args: &KeydArgs) -> Result<Custody, Failure> {
+/// Opens the store `args` name and loads its keys.
+pub fn open_custody(args: &KeydArgs) -> Result<Custody, Failure> {
     let backend: Box<dyn sealtls_keyd::Backend> = match args.backend {
         BackendKind::SealedFile => {
             let device_key = args.device_key.clone().unwrap_or_else(sealtls_keyd::device::default_path);
@@ -88,9 +107,8 @@ fn open_custody(args: &KeydArgs) -> Result<Custody, Failure> {
     Custody::new(backend).map_err(Failure::config)
 }
 
-/// Opens the store and binds keyd's listeners.
-pub async fn bind(args: &KeydArgs) -> Result<Keyd, Failure> {
-    let custody = open_custody(args)?;
+/// Binds keyd's listeners around `custody`.
+pub async fn bind(custody: Custody, args: &KeydArgs) -> Result<Keyd, Failure> {
     let (ready, unusable) = custody.counts();
     info!(store = %custody.describe(), ready, unusable, "keys loaded");
     let tls = match (&args.listen_tls, &args.tls_cert, &args.tls_key, &args.client_ca) {
@@ -104,8 +122,11 @@ pub async fn bind(args: &KeydArgs) -> Result<Keyd, Failure> {
 
 pub async fn keyd(args: KeydArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    let daemon = bind(&args).await?;
-    info!(socket = %daemon.socket().display(), tls = ?daemon.tls_addr(), "keyd ready");
+    let daemon = bind(open_custody(&args)?, &args).await?;
+    match daemon.tls_addr() {
+        Some(tls) => info!(listen = %daemon.socket().display(), tls_listen = %tls, "keyd ready"),
+        None => info!(listen = %daemon.socket().display(), "keyd ready"),
+    }
     daemon.run(shutdown).await;
     Ok(())
 }

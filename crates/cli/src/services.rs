@@ -2,19 +2,28 @@
 //! and the single-service subcommands start them the same way.
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use clap::Args;
 use sealtls_console::{check_listen, Console, ConsoleOptions, EchoServers, ServerSpec};
+use sealtls_custody_proto::{Request, Response};
 use sealtls_endpoint::net::bind;
+use sealtls_endpoint::server::{Server, ServerOptions};
+use sealtls_endpoint::settings::{ServerSettings, ServerTls};
+use sealtls_endpoint::{ClientAuthMode, TlsVersions};
+use sealtls_keyd::Caller;
+use sealtls_keyless::{KeydClient, KeydEndpoint, Keyless};
+use zeroize::Zeroizing;
 use sealtls_endpoint::{Failure, FailureClass};
 use sealtls_offload_daemon::OffloadSettings;
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::{ConsoleSection, EchoSection};
+use crate::keyd::KeydArgs;
 
 type ServiceFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -103,6 +112,36 @@ pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>) -> Resul
     let daemon = crate::offload::bind(settings)?;
     let address = Address::Unix(daemon.socket().to_owned());
     Ok(Service { name: "TLS offload daemon", address, task: Box::pin(daemon.run(stopped(stop))) })
+}
+
+/// keyd, with `domain`'s key and chain from the given files installed
+/// (through the PUT operation) unless it already has one.
+pub async fn keyd(args: &KeydArgs, install: Option<(&str, &Path, &Path)>, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+    let custody = crate::keyd::open_custody(args)?;
+    if let Some((domain, key, cert)) = install {
+        let admin = Caller { admin: true, who: "sealtls up".into() };
+        if custody.handle(Request::Has(domain.into()), &admin) == Response::Found(false) {
+            let key = Zeroizing::new(sealtls_pki::load_key(key).map_err(Failure::config)?.secret_der().to_vec());
+            let chain = sealtls_pki::load_certs(cert).map_err(Failure::config)?.iter().map(|c| c.to_vec()).collect();
+            if let Response::Error { message, .. } = custody.handle(Request::Put { domain: domain.into(), key, chain }, &admin) {
+                return Err(Failure::config(message));
+            }
+        }
+    }
+    let daemon = crate::keyd::bind(custody, args).await?;
+    Ok(Service { name: "keyd (key custody)", address: Address::Unix(daemon.socket().to_owned()), task: Box::pin(daemon.run(stopped(stop))) })
+}
+
+/// A TLS echo server whose certificates and signatures come from keyd.
+pub async fn keyless(listen: SocketAddr, keyd_socket: &Path, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+    let client = KeydClient::new(KeydEndpoint::Unix(keyd_socket.to_owned()), 4, Duration::from_secs(5));
+    let keyless = Keyless::new(client, crate::endpoints::KEYLESS_REFRESH);
+    let settings = ServerSettings { identity: Arc::new(keyless.clone()), client_ca: None, client_auth: ClientAuthMode::None, versions: TlsVersions::Any };
+    let tls = ServerTls::new(settings).map_err(Failure::config)?.with_gate(Arc::new(keyless));
+    let listener = bind(listen).await?;
+    let address = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
+    let server = Server::new(tls, ServerOptions::default());
+    Ok(Service { name: "keyless TLS server", address: Address::Tcp(address), task: Box::pin(server.run(listener, stopped(stop))) })
 }
 
 /// Runs `services` until `shutdown` (Ctrl-C or SIGTERM), then stops them and the echo servers.

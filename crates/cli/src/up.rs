@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::config::{locate, Config, DEFAULT_NAME, DEV_CONFIG};
 use crate::endpoints::shutdown_signal;
+use crate::keyd::KeydArgs;
 use crate::services::{self, run_until_signal, Address, ConsoleFlags};
 
 #[derive(Args)]
@@ -24,6 +25,12 @@ pub struct UpArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     console: ConsoleFlags,
+    /// Address of the keyless TLS server (keys in keyd).
+    #[arg(long, default_value = "127.0.0.1:1443")]
+    keyless_listen: std::net::SocketAddr,
+    /// keyd's device secret (default /etc/sealtls/device.key for root, else ~/.config/sealtls/device.key).
+    #[arg(long)]
+    device_key: Option<PathBuf>,
 }
 
 /// Creates the development PKI and its config in `dir` unless already there.
@@ -61,11 +68,15 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let console_section = args.console.apply(config.console.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = EchoServers::new(config.material.clone());
+    let keyd = KeydArgs::sealed(args.data_dir.join("keyd"), args.device_key.clone());
+    let (dev_key, dev_cert) = (args.data_dir.join("localhost.key"), args.data_dir.join("localhost.pem"));
     let started = async {
         Ok::<_, Failure>(vec![
             services::echo(&servers, &config.echo, stop_rx.clone()).await?,
             services::console(&servers, &console_section, stop_rx.clone()).await?,
             services::offload(&config.offload, stop_rx.clone())?,
+            services::keyd(&keyd, Some(("localhost", &dev_key, &dev_cert)), stop_rx.clone()).await?,
+            services::keyless(args.keyless_listen, &keyd.socket(), stop_rx.clone()).await?,
         ])
     };
     let list = match started.await {
@@ -80,8 +91,10 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     for s in &list {
         println!("  {:<20} {}", s.name, s.address);
     }
-    let (Address::Tcp(echo), Address::Tcp(console), Address::Unix(offload)) = (&list[0].address, &list[1].address, &list[2].address) else {
-        unreachable!("up starts echo, console and offload in this order")
+    let (Address::Tcp(echo), Address::Tcp(console), Address::Unix(offload), Address::Unix(keyd_socket), Address::Tcp(keyless)) =
+        (&list[0].address, &list[1].address, &list[2].address, &list[3].address, &list[4].address)
+    else {
+        unreachable!("up starts echo, console, offload, keyd and the keyless server in this order")
     };
     // The CA file to name in the examples: ca_cert_file, or a placeholder when ca_cert is inline.
     let ca = config.material.ca.as_ref().and_then(|a| a.origin.strip_prefix("ca_cert: ")).filter(|o| !o.starts_with("inline")).unwrap_or("CA.pem");
@@ -92,6 +105,8 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     println!("  telnet {} {}", console.ip(), console.port());
     println!("  sealtls connect {echo} --server-name localhost --ca {ca}{client} --send hello");
     println!("  sealtls offload-client --socket {} localhost:{} --send hello", offload.display(), echo.port());
+    println!("  openssl s_client -connect {keyless} -servername localhost -CAfile {ca}");
+    println!("  sealtls key ls --keyd unix:{}", keyd_socket.display());
     println!("stop with Ctrl-C");
     run_until_signal(list, shutdown, stop_tx, &servers).await;
     Ok(())

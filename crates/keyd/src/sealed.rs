@@ -181,7 +181,8 @@ impl SealedFiles {
         drop(secret);
         let keys_dir = data_dir.join("keys");
         if !keys_dir.exists() {
-            fs::create_dir(&keys_dir).map_err(|e| StoreError::io(&keys_dir, "create the keys directory", e))?;
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new().mode(0o700).create(&keys_dir).map_err(|e| StoreError::io(&keys_dir, "create the keys directory", e))?;
         }
         let check = data_dir.join("store.check");
         let foreign = || StoreError::ForeignStore { dir: data_dir.to_owned(), secret: device_key.to_owned() };
