@@ -90,6 +90,17 @@ impl KeydArgs {
     }
 }
 
+/// Reads a token PIN from a file only its owner can read.
+fn read_pin(path: &Path) -> Result<zeroize::Zeroizing<String>, Failure> {
+    let (bytes, meta) = sealtls_pki::load::read_limited(path).map_err(Failure::config)?;
+    sealtls_pki::files::check_secret_mode(path, &meta).map_err(Failure::config)?;
+    let pin = zeroize::Zeroizing::new(String::from_utf8_lossy(&bytes).trim().to_string());
+    if pin.is_empty() {
+        return Err(Failure::new(FailureClass::Config, format!("{}: the PIN file is empty", path.display()), "write the token's user PIN into it"));
+    }
+    Ok(pin)
+}
+
 /// Opens the store `args` name and loads its keys.
 pub fn open_custody(args: &KeydArgs) -> Result<Custody, Failure> {
     let backend: Box<dyn sealtls_keyd::Backend> = match args.backend {
@@ -100,7 +111,9 @@ pub fn open_custody(args: &KeydArgs) -> Result<Custody, Failure> {
         BackendKind::Pkcs11 => {
             let token = args.token.clone().ok_or_else(|| Failure::new(FailureClass::Usage, "--backend pkcs11 needs --token LABEL", "give the token's label (softhsm2-util --show-slots lists them)"))?;
             let pin_file = args.pin_file.clone().ok_or_else(|| Failure::new(FailureClass::Usage, "--backend pkcs11 needs --pin-file FILE", "put the token's user PIN in a file with mode 0600"))?;
-            let pin = crate::config::read_token(&pin_file).map_err(Failure::config)?;
+            let pin = read_pin(&pin_file)?;
+            // The token holds the keys; the data directory still holds the socket.
+            sealtls_keyd::device::ensure_data_dir(&args.data_dir).and_then(|()| sealtls_keyd::device::check_data_dir(&args.data_dir)).map_err(Failure::config)?;
             Box::new(sealtls_keyd::pkcs11::Token::open(&args.module, &token, &pin).map_err(Failure::config)?)
         }
     };

@@ -279,6 +279,16 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
     let list = t.run("server list", PROMPT);
     assert!(list.contains("127.0.0.1:10007") && list.contains("started by sealtls up"), "{list}");
 
+    // The keyless server signs through keyd with the development key; the device secret is outside the data directory.
+    assert!(banner.contains("keyless TLS server   127.0.0.1:1443"), "{banner}");
+    let keyless = run(std::process::Command::new("openssl").current_dir(d).args([
+        "s_client", "-connect", "127.0.0.1:1443", "-servername", "localhost", "-CAfile", "sealtls-data/ca.pem", "-verify_return_error",
+    ]));
+    assert!(text(&keyless).contains("Verify return code: 0 (ok)") && text(&keyless).contains("localhost"), "{}", text(&keyless));
+    let ls = run(sealtls().current_dir(d).args(["key", "ls", "--keyd", "unix:sealtls-data/keyd/keyd.sock"]));
+    assert!(text(&ls).lines().any(|l| l.starts_with("localhost") && l.ends_with(" ok")), "{}", text(&ls));
+    assert!(std::fs::read_dir(data.join("keyd")).unwrap().all(|e| e.unwrap().file_name() != "device.key"));
+
     let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     t.expect("sealtls is stopping; session closed.");

@@ -326,7 +326,7 @@ mod tests {
 
     fn sample() -> (PrivateKeyDer<'static>, KeyId) {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        (PrivateKeyDer::Pkcs8(kp.serialize_der().into()), crate::keys::key_id(&kp.public_key_der()))
+        (PrivateKeyDer::Pkcs8(kp.serialize_der().into()), crate::keys::key_id(&rcgen::PublicKeyData::subject_public_key_info(&kp)))
     }
 
     #[test]

@@ -1,0 +1,363 @@
+//! Keyless TLS: `sealtls keyd` holding keys (sealed files or a SoftHSM2
+//! token), `sealtls key` provisioning, and `sealtls serve --keyd` serving
+//! by SNI to openssl s_client, with the failures the store must survive.
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{p, run, sealtls, text, write_mode, Server};
+
+/// A CA with server certificates for a.test and b.test.
+fn pki(dir: &Path) -> PathBuf {
+    let d = dir.join("pki");
+    let ds = d.to_str().unwrap();
+    for args in [vec!["pki", "init", "--dir", ds], vec!["pki", "issue", "server", "--dir", ds, "--name", "a.test"], vec!["pki", "issue", "server", "--dir", ds, "--name", "b.test"]] {
+        let o = run(sealtls().args(&args));
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    d
+}
+
+/// `sealtls keyd` on a sealed-file store; `addr` is its socket.
+fn keyd(data: &Path, device: &Path, extra: &[&str]) -> Server {
+    Server::spawn(&[&["keyd", "--data-dir", data.to_str().unwrap(), "--device-key", device.to_str().unwrap()], extra].concat())
+}
+
+fn key(socket: &str, args: &[&str]) -> Output {
+    run(sealtls().arg("key").args(args).args(["--keyd", &format!("unix:{socket}")]))
+}
+
+fn put(socket: &str, pki: &Path, domain: &str) {
+    let o = key(socket, &["put", domain, &p(pki, &format!("{domain}.key")), "--cert", &p(pki, &format!("{domain}.pem"))]);
+    assert!(o.status.success() && text(&o).contains(&format!("Installed {domain}")), "{}", text(&o));
+}
+
+/// openssl s_client against `port`, with SNI `name` (none for `None`), verifying against `ca`.
+fn s_client(port: &str, name: Option<&str>, ca: &Path, version: &str) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-CAfile", ca.to_str().unwrap(), "-verify_return_error", version]);
+    match name {
+        Some(n) => cmd.args(["-servername", n]),
+        None => cmd.arg("-noservername"),
+    };
+    text(&run(&mut cmd))
+}
+
+fn served(out: &str, name: &str) -> bool {
+    (out.contains(&format!("subject=CN = {name}")) || out.contains(&format!("subject=CN={name}"))) && out.contains("Verify return code: 0 (ok)")
+}
+
+/// Both names served over 1.3 and 1.2 with their own certificate; an
+/// unknown name gets unrecognized_name, no SNI gets handshake_failure,
+/// and a good handshake still works after them.
+fn serves_by_sni(server: &mut Server, ca: &Path) {
+    for version in ["-tls1_3", "-tls1_2"] {
+        for name in ["a.test", "b.test"] {
+            let out = s_client(server.port(), Some(name), ca, version);
+            assert!(served(&out, name), "{name} {version}: {out}");
+        }
+    }
+    let out = s_client(server.port(), Some("c.test"), ca, "-tls1_3");
+    assert!(out.contains("alert number 112") && !out.contains("subject="), "unknown name: {out}");
+    let out = s_client(server.port(), None, ca, "-tls1_3");
+    assert!(out.contains("alert number 40") && !out.contains("subject="), "no SNI: {out}");
+    assert!(served(&s_client(server.port(), Some("a.test"), ca, "-tls1_3"), "a.test"));
+    let log = server.wait_log("no server name");
+    assert!(log.contains("server_name=\"c.test\"") && log.contains("keyd has no key for this name"), "{log}");
+    assert!(log.contains("the client sent no server name (SNI)"), "{log}");
+    server.assert_alive();
+}
+
+#[test]
+fn keyless_server_picks_the_key_by_sni_and_refuses_unknown_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let kd = keyd(&dir.path().join("keyd"), &dir.path().join("secret/device.key"), &[]);
+    put(&kd.addr, &pki, "a.test");
+    put(&kd.addr, &pki, "b.test");
+    let mut server = Server::start(&["--keyd", &format!("unix:{}", kd.addr)]);
+    serves_by_sni(&mut server, &pki.join("ca.pem"));
+
+    // The listing names both, with key type and expiry; keys are refused for the wrong certificate.
+    let ls = text(&key(&kd.addr, &["ls", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(ls.lines().next().unwrap()).unwrap_or_else(|e| panic!("{e}: {ls}"));
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{ls}");
+    assert_eq!(rows[0]["domain"], "a.test");
+    assert_eq!(rows[0]["key_type"], "ECDSA P-256");
+    assert!(rows[0]["not_after"].as_i64().unwrap() > 0, "{ls}");
+    let o = key(&kd.addr, &["put", "b.test", &p(&pki, "a.test.key"), "--cert", &p(&pki, "b.test.pem")]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("the key does not match the certificate"), "{}", text(&o));
+    let o = key(&kd.addr, &["has", "a.test"]);
+    assert!(o.status.success() && text(&o).contains("Key found"), "{}", text(&o));
+    let o = key(&kd.addr, &["rm", "a.test"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = key(&kd.addr, &["has", "a.test"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("Key not found"), "{}", text(&o));
+
+    // Nothing in the data directory or the device secret is readable by others; no key is in the clear.
+    for f in ["keyd", "keyd/keys", "secret/device.key"] {
+        assert_eq!(std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o077, 0, "{f}");
+    }
+    let pem = std::fs::read_to_string(pki.join("b.test.key")).unwrap();
+    let der: Vec<u8> = pem_body(&pem);
+    for entry in std::fs::read_dir(dir.path().join("keyd/keys")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(32).any(|w| der.windows(32).any(|k| k == w)), "key material in the clear");
+    }
+    assert!(!kd.log().contains("PRIVATE KEY"));
+}
+
+fn pem_body(pem: &str) -> Vec<u8> {
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let o = run(Command::new("sh").args(["-c", &format!("echo '{b64}' | base64 -d")]));
+    o.stdout
+}
+
+#[test]
+fn a_key_generated_in_custody_gets_its_certificate_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let kd = keyd(&dir.path().join("keyd"), &dir.path().join("device.key"), &[]);
+    let csr = dir.path().join("g.csr");
+    let o = key(&kd.addr, &["gen", "g.test", "--key-type", "ecdsa-p384", "--out", csr.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ext = dir.path().join("ext.cnf");
+    std::fs::write(&ext, "subjectAltName=DNS:g.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    let sign = run(Command::new("openssl").current_dir(dir.path()).args([
+        "x509", "-req", "-in", "g.csr", "-CA", "pki/ca.pem", "-CAkey", "pki/ca.key", "-CAcreateserial", "-out", "g.pem", "-days", "30", "-extfile", "ext.cnf",
+    ]));
+    assert!(sign.status.success(), "{}", text(&sign));
+    let ls = text(&key(&kd.addr, &["ls"]));
+    assert!(ls.contains("g.test") && ls.contains("ECDSA P-384") && ls.contains("waiting for a certificate"), "{ls}");
+    let o = key(&kd.addr, &["put", "g.test", "--cert", &p(dir.path(), "g.pem")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let server = Server::start(&["--keyd", &format!("unix:{}", kd.addr)]);
+    let out = s_client(server.port(), Some("g.test"), &pki.join("ca.pem"), "-tls1_3");
+    assert!(served(&out, "g.test"), "{out}");
+}
+
+#[test]
+fn a_copied_data_dir_or_an_exposed_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let data = dir.path().join("keyd");
+    {
+        let kd = keyd(&data, &dir.path().join("one.key"), &[]);
+        put(&kd.addr, &pki, "a.test");
+    }
+    let o = run(sealtls().args(["keyd", "--data-dir", data.to_str().unwrap(), "--device-key", &p(dir.path(), "two.key")]));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("sealed under a different device secret") && text(&o).contains("serves nothing"), "{}", text(&o));
+
+    std::fs::set_permissions(dir.path().join("one.key"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let o = run(sealtls().args(["keyd", "--data-dir", data.to_str().unwrap(), "--device-key", &p(dir.path(), "one.key")]));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("one.key") && text(&o).contains("chmod 600"), "{}", text(&o));
+    std::fs::set_permissions(dir.path().join("one.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run(sealtls().args(["keyd", "--data-dir", data.to_str().unwrap(), "--device-key", &p(dir.path(), "one.key")]));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("chmod 700"), "{}", text(&o));
+}
+
+fn entry_of(data: &Path, domain: &str) -> PathBuf {
+    std::fs::read_dir(data.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p).unwrap().windows(domain.len()).any(|w| w == domain.as_bytes()))
+        .unwrap_or_else(|| panic!("no entry for {domain}"))
+}
+
+#[test]
+fn a_tampered_entry_is_reported_with_its_domain_and_the_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let (data, device) = (dir.path().join("keyd"), dir.path().join("device.key"));
+    {
+        let kd = keyd(&data, &device, &[]);
+        put(&kd.addr, &pki, "a.test");
+        put(&kd.addr, &pki, "b.test");
+    }
+    let file = entry_of(&data, "a.test");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let i = bytes.len() - 40;
+    bytes[i] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+
+    let kd = keyd(&data, &device, &[]);
+    let log = kd.wait_log("failed authentication");
+    assert!(log.contains("domain=a.test") && log.contains("failed authentication"), "{log}");
+    let ls = text(&key(&kd.addr, &["ls"]));
+    assert!(ls.lines().any(|l| l.starts_with("a.test") && l.contains("unavailable")), "{ls}");
+    assert!(ls.lines().any(|l| l.starts_with("b.test") && l.contains("ok")), "{ls}");
+    let server = Server::start(&["--keyd", &format!("unix:{}", kd.addr)]);
+    let out = s_client(server.port(), Some("a.test"), &pki.join("ca.pem"), "-tls1_3");
+    assert!(out.contains("alert number 40") && !out.contains("subject="), "{out}");
+    assert!(server.wait_log("cannot be used").contains("a.test"), "{}", server.log());
+    assert!(served(&s_client(server.port(), Some("b.test"), &pki.join("ca.pem"), "-tls1_3"), "b.test"));
+}
+
+#[test]
+fn keyd_killed_during_puts_keeps_each_key_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let (data, device) = (dir.path().join("keyd"), dir.path().join("device.key"));
+    // Two keys with certificates for a.test; each round replaces one with the other and is cut short.
+    let pd = pki.to_str().unwrap();
+    let o = run(sealtls().args(["pki", "issue", "server", "--dir", pd, "--name", "a.test", "--force"]));
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::rename(pki.join("a.test.key"), pki.join("a2.key")).unwrap();
+    std::fs::rename(pki.join("a.test.pem"), pki.join("a2.pem")).unwrap();
+    let o = run(sealtls().args(["pki", "issue", "server", "--dir", pd, "--name", "a.test", "--force"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let ids = |ls: &str| -> Vec<String> { ls.lines().filter(|l| l.starts_with("a.test")).map(|l| l.split_whitespace().nth(5).unwrap_or("").to_string()).collect() };
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..10u64 {
+        let mut kd = keyd(&data, &device, &[]);
+        let (k, c) = if round % 2 == 0 { ("a.test.key", "a.test.pem") } else { ("a2.key", "a2.pem") };
+        let mut put = sealtls()
+            .args(["key", "put", "a.test", &p(&pki, k), "--cert", &p(&pki, c), "--keyd", &format!("unix:{}", kd.addr)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // From before the request arrives to after the rename, across the rounds.
+        std::thread::sleep(Duration::from_millis(3 * round));
+        kd.child.kill().unwrap();
+        let _ = put.wait();
+        drop(kd);
+        let kd = keyd(&data, &device, &[]);
+        let ls = text(&key(&kd.addr, &["ls"]));
+        let rows: Vec<_> = ls.lines().filter(|l| l.starts_with("a.test")).collect();
+        match rows.as_slice() {
+            [] => assert!(seen.is_empty(), "round {round}: an installed key vanished: {ls}"),
+            [row] => assert!(row.ends_with(" ok"), "round {round}: {ls}"),
+            _ => panic!("round {round}: {ls}"),
+        }
+        seen.extend(ids(&ls));
+        assert!(!kd.log().contains("failed authentication"), "{}", kd.log());
+        let leftovers: Vec<_> = std::fs::read_dir(data.join("keys")).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+    let kd = keyd(&data, &device, &[]);
+    put(&kd.addr, &pki, "a.test");
+    seen.extend(ids(&text(&key(&kd.addr, &["ls"]))));
+    assert!(!seen.is_empty() && seen.len() <= 2, "only the two keys ever appear: {seen:?}");
+}
+
+#[test]
+fn over_tls_an_edge_may_sign_but_only_an_admin_may_provision() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let d = dir.path();
+    for (ca, client) in [("edges", "edge1"), ("admins", "admin1")] {
+        let cd = d.join(ca);
+        let cs = cd.to_str().unwrap();
+        for args in [vec!["pki", "init", "--dir", cs], vec!["pki", "issue", "client", "--dir", cs, "--name", client]] {
+            let o = run(sealtls().args(&args));
+            assert!(o.status.success(), "{}", text(&o));
+        }
+    }
+    let o = run(sealtls().args(["pki", "issue", "server", "--dir", d.join("edges").to_str().unwrap(), "--name", "localhost"]));
+    assert!(o.status.success(), "{}", text(&o));
+    // Another local user must be able to reach the socket for the SO_PEERCRED check below.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kd = keyd(&d.join("keyd"), &d.join("device.key"), &[
+        "--socket", &p(d, "keyd.sock"), "--listen-tls", "127.0.0.1:0", "--tls-cert", &p(d, "edges/localhost.pem"), "--tls-key", &p(d, "edges/localhost.key"),
+        "--client-ca", &p(d, "edges/ca.pem"), "--admin-ca", &p(d, "admins/ca.pem"),
+    ]);
+    let tls_port = kd.wait_log("tls_listen=").split("tls_listen=").nth(1).unwrap().split_whitespace().next().unwrap().rsplit(':').next().unwrap().to_string();
+    let remote = format!("tls://localhost:{tls_port}");
+    let as_who = |who: &str, args: &[&str]| {
+        run(sealtls().arg("key").args(args).args(["--keyd", &remote, "--keyd-ca", &p(d, "edges/ca.pem"), "--admin-cert", &p(d, &format!("{who}.pem")), "--admin-key", &p(d, &format!("{who}.key"))]))
+    };
+    let a_key = [p(&pki, "a.test.key"), "--cert".into(), p(&pki, "a.test.pem")];
+    let o = as_who("edges/edge1", &[&["put", "a.test"], &a_key.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat());
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("FORBIDDEN") || text(&o).contains("may only sign"), "{}", text(&o));
+    assert!(kd.wait_log("refused: not an admin").contains("CN=edge1"), "{}", kd.log());
+    let o = as_who("admins/admin1", &[&["put", "a.test"], &a_key.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(kd.wait_log("admin operation done").contains("CN=admin1"), "{}", kd.log());
+
+    // The edge's certificate is good for signing: a server on it serves a.test.
+    let server = Server::start(&["--keyd", &remote, "--keyd-ca", &p(d, "edges/ca.pem"), "--keyd-cert", &p(d, "edges/edge1.pem"), "--keyd-key", &p(d, "edges/edge1.key")]);
+    assert!(served(&s_client(server.port(), Some("a.test"), &pki.join("ca.pem"), "-tls1_3"), "a.test"));
+
+    // Over the Unix socket, another user may reach keyd but not provision.
+    std::fs::set_permissions(&kd.addr, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut cmd = sealtls();
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    let o = run(cmd.args(["key", "ls", "--keyd", &format!("unix:{}", kd.addr)]));
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(kd.wait_log("uid 65534").contains("refused: not an admin"), "{}", kd.log());
+}
+
+#[test]
+fn a_running_server_recovers_when_keyd_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let (data, device) = (dir.path().join("keyd"), dir.path().join("device.key"));
+    let kd = keyd(&data, &device, &[]);
+    put(&kd.addr, &pki, "a.test");
+    let socket = kd.addr.clone();
+    let mut server = Server::start(&["--keyd", &format!("unix:{socket}")]);
+    let ca = pki.join("ca.pem");
+    assert!(served(&s_client(server.port(), Some("a.test"), &ca, "-tls1_3"), "a.test"));
+    drop(kd);
+    let out = s_client(server.port(), Some("a.test"), &ca, "-tls1_3");
+    assert!(!out.contains("subject="), "served without keyd: {out}");
+    assert!(server.wait_log("unreachable").contains("unreachable"), "{}", server.log());
+    let _kd = keyd(&data, &device, &[]);
+    assert!(served(&s_client(server.port(), Some("a.test"), &ca, "-tls1_3"), "a.test"));
+    assert!(served(&s_client(server.port(), Some("a.test"), &ca, "-tls1_2"), "a.test"));
+    server.assert_alive();
+}
+
+/// A throw-away SoftHSM2 token labelled "sealtls" with user PIN 1234.
+fn softhsm(dir: &Path) -> (PathBuf, PathBuf) {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).unwrap();
+    let o = run(Command::new("softhsm2-util").env("SOFTHSM2_CONF", &conf).args(["--init-token", "--free", "--label", "sealtls", "--pin", "1234", "--so-pin", "5678"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let pin = dir.join("pin");
+    write_mode(&pin, "1234\n", 0o600);
+    (conf, pin)
+}
+
+#[test]
+fn the_pkcs11_backend_on_softhsm_serves_by_sni_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let (conf, pin) = softhsm(dir.path());
+    let data = dir.path().join("keyd");
+    let start = || {
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        keyd(&data, &dir.path().join("device.key"), &["--backend", "pkcs11", "--module", "/usr/lib/softhsm/libsofthsm2.so", "--token", "sealtls", "--pin-file", pin.to_str().unwrap()])
+    };
+    let kd = start();
+    put(&kd.addr, &pki, "a.test");
+    put(&kd.addr, &pki, "b.test");
+    let ls = text(&key(&kd.addr, &["ls", "--json"]));
+    assert!(ls.contains("token sealtls, object a.test"), "{ls}");
+    let mut server = Server::start(&["--keyd", &format!("unix:{}", kd.addr)]);
+    serves_by_sni(&mut server, &pki.join("ca.pem"));
+
+    // Keys stay on the token across restarts, and a key generated there signs its CSR.
+    drop(kd);
+    let kd = start();
+    assert!(served(&s_client(server.port(), Some("b.test"), &pki.join("ca.pem"), "-tls1_3"), "b.test"));
+    let o = key(&kd.addr, &["gen", "t.test", "--key-type", "ecdsa-p256"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let csr = dir.path().join("t.csr");
+    std::fs::write(&csr, &o.stdout).unwrap();
+    let v = run(Command::new("openssl").args(["req", "-in", csr.to_str().unwrap(), "-noout", "-verify", "-subject"]));
+    assert!(v.status.success() && text(&v).contains("t.test"), "{}", text(&v));
+}
