@@ -18,12 +18,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+mod keyless;
 mod offload;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// handshake, throughput, offload or all.
-    #[arg(default_value = "all", value_parser = ["handshake", "throughput", "offload", "all"])]
+    /// handshake, throughput, offload, keyless or all.
+    #[arg(default_value = "all", value_parser = ["handshake", "throughput", "offload", "keyless", "all"])]
     what: String,
     /// Seconds of handshake load per server.
     #[arg(long, default_value_t = 5)]
@@ -67,12 +68,12 @@ impl Drop for Peer {
     }
 }
 
-fn free_port() -> Result<SocketAddr, Failure> {
+pub(crate) fn free_port() -> Result<SocketAddr, Failure> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail(format!("no free port: {e}")))?;
     l.local_addr().map_err(|e| fail(e.to_string()))
 }
 
-async fn wait_ready(addr: SocketAddr) -> Result<(), Failure> {
+pub(crate) async fn wait_ready(addr: SocketAddr) -> Result<(), Failure> {
     for _ in 0..100 {
         if TcpStream::connect(addr).await.is_ok() {
             return Ok(());
@@ -113,7 +114,7 @@ pub(crate) async fn start(who: Contender, dir: &Path, sink: bool) -> Result<(Pee
     Ok((peer, addr))
 }
 
-fn client_config(dir: &Path) -> Result<Arc<ClientConfig>, Failure> {
+pub(crate) fn client_config(dir: &Path) -> Result<Arc<ClientConfig>, Failure> {
     let mut roots = RootCertStore::empty();
     for cert in sealtls_pki::load_certs(&dir.join("ca.pem")).map_err(Failure::config)? {
         roots.add(cert).map_err(|e| fail(e.to_string()))?;
@@ -130,7 +131,7 @@ fn client_config(dir: &Path) -> Result<Arc<ClientConfig>, Failure> {
     Ok(Arc::new(config))
 }
 
-async fn handshake_rate(addr: SocketAddr, config: Arc<ClientConfig>, seconds: u64, concurrency: usize) -> (f64, u64) {
+pub(crate) async fn handshake_rate(addr: SocketAddr, config: Arc<ClientConfig>, seconds: u64, concurrency: usize) -> (f64, u64) {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -193,6 +194,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.what == "offload" {
         return offload::run(dir, config, &args).await;
     }
+    if args.what == "keyless" {
+        return keyless::run(dir, &args).await;
+    }
     let mut rows = Vec::new();
     let contenders = [Contender::Sealtls, Contender::Openssl];
 
@@ -230,6 +234,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     if args.what == "all" {
         offload::run(dir, config, &args).await?;
+        keyless::run(dir, &args).await?;
     }
     Ok(())
 }
