@@ -210,84 +210,96 @@ async fn busy<S: AsyncWrite + Unpin>(mut stream: S) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
 }
 
-/// Answers one connection's requests until it closes or sends bytes that are not frames.
+/// Answers one connection's requests until it closes or sends bytes that
+/// are not frames. Quick answers are written by this task in one batch per
+/// read; slow ones come back from blocking threads through a channel.
 async fn serve<S>(stream: S, caller: Caller, custody: Arc<Custody>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(async move {
-        while let Some(mut batch) = rx.recv().await {
-            while batch.len() < WRITE_BATCH {
-                let Ok(more) = rx.try_recv() else { break };
-                batch.extend_from_slice(&more);
-            }
-            if wr.write_all(&batch).await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let (slow_tx, mut slow_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let slow = Arc::new(Semaphore::new(MAX_SLOW_IN_FLIGHT));
     let caller = Arc::new(caller);
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    'conn: loop {
+    let mut reading = true;
+    loop {
         buf.reserve(64 * 1024);
-        match rd.read_buf(&mut buf).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                debug!(caller = %caller.who, error = %e, "read failed");
-                break;
-            }
-        }
         let mut out = Vec::new();
-        let mut used = 0;
-        loop {
-            let (frame, n) = match decode_frame(&buf[used..]) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
+        tokio::select! {
+            read = rd.read_buf(&mut buf), if reading => match read {
+                Ok(0) => reading = false,
+                Ok(_) => reading = answer(&mut buf, &mut out, &custody, &caller, &slow, &slow_tx).await,
                 Err(e) => {
-                    warn!(caller = %caller.who, error = %e, "not a custody frame; closing the connection");
-                    Response::error(ErrorCode::BadRequest, format!("{e}; the connection is closed")).encode(0, &mut out);
-                    let _ = tx.send(out);
-                    break 'conn;
+                    debug!(caller = %caller.who, error = %e, "read failed");
+                    reading = false;
                 }
-            };
-            used += n;
-            let id = frame.id;
-            let request = match Request::decode(&frame) {
-                Ok(r) => r,
-                Err(BodyError::UnknownKind(k)) => {
-                    Response::error(ErrorCode::UnknownOperation, format!("operation 0x{k:02x} is not defined in protocol version 1")).encode(id, &mut out);
-                    continue;
-                }
-                Err(e) => {
-                    Response::error(ErrorCode::BadRequest, format!("{} request: {e}", frame.kind)).encode(id, &mut out);
-                    continue;
-                }
-            };
-            if custody.is_quick(&request) {
-                custody.handle(request, &caller).encode(id, &mut out);
-                continue;
-            }
-            let Ok(permit) = slow.clone().acquire_owned().await else { break 'conn };
-            let (custody, caller, tx) = (custody.clone(), caller.clone(), tx.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut answer = Vec::new();
-                custody.handle(request, &caller).encode(id, &mut answer);
-                let _ = tx.send(answer);
-                drop(permit);
-            });
+            },
+            Some(answer) = slow_rx.recv() => out = answer,
         }
-        buf.drain(..used);
-        if !out.is_empty() && tx.send(out).is_err() {
+        while out.len() < WRITE_BATCH {
+            let Ok(more) = slow_rx.try_recv() else { break };
+            out.extend_from_slice(&more);
+        }
+        if !out.is_empty() && wr.write_all(&out).await.is_err() {
             break;
         }
-        // A frame larger than the limit was refused above; this only bounds a peer that trickles one.
-        debug_assert!(buf.len() <= HEADER_LEN + MAX_BODY);
+        if !reading && slow.available_permits() == MAX_SLOW_IN_FLIGHT && slow_rx.is_empty() {
+            break;
+        }
     }
-    drop(tx);
-    let _ = writer.await;
+    let _ = wr.shutdown().await;
+}
+
+/// Answers the complete frames in `buf` into `out`, handing slow requests
+/// to blocking threads. Returns false when the connection must close.
+async fn answer(
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    custody: &Arc<Custody>,
+    caller: &Arc<Caller>,
+    slow: &Arc<Semaphore>,
+    slow_tx: &mpsc::UnboundedSender<Vec<u8>>,
+) -> bool {
+    let mut used = 0;
+    let keep_open = loop {
+        let (frame, n) = match decode_frame(&buf[used..]) {
+            Ok(Some(f)) => f,
+            Ok(None) => break true,
+            Err(e) => {
+                warn!(caller = %caller.who, error = %e, "not a custody frame; closing the connection");
+                Response::error(ErrorCode::BadRequest, format!("{e}; the connection is closed")).encode(0, out);
+                break false;
+            }
+        };
+        used += n;
+        let id = frame.id;
+        let request = match Request::decode(&frame) {
+            Ok(r) => r,
+            Err(BodyError::UnknownKind(k)) => {
+                Response::error(ErrorCode::UnknownOperation, format!("operation 0x{k:02x} is not defined in protocol version 1")).encode(id, out);
+                continue;
+            }
+            Err(e) => {
+                Response::error(ErrorCode::BadRequest, format!("{} request: {e}", frame.kind)).encode(id, out);
+                continue;
+            }
+        };
+        if custody.is_quick(&request) {
+            custody.handle(request, caller).encode(id, out);
+            continue;
+        }
+        let Ok(permit) = slow.clone().acquire_owned().await else { break false };
+        let (custody, caller, tx) = (custody.clone(), caller.clone(), slow_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut answer = Vec::new();
+            custody.handle(request, &caller).encode(id, &mut answer);
+            let _ = tx.send(answer);
+            drop(permit);
+        });
+    };
+    buf.drain(..used);
+    // A frame above the limit is refused above, so an open connection buffers at most one frame.
+    debug_assert!(!keep_open || buf.len() <= HEADER_LEN + MAX_BODY);
+    keep_open
 }

@@ -66,7 +66,22 @@ pub enum KeydError {
     Runtime,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+/// Where an answer goes: an async caller, or a thread blocked in rustls's signer.
+enum Waiter {
+    Async(oneshot::Sender<Response>),
+    Blocking(std::sync::mpsc::SyncSender<Response>),
+}
+
+impl Waiter {
+    fn answer(self, r: Response) {
+        match self {
+            Self::Async(tx) => drop(tx.send(r)),
+            Self::Blocking(tx) => drop(tx.try_send(r)),
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
 
 /// One connection to keyd.
 struct Conn {
@@ -122,29 +137,39 @@ impl KeydClient {
         Ok(conn)
     }
 
-    /// Sends `request` and waits for its answer; error answers become [`KeydError::Refused`].
-    pub async fn call(&self, request: &Request) -> Result<Response, KeydError> {
-        let conn = tokio::time::timeout(self.timeout, self.conn()).await.map_err(|_| KeydError::Timeout(self.endpoint.to_string(), self.timeout))??;
+    /// A connection that is up, without waiting for a slot or connecting.
+    fn live_conn(&self) -> Option<Arc<Conn>> {
+        let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        slot.try_lock().ok()?.as_ref().filter(|c| c.alive.load(Ordering::Acquire)).cloned()
+    }
+
+    /// Queues `request` on `conn`; the answer goes to `waiter`.
+    fn submit(&self, conn: &Conn, request: &Request, waiter: Waiter) -> Result<u64, KeydError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        conn.pending.lock().expect("pending lock").insert(id, tx);
+        conn.pending.lock().expect("pending lock").insert(id, waiter);
         let mut frame = Vec::new();
         request.encode(id, &mut frame);
         if conn.tx.send(frame).is_err() {
             conn.pending.lock().expect("pending lock").remove(&id);
             return Err(self.unreachable("the connection closed"));
         }
-        let answer = match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => return Err(self.unreachable("keyd closed the connection")),
-            Err(_) => {
-                conn.pending.lock().expect("pending lock").remove(&id);
-                return Err(KeydError::Timeout(self.endpoint.to_string(), self.timeout));
-            }
-        };
-        match answer {
-            Response::Error { code, message } => Err(KeydError::Refused { code, message }),
-            r => Ok(r),
+        Ok(id)
+    }
+
+    fn timed_out(&self, conn: &Conn, id: u64) -> KeydError {
+        conn.pending.lock().expect("pending lock").remove(&id);
+        KeydError::Timeout(self.endpoint.to_string(), self.timeout)
+    }
+
+    /// Sends `request` and waits for its answer; error answers become [`KeydError::Refused`].
+    pub async fn call(&self, request: &Request) -> Result<Response, KeydError> {
+        let conn = tokio::time::timeout(self.timeout, self.conn()).await.map_err(|_| KeydError::Timeout(self.endpoint.to_string(), self.timeout))??;
+        let (tx, rx) = oneshot::channel();
+        let id = self.submit(&conn, request, Waiter::Async(tx))?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => refused(r),
+            Ok(Err(_)) => Err(self.unreachable("keyd closed the connection")),
+            Err(_) => Err(self.timed_out(&conn, id)),
         }
     }
 
@@ -153,10 +178,30 @@ impl KeydClient {
     /// thread while this one waits.
     pub fn call_blocking(&self, request: &Request) -> Result<Response, KeydError> {
         use tokio::runtime::{Handle, RuntimeFlavor};
-        match Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(self.call(request))),
-            _ => Err(KeydError::Runtime),
+        let handle = match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => h,
+            _ => return Err(KeydError::Runtime),
+        };
+        let conn = match self.live_conn() {
+            Some(c) => c,
+            None => tokio::task::block_in_place(|| handle.block_on(tokio::time::timeout(self.timeout, self.conn())))
+                .map_err(|_| KeydError::Timeout(self.endpoint.to_string(), self.timeout))??,
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let id = self.submit(&conn, request, Waiter::Blocking(tx))?;
+        match tokio::task::block_in_place(|| rx.recv_timeout(self.timeout)) {
+            Ok(r) => refused(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.unreachable("keyd closed the connection")),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(self.timed_out(&conn, id)),
         }
+    }
+}
+
+/// Turns an error answer into [`KeydError::Refused`].
+fn refused(r: Response) -> Result<Response, KeydError> {
+    match r {
+        Response::Error { code, message } => Err(KeydError::Refused { code, message }),
+        r => Ok(r),
     }
 }
 
@@ -197,7 +242,7 @@ fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
                 used += n;
                 let Ok(response) = Response::decode(&frame) else { break 'read };
                 if let Some(waiter) = pending_r.lock().expect("pending lock").remove(&frame.id) {
-                    let _ = waiter.send(response);
+                    waiter.answer(response);
                 }
             }
             if decode_frame(&buf[used..]).is_err() {

@@ -53,7 +53,7 @@ async fn start_keyd(dir: &Path, cpu: Option<usize>) -> Result<(Peer, PathBuf, So
     cmd.arg("keyd").arg("--data-dir").arg(dir.join("keyd")).arg("--device-key").arg(dir.join("device.key")).arg("--socket").arg(&socket);
     cmd.args(["--listen-tls", &tls.to_string()]).arg("--tls-cert").arg(dir.join("localhost.pem")).arg("--tls-key").arg(dir.join("localhost.key"));
     cmd.arg("--client-ca").arg(dir.join("ca.pem"));
-    let child = cmd.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().map_err(|e| fail(format!("cannot start keyd: {e}")))?;
+    let child = cmd.env("RUST_LOG", "error").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().map_err(|e| fail(format!("cannot start keyd: {e}")))?;
     let peer = Peer(child);
     wait_ready(tls).await?;
     Ok((peer, socket, tls))
@@ -63,7 +63,7 @@ async fn start_keyd(dir: &Path, cpu: Option<usize>) -> Result<(Peer, PathBuf, So
 async fn start_keyless(keyd: &[String]) -> Result<(Peer, SocketAddr), Failure> {
     let addr = free_port()?;
     let child = Command::new(exe()?)
-        .args(["serve", "--listen", &addr.to_string(), "--mode", "handshake"])
+        .args(["serve", "--listen", &addr.to_string(), "--mode", "echo"])
         .args(keyd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
