@@ -280,6 +280,10 @@ async fn answer(
                 Response::error(ErrorCode::UnknownOperation, format!("operation 0x{k:02x} is not defined in protocol version 1")).encode(id, out);
                 continue;
             }
+            Err(BodyError::BadValue("scheme", n)) => {
+                Response::error(ErrorCode::UnsupportedScheme, format!("signature scheme 0x{n:04x} is not one of the protocol's")).encode(id, out);
+                continue;
+            }
             Err(e) => {
                 Response::error(ErrorCode::BadRequest, format!("{} request: {e}", frame.kind)).encode(id, out);
                 continue;
