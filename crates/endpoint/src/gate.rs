@@ -28,7 +28,7 @@ pub trait HelloGate: Send + Sync {
 /// What reading a ClientHello came to.
 pub enum Hello {
     /// A ClientHello, ready to go on with.
-    Accepted(Accepted),
+    Accepted(Box<Accepted>),
     /// Not TLS, or a malformed hello; rustls's alert has been sent.
     Invalid(rustls::Error),
 }
@@ -44,10 +44,12 @@ pub async fn read_client_hello<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) 
         }
         let mut rest = &buf[..n];
         while !rest.is_empty() {
-            acceptor.read_tls(&mut rest)?;
+            if acceptor.read_tls(&mut rest)? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "ClientHello too large"));
+            }
         }
         match acceptor.accept() {
-            Ok(Some(accepted)) => return Ok(Hello::Accepted(accepted)),
+            Ok(Some(accepted)) => return Ok(Hello::Accepted(Box::new(accepted))),
             Ok(None) => continue,
             Err((error, mut alert)) => {
                 let mut out = Vec::new();

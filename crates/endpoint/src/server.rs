@@ -153,7 +153,7 @@ impl Server {
             send_alert(&mut io, refusal.alert).await;
             return Opened::Refused(name, refusal);
         }
-        StartHandshake::from_parts(accepted, io).into_stream(config).await.into()
+        StartHandshake::from_parts(*accepted, io).into_stream(config).await.into()
     }
 
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr, closing: watch::Receiver<bool>) {
@@ -202,6 +202,8 @@ impl Server {
 }
 
 /// How a handshake ended.
+// Built and moved once per connection; boxing the stream would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Opened {
     Stream(tokio_rustls::server::TlsStream<crate::net::Buffered>),
     Failed(std::io::Error),
