@@ -260,10 +260,7 @@ pub fn keyd_failure(e: KeydError) -> Failure {
     match e {
         KeydError::Unreachable { .. } | KeydError::Timeout(..) => Failure::new(FailureClass::Network, e.to_string(), "start keyd (sealtls keyd or sealtls up), or point --keyd at it"),
         KeydError::Refused { code: ErrorCode::Forbidden, message } => Failure::new(FailureClass::Rejected, format!("keyd refused: {message}"), "use an admin identity"),
-        KeydError::Refused { code, message } => match message.split_once("; ") {
-            Some((what, fix)) => Failure::new(FailureClass::Config, format!("keyd refused ({code}): {what}"), fix),
-            None => Failure::new(FailureClass::Config, format!("keyd refused ({code}): {message}"), "see keyd's log"),
-        },
+        KeydError::Refused { code, message } => Failure::split(FailureClass::Config, format!("keyd refused ({code}): {message}"), "see keyd's log"),
         KeydError::Runtime => Failure::new(FailureClass::Config, e.to_string(), "report this as a bug"),
     }
 }

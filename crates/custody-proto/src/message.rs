@@ -109,6 +109,51 @@ impl Scheme {
     }
 }
 
+/// The algorithm family of a key, which fixes the schemes it can sign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// ECDSA on P-256.
+    EcdsaP256,
+    /// ECDSA on P-384.
+    EcdsaP384,
+    /// Ed25519.
+    Ed25519,
+    /// RSA (PKCS#1 v1.5 and PSS).
+    Rsa,
+    /// Anything else: stored, never used to sign.
+    Other,
+}
+
+impl Family {
+    /// The family for a key description as sealtls prints it ("ECDSA P-256", "RSA 2048", "Ed25519").
+    pub fn from_description(description: &str) -> Self {
+        match description {
+            "ECDSA P-256" => Self::EcdsaP256,
+            "ECDSA P-384" => Self::EcdsaP384,
+            "Ed25519" => Self::Ed25519,
+            d if d.starts_with("RSA") => Self::Rsa,
+            _ => Self::Other,
+        }
+    }
+
+    /// The schemes a key of this family can make, best first.
+    pub fn schemes(self) -> &'static [Scheme] {
+        use Scheme as S;
+        match self {
+            Self::EcdsaP256 => &[S::EcdsaP256Sha256],
+            Self::EcdsaP384 => &[S::EcdsaP384Sha384],
+            Self::Ed25519 => &[S::Ed25519],
+            Self::Rsa => &[S::RsaPssSha512, S::RsaPssSha384, S::RsaPssSha256, S::RsaPkcs1Sha512, S::RsaPkcs1Sha384, S::RsaPkcs1Sha256],
+            Self::Other => &[],
+        }
+    }
+
+    /// Whether a key of this family can make `scheme`.
+    pub fn allows(self, scheme: Scheme) -> bool {
+        self.schemes().contains(&scheme)
+    }
+}
+
 /// A key's identity: SHA-256 of its SubjectPublicKeyInfo DER.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyId(pub [u8; 32]);

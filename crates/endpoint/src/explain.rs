@@ -61,10 +61,16 @@ impl Failure {
     /// A configuration failure. sealtls error messages put the remedy after
     /// the first `"; "`; messages without one get a generic remedy.
     pub fn config(err: impl fmt::Display) -> Self {
-        let text = err.to_string();
+        Self::split(FailureClass::Config, err, "check the file's path, permissions and contents")
+    }
+
+    /// A failure from a message that carries its remedy after the first
+    /// `"; "`, with `default_fix` when it carries none.
+    pub fn split(class: FailureClass, message: impl fmt::Display, default_fix: &str) -> Self {
+        let text = message.to_string();
         match text.split_once("; ") {
-            Some((what, fix)) => Self::new(FailureClass::Config, what, fix),
-            None => Self::new(FailureClass::Config, text, "check the file's path, permissions and contents"),
+            Some((what, fix)) => Self::new(class, what, fix),
+            None => Self::new(class, text, default_fix),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use aws_lc_rs::digest::{digest, SHA256};
 use rustls::SignatureScheme;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+pub use sealtls_custody_proto::Family;
 use sealtls_custody_proto::{KeyId, Scheme};
 use sealtls_pki::inspect::{describe_spki, CertFacts};
 use x509_parser::prelude::FromDer;
@@ -15,38 +16,6 @@ use crate::error::StoreError;
 /// A key's id: SHA-256 of its SubjectPublicKeyInfo DER.
 pub fn key_id(spki: &[u8]) -> KeyId {
     KeyId(digest(&SHA256, spki).as_ref().try_into().expect("SHA-256 is 32 bytes"))
-}
-
-/// The algorithm family of a key, which fixes the schemes it can sign.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    /// ECDSA on P-256.
-    EcdsaP256,
-    /// ECDSA on P-384.
-    EcdsaP384,
-    /// Ed25519.
-    Ed25519,
-    /// RSA (PKCS#1 v1.5 and PSS).
-    Rsa,
-    /// Anything else: stored, never used.
-    Other,
-}
-
-impl Family {
-    /// Whether a key of this family can make `scheme`.
-    pub fn allows(self, scheme: Scheme) -> bool {
-        use Scheme as S;
-        match self {
-            Self::EcdsaP256 => scheme == S::EcdsaP256Sha256,
-            Self::EcdsaP384 => scheme == S::EcdsaP384Sha384,
-            Self::Ed25519 => scheme == S::Ed25519,
-            Self::Rsa => matches!(
-                scheme,
-                S::RsaPkcs1Sha256 | S::RsaPkcs1Sha384 | S::RsaPkcs1Sha512 | S::RsaPssSha256 | S::RsaPssSha384 | S::RsaPssSha512
-            ),
-            Self::Other => false,
-        }
-    }
 }
 
 /// What is known about a key without touching its private half.
@@ -67,14 +36,13 @@ impl KeyInfo {
     pub fn from_spki(spki: Vec<u8>) -> Result<Self, StoreError> {
         let (_, parsed) = SubjectPublicKeyInfo::from_der(&spki).map_err(|e| StoreError::Invalid(format!("public key does not parse: {e}")))?;
         let (description, _) = describe_spki(&parsed);
-        let family = match description.as_str() {
-            "ECDSA P-256" => Family::EcdsaP256,
-            "ECDSA P-384" => Family::EcdsaP384,
-            "Ed25519" => Family::Ed25519,
-            d if d.starts_with("RSA") => Family::Rsa,
-            _ => Family::Other,
-        };
+        let family = Family::from_description(&description);
         Ok(Self { id: key_id(&spki), spki, description, family })
+    }
+
+    /// A key known only by the id an unusable entry claims.
+    pub fn unknown(id: KeyId) -> Self {
+        Self { id, spki: Vec::new(), description: "unknown".into(), family: Family::Other }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod keys;
 pub mod pkcs11;
+pub mod record;
 pub mod sealed;
 pub mod server;
 pub mod uri;

@@ -17,13 +17,14 @@ use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectCla
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use sealtls_custody_proto::Scheme;
+use sealtls_custody_proto::{KeyId, Scheme};
 use sealtls_pki::issue::KeyType;
 use tracing::warn;
 use zeroize::Zeroize;
 
 use crate::backend::{csr_for, Backend, Entry, Location, State};
 use crate::der::{self, tag};
+use crate::record;
 use crate::error::StoreError;
 use crate::keys::{check_chain, Family, KeyInfo, MemoryKey, Sign, SignError};
 
@@ -103,13 +104,9 @@ impl Token {
 
     /// Writes (replacing) the domain's data object.
     fn store_chain(&self, session: &Session, domain: &str, spki: &[u8], chain: &[CertificateDer<'_>]) -> Result<(), StoreError> {
-        let mut value = (spki.len() as u32).to_be_bytes().to_vec();
-        value.extend_from_slice(spki);
-        value.extend_from_slice(&(chain.len() as u16).to_be_bytes());
-        for c in chain {
-            value.extend_from_slice(&(c.len() as u32).to_be_bytes());
-            value.extend_from_slice(c);
-        }
+        let mut value = Vec::new();
+        record::put_bytes(&mut value, spki);
+        record::put_certs(&mut value, chain);
         let old = self.chain_objects(session, Some(domain))?;
         session
             .create_object(&[
@@ -148,15 +145,11 @@ impl Token {
             Some(Entry { domain: domain.clone(), location: self.location(&domain, &key.id.0), key, chain: Vec::new(), not_after: None, state: State::Unavailable(why) })
         };
         let Some((spki, chain)) = parse_chain_value(&value) else {
-            let key = KeyInfo { id: sealtls_custody_proto::KeyId([0; 32]), spki: Vec::new(), description: "unknown".into(), family: Family::Other };
-            return unavailable("its chain object on the token does not parse".into(), key);
+            return unavailable("its chain object on the token does not parse".into(), KeyInfo::unknown(KeyId([0; 32])));
         };
         let key = match KeyInfo::from_spki(spki) {
             Ok(k) => k,
-            Err(e) => {
-                let key = KeyInfo { id: sealtls_custody_proto::KeyId([0; 32]), spki: Vec::new(), description: "unknown".into(), family: Family::Other };
-                return unavailable(format!("its public key does not parse: {e}"), key);
-            }
+            Err(e) => return unavailable(format!("its public key does not parse: {e}"), KeyInfo::unknown(KeyId([0; 32]))),
         };
         match self.private_key(session, &domain, &key.id.0) {
             Ok(Some(h)) => self.entry(&domain, key, h, chain).ok(),
@@ -166,21 +159,10 @@ impl Token {
 }
 
 fn parse_chain_value(v: &[u8]) -> Option<(Vec<u8>, Vec<CertificateDer<'static>>)> {
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let s = v.get(at..at.checked_add(n)?)?;
-        at += n;
-        Some(s)
-    };
-    let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
-    let spki = take(n)?.to_vec();
-    let count = u16::from_be_bytes(take(2)?.try_into().ok()?);
-    let mut chain = Vec::new();
-    for _ in 0..count {
-        let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
-        chain.push(CertificateDer::from(take(n)?.to_vec()));
-    }
-    (at == v.len()).then_some((spki, chain))
+    let mut fields = record::Fields::new(v);
+    let spki = fields.bytes()?.to_vec();
+    let chain = fields.certs()?;
+    fields.is_done().then_some((spki, chain))
 }
 
 /// Attributes every private key gets: on the token, private, sensitive, never extractable, for signing only.

@@ -21,8 +21,9 @@ use zeroize::Zeroizing;
 
 use crate::backend::{csr_for, Backend, Entry, Location, State};
 use crate::device;
+use crate::record;
 use crate::error::StoreError;
-use crate::keys::{check_chain, Family, KeyInfo, MemoryKey};
+use crate::keys::{check_chain, KeyInfo, MemoryKey};
 
 const ENTRY_MAGIC: &[u8; 4] = b"STKS";
 const CHECK_MAGIC: &[u8; 4] = b"STKC";
@@ -123,13 +124,8 @@ pub fn seal_entry(store: &LessSafeKey, domain: &str, key_id: &KeyId, key: &Priva
     };
     let mut plain = Zeroizing::new(Vec::with_capacity(der.len() + 64 + chain.iter().map(|c| c.len() + 4).sum::<usize>()));
     plain.push(form);
-    plain.extend_from_slice(&(der.len() as u32).to_be_bytes());
-    plain.extend_from_slice(der);
-    plain.extend_from_slice(&(chain.len() as u16).to_be_bytes());
-    for c in chain {
-        plain.extend_from_slice(&(c.len() as u32).to_be_bytes());
-        plain.extend_from_slice(c);
-    }
+    record::put_bytes(&mut plain, der);
+    record::put_certs(&mut plain, chain);
     seal(store, &aad, plain)
 }
 
@@ -139,27 +135,15 @@ pub fn open_entry(store: &LessSafeKey, header: &Header<'_>) -> Result<Plain, Ent
     let plain = open_in_place(store, header.aad, header.nonce, &mut buf)?;
     // Authenticated bytes were written by seal_entry, but parse them defensively anyway.
     let bad = EntryError::Malformed("sealed contents do not parse");
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], EntryError> {
-        let s = plain.get(at..at.checked_add(n).ok_or(bad.clone())?).ok_or(bad.clone())?;
-        at += n;
-        Ok(s)
-    };
-    let form = take(1)?[0];
-    let klen = u32::from_be_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-    let kder = take(klen)?.to_vec();
+    let mut fields = record::Fields::new(plain);
+    let (form, kder) = (fields.u8().ok_or(bad.clone())?, fields.bytes().ok_or(bad.clone())?.to_vec());
     let key = match form {
         1 => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kder)),
         2 => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(kder)),
         3 => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(kder)),
         _ => return Err(bad),
     };
-    let count = u16::from_be_bytes(take(2)?.try_into().expect("2 bytes"));
-    let mut chain = Vec::new();
-    for _ in 0..count {
-        let n = u32::from_be_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-        chain.push(CertificateDer::from(take(n)?.to_vec()));
-    }
+    let chain = fields.certs().filter(|_| fields.is_done()).ok_or(bad)?;
     Ok(Plain { key, chain })
 }
 
@@ -245,7 +229,7 @@ impl SealedFiles {
         };
         let unavailable = |why: String| {
             warn!(domain = %header.domain, file = %path.display(), "key entry {why}; skipped, other keys are served. Remove it with `sealtls key rm {}` and install the key again", header.domain);
-            let key = KeyInfo { id: header.key_id, spki: Vec::new(), description: "unknown".into(), family: Family::Other };
+            let key = KeyInfo::unknown(header.key_id);
             Some(Entry { domain: header.domain.clone(), key, chain: Vec::new(), not_after: None, location: Location::SealedFile(path.to_owned()), state: State::Unavailable(why) })
         };
         if self.path_for(&header.domain) != path {

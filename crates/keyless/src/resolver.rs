@@ -13,7 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{AlertDescription, SignatureAlgorithm, SignatureScheme};
 use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
-use sealtls_custody_proto::{ChainInfo, ErrorCode, KeyId, Request, Response, Scheme, Selector};
+use sealtls_custody_proto::{ChainInfo, ErrorCode, Family, KeyId, Request, Response, Scheme, Selector};
 use sealtls_endpoint::gate::{HelloGate, Refusal};
 use sealtls_pki::inspect::CertFacts;
 use tracing::{info, warn};
@@ -45,18 +45,13 @@ impl std::fmt::Debug for Keyless {
     }
 }
 
-/// Schemes a key of this kind signs, best first.
-fn schemes_for(key: &str) -> (SignatureAlgorithm, &'static [Scheme]) {
-    use Scheme as S;
-    match key {
-        "ECDSA P-256" => (SignatureAlgorithm::ECDSA, &[S::EcdsaP256Sha256]),
-        "ECDSA P-384" => (SignatureAlgorithm::ECDSA, &[S::EcdsaP384Sha384]),
-        "Ed25519" => (SignatureAlgorithm::ED25519, &[S::Ed25519]),
-        k if k.starts_with("RSA") => (
-            SignatureAlgorithm::RSA,
-            &[S::RsaPssSha512, S::RsaPssSha384, S::RsaPssSha256, S::RsaPkcs1Sha512, S::RsaPkcs1Sha384, S::RsaPkcs1Sha256],
-        ),
-        _ => (SignatureAlgorithm::Unknown(0), &[]),
+/// What rustls calls a key of this family.
+fn algorithm(family: Family) -> SignatureAlgorithm {
+    match family {
+        Family::EcdsaP256 | Family::EcdsaP384 => SignatureAlgorithm::ECDSA,
+        Family::Ed25519 => SignatureAlgorithm::ED25519,
+        Family::Rsa => SignatureAlgorithm::RSA,
+        Family::Other => SignatureAlgorithm::Unknown(0),
     }
 }
 
@@ -74,7 +69,8 @@ impl Keyless {
     fn certified(&self, info: &ChainInfo) -> Result<Arc<CertifiedKey>, String> {
         let certs: Vec<CertificateDer<'static>> = info.certs.iter().map(|c| CertificateDer::from(c.clone())).collect();
         let facts = certs.first().and_then(|c| CertFacts::from_der(c).ok()).ok_or("keyd sent a chain whose leaf does not parse")?;
-        let (algorithm, schemes) = schemes_for(&facts.key);
+        let family = Family::from_description(&facts.key);
+        let (algorithm, schemes) = (algorithm(family), family.schemes());
         if schemes.is_empty() {
             return Err(format!("keyd holds a {} key, which TLS cannot sign with", facts.key));
         }
