@@ -9,7 +9,7 @@ use rustls::server::ResolvesServerCert;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::net::bind;
-use sealtls_endpoint::server::{Mode, Server, ServerOptions};
+use sealtls_endpoint::server::{Mode, Server, ServerOptions, DEFAULT_IDLE_TIMEOUT};
 use sealtls_endpoint::settings::{certified_key, Anchors, ClientSettings, ServerSettings, ServerTls};
 use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
@@ -60,6 +60,12 @@ pub struct ServeArgs {
     /// echo (bytes go back), handshake (close after the handshake) or sink (discard).
     #[arg(long, default_value = "echo")]
     mode: Mode,
+    /// Seconds a handshake may take before the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout: u64,
+    /// Seconds a session may move no byte in either direction before it is closed (0: never).
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout: u64,
 }
 
 fn config_failure(e: impl std::fmt::Display) -> Failure {
@@ -184,7 +190,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let listener = bind(addr).await?;
     let local = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, e.to_string(), "retry"))?;
     info!(listen = %local, mode = ?args.mode, tls = %args.tls, "serving");
-    let server = Server::new(tls, ServerOptions { mode: args.mode, ..Default::default() });
+    let options = ServerOptions {
+        mode: args.mode,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        ..Default::default()
+    };
+    let server = Server::new(tls, options);
     server.run(listener, shutdown).await;
     info!("stopped");
     Ok(())
@@ -219,6 +231,9 @@ pub struct ClientArgs {
     /// Seconds to wait for the connection and handshake.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Seconds without a byte moving in either direction before a transfer or relay is given up (0: never).
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
@@ -317,7 +332,16 @@ pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
                 print_session(&session);
             }
             tokio::io::stdout().write_all(&early_data).await.ok();
-            relay_stdio(stream).await.map_err(peer_err)?;
+            let activity = stream.get_ref().0.activity();
+            let idle = Duration::from_secs(args.client.idle_timeout);
+            tokio::select! {
+                r = relay_stdio(stream) => r.map_err(peer_err)?,
+                _ = activity.idle_for(idle) => return Err(Failure::new(
+                    FailureClass::Network,
+                    format!("no byte moved to or from {target} for {} s", idle.as_secs()),
+                    "raise --idle-timeout (0: never) for sessions that stay quiet longer",
+                )),
+            }
         }
     }
     Ok(())
@@ -359,7 +383,7 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
     let (target, connected) = args.client.open().await?;
     let expect = if args.expect == "sink" { Expect::Sink } else { Expect::Echo };
     let show = !args.quiet && !args.client.json;
-    let report = send_file(connected.stream, &args.file, expect, show, &target).await?;
+    let report = send_file(connected.stream, &args.file, expect, show, &target, Duration::from_secs(args.client.idle_timeout)).await?;
     if args.client.json {
         println!("{}", serde_json::json!({ "ok": true, "session": connected.session, "transfer": report }));
     } else {

@@ -3,14 +3,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
+use rustls::{AlertDescription, ClientConfig};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::explain::{explain, Failure, FailureClass, Side};
+use crate::explain::{alert_name, explain, tls_error, Failure, FailureClass, Side};
 use crate::net::{buffered, Buffered};
 use crate::session::SessionInfo;
 use crate::settings::ClientSettings;
@@ -86,12 +86,34 @@ pub async fn handshake(
     target: &str,
     timeout: Duration,
 ) -> Result<ClientStream, Failure> {
+    let by_address = matches!(name, ServerName::IpAddress(_));
     let handshake = TlsConnector::from(config).connect(name, buffered(tcp));
     match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(explain(&e, seen, Side::Client, target)),
+        Ok(Err(e)) => Err(match tls_error(&e) {
+            Some(rustls::Error::AlertReceived(alert @ (AlertDescription::HandshakeFailure | AlertDescription::UnrecognisedName)))
+                if by_address && !seen.cert_requested() =>
+            {
+                no_server_name(target, *alert)
+            }
+            _ => explain(&e, seen, Side::Client, target),
+        }),
         Err(_) => Err(explain(&std::io::ErrorKind::TimedOut.into(), seen, Side::Client, target)),
     }
+}
+
+/// TLS sends no server name (SNI) for an IP address, and a server that picks
+/// its certificate by name refuses a hello without one.
+fn no_server_name(target: &str, alert: AlertDescription) -> Failure {
+    Failure::new(
+        FailureClass::Rejected,
+        format!(
+            "server {target} refused the handshake (alert {}): we connected to an IP address, so no server name (SNI) was sent, \
+             and a server that chooses its certificate by name (a keyless sealtls server, a virtual host) needs one",
+            alert_name(alert)
+        ),
+        "give the name the server serves with --server-name NAME (the address is still used to connect)",
+    )
 }
 
 /// Connects to `target`, verifies the server as `server_name` (default: the

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 
-use rustls::{AlertDescription, Error as TlsError, PeerIncompatible};
+use rustls::{AlertDescription, Error as TlsError, InvalidMessage, PeerIncompatible};
 
 use crate::verify::Observation;
 
@@ -144,7 +144,7 @@ fn version_mismatch(side: Side) -> Failure {
 pub fn explain(err: &io::Error, seen: &Observation, side: Side, peer: &str) -> Failure {
     match tls_error(err) {
         Some(tls) => explain_tls(tls, seen, side, peer),
-        None => explain_io(err, side, peer),
+        None => explain_io(err, seen, side, peer),
     }
 }
 
@@ -168,21 +168,38 @@ fn explain_tls(err: &TlsError, seen: &Observation, side: Side, peer: &str) -> Fa
             format!("the {peer_role} {peer} and we share no usable parameters ({p:?})"),
             "allow a common cipher suite, key-exchange group and signature scheme on both sides (check --tls and the key type)",
         ),
-        TlsError::InvalidMessage(_) | TlsError::InappropriateMessage { .. } | TlsError::InappropriateHandshakeMessage { .. } => {
-            Failure::new(
-                C::Protocol,
-                format!("{peer} does not speak TLS here: it sent bytes that are not a valid TLS message ({err})"),
-                match side {
-                    Side::Client => "check the port: it may be a plain-text or HTTP service rather than TLS",
-                    Side::Server => "the client must speak TLS to this port (plain-text and HTTP clients are refused)",
-                },
-            )
-        }
-        TlsError::PeerMisbehaved(m) => Failure::new(C::Protocol, format!("{peer} broke the TLS protocol ({m:?})"), "report this peer's TLS implementation"),
+        TlsError::InvalidMessage(InvalidMessage::InvalidContentType | InvalidMessage::UnknownProtocolVersion) => Failure::new(
+            C::Protocol,
+            format!("{peer} does not speak TLS here: it sent bytes that are not a TLS record ({err})"),
+            match side {
+                Side::Client => "check the port: it may be a plain-text or HTTP service rather than TLS",
+                Side::Server => "the client must speak TLS to this port (plain-text and HTTP clients are refused)",
+            },
+        ),
+        TlsError::InvalidMessage(m) => Failure::new(
+            C::Protocol,
+            format!("{peer} sent a malformed TLS message ({m:?}; alert decode_error)"),
+            format!("the {peer_role}'s TLS implementation encodes a message wrongly: update or report it"),
+        ),
+        TlsError::InappropriateMessage { .. } | TlsError::InappropriateHandshakeMessage { .. } => Failure::new(
+            C::Protocol,
+            format!("{peer} sent a TLS message out of order ({err}; alert unexpected_message)"),
+            format!("the {peer_role}'s TLS implementation breaks the handshake's message order: update or report it"),
+        ),
+        TlsError::PeerMisbehaved(m) => Failure::new(
+            C::Protocol,
+            format!("{peer} broke the TLS protocol ({m:?})"),
+            format!("the {peer_role}'s TLS implementation is faulty: update or report it"),
+        ),
         TlsError::DecryptError => Failure::new(
             C::Protocol,
-            format!("a record from {peer} failed to decrypt: data corrupted in transit or keys out of step"),
-            "retry; if it persists, look for a middlebox altering the traffic",
+            format!("a record or the Finished message from {peer} failed its integrity check (alert bad_record_mac or decrypt_error)"),
+            "the bytes were altered in transit (look for a middlebox) or the peer derived different keys (a faulty TLS implementation)",
+        ),
+        TlsError::General(m) if m == "incompatible signing key" => Failure::new(
+            C::Protocol,
+            format!("the {peer_role} {peer} offers no signature scheme this key can make (alert handshake_failure)"),
+            "allow the scheme of the key type on the client (a P-256 key signs ecdsa_secp256r1_sha256), or serve a key of a type the client accepts",
         ),
         other => Failure::new(C::Protocol, format!("TLS failure with {peer}: {other}"), "run with RUST_LOG=debug for details"),
     }
@@ -244,13 +261,31 @@ fn client_cert_missing(peer: &str, alert: &str) -> Failure {
     )
 }
 
-fn explain_io(err: &io::Error, side: Side, peer: &str) -> Failure {
+/// Whether an I/O error is rustls refusing a handshake message larger than
+/// it buffers (64 KiB).
+pub fn is_oversized_message(err: &io::Error) -> bool {
+    tls_error(err).is_none() && err.to_string() == "message buffer full"
+}
+
+fn explain_io(err: &io::Error, seen: &Observation, side: Side, peer: &str) -> Failure {
     use io::ErrorKind as K;
     use FailureClass as C;
     let peer_role = side.peer();
+    if is_oversized_message(err) {
+        return Failure::new(
+            C::Protocol,
+            format!("{peer} sent a TLS handshake message over the 64 KiB limit (alert decode_error)"),
+            format!("the {peer_role} offers far more than a handshake needs (cipher suites, extensions or certificates): trim its configuration"),
+        );
+    }
     match err.kind() {
         K::ConnectionRefused => Failure::new(C::Network, format!("nothing accepts connections at {peer}"), "start the server, or check the host and port"),
         K::TimedOut => Failure::new(C::Network, format!("{peer} did not answer in time"), "check that the host is reachable and the port is right; raise --timeout for slow links"),
+        K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe if side == Side::Client && seen.cert_requested() && !seen.cert_sent() => Failure::new(
+            C::Rejected,
+            format!("server {peer} asked for a client certificate, none was sent, and it closed the connection without an alert ({err})"),
+            "pass --cert FILE --key FILE with a certificate issued by a CA the server trusts",
+        ),
         K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe => Failure::new(
             C::Network,
             format!("the {peer_role} {peer} closed the connection unexpectedly ({err})"),
@@ -258,6 +293,11 @@ fn explain_io(err: &io::Error, side: Side, peer: &str) -> Failure {
                 Side::Client => "the server may have refused us without an alert (wrong TLS version, or not a TLS port): check its log",
                 Side::Server => "the client gave up, or it is not a TLS client",
             },
+        ),
+        K::InvalidData => Failure::new(
+            C::Protocol,
+            format!("{peer} sent a malformed TLS message ({err}; alert decode_error)"),
+            format!("the {peer_role}'s TLS implementation encodes a message wrongly: update or report it"),
         ),
         _ => Failure::new(C::Network, format!("network error with {peer}: {err}"), "check the address and that the peer is running"),
     }

@@ -4,9 +4,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use rustls::server::{Accepted, Acceptor};
 use rustls::AlertDescription;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::net::Buffered;
 
 /// Why a ClientHello is refused.
 #[derive(Debug, Clone)]
@@ -25,38 +26,136 @@ pub trait HelloGate: Send + Sync {
     fn check<'a>(&'a self, server_name: Option<&'a str>) -> Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send + 'a>>;
 }
 
-/// What reading a ClientHello came to.
+/// What the first bytes of a connection hold, as far as the gate is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hello {
-    /// A ClientHello, ready to go on with.
-    Accepted(Box<Accepted>),
-    /// Not TLS, or a malformed hello; rustls's alert has been sent.
-    Invalid(rustls::Error),
+    /// More bytes are needed.
+    Partial,
+    /// A complete ClientHello, with its server name if it has one.
+    Complete(Option<String>),
+    /// The first record is not a handshake record: not TLS, or not a
+    /// hello; rustls refuses it with its own alert.
+    NotHello,
+    /// A ClientHello that cannot be decoded (`decode_error`).
+    Malformed(&'static str),
+    /// A ClientHello over the 64 KiB rustls accepts (`decode_error`).
+    TooLarge,
 }
 
-/// Reads until a complete ClientHello, without starting the handshake.
-pub async fn read_client_hello<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) -> std::io::Result<Hello> {
-    let mut acceptor = Acceptor::default();
-    let mut buf = vec![0u8; 16 * 1024];
+/// The largest handshake message rustls accepts.
+const MAX_HELLO: usize = 0xffff;
+/// The largest plaintext record body TLS allows (RFC 8446 5.1).
+const MAX_RECORD: usize = 1 << 14;
+
+/// Looks at the first bytes of a connection: joins the handshake records of
+/// the ClientHello (a hello of many cipher suites spans several) and finds
+/// its server name. Decodes only what the gate needs; rustls then reads the
+/// same bytes and checks everything else.
+pub fn client_hello(bytes: &[u8]) -> Hello {
+    let mut message = Vec::new();
+    let mut rest = bytes;
     loop {
-        let n = io.read(&mut buf).await?;
-        if n == 0 {
+        if message.len() >= 4 {
+            let length = u32::from_be_bytes([0, message[1], message[2], message[3]]) as usize;
+            if message[0] != 1 {
+                return Hello::Malformed("the first handshake message is not a ClientHello");
+            }
+            if length > MAX_HELLO {
+                return Hello::TooLarge;
+            }
+            if message.len() >= 4 + length {
+                return match server_name(&message[4..4 + length]) {
+                    Ok(name) => Hello::Complete(name),
+                    Err(why) => Hello::Malformed(why),
+                };
+            }
+        }
+        if rest.len() < 5 {
+            return Hello::Partial;
+        }
+        if rest[0] != 0x16 {
+            return if message.is_empty() { Hello::NotHello } else { Hello::Malformed("a record of another type inside the ClientHello") };
+        }
+        let length = u16::from_be_bytes([rest[3], rest[4]]) as usize;
+        if length == 0 || length > MAX_RECORD {
+            return Hello::Malformed("a handshake record of an impossible length");
+        }
+        let Some(body) = rest.get(5..5 + length) else { return Hello::Partial };
+        message.extend_from_slice(body);
+        rest = &rest[5 + length..];
+    }
+}
+
+/// Reads a ClientHello body up to its extensions and returns the host name
+/// of its server_name extension (RFC 6066 3), if any.
+fn server_name(body: &[u8]) -> Result<Option<String>, &'static str> {
+    let mut r = Reader(body);
+    r.take(2 + 32)?;
+    let session = r.u8()?;
+    r.take(session)?;
+    let suites = r.u16()?;
+    r.take(suites)?;
+    let compression = r.u8()?;
+    r.take(compression)?;
+    if r.0.is_empty() {
+        return Ok(None);
+    }
+    let length = r.u16()?;
+    let mut extensions = Reader(r.take(length)?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let length = extensions.u16()?;
+        let data = extensions.take(length)?;
+        if kind != 0 {
+            continue;
+        }
+        let mut list = Reader(data);
+        let length = list.u16()?;
+        let mut names = Reader(list.take(length)?);
+        while !names.0.is_empty() {
+            let kind = names.u8()?;
+            let length = names.u16()?;
+            let name = names.take(length)?;
+            if kind == 0 {
+                let name = std::str::from_utf8(name).map_err(|_| "a server name that is not ASCII")?;
+                return Ok(Some(name.to_ascii_lowercase()));
+            }
+        }
+        return Ok(None);
+    }
+    Ok(None)
+}
+
+/// A cursor that refuses to read past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if self.0.len() < n {
+            return Err("a length field points past the end of the ClientHello");
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<usize, &'static str> {
+        Ok(self.take(1)?[0] as usize)
+    }
+    fn u16(&mut self) -> Result<usize, &'static str> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]) as usize)
+    }
+}
+
+/// Reads until [`client_hello`] can decide, keeping every byte for rustls.
+pub async fn read_client_hello(io: &mut Buffered) -> std::io::Result<Hello> {
+    loop {
+        match client_hello(io.peeked()) {
+            Hello::Partial => {}
+            decided => return Ok(decided),
+        }
+        if io.peek_more().await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            if acceptor.read_tls(&mut rest)? == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "ClientHello too large"));
-            }
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => return Ok(Hello::Accepted(Box::new(accepted))),
-            Ok(None) => continue,
-            Err((error, mut alert)) => {
-                let mut out = Vec::new();
-                let _ = alert.write_all(&mut out);
-                let _ = io.write_all(&out).await;
-                return Ok(Hello::Invalid(error));
-            }
         }
     }
 }
@@ -66,4 +165,76 @@ pub async fn send_alert<IO: AsyncWrite + Unpin>(io: &mut IO, alert: AlertDescrip
     let record = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(alert)];
     let _ = io.write_all(&record).await;
     let _ = io.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hello(extensions: &[u8]) -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend([0u8; 32]);
+        body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+        body.extend((extensions.len() as u16).to_be_bytes());
+        body.extend(extensions);
+        let mut message = vec![1];
+        message.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        message.extend(body);
+        message
+    }
+
+    fn records(message: &[u8], size: usize) -> Vec<u8> {
+        message.chunks(size).flat_map(|c| [&[0x16, 3, 1][..], &(c.len() as u16).to_be_bytes(), c].concat()).collect()
+    }
+
+    fn sni(name: &str) -> Vec<u8> {
+        let mut entry = vec![0];
+        entry.extend((name.len() as u16).to_be_bytes());
+        entry.extend(name.as_bytes());
+        let mut list = (entry.len() as u16).to_be_bytes().to_vec();
+        list.extend(entry);
+        let mut ext = vec![0, 0];
+        ext.extend((list.len() as u16).to_be_bytes());
+        ext.extend(list);
+        ext
+    }
+
+    #[test]
+    fn server_name_across_records() {
+        let mut extensions = vec![0xff, 0x01, 0, 1, 0];
+        extensions.extend(sni("WWW.Example.com"));
+        let wire = records(&hello(&extensions), 7);
+        assert_eq!(client_hello(&wire), Hello::Complete(Some("www.example.com".into())));
+        for cut in 0..wire.len() {
+            assert_eq!(client_hello(&wire[..cut]), Hello::Partial, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn no_extensions_means_no_name() {
+        assert_eq!(client_hello(&records(&hello(&[]), 100)), Hello::Complete(None));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(client_hello(b"GET / HTTP/1.1\r\n"), Hello::NotHello);
+        assert_eq!(client_hello(&[0x16, 3, 1, 0, 4, 1, 1, 0, 0]), Hello::TooLarge);
+        assert_eq!(client_hello(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0]), Hello::Malformed("the first handshake message is not a ClientHello"));
+        let mut truncated = hello(&sni("a.example"));
+        let last = truncated.len() - 1;
+        truncated[last - 12] = 0x7f;
+        assert!(matches!(client_hello(&records(&truncated, 1000)), Hello::Malformed(_)));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = client_hello(&bytes);
+            let mut framed = vec![0x16, 3, 1];
+            framed.extend((bytes.len() as u16).to_be_bytes());
+            framed.extend(&bytes);
+            let _ = client_hello(&framed);
+        }
+    }
 }

@@ -11,12 +11,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::{StartHandshake, TlsAcceptor};
+use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::explain::{alert_name, explain, Side};
+use rustls::AlertDescription;
+
+use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
 use crate::gate::{read_client_hello, send_alert, Hello, Refusal};
-use crate::net::buffered;
+use crate::net::{buffered, Buffered};
 use crate::session::SessionInfo;
 use crate::settings::ServerTls;
 
@@ -65,6 +67,9 @@ pub struct ServerStats {
     pub open: AtomicU64,
 }
 
+/// How long a server session may move no bytes before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Server limits and behaviour.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -72,6 +77,9 @@ pub struct ServerOptions {
     pub mode: Mode,
     /// A handshake not finished in this time is abandoned.
     pub handshake_timeout: Duration,
+    /// A session in which no byte moves either way for this long is closed
+    /// (zero: never).
+    pub idle_timeout: Duration,
     /// Connections beyond this wait in the listen backlog.
     pub max_connections: usize,
     /// On shutdown, open sessions get this long to finish.
@@ -80,7 +88,11 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { mode: Mode::Echo, handshake_timeout: Duration::from_secs(10), max_connections: 10_000, grace: Duration::from_secs(2) }
+        Self {
+            mode: Mode::Echo,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: 10_000, grace: Duration::from_secs(2) }
     }
 }
 
@@ -141,19 +153,27 @@ impl Server {
 
     /// The TLS handshake, after the gate's look at the ClientHello if there is a gate.
     async fn open(&self, tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> Opened {
-        let Some(gate) = self.tls.gate() else { return TlsAcceptor::from(config).accept(buffered(tcp)).await.into() };
+        let Some(gate) = self.tls.gate() else { return TlsAcceptor::from(config).accept(buffered(tcp)).into_fallible().await.into() };
         let mut io = buffered(tcp);
-        let accepted = match read_client_hello(&mut io).await {
-            Ok(Hello::Accepted(a)) => a,
-            Ok(Hello::Invalid(e)) => return Opened::Failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) => return Opened::Failed(e),
+        let name = match read_client_hello(&mut io).await {
+            Ok(Hello::Complete(name)) => name,
+            Ok(Hello::Malformed(why)) => {
+                send_alert(&mut io, AlertDescription::DecodeError).await;
+                return Opened::Failed(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed ClientHello: {why}")), Some(io));
+            }
+            Ok(Hello::TooLarge) => {
+                send_alert(&mut io, AlertDescription::DecodeError).await;
+                return Opened::Failed(std::io::Error::other("message buffer full"), Some(io));
+            }
+            // Not a hello: rustls reads the same bytes and refuses them itself.
+            Ok(Hello::NotHello | Hello::Partial) => return TlsAcceptor::from(config).accept(io).into_fallible().await.into(),
+            Err(e) => return Opened::Failed(e, Some(io)),
         };
-        let name = accepted.client_hello().server_name().map(str::to_owned);
         if let Err(refusal) = gate.check(name.as_deref()).await {
             send_alert(&mut io, refusal.alert).await;
-            return Opened::Refused(name, refusal);
+            return Opened::Refused(name, refusal, io);
         }
-        StartHandshake::from_parts(*accepted, io).into_stream(config).await.into()
+        TlsAcceptor::from(config).accept(io).into_fallible().await.into()
     }
 
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr, closing: watch::Receiver<bool>) {
@@ -161,16 +181,25 @@ impl Server {
         let (config, seen) = self.tls.for_connection();
         let mut stream = match tokio::time::timeout(self.options.handshake_timeout, self.open(tcp, config)).await {
             Ok(Opened::Stream(stream)) => stream,
-            Ok(Opened::Failed(e)) => {
+            Ok(Opened::Failed(e, io)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let why = explain(&e, &seen, Side::Server, &peer.to_string());
                 warn!(%peer, reason = %why.what, fix = %why.fix, "handshake failed");
+                if let Some(mut io) = io {
+                    // rustls sends its alert itself; an error found before
+                    // anything was sent still owes the client one.
+                    if let Some(alert) = io.written().eq(&0).then(|| unsent_alert(&e)).flatten() {
+                        send_alert(&mut io, alert).await;
+                    }
+                    io.close_lingering().await;
+                }
                 return;
             }
-            Ok(Opened::Refused(name, refusal)) => {
+            Ok(Opened::Refused(name, refusal, io)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let alert = alert_name(refusal.alert);
                 warn!(%peer, server_name = name.as_deref().unwrap_or("(none)"), %alert, reason = %refusal.reason, "handshake refused");
+                io.close_lingering().await;
                 return;
             }
             Err(_) => {
@@ -184,18 +213,35 @@ impl Server {
         info!(%peer, version = %info.version, suite = %info.suite, group = %info.group, client = %info.peer_subject(), "session started");
         let mut counts = Counts { stats: &self.stats, closing, bytes_in: 0, bytes_out: 0 };
         self.stats.open.fetch_add(1, Ordering::Relaxed);
-        let result = match self.options.mode {
-            Mode::Echo => echo(&mut stream, &mut counts).await,
-            Mode::Sink => sink(&mut stream, &mut counts).await,
-            Mode::Handshake => stream.shutdown().await,
+        let activity = stream.get_ref().0.activity();
+        let work = async {
+            match self.options.mode {
+                Mode::Echo => echo(&mut stream, &mut counts).await,
+                Mode::Sink => sink(&mut stream, &mut counts).await,
+                Mode::Handshake => stream.shutdown().await,
+            }
+        };
+        let result = tokio::select! {
+            r = work => Some(r),
+            _ = activity.idle_for(self.options.idle_timeout) => None,
         };
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
         match result {
-            Ok(()) => info!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, "session ended"),
-            Err(e) => {
+            None => {
+                let idle_s = self.options.idle_timeout.as_secs();
+                warn!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, idle_s, "session closed: no bytes moved in either direction within the idle timeout");
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+            }
+            Some(Ok(())) => info!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, "session ended"),
+            Some(Err(e)) => {
                 let why = explain(&e, &seen, Side::Server, &peer.to_string());
                 warn!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, reason = %why.what, "session ended with an error");
+                // The alert rustls queued for a protocol error reaches the client before the close.
+                if tls_error(&e).is_some() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.flush()).await;
+                    stream.into_inner().0.close_lingering().await;
+                }
             }
         }
     }
@@ -205,15 +251,33 @@ impl Server {
 // Built and moved once per connection; boxing the stream would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Opened {
-    Stream(tokio_rustls::server::TlsStream<crate::net::Buffered>),
-    Failed(std::io::Error),
+    Stream(tokio_rustls::server::TlsStream<Buffered>),
+    /// The handshake failed; the connection, unless it was lost.
+    Failed(std::io::Error, Option<Buffered>),
     /// The gate refused the server name (the SNI, if any).
-    Refused(Option<String>, Refusal),
+    Refused(Option<String>, Refusal, Buffered),
 }
 
-impl From<std::io::Result<tokio_rustls::server::TlsStream<crate::net::Buffered>>> for Opened {
-    fn from(r: std::io::Result<tokio_rustls::server::TlsStream<crate::net::Buffered>>) -> Self {
-        r.map_or_else(Self::Failed, Self::Stream)
+impl From<Result<tokio_rustls::server::TlsStream<Buffered>, (std::io::Error, Buffered)>> for Opened {
+    fn from(r: Result<tokio_rustls::server::TlsStream<Buffered>, (std::io::Error, Buffered)>) -> Self {
+        r.map_or_else(|(e, io)| Self::Failed(e, Some(io)), Self::Stream)
+    }
+}
+
+/// The alert a handshake error calls for when rustls sent none: a client
+/// that is refused is told why rather than meeting a bare close. A peer that
+/// went away or stalled gets nothing.
+fn unsent_alert(err: &std::io::Error) -> Option<AlertDescription> {
+    use std::io::ErrorKind as K;
+    match tls_error(err) {
+        Some(rustls::Error::InvalidMessage(_)) => Some(AlertDescription::DecodeError),
+        Some(rustls::Error::InappropriateMessage { .. } | rustls::Error::InappropriateHandshakeMessage { .. }) => {
+            Some(AlertDescription::UnexpectedMessage)
+        }
+        Some(_) => Some(AlertDescription::HandshakeFailure),
+        None if is_oversized_message(err) => Some(AlertDescription::DecodeError),
+        None if matches!(err.kind(), K::InvalidData | K::Other) => Some(AlertDescription::DecodeError),
+        None => None,
     }
 }
 

@@ -220,7 +220,9 @@ impl ServerTls {
                 (b, Some((verifier, Arc::new(anchors.certs.clone()))))
             }
         };
-        let config = builder.with_cert_resolver(settings.identity.clone());
+        let mut config = builder.with_cert_resolver(settings.identity.clone());
+        // TLS 1.2: the server's suite order (AEAD, forward secrecy first), not the client's.
+        config.ignore_client_order = true;
         Ok(Self { base: Arc::new(config), versions: settings.versions, identity: settings.identity, client_verifier, gate: None })
     }
 
@@ -252,6 +254,7 @@ impl ServerTls {
                 // Sessions resumed on one connection were stored by another.
                 config.session_storage = self.base.session_storage.clone();
                 config.ticketer = self.base.ticketer.clone();
+                config.ignore_client_order = self.base.ignore_client_order;
                 (Arc::new(config), seen)
             }
         }

@@ -1,7 +1,7 @@
 //! Streaming a file through an echo or sink server, with progress and an
 //! end-to-end check.
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{Context, SHA256};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -38,8 +38,13 @@ pub struct TransferReport {
 
 const CHUNK: usize = 256 * 1024;
 
-/// A server that sends nothing for this long is given up on.
-const QUIET_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+fn echo_not_sink() -> Failure {
+    Failure::new(
+        FailureClass::DataMismatch,
+        "the server sends data back before the end of the file: it is an echo server, not a sink",
+        "use --expect echo for an echo server",
+    )
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -83,9 +88,7 @@ async fn read_echo<R: AsyncRead + Unpin>(input: &mut R, expected: u64, bar: &Pro
     let mut hash = Context::new(&SHA256);
     let mut total = 0u64;
     while total < expected {
-        let n = tokio::time::timeout(QUIET_LIMIT, input.read(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the server stopped sending"))??;
+        let n = input.read(&mut buf).await?;
         if n == 0 {
             break;
         }
@@ -97,51 +100,100 @@ async fn read_echo<R: AsyncRead + Unpin>(input: &mut R, expected: u64, bar: &Pro
 }
 
 /// Sends the file at `path` over `stream` and checks what the server did
-/// with it. `peer` names the server in messages.
-pub async fn send_file(stream: ClientStream, path: &Path, expect: Expect, show_progress: bool, peer: &str) -> Result<TransferReport, Failure> {
+/// with it. `peer` names the server in messages. The transfer ends with an
+/// explanation once no byte has moved either way for `idle` (zero: never).
+pub async fn send_file(
+    stream: ClientStream,
+    path: &Path,
+    expect: Expect,
+    show_progress: bool,
+    peer: &str,
+    idle: Duration,
+) -> Result<TransferReport, Failure> {
     let size = std::fs::metadata(path)
         .map_err(|e| Failure::new(FailureClass::Config, format!("{}: cannot read: {e}", path.display()), "give an existing, readable file with --file"))?
         .len();
     let bar = progress_bar(size, show_progress);
     let started = Instant::now();
     let net_err = |e: std::io::Error| explain(&e, &Default::default(), Side::Client, peer);
+    let activity = stream.get_ref().0.activity();
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (sent, digest, confirmed) = match expect {
-        Expect::Echo => {
-            // After the last byte, close_notify: an echo server flushes what is
-            // pending and closes, so anything but an exact echo ends the read.
-            let write = async {
-                let written = write_file(path, &mut wr, &bar, false).await?;
-                wr.shutdown().await?;
-                Ok(written)
-            };
-            let (w, r) = tokio::try_join!(write, read_echo(&mut rd, size, &bar)).map_err(net_err)?;
-            if w.1 != r.1 || r.0 != w.0 {
-                return Err(Failure::new(
-                    FailureClass::DataMismatch,
-                    format!("the echo differs from what was sent: {} bytes with sha256 {} sent, {} bytes with sha256 {} returned", w.0, hex(&w.1), r.0, hex(&r.1)),
-                    "the server is not a byte-exact echo, or the data was altered in transit",
-                ));
+    let transfer = async {
+        match expect {
+            Expect::Echo => {
+                // After the last byte, close_notify: an echo server flushes what is
+                // pending and closes, so anything but an exact echo ends the read.
+                let write = async {
+                    let written = write_file(path, &mut wr, &bar, false).await?;
+                    wr.shutdown().await?;
+                    Ok(written)
+                };
+                let (w, r) = tokio::try_join!(write, read_echo(&mut rd, size, &bar)).map_err(net_err)?;
+                if w.1 != r.1 || r.0 != w.0 {
+                    return Err(Failure::new(
+                        FailureClass::DataMismatch,
+                        format!("the echo differs from what was sent: {} bytes with sha256 {} sent, {} bytes with sha256 {} returned", w.0, hex(&w.1), r.0, hex(&r.1)),
+                        "the server is not a byte-exact echo, or the data was altered in transit",
+                    ));
+                }
+                Ok((w.0, w.1, r.0))
             }
-            (w.0, w.1, r.0)
-        }
-        Expect::Sink => {
-            let (sent, digest) = write_file(path, &mut wr, &bar, true).await.map_err(net_err)?;
-            wr.shutdown().await.map_err(net_err)?;
-            let mut reply = Vec::new();
-            tokio::time::timeout(QUIET_LIMIT, rd.read_to_end(&mut reply))
-                .await
-                .map_err(|_| net_err(std::io::ErrorKind::TimedOut.into()))?
-                .map_err(net_err)?;
-            if reply != sink_report(sent).as_bytes() {
-                return Err(Failure::new(
-                    FailureClass::DataMismatch,
-                    format!("the sink did not confirm {sent} bytes; it answered {:?}", String::from_utf8_lossy(&reply[..reply.len().min(80)])),
-                    "use a sealtls server in --mode sink, or --expect echo for an echo server",
-                ));
+            Expect::Sink => {
+                // A sink answers only after our close_notify; anything earlier
+                // means the server sends data back, and it is read at once so
+                // that neither side's buffers fill and stall the transfer.
+                let write = async {
+                    let written = write_file(path, &mut wr, &bar, true).await.map_err(net_err)?;
+                    wr.shutdown().await.map_err(net_err)?;
+                    Ok::<_, Failure>(written)
+                };
+                let mut reply = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                tokio::pin!(write);
+                let (sent, digest) = loop {
+                    tokio::select! {
+                        w = &mut write => break w?,
+                        r = rd.read(&mut buf) => match r.map_err(net_err)? {
+                            0 => return Err(Failure::new(
+                                FailureClass::Network,
+                                format!("the server {peer} closed the connection before the whole file was sent"),
+                                "check the server's log; a sealtls sink stays open until the client's close_notify",
+                            )),
+                            _ => return Err(echo_not_sink()),
+                        },
+                    }
+                };
+                loop {
+                    let n = rd.read(&mut buf).await.map_err(net_err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    reply.extend_from_slice(&buf[..n]);
+                    if reply.len() > 256 {
+                        break;
+                    }
+                }
+                if reply != sink_report(sent).as_bytes() {
+                    return Err(Failure::new(
+                        FailureClass::DataMismatch,
+                        format!("the sink did not confirm {sent} bytes; it answered {:?}", String::from_utf8_lossy(&reply[..reply.len().min(80)])),
+                        "use a sealtls server in --mode sink, or --expect echo for an echo server",
+                    ));
+                }
+                Ok((sent, digest, sent))
             }
-            (sent, digest, sent)
         }
+    };
+    let (sent, digest, confirmed) = tokio::select! {
+        r = transfer => r?,
+        _ = activity.idle_for(idle) => return Err(Failure::new(
+            FailureClass::Network,
+            format!("no byte moved to or from {peer} for {} s: the transfer stalled", idle.as_secs()),
+            match expect {
+                Expect::Sink => "check that the server is a sink that reads everything (sealtls serve --mode sink); raise --idle-timeout for slow servers",
+                Expect::Echo => "check that the server is an echo server that sends every byte back; raise --idle-timeout for slow servers",
+            },
+        )),
     };
     let mut stream = rd.unsplit(wr);
     let _ = stream.shutdown().await;

@@ -1,63 +1,19 @@
 //! Every refusal the client can meet is explained, with the right class.
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
-use rustls::sign::SingleCertAndKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+mod common;
+
+use common::{anchors, ca, leaf, serve, Ca, Identity, Setup};
+use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa};
 use sealtls_endpoint::client::{connect, Connected};
-use sealtls_endpoint::server::{Mode, Server, ServerOptions};
-use sealtls_endpoint::settings::{certified_key, Anchors, ClientSettings, ServerSettings, ServerTls};
+use sealtls_endpoint::settings::{certified_key, ClientSettings};
 use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
 use time::{Duration as Span, OffsetDateTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Ca {
-    der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(cn: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let der = p.self_signed(&key).unwrap().der().clone();
-    let issuer = Issuer::from_ca_cert_der(&der, key).unwrap();
-    Ca { der, issuer }
-}
-
-type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
-fn leaf(ca: &Ca, sans: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Identity {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(rcgen::DnType::CommonName, sans.first().copied().unwrap_or("no-san"));
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    tweak(&mut p);
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    (vec![cert.der().clone()], PrivatePkcs8KeyDer::from(key.serialize_der()).into())
-}
-
-fn anchors(ca: &Ca) -> Anchors {
-    Anchors { origin: "test CA".into(), certs: vec![ca.der.clone()] }
-}
-
 async fn server(identity: Identity, client_ca: Option<&Ca>, auth: ClientAuthMode, versions: TlsVersions) -> SocketAddr {
-    let certified = certified_key(identity.0, &identity.1, "cert", "key").unwrap();
-    let settings = ServerSettings {
-        identity: Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(certified))),
-        client_ca: client_ca.map(anchors),
-        client_auth: auth,
-        versions,
-    };
-    let tls = ServerTls::new(settings).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let srv = Server::new(tls, ServerOptions { mode: Mode::Echo, ..Default::default() });
-    tokio::spawn(srv.run(listener, std::future::pending()));
-    addr
+    serve(identity, Setup { client_ca, auth, versions, ..Default::default() }).await
 }
 
 async fn client(addr: SocketAddr, trust: &Ca, identity: Option<Identity>, versions: TlsVersions) -> Result<Connected, Failure> {
@@ -196,4 +152,74 @@ async fn nothing_listening_is_a_network_failure() {
     };
     let f = client(addr, &ca("CA"), None, TlsVersions::Any).await.err().expect("refused");
     assert_explained(&f, FailureClass::Network, "nothing accepts connections", "start the server");
+}
+
+/// Refuses hellos without a server name, as a keyless server does.
+struct NeedsName;
+
+impl sealtls_endpoint::gate::HelloGate for NeedsName {
+    fn check<'a>(
+        &'a self,
+        server_name: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sealtls_endpoint::gate::Refusal>> + Send + 'a>> {
+        let refusal = sealtls_endpoint::gate::Refusal { alert: rustls::AlertDescription::HandshakeFailure, reason: "no SNI".into() };
+        Box::pin(std::future::ready(if server_name.is_some() { Ok(()) } else { Err(refusal) }))
+    }
+}
+
+#[tokio::test]
+async fn ip_address_sends_no_server_name() {
+    let ca = ca("CA");
+    let addr = serve(leaf(&ca, &["localhost", "127.0.0.1"], |_| {}), Setup { gate: Some(std::sync::Arc::new(NeedsName)), ..Default::default() }).await;
+    let settings = ClientSettings { trust: anchors(&ca), identity: None, versions: TlsVersions::Any, legacy_v1_leaf: false, name_check: true };
+    let f = connect(&addr.to_string(), None, &settings, Duration::from_secs(5)).await.err().expect("refused");
+    assert_explained(&f, FailureClass::Rejected, "no server name (SNI) was sent", "--server-name NAME");
+    // With a name, the same server is reached.
+    assert!(client(addr, &ca, None, TlsVersions::Any).await.is_ok());
+}
+
+/// A transport that loses every plaintext alert record, as a TLS 1.2 server
+/// that closes without one (mbedTLS 2.28 refusing a missing client certificate).
+struct DropsAlerts(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for DropsAlerts {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for DropsAlerts {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.first() == Some(&0x15) {
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn server_that_asked_for_a_certificate_closes_without_an_alert() {
+    let ca = ca("CA");
+    let (chain, key) = leaf(&ca, &["localhost"], |_| {});
+    let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(anchors(&ca).root_store().unwrap())).build().unwrap();
+    let config = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        // The refusal's alert is dropped and the connection closed.
+        let _ = acceptor.accept(DropsAlerts(tcp)).await;
+    });
+    let f = client(addr, &ca, None, TlsVersions::Any).await.err().expect("refused");
+    assert_explained(&f, FailureClass::Rejected, "asked for a client certificate, none was sent, and it closed the connection without an alert", "--cert FILE --key FILE");
 }

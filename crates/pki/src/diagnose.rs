@@ -122,6 +122,16 @@ fn join(names: &[String]) -> String {
     }
 }
 
+/// A list of trusted CA names short enough for one line: a system trust
+/// store holds well over a hundred.
+fn summarize(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    if names.len() <= SHOWN {
+        return join(names);
+    }
+    format!("{} CAs were tried, among them {} and {} more", names.len(), names[..SHOWN].join(", "), names.len() - SHOWN)
+}
+
 impl Diagnosis {
     /// One line: what is wrong.
     pub fn what(&self) -> String {
@@ -131,11 +141,11 @@ impl Diagnosis {
             Problem::UntrustedIssuer { issuer, trusted, same_name_other_key: true } => format!(
                 "the {role} certificate ({subj}) was issued by a CA named \"{issuer}\" that is not the trusted CA of the same name: \
                  its signature does not verify with the trusted key (trusted: {})",
-                join(trusted)
+                summarize(trusted)
             ),
             Problem::UntrustedIssuer { issuer, trusted, .. } => format!(
                 "the {role} certificate ({subj}) was issued by \"{issuer}\", which is not a trusted CA (trusted: {})",
-                join(trusted)
+                summarize(trusted)
             ),
             Problem::NameMismatch { expected, presented } => format!(
                 "the {role} certificate is not valid for \"{expected}\": it names {}",
