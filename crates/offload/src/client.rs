@@ -149,7 +149,8 @@ impl Client {
 
     /// `read(buf)`: the number of bytes received into `buf` (at most the
     /// buffer size), WOULD_BLOCK when none are waiting, CONNECTION_CLOSED
-    /// after the server's close_notify.
+    /// after the server's close_notify. `buf` is written only on success,
+    /// so a loop repeating the call on WOULD_BLOCK can keep the same slice.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
         self.read_inner(buf, false)
     }
