@@ -137,12 +137,24 @@ fn failure(e: Error, target: &str) -> Failure {
     Failure::new(class, format!("{} via the offload daemon: {what}", e.code.name()), fix)
 }
 
+/// A failure to reach the daemon at `socket`.
+fn open_failure(e: Error, socket: &std::path::Path, target: &str) -> Failure {
+    match e.code {
+        Code::NotFound => Failure::new(
+            FailureClass::Network,
+            format!("no offload daemon at {}", socket.display()),
+            format!("start `sealtls offload --socket {} --trust CA.pem`, or pass --socket with the path the daemon listens on", socket.display()),
+        ),
+        _ => failure(e, target),
+    }
+}
+
 pub async fn offload_client(args: OffloadClientArgs) -> Result<(), Failure> {
     let usage = || Failure::new(FailureClass::Usage, format!("`{}` is not HOST:PORT", args.target), "write the server as HOST:PORT, e.g. localhost:10007");
     let (host, port) = args.target.rsplit_once(':').ok_or_else(usage)?;
     let port: u16 = port.parse().map_err(|_| usage())?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let client = sealtls_offload::AsyncClient::open(&args.socket).await.map_err(|e| failure(e, &args.target))?;
+    let client = sealtls_offload::AsyncClient::open(&args.socket).await.map_err(|e| open_failure(e, &args.socket, &args.target))?;
     let badge = client.badge();
     let mut tls = client.connect(host, port).await.map_err(|e| failure(e, &args.target))?;
     eprintln!("connected to {} through the offload daemon (badge {badge}): {}", args.target, tls.session());

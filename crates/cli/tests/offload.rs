@@ -173,7 +173,7 @@ fn reference_test_through_the_c_abi() {
     // No daemon at the path: NOT_FOUND, with the reason.
     let o = run(Command::new(&exe).arg(s.dir.path().join("nothing.sock")).args(["localhost", &port]));
     let out = text(&o);
-    assert!(out.contains("FAIL open: -8 OS_ERROR_NOT_FOUND") && out.contains("cannot reach the offload daemon"), "{out}");
+    assert!(out.contains("FAIL open: -8 OS_ERROR_NOT_FOUND") && out.contains("no offload daemon at"), "{out}");
 }
 
 /// TRENTOS TlsServer's usage example (its run()) as written there: `len`
@@ -253,6 +253,46 @@ fn tlsserver_usage_example_in_rust() {
     assert_eq!(&buffer[..read], request, "after {would_block} WOULD_BLOCK answers");
     assert_eq!(code(c.read(&mut buffer[..len])), Code::WouldBlock);
     assert_eq!(c.disconnect(), Ok(()));
+}
+
+/// A name under the reserved `.invalid` TLD never resolves.
+const UNRESOLVABLE: &str = "no-such-host.invalid";
+
+#[test]
+fn a_missing_daemon_and_an_unresolvable_name_are_explained() {
+    let s = Stack::start(&[]);
+    let target = format!("localhost:{}", s.port());
+
+    // No daemon at the socket path: network (4), naming the path and what to do.
+    let nothing = s.dir.path().join("nothing.sock");
+    let nothing = nothing.to_str().unwrap();
+    let o = run(sealtls().args(["offload-client", "--socket", nothing, &target, "--send", "x"]));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains(&format!("error: no offload daemon at {nothing}\n")), "{out}");
+    assert!(out.contains(&format!("fix: start `sealtls offload --socket {nothing}")) && out.contains("or pass --socket"), "{out}");
+    assert!(!out.contains("OS_ERROR_NOT_FOUND"), "{out}");
+
+    // A name that does not resolve: the daemon's DETAIL says so, with the remedy.
+    let o = run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("{UNRESOLVABLE}:443"), "--send", "x"]));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains(&format!("cannot resolve {UNRESOLVABLE}: ")), "{out}");
+    assert!(out.contains("fix: check the name, or use an address"), "{out}");
+
+    // The non-blocking Rust client gets the same detail.
+    let mut c = Client::open(s.socket()).unwrap();
+    assert_eq!(code(poll(|| c.connect(UNRESOLVABLE, 443))), Code::NetworkConnShutdown);
+    let detail = c.detail().unwrap();
+    assert!(detail.starts_with(&format!("cannot resolve {UNRESOLVABLE}: ")) && detail.contains("fix: check the name, or use an address"), "{detail}");
+
+    // And so does a C program, through sealtls_offload_last_error_detail.
+    let exe = build_c_example(s.dir.path(), "offload_tlsserver_run");
+    let o = run(Command::new(&exe).arg(s.socket()).args([UNRESOLVABLE, "443"]));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL connect: -1306 OS_ERROR_NETWORK_CONN_SHUTDOWN"), "{out}");
+    assert!(out.contains(&format!("detail: cannot resolve {UNRESOLVABLE}: ")), "{out}");
 }
 
 /// A listener whose accept queue is full: connects to it hang in SYN_SENT.

@@ -28,11 +28,13 @@ pub struct Client {
 }
 
 pub(crate) fn open_error(path: &Path, e: &std::io::Error) -> Error {
-    let code = match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Code::NotFound,
-        _ => Code::Generic,
-    };
-    Error::explained(code, format!("cannot reach the offload daemon at {}: {e} (is `sealtls offload` running there?)", path.display()))
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Error::explained(
+            Code::NotFound,
+            format!("no offload daemon at {0}: {e} (fix: start `sealtls offload --socket {0}`, or use the socket the daemon listens on)", path.display()),
+        ),
+        _ => Error::explained(Code::Generic, format!("cannot reach the offload daemon at {}: {e} (is `sealtls offload` running there?)", path.display())),
+    }
 }
 
 impl Client {
