@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use crate::config::{load_trust, Config};
-use crate::endpoints::shutdown_signal;
+use crate::endpoints::{send_line, shutdown_signal};
 
 #[derive(Args)]
 pub struct OffloadArgs {
@@ -111,8 +111,9 @@ pub struct OffloadClientArgs {
     /// The daemon's socket.
     #[arg(long, default_value = "sealtls-data/offload.sock")]
     socket: PathBuf,
-    /// Send TEXT and a newline, print the answer up to a newline, disconnect.
-    /// Without it, standard input is sent and what arrives is printed.
+    /// Send TEXT followed by one newline (none is added when TEXT already
+    /// ends with one), print the answer up to as many newlines as were sent,
+    /// disconnect. Without it, standard input is sent and what arrives is printed.
     #[arg(long, value_name = "TEXT")]
     send: Option<String>,
     /// How long to wait for the answer to --send, in seconds.
@@ -161,11 +162,13 @@ pub async fn offload_client(args: OffloadClientArgs) -> Result<(), Failure> {
     let broken = |e: std::io::Error| Failure::new(FailureClass::Network, format!("connection to {} failed: {e}", args.target), "see the offload daemon's log");
     match &args.send {
         Some(text) => {
-            tls.write_all(format!("{text}\n").as_bytes()).await.map_err(broken)?;
+            let line = send_line(text);
+            tls.write_all(line.as_bytes()).await.map_err(broken)?;
+            let lines = line.matches('\n').count();
             let mut answer = Vec::new();
             let mut chunk = [0u8; 4096];
             let read = async {
-                while !answer.contains(&b'\n') {
+                while answer.iter().filter(|&&b| b == b'\n').count() < lines {
                     match tls.read(&mut chunk).await? {
                         0 => break,
                         n => answer.extend_from_slice(&chunk[..n]),

@@ -623,7 +623,15 @@ fn offload_client_and_missing_trust() {
     let o = run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("localhost:{}", s.port()), "--send", "hello offload"]));
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("hello offload\n") && out.contains("through the offload daemon (badge 101): TLSv1.3"), "{out}");
+    assert!(out.contains("through the offload daemon (badge 101): TLSv1.3"), "{out}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello offload\n", "{out}");
+
+    // One newline is added unless the text ends with one, as `sealtls connect --send` does.
+    for (sent, echoed) in [("hello\n", "hello\n"), ("two\nlines", "two\nlines\n"), ("", "\n")] {
+        let o = run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("localhost:{}", s.port()), "--send", sent]));
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), echoed, "--send {sent:?}: {}", text(&o));
+    }
 
     let o = run(sealtls().args(["offload", "--socket", s.dir.path().join("x.sock").to_str().unwrap()]));
     let out = text(&o);
