@@ -178,7 +178,7 @@ pub async fn offload_client(args: OffloadClientArgs) -> Result<(), Failure> {
             };
             match tokio::time::timeout(Duration::from_secs(args.wait), read).await {
                 Ok(result) => result.map_err(broken)?,
-                Err(_) => eprintln!("no newline within {} s", args.wait),
+                Err(_) => eprintln!("the answer did not end with as many newlines as were sent within {} s (--wait)", args.wait),
             }
             print!("{}", String::from_utf8_lossy(&answer));
         }
