@@ -62,12 +62,20 @@ int sealtls_offload_connect(sealtls_offload *h, const char *host, uint16_t port)
 int sealtls_offload_handshake(sealtls_offload *h);
 
 /* write: *len in: bytes offered (1 to the daemon's buffer size, 16 KiB by
- * default); out: bytes taken. WOULD_BLOCK when none could be taken yet. */
+ * default); out: bytes taken. WOULD_BLOCK when none could be taken yet.
+ * *len is changed only when the call returns OS_SUCCESS: on WOULD_BLOCK and
+ * every other result it keeps what the caller passed, so
+ *     len = sizeof(request);
+ *     do err = sealtls_offload_write(h, request, &len);
+ *     while (err == OS_ERROR_WOULD_BLOCK);
+ * works as in TlsServer's example. */
 int sealtls_offload_write(sealtls_offload *h, const void *buf, size_t *len);
 
 /* read: *len in: room in buf (1 to the buffer size); out: bytes read.
  * WOULD_BLOCK when nothing has arrived, CONNECTION_CLOSED after the
- * server's close_notify, NETWORK_CONN_SHUTDOWN if the connection broke. */
+ * server's close_notify, NETWORK_CONN_SHUTDOWN if the connection broke.
+ * As with write, *len (and buf) change only on OS_SUCCESS, so it can be
+ * set once before a loop that repeats the call on WOULD_BLOCK. */
 int sealtls_offload_read(sealtls_offload *h, void *buf, size_t *len);
 
 /* reset(): ends the TLS session; the next handshake starts a new one. */

@@ -274,9 +274,20 @@ impl ClientArgs {
 pub struct ConnectArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Send this text, print what comes back, and close.
-    #[arg(long)]
+    /// Send TEXT followed by one newline (none is added when TEXT already
+    /// ends with one), print what comes back, and close.
+    #[arg(long, value_name = "TEXT")]
     send: Option<String>,
+}
+
+/// The bytes `--send TEXT` puts on the wire (for `connect` and
+/// `offload-client` alike): TEXT and one "\n", unless TEXT already ends with one.
+pub(crate) fn send_line(text: &str) -> String {
+    if text.ends_with('\n') {
+        text.to_owned()
+    } else {
+        format!("{text}\n")
+    }
 }
 
 fn print_session(s: &ClientSession) {
@@ -304,6 +315,7 @@ pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
     let peer_err = |e: std::io::Error| sealtls_endpoint::explain::explain(&e, &Default::default(), sealtls_endpoint::explain::Side::Client, &target);
     match args.send {
         Some(text) => {
+            let text = send_line(&text);
             stream.write_all(text.as_bytes()).await.map_err(peer_err)?;
             stream.flush().await.map_err(peer_err)?;
             let mut received = early_data;

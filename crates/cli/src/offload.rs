@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use crate::config::{load_trust, Config};
-use crate::endpoints::shutdown_signal;
+use crate::endpoints::{send_line, shutdown_signal};
 
 #[derive(Args)]
 pub struct OffloadArgs {
@@ -111,8 +111,9 @@ pub struct OffloadClientArgs {
     /// The daemon's socket.
     #[arg(long, default_value = "sealtls-data/offload.sock")]
     socket: PathBuf,
-    /// Send TEXT and a newline, print the answer up to a newline, disconnect.
-    /// Without it, standard input is sent and what arrives is printed.
+    /// Send TEXT followed by one newline (none is added when TEXT already
+    /// ends with one), print the answer up to as many newlines as were sent,
+    /// disconnect. Without it, standard input is sent and what arrives is printed.
     #[arg(long, value_name = "TEXT")]
     send: Option<String>,
     /// How long to wait for the answer to --send, in seconds.
@@ -137,23 +138,37 @@ fn failure(e: Error, target: &str) -> Failure {
     Failure::new(class, format!("{} via the offload daemon: {what}", e.code.name()), fix)
 }
 
+/// A failure to reach the daemon at `socket`.
+fn open_failure(e: Error, socket: &std::path::Path, target: &str) -> Failure {
+    match e.code {
+        Code::NotFound => Failure::new(
+            FailureClass::Network,
+            format!("no offload daemon at {}", socket.display()),
+            format!("start `sealtls offload --socket {} --trust CA.pem`, or pass --socket with the path the daemon listens on", socket.display()),
+        ),
+        _ => failure(e, target),
+    }
+}
+
 pub async fn offload_client(args: OffloadClientArgs) -> Result<(), Failure> {
     let usage = || Failure::new(FailureClass::Usage, format!("`{}` is not HOST:PORT", args.target), "write the server as HOST:PORT, e.g. localhost:10007");
     let (host, port) = args.target.rsplit_once(':').ok_or_else(usage)?;
     let port: u16 = port.parse().map_err(|_| usage())?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let client = sealtls_offload::AsyncClient::open(&args.socket).await.map_err(|e| failure(e, &args.target))?;
+    let client = sealtls_offload::AsyncClient::open(&args.socket).await.map_err(|e| open_failure(e, &args.socket, &args.target))?;
     let badge = client.badge();
     let mut tls = client.connect(host, port).await.map_err(|e| failure(e, &args.target))?;
     eprintln!("connected to {} through the offload daemon (badge {badge}): {}", args.target, tls.session());
     let broken = |e: std::io::Error| Failure::new(FailureClass::Network, format!("connection to {} failed: {e}", args.target), "see the offload daemon's log");
     match &args.send {
         Some(text) => {
-            tls.write_all(format!("{text}\n").as_bytes()).await.map_err(broken)?;
+            let line = send_line(text);
+            tls.write_all(line.as_bytes()).await.map_err(broken)?;
+            let lines = line.matches('\n').count();
             let mut answer = Vec::new();
             let mut chunk = [0u8; 4096];
             let read = async {
-                while !answer.contains(&b'\n') {
+                while answer.iter().filter(|&&b| b == b'\n').count() < lines {
                     match tls.read(&mut chunk).await? {
                         0 => break,
                         n => answer.extend_from_slice(&chunk[..n]),
@@ -163,7 +178,7 @@ pub async fn offload_client(args: OffloadClientArgs) -> Result<(), Failure> {
             };
             match tokio::time::timeout(Duration::from_secs(args.wait), read).await {
                 Ok(result) => result.map_err(broken)?,
-                Err(_) => eprintln!("no newline within {} s", args.wait),
+                Err(_) => eprintln!("the answer did not end with as many newlines as were sent within {} s (--wait)", args.wait),
             }
             print!("{}", String::from_utf8_lossy(&answer));
         }

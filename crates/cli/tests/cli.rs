@@ -79,6 +79,20 @@ with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "TLSv1.3 hello python");
 }
 
+/// `connect --send TEXT` sends TEXT and one newline, none more when TEXT
+/// ends with one; the echo server returns exactly those bytes.
+#[test]
+fn connect_send_appends_one_newline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--client-auth", "none"]);
+    for (sent, echoed) in [("hello", "hello\n"), ("hello\n", "hello\n"), ("two\nlines", "two\nlines\n"), ("", "\n")] {
+        let o = run(sealtls().args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--send", sent]));
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), echoed, "--send {sent:?}: {}", text(&o));
+    }
+}
+
 /// `openssl s_server` with its own certificate; our client verifies and echoes nothing back (s_server is not an echo),
 /// so we check the negotiated session and that our text reached the server.
 #[test]

@@ -113,20 +113,22 @@ fn reference_test_in_rust() {
     assert_eq!(code(c.disconnect()), Code::InvalidState);
 }
 
-/// Builds examples/offload_reference.c with the system `cc` against the
-/// header and the shared library.
-fn build_c_example(out: &Path) -> PathBuf {
+/// Builds `examples/NAME.c` with the system `cc` against the header and
+/// the shared library built for this test (target/debug/deps, rebuilt with
+/// the library's sources).
+fn build_c_example(out: &Path, name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let lib_dir = Path::new(env!("CARGO_BIN_EXE_sealtls")).parent().unwrap().to_owned();
-    if !lib_dir.join("libsealtls_offload.so").exists() {
+    let target = Path::new(env!("CARGO_BIN_EXE_sealtls")).parent().unwrap().to_owned();
+    let lib_dir = [target.join("deps"), target.clone()].into_iter().find(|d| d.join("libsealtls_offload.so").exists()).unwrap_or_else(|| {
         let o = run(Command::new(env!("CARGO")).args(["build", "-p", "sealtls-offload"]).current_dir(&root));
         assert!(o.status.success(), "{}", text(&o));
-    }
-    let exe = out.join("offload_reference");
+        target.clone()
+    });
+    let exe = out.join(name);
     let o = run(Command::new("cc")
         .args(["-Wall", "-Wextra", "-Werror", "-I"])
         .arg(root.join("include"))
-        .arg(root.join("examples/offload_reference.c"))
+        .arg(root.join(format!("examples/{name}.c")))
         .arg("-L")
         .arg(&lib_dir)
         .arg("-lsealtls_offload")
@@ -140,7 +142,7 @@ fn build_c_example(out: &Path) -> PathBuf {
 #[test]
 fn reference_test_through_the_c_abi() {
     let s = Stack::start(&[]);
-    let exe = build_c_example(s.dir.path());
+    let exe = build_c_example(s.dir.path(), "offload_reference");
     let port = s.port().to_string();
     let o = run(Command::new(&exe).arg(s.socket()).args(["localhost", &port]));
     let out = text(&o);
@@ -171,7 +173,126 @@ fn reference_test_through_the_c_abi() {
     // No daemon at the path: NOT_FOUND, with the reason.
     let o = run(Command::new(&exe).arg(s.dir.path().join("nothing.sock")).args(["localhost", &port]));
     let out = text(&o);
-    assert!(out.contains("FAIL open: -8 OS_ERROR_NOT_FOUND") && out.contains("cannot reach the offload daemon"), "{out}");
+    assert!(out.contains("FAIL open: -8 OS_ERROR_NOT_FOUND") && out.contains("no offload daemon at"), "{out}");
+}
+
+/// TRENTOS TlsServer's usage example (its run()) as written there: `len`
+/// is set once before each polling loop, so a call answering WOULD_BLOCK
+/// must leave it as it was.
+#[test]
+fn tlsserver_usage_example_through_the_c_abi() {
+    let s = Stack::start(&[]);
+    let exe = build_c_example(s.dir.path(), "offload_tlsserver_run");
+    let port = s.port().to_string();
+    let o = run(Command::new(&exe).arg(s.socket()).args(["localhost", &port]));
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for line in [
+        "ok   connect\n",
+        "ok   handshake\n",
+        "wrote 13 bytes\n",
+        "read 13 bytes: HELLOOOOOO?!\n",
+        "ok   echo\n",
+        "ok   len kept on WOULD_BLOCK\n",
+        "ok   len kept on INVALID_STATE\n",
+        "TlsServer example passed\n",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+}
+
+/// The same polling pattern through the Rust non-blocking API: the length
+/// is chosen once before each loop, and a WOULD_BLOCK leaves buffer and
+/// length alone.
+#[test]
+fn tlsserver_usage_example_in_rust() {
+    let s = Stack::start(&[]);
+    let mut c = Client::open(s.socket()).unwrap();
+    let request = HELLO;
+    let mut buffer = [0u8; 1024];
+    let mut result;
+    loop {
+        std::thread::yield_now();
+        result = c.connect("localhost", s.port());
+        if !matches!(&result, Err(e) if e.is_would_block()) {
+            break;
+        }
+    }
+    result.unwrap();
+    loop {
+        std::thread::yield_now();
+        result = c.handshake();
+        if !matches!(&result, Err(e) if e.is_would_block()) {
+            break;
+        }
+    }
+    result.unwrap();
+
+    let len = request.len();
+    let written = loop {
+        std::thread::yield_now();
+        match c.write(&request[..len]) {
+            Err(e) if e.is_would_block() => continue,
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(written, 13);
+
+    let len = buffer.len();
+    let mut would_block = 0;
+    let read = loop {
+        std::thread::yield_now();
+        match c.read(&mut buffer[..len]) {
+            Err(e) if e.is_would_block() => {
+                would_block += 1;
+                assert!(buffer.iter().all(|&b| b == 0), "a WOULD_BLOCK read wrote into the buffer");
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(&buffer[..read], request, "after {would_block} WOULD_BLOCK answers");
+    assert_eq!(code(c.read(&mut buffer[..len])), Code::WouldBlock);
+    assert_eq!(c.disconnect(), Ok(()));
+}
+
+/// A name under the reserved `.invalid` TLD never resolves.
+const UNRESOLVABLE: &str = "no-such-host.invalid";
+
+#[test]
+fn a_missing_daemon_and_an_unresolvable_name_are_explained() {
+    let s = Stack::start(&[]);
+    let target = format!("localhost:{}", s.port());
+
+    // No daemon at the socket path: network (4), naming the path and what to do.
+    let nothing = s.dir.path().join("nothing.sock");
+    let nothing = nothing.to_str().unwrap();
+    let o = run(sealtls().args(["offload-client", "--socket", nothing, &target, "--send", "x"]));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains(&format!("error: no offload daemon at {nothing}\n")), "{out}");
+    assert!(out.contains(&format!("fix: start `sealtls offload --socket {nothing}")) && out.contains("or pass --socket"), "{out}");
+    assert!(!out.contains("OS_ERROR_NOT_FOUND"), "{out}");
+
+    // A name that does not resolve: the daemon's DETAIL says so, with the remedy.
+    let o = run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("{UNRESOLVABLE}:443"), "--send", "x"]));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains(&format!("cannot resolve {UNRESOLVABLE}: ")), "{out}");
+    assert!(out.contains("fix: check the name, or use an address"), "{out}");
+
+    // The non-blocking Rust client gets the same detail.
+    let mut c = Client::open(s.socket()).unwrap();
+    assert_eq!(code(poll(|| c.connect(UNRESOLVABLE, 443))), Code::NetworkConnShutdown);
+    let detail = c.detail().unwrap();
+    assert!(detail.starts_with(&format!("cannot resolve {UNRESOLVABLE}: ")) && detail.contains("fix: check the name, or use an address"), "{detail}");
+
+    // And so does a C program, through sealtls_offload_last_error_detail.
+    let exe = build_c_example(s.dir.path(), "offload_tlsserver_run");
+    let o = run(Command::new(&exe).arg(s.socket()).args([UNRESOLVABLE, "443"]));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL connect: -1306 OS_ERROR_NETWORK_CONN_SHUTDOWN"), "{out}");
+    assert!(out.contains(&format!("detail: cannot resolve {UNRESOLVABLE}: ")), "{out}");
 }
 
 /// A listener whose accept queue is full: connects to it hang in SYN_SENT.
@@ -502,7 +623,15 @@ fn offload_client_and_missing_trust() {
     let o = run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("localhost:{}", s.port()), "--send", "hello offload"]));
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("hello offload\n") && out.contains("through the offload daemon (badge 101): TLSv1.3"), "{out}");
+    assert!(out.contains("through the offload daemon (badge 101): TLSv1.3"), "{out}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello offload\n", "{out}");
+
+    // One newline is added unless the text ends with one, as `sealtls connect --send` does.
+    for (sent, echoed) in [("hello\n", "hello\n"), ("two\nlines", "two\nlines\n"), ("", "\n")] {
+        let o = run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("localhost:{}", s.port()), "--send", sent]));
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), echoed, "--send {sent:?}: {}", text(&o));
+    }
 
     let o = run(sealtls().args(["offload", "--socket", s.dir.path().join("x.sock").to_str().unwrap()]));
     let out = text(&o);

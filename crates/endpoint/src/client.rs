@@ -55,23 +55,31 @@ pub fn host_of(target: &str) -> Result<&str, Failure> {
     Ok(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
+/// A host name that gave no address: the resolver's words and the remedy.
+fn unresolved(target: &str, why: &dyn std::fmt::Display) -> Failure {
+    let host = target.rsplit_once(':').map_or(target, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+    Failure::new(FailureClass::Network, format!("cannot resolve {host}: {why}"), "check the name, or use an address")
+}
+
 /// Opens a TCP connection to `target` (`HOST:PORT`, names resolved, each
 /// address tried in turn) within `timeout`, explaining a failure.
 pub async fn tcp_connect(target: &str, timeout: Duration) -> Result<TcpStream, Failure> {
     let attempt = async {
-        let addrs = tokio::net::lookup_host(target).await?;
-        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address");
+        let addrs = tokio::net::lookup_host(target).await.map_err(|e| unresolved(target, &e))?;
+        let mut last = None;
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(s) => return Ok(s),
-                Err(e) => last = e,
+                Err(e) => last = Some(e),
             }
         }
-        Err(last)
+        Err(match last {
+            Some(e) => explain(&e, &Default::default(), Side::Client, target),
+            None => unresolved(target, &"the name has no address"),
+        })
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(explain(&e, &Default::default(), Side::Client, target)),
+        Ok(result) => result,
         Err(_) => Err(explain(&std::io::ErrorKind::TimedOut.into(), &Default::default(), Side::Client, target)),
     }
 }

@@ -28,11 +28,13 @@ pub struct Client {
 }
 
 pub(crate) fn open_error(path: &Path, e: &std::io::Error) -> Error {
-    let code = match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Code::NotFound,
-        _ => Code::Generic,
-    };
-    Error::explained(code, format!("cannot reach the offload daemon at {}: {e} (is `sealtls offload` running there?)", path.display()))
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Error::explained(
+            Code::NotFound,
+            format!("no offload daemon at {0}: {e} (fix: start `sealtls offload --socket {0}`, or use the socket the daemon listens on)", path.display()),
+        ),
+        _ => Error::explained(Code::Generic, format!("cannot reach the offload daemon at {}: {e} (is `sealtls offload` running there?)", path.display())),
+    }
 }
 
 impl Client {
@@ -149,7 +151,8 @@ impl Client {
 
     /// `read(buf)`: the number of bytes received into `buf` (at most the
     /// buffer size), WOULD_BLOCK when none are waiting, CONNECTION_CLOSED
-    /// after the server's close_notify.
+    /// after the server's close_notify. `buf` is written only on success,
+    /// so a loop repeating the call on WOULD_BLOCK can keep the same slice.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
         self.read_inner(buf, false)
     }

@@ -112,6 +112,8 @@ pub unsafe extern "C" fn sealtls_offload_handshake(h: *mut Handle) -> c_int {
 }
 
 /// `write(buf, *len)`: `*len` in is the bytes offered, out the bytes taken.
+/// `*len` is written only on OS_SUCCESS; any other result leaves it as the
+/// caller set it, so a loop repeating the call on WOULD_BLOCK may set it once.
 ///
 /// # Safety
 /// `h` must come from `sealtls_offload_open`; `buf` must hold `*len` bytes.
@@ -122,13 +124,12 @@ pub unsafe extern "C" fn sealtls_offload_write(h: *mut Handle, buf: *const c_voi
     }
     // SAFETY: the caller guarantees `buf` holds `*len` readable bytes.
     let data = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), *len) };
-    // SAFETY: checked non-null.
-    unsafe { *len = 0 };
-    // SAFETY: as above.
+    // SAFETY: checked non-null; written only on success.
     on_handle(h, |c| c.write(data), |n| unsafe { *len = n })
 }
 
 /// `read(buf, *len)`: `*len` in is the buffer size, out the bytes read.
+/// As with write, `*len` is written only on OS_SUCCESS.
 ///
 /// # Safety
 /// `h` must come from `sealtls_offload_open`; `buf` must have room for `*len` bytes.
@@ -139,9 +140,7 @@ pub unsafe extern "C" fn sealtls_offload_read(h: *mut Handle, buf: *mut c_void, 
     }
     // SAFETY: the caller guarantees `buf` has room for `*len` bytes.
     let data = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), *len) };
-    // SAFETY: checked non-null.
-    unsafe { *len = 0 };
-    // SAFETY: as above.
+    // SAFETY: checked non-null; written only on success.
     on_handle(h, |c| c.read(data), |n| unsafe { *len = n })
 }
 
