@@ -361,3 +361,22 @@ fn the_pkcs11_backend_on_softhsm_serves_by_sni_too() {
     let v = run(Command::new("openssl").args(["req", "-in", csr.to_str().unwrap(), "-noout", "-verify", "-subject"]));
     assert!(v.status.success() && text(&v).contains("t.test"), "{}", text(&v));
 }
+
+#[test]
+fn a_certificate_without_subject_alt_name_is_refused_with_how_to_reissue() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kd = keyd(&d.join("keyd"), &d.join("device.key"), &[]);
+    // OpenSSL's `req -x509` without -addext: CN only, no subjectAltName.
+    let o = run(Command::new("openssl").current_dir(d).args([
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "n.key", "-out", "n.pem", "-subj", "/CN=n.test", "-days", "30",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::set_permissions(d.join("n.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = key(&kd.addr, &["put", "n.test", &p(d, "n.key"), "--cert", &p(d, "n.pem")]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let t = text(&o);
+    assert!(!t.contains("its names are []"), "{t}");
+    assert!(t.contains("has no subjectAltName") && t.contains("match names only there"), "{t}");
+    assert!(t.contains("fix: reissue it with n.test in subjectAltName") && t.contains("sealtls pki issue server") && t.contains("sealtls pki sign") && t.contains("-extfile"), "{t}");
+}
