@@ -6,7 +6,7 @@ use clap::Args;
 use sealtls_console::EchoServers;
 use sealtls_endpoint::Failure;
 use sealtls_pki::files::write_atomic;
-use sealtls_pki::issue::{init_ca, issue_leaf, KeyType, LeafKind};
+use sealtls_pki::issue::{default_ca_name, init_ca, issue_leaf, KeyType, LeafKind, DEFAULT_LEAF_DAYS};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -37,9 +37,9 @@ pub struct UpArgs {
 pub fn ensure_dev_data(dir: &Path) -> Result<(), Failure> {
     if !dir.join("ca.pem").exists() {
         info!(dir = %dir.display(), "creating a development PKI");
-        init_ca(dir, "sealtls development CA", KeyType::EcdsaP256, 3650, false).map_err(Failure::config)?;
-        issue_leaf(dir, LeafKind::Server, "localhost", &[], KeyType::EcdsaP256, 365, false).map_err(Failure::config)?;
-        issue_leaf(dir, LeafKind::Client, "client", &[], KeyType::EcdsaP256, 365, false).map_err(Failure::config)?;
+        init_ca(dir, &default_ca_name(), KeyType::EcdsaP256, 3650, false).map_err(Failure::config)?;
+        issue_leaf(dir, LeafKind::Server, "localhost", &[], KeyType::EcdsaP256, DEFAULT_LEAF_DAYS, false).map_err(Failure::config)?;
+        issue_leaf(dir, LeafKind::Client, "client", &[], KeyType::EcdsaP256, DEFAULT_LEAF_DAYS, false).map_err(Failure::config)?;
     }
     let config = dir.join(DEFAULT_NAME);
     if !config.exists() {
