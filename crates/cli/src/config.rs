@@ -35,6 +35,8 @@ struct RawConfig {
     offload: RawOffload,
     #[serde(default)]
     keyless: RawKeyless,
+    #[serde(default)]
+    keyd: RawKeyd,
 }
 
 #[derive(Deserialize, Default)]
@@ -92,6 +94,12 @@ struct RawOffload {
 #[serde(deny_unknown_fields)]
 struct RawKeyless {
     listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeyd {
+    socket: Option<PathBuf>,
 }
 
 /// The keyless TLS server of `sealtls up`.
@@ -156,6 +164,8 @@ pub struct Config {
     pub offload: OffloadSettings,
     /// `[keyless]`.
     pub keyless: KeylessSection,
+    /// `[keyd] socket`: keyd's Unix socket for `sealtls up`; `None` for DATA_DIR/keyd/keyd.sock.
+    pub keyd_socket: Option<PathBuf>,
 }
 
 /// Why a configuration was refused. Each message names the file and the
@@ -191,7 +201,7 @@ pub enum ConfigError {
     Value { path: String, table: &'static str, key: &'static str, value: String, detail: String },
 }
 
-const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check; [keyless] listen";
+const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check; [keyless] listen; [keyd] socket";
 
 /// Finds the configuration: `explicit`, else `./sealtls.toml`, else
 /// `DATA_DIR/sealtls.toml`, when they exist.
@@ -382,7 +392,8 @@ impl Config {
             answer_timeout: Duration::from_secs(o.client_timeout_secs.unwrap_or(10)),
         };
         let keyless = KeylessSection { listen: l.parsed::<Listen>("keyless", "listen", raw.keyless.listen.as_deref(), DEFAULT_KEYLESS_LISTEN)?.0 };
-        Ok(Self { material: Arc::new(material), echo, console, offload, keyless })
+        let keyd_socket = raw.keyd.socket.as_deref().map(|s| dir.join(s));
+        Ok(Self { material: Arc::new(material), echo, console, offload, keyless, keyd_socket })
     }
 }
 
@@ -426,6 +437,9 @@ hostname_check = true
 
 [keyless]                  # a TLS server whose keys and certificates are in keyd
 listen = "127.0.0.1:1443"
+
+[keyd]
+# socket = "keyd/keyd.sock" # mode 0660; default: DATA_DIR/keyd/keyd.sock
 "#;
 
 #[cfg(test)]
@@ -454,6 +468,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "k.toml", "[keyless]\nlisten = \"127.0.0.1:2443\"\n", 0o600);
         assert_eq!(Config::load(&p).ok().expect("valid").keyless.listen.to_string(), "127.0.0.1:2443");
+        let p = write(dir.path(), "s.toml", "[keyd]\nsocket = \"k/keyd.sock\"\n", 0o600);
+        assert_eq!(Config::load(&p).ok().expect("valid").keyd_socket, Some(dir.path().join("k/keyd.sock")));
         let p = write(dir.path(), "bad.toml", "[keyless]\nlisten = \"somewhere\"\n", 0o600);
         let e = Config::load(&p).err().expect("refused").to_string();
         assert!(e.contains("bad.toml: [keyless] listen = \"somewhere\": not an address"), "{e}");
@@ -550,6 +566,10 @@ pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
     };
     println!("  echoctl_tls console   {}  {access}", c.console.listen);
     println!("  TLS offload daemon    {}", c.offload.socket.display());
+    match &c.keyd_socket {
+        Some(socket) => println!("  keyd (key custody)    {}", socket.display()),
+        None => println!("  keyd (key custody)    DATA_DIR/keyd/keyd.sock"),
+    }
     println!("  keyless TLS server    {}  keys and certificates in keyd", c.keyless.listen);
     for w in &warnings {
         println!("warning: {w}");

@@ -107,7 +107,8 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = EchoServers::new(config.material.clone());
     let device_key = args.device_key.clone().unwrap_or_else(sealtls_keyd::device::default_path);
-    let keyd = KeydArgs::sealed(args.data_dir.join("keyd"), Some(device_key.clone()));
+    let mut keyd = KeydArgs::sealed(args.data_dir.join("keyd"), Some(device_key.clone()));
+    keyd.socket = config.keyd_socket.clone();
     let keyless_listen = args.keyless_listen.unwrap_or(config.keyless.listen);
     let (dev_key, dev_cert) = (args.data_dir.join("localhost.key"), args.data_dir.join("localhost.pem"));
     let started = async {

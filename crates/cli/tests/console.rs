@@ -281,13 +281,14 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
     let (echo, console, keyless) = (free_port(), free_port(), free_port());
     let config = format!(
         "[tls]\nsrv_cert_file = \"sealtls-data/localhost.pem\"\nsrv_key_file = \"sealtls-data/localhost.key\"\nca_cert_file = \"sealtls-data/ca.pem\"\n\
-         [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n"
+         [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n[keyd]\nsocket = \"keyd.sock\"\n"
     );
     write_mode(&d.join("sealtls.toml"), &config, 0o644);
     let device = d.join("secret/device.key");
     let (child, banner) = up(d, &["--device-key", device.to_str().unwrap()]);
     assert!(banner.contains(&format!("TLS echo server      127.0.0.1:{echo}")) && banner.contains(&format!("echoctl_tls console  127.0.0.1:{console}")), "{banner}");
     assert!(banner.contains(&format!("keyless TLS server   127.0.0.1:{keyless}")), "{banner}");
+    assert!(banner.contains("keyd (key custody)   ./keyd.sock") && banner.contains("key ls --keyd unix:./keyd.sock"), "{banner}");
     assert!(banner.contains(&format!("openssl s_client -connect 127.0.0.1:{echo} -CAfile ./sealtls-data/ca.pem")), "{banner}");
     // sealtls is not on PATH: the banner names the binary and uses its path in every command.
     let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_sealtls")).unwrap();
@@ -420,7 +421,7 @@ fn config_errors_name_the_file_the_key_and_the_fix() {
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("good.toml: valid") && t.contains("CN=localhost") && t.contains("would run") && t.contains("127.0.0.1:11123"), "{t}");
-    assert!(t.contains("keyless TLS server    127.0.0.1:1443"), "{t}");
+    assert!(t.contains("keyless TLS server    127.0.0.1:1443") && t.contains("keyd (key custody)    DATA_DIR/keyd/keyd.sock"), "{t}");
     let server = Server::start(&["--config", good.to_str().unwrap(), "--client-auth", "optional"]);
     let o = run(sealtls().args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--send", "configured"]));
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("configured"), "{}", text(&o));
