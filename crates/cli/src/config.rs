@@ -33,6 +33,10 @@ struct RawConfig {
     console: RawConsole,
     #[serde(default)]
     offload: RawOffload,
+    #[serde(default)]
+    keyless: RawKeyless,
+    #[serde(default)]
+    keyd: RawKeyd,
 }
 
 #[derive(Deserialize, Default)]
@@ -86,6 +90,28 @@ struct RawOffload {
     hostname_check: Option<bool>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeyless {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeyd {
+    socket: Option<PathBuf>,
+}
+
+/// The keyless TLS server of `sealtls up`.
+#[derive(Clone, Debug)]
+pub struct KeylessSection {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// Where `up`'s keyless TLS server listens unless told otherwise.
+pub const DEFAULT_KEYLESS_LISTEN: &str = "127.0.0.1:1443";
+
 /// The echo server of `sealtls up`.
 #[derive(Clone, Debug)]
 pub struct EchoSection {
@@ -136,6 +162,10 @@ pub struct Config {
     pub console: ConsoleSection,
     /// `[offload]`; trust defaults to `[tls] ca_cert`.
     pub offload: OffloadSettings,
+    /// `[keyless]`.
+    pub keyless: KeylessSection,
+    /// `[keyd] socket`: keyd's Unix socket for `sealtls up`; `None` for DATA_DIR/keyd/keyd.sock.
+    pub keyd_socket: Option<PathBuf>,
 }
 
 /// Why a configuration was refused. Each message names the file and the
@@ -171,7 +201,7 @@ pub enum ConfigError {
     Value { path: String, table: &'static str, key: &'static str, value: String, detail: String },
 }
 
-const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check";
+const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check; [keyless] listen; [keyd] socket";
 
 /// Finds the configuration: `explicit`, else `./sealtls.toml`, else
 /// `DATA_DIR/sealtls.toml`, when they exist.
@@ -361,7 +391,9 @@ impl Config {
             name_check: o.hostname_check.unwrap_or(true),
             answer_timeout: Duration::from_secs(o.client_timeout_secs.unwrap_or(10)),
         };
-        Ok(Self { material: Arc::new(material), echo, console, offload })
+        let keyless = KeylessSection { listen: l.parsed::<Listen>("keyless", "listen", raw.keyless.listen.as_deref(), DEFAULT_KEYLESS_LISTEN)?.0 };
+        let keyd_socket = raw.keyd.socket.as_deref().map(|s| dir.join(s));
+        Ok(Self { material: Arc::new(material), echo, console, offload, keyless, keyd_socket })
     }
 }
 
@@ -402,6 +434,12 @@ connect_timeout_secs = 10
 handshake_timeout_secs = 10
 client_timeout_secs = 10   # a client leaving answers unread this long is dropped
 hostname_check = true
+
+[keyless]                  # a TLS server whose keys and certificates are in keyd
+listen = "127.0.0.1:1443"
+
+[keyd]
+# socket = "keyd/keyd.sock" # mode 0660; default: DATA_DIR/keyd/keyd.sock
 "#;
 
 #[cfg(test)]
@@ -421,7 +459,23 @@ mod tests {
         let c = Config::defaults();
         assert_eq!(c.echo.listen.to_string(), "127.0.0.1:10007");
         assert_eq!(c.console.listen.to_string(), "127.0.0.1:11123");
+        assert_eq!(c.keyless.listen.to_string(), "127.0.0.1:1443");
         assert!(c.material.server.is_none());
+    }
+
+    #[test]
+    fn keyless_listen_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "k.toml", "[keyless]\nlisten = \"127.0.0.1:2443\"\n", 0o600);
+        assert_eq!(Config::load(&p).ok().expect("valid").keyless.listen.to_string(), "127.0.0.1:2443");
+        let p = write(dir.path(), "s.toml", "[keyd]\nsocket = \"k/keyd.sock\"\n", 0o600);
+        assert_eq!(Config::load(&p).ok().expect("valid").keyd_socket, Some(dir.path().join("k/keyd.sock")));
+        let p = write(dir.path(), "bad.toml", "[keyless]\nlisten = \"somewhere\"\n", 0o600);
+        let e = Config::load(&p).err().expect("refused").to_string();
+        assert!(e.contains("bad.toml: [keyless] listen = \"somewhere\": not an address"), "{e}");
+        let p = write(dir.path(), "unknown.toml", "[keyless]\nlisten = \"127.0.0.1:2443\"\nport = 1\n", 0o600);
+        let e = Config::load(&p).err().expect("refused").to_string();
+        assert!(e.contains("line 3") && e.contains("[keyless] listen"), "{e}");
     }
 
     #[test]
@@ -511,6 +565,12 @@ pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
         (false, _) => "remote access, token required",
     };
     println!("  echoctl_tls console   {}  {access}", c.console.listen);
+    println!("  TLS offload daemon    {}", c.offload.socket.display());
+    match &c.keyd_socket {
+        Some(socket) => println!("  keyd (key custody)    {}", socket.display()),
+        None => println!("  keyd (key custody)    DATA_DIR/keyd/keyd.sock"),
+    }
+    println!("  keyless TLS server    {}  keys and certificates in keyd", c.keyless.listen);
     for w in &warnings {
         println!("warning: {w}");
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use sealtls_endpoint::{Failure, FailureClass};
 use sealtls_pki::inspect::{inspect as inspect_inputs, Item};
-use sealtls_pki::issue::{init_ca, issue_leaf, KeyType, LeafKind};
+use sealtls_pki::issue::{default_ca_name, init_ca, issue_leaf, sign_csr, KeyType, LeafKind, DEFAULT_LEAF_DAYS};
 
 #[derive(Subcommand)]
 pub enum PkiCommand {
@@ -13,9 +13,10 @@ pub enum PkiCommand {
         /// Directory for the CA files (created if missing).
         #[arg(long)]
         dir: PathBuf,
-        /// Common name of the CA.
-        #[arg(long, default_value = "sealtls development CA")]
-        cn: String,
+        /// Common name of the CA [default: "sealtls development CA" and six random
+        /// hex digits, e.g. "sealtls development CA 3f9a1c", so that no two CAs look alike].
+        #[arg(long)]
+        cn: Option<String>,
         /// Key algorithm.
         #[arg(long, default_value = "ecdsa-p256")]
         key_type: KeyType,
@@ -45,9 +46,35 @@ pub enum PkiCommand {
         #[arg(long, default_value = "ecdsa-p256")]
         key_type: KeyType,
         /// Validity in days.
-        #[arg(long, default_value_t = 365)]
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS)]
         days: u32,
         /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a certificate signing request (e.g. from `sealtls key gen`) as a
+    /// TLS server certificate, with the CA in DIR.
+    ///
+    /// The request's self-signature is checked. Names: --san if given, else the
+    /// request's subjectAltName, else its CN. The certificate always gets a
+    /// subjectAltName, serverAuth and CA:FALSE; OUT holds it followed by the CA.
+    Sign {
+        /// Directory holding ca.pem and ca.key (mode 0600).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The request: PKCS#10, PEM or DER.
+        csr: PathBuf,
+        /// Where to write the certificate (leaf, then the CA).
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days (the same default as `pki issue`).
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS)]
+        days: u32,
+        /// Subject alternative names (DNS names or IP addresses), replacing
+        /// the request's; default the request's subjectAltName, else its CN.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Replace OUT if it exists.
         #[arg(long)]
         force: bool,
     },
@@ -65,13 +92,28 @@ pub struct InspectArgs {
 
 pub fn run(cmd: PkiCommand) -> Result<(), Failure> {
     let issued = match cmd {
-        PkiCommand::Init { dir, cn, key_type, days, force } => init_ca(&dir, &cn, key_type, days, force),
+        PkiCommand::Init { dir, cn, key_type, days, force } => {
+            let cn = cn.unwrap_or_else(default_ca_name);
+            let issued = init_ca(&dir, &cn, key_type, days, force).map_err(Failure::config)?;
+            println!("created the CA \"{cn}\"");
+            issued
+        }
         PkiCommand::Issue { kind, dir, name, sans, key_type, days, force } => {
             let kind = if kind == "server" { LeafKind::Server } else { LeafKind::Client };
-            issue_leaf(&dir, kind, &name, &sans, key_type, days, force)
+            issue_leaf(&dir, kind, &name, &sans, key_type, days, force).map_err(Failure::config)?
         }
-    }
-    .map_err(Failure::config)?;
+        PkiCommand::Sign { dir, csr, out, days, sans, force } => {
+            let (bytes, _) = sealtls_pki::load::read_limited(&csr).map_err(Failure::config)?;
+            let signed = sign_csr(&dir, &bytes, &csr.display().to_string(), &sans, days, &out, force).map_err(Failure::config)?;
+            println!(
+                "wrote {} (server certificate for {}, names from {}, valid {days} days; then the CA)",
+                signed.cert_path.display(),
+                signed.sans.join(", "),
+                signed.sans_from
+            );
+            return Ok(());
+        }
+    };
     println!("wrote {} and {} (mode 0600)", issued.cert_path.display(), issued.key_path.display());
     Ok(())
 }

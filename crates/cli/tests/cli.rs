@@ -283,6 +283,29 @@ fn pki_refuses_to_overwrite_and_writes_private_keys_0600() {
 }
 
 #[test]
+fn each_new_ca_gets_its_own_default_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let subject = |name: &str| {
+        let dir = tmp.path().join(name);
+        let o = run(sealtls().args(["pki", "init", "--dir", dir.to_str().unwrap()]));
+        assert!(o.status.success(), "{}", text(&o));
+        let o = run(sealtls().args(["inspect", "--json", &p(&dir, "ca.pem")]));
+        let items: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        items[0]["subject"].as_str().unwrap().to_owned()
+    };
+    let (a, b) = (subject("one"), subject("two"));
+    assert!(a.starts_with("CN=sealtls development CA ") && b.starts_with("CN=sealtls development CA "), "{a} {b}");
+    assert_ne!(a, b, "two development CAs must not look alike");
+    let dir = tmp.path().join("named");
+    let o = run(sealtls().args(["pki", "init", "--dir", dir.to_str().unwrap(), "--cn", "Lab CA"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(sealtls().args(["inspect", &p(&dir, "ca.pem")]));
+    assert!(text(&o).contains("CN=Lab CA"), "{}", text(&o));
+    let help = text(&run(sealtls().args(["pki", "init", "--help"])));
+    assert!(help.contains("sealtls development CA") && help.contains("random"), "{help}");
+}
+
+#[test]
 fn send_moves_a_file_through_echo_and_sink() {
     let tmp = tempfile::tempdir().unwrap();
     let d = dev_pki(tmp.path());

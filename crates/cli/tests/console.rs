@@ -234,11 +234,12 @@ openssl x509 -req -days 365 -in server.csr -CA Other.pem -CAkey Other.key -CAcre
     assert!(!out.contains("Connected:"), "{out}");
 }
 
-#[test]
-fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    let mut child = sealtls().arg("up").current_dir(d).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+/// PATH for the processes `up` tests start: system tools only, no sealtls.
+const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// `sealtls up ARGS` in `dir` with sealtls not on PATH, once its banner is out.
+fn up(dir: &Path, args: &[&str]) -> (std::process::Child, String) {
+    let mut child = sealtls().arg("up").args(args).current_dir(dir).env("PATH", SYSTEM_PATH).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -247,51 +248,21 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
             let _ = tx.send(line);
         }
     });
+    let stderr = collect(child.stderr.take().unwrap());
     let mut banner = String::new();
     while !banner.contains("stop with Ctrl-C") {
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(line) => banner.push_str(&(line + "\n")),
-            Err(_) => panic!("sealtls up did not come up: {banner}"),
+            Err(_) => panic!("sealtls up did not come up: {banner}\n{}", stderr.lock().unwrap()),
         }
     }
-    assert!(banner.contains("TLS echo server      127.0.0.1:10007") && banner.contains("echoctl_tls console  127.0.0.1:11123"), "{banner}");
-    assert!(banner.contains("openssl s_client -connect 127.0.0.1:10007 -CAfile sealtls-data/ca.pem"), "{banner}");
-    let data = d.join("sealtls-data");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for key in ["ca.key", "localhost.key", "client.key", "sealtls.toml"] {
-            assert_eq!(std::fs::metadata(data.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{key}");
-        }
-    }
+    (child, banner)
+}
 
-    let out = interactive_echo(
-        std::process::Command::new("openssl").args(["s_client", "-connect", "127.0.0.1:10007", "-CAfile", "sealtls-data/ca.pem", "-verify_return_error"]).current_dir(d),
-        "through up",
-    );
-    assert_eq!(echo_line_count(&out, "through up"), 1, "{out}");
-    let o = run(sealtls().current_dir(d).args([
-        "connect", "127.0.0.1:10007", "--server-name", "localhost", "--ca", "sealtls-data/ca.pem", "--cert", "sealtls-data/client.pem", "--key", "sealtls-data/client.key", "--send", "hello",
-    ]));
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hello"), "{}", text(&o));
-    assert!(text(&o).contains("client certificate  sent"), "{}", text(&o));
-
-    let mut t = enter_echoctl("127.0.0.1:11123");
-    let list = t.run("server list", PROMPT);
-    assert!(list.contains("127.0.0.1:10007") && list.contains("started by sealtls up"), "{list}");
-
-    // The keyless server signs through keyd with the development key; the device secret is outside the data directory.
-    assert!(banner.contains("keyless TLS server   127.0.0.1:1443"), "{banner}");
-    let keyless = run(std::process::Command::new("openssl").current_dir(d).args([
-        "s_client", "-connect", "127.0.0.1:1443", "-servername", "localhost", "-CAfile", "sealtls-data/ca.pem", "-verify_return_error",
-    ]));
-    assert!(text(&keyless).contains("Verify return code: 0 (ok)") && text(&keyless).contains("localhost"), "{}", text(&keyless));
-    let ls = run(sealtls().current_dir(d).args(["key", "ls", "--keyd", "unix:sealtls-data/keyd/keyd.sock"]));
-    assert!(text(&ls).lines().any(|l| l.starts_with("localhost") && l.ends_with(" ok")), "{}", text(&ls));
-    assert!(std::fs::read_dir(data.join("keyd")).unwrap().all(|e| e.unwrap().file_name() != "device.key"));
-
+/// SIGTERM, then a clean exit 0.
+fn stop_up(mut child: std::process::Child) {
     let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
-    t.expect("sealtls is stopping; session closed.");
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -301,9 +272,107 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0));
-    for port in [10007, 11123] {
-        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} still held");
+}
+
+#[test]
+fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (echo, console, keyless) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "[tls]\nsrv_cert_file = \"sealtls-data/localhost.pem\"\nsrv_key_file = \"sealtls-data/localhost.key\"\nca_cert_file = \"sealtls-data/ca.pem\"\n\
+         [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n[keyd]\nsocket = \"keyd.sock\"\n"
+    );
+    write_mode(&d.join("sealtls.toml"), &config, 0o644);
+    let device = d.join("secret/device.key");
+    let (child, banner) = up(d, &["--device-key", device.to_str().unwrap()]);
+    assert!(banner.contains(&format!("TLS echo server      127.0.0.1:{echo}")) && banner.contains(&format!("echoctl_tls console  127.0.0.1:{console}")), "{banner}");
+    assert!(banner.contains(&format!("keyless TLS server   127.0.0.1:{keyless}")), "{banner}");
+    assert!(banner.contains("keyd (key custody)   ./keyd.sock") && banner.contains("key ls --keyd unix:./keyd.sock"), "{banner}");
+    assert!(banner.contains(&format!("openssl s_client -connect 127.0.0.1:{echo} -CAfile ./sealtls-data/ca.pem")), "{banner}");
+    // sealtls is not on PATH: the banner names the binary and uses its path in every command.
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_sealtls")).unwrap();
+    assert!(banner.contains(&format!("sealtls is {}", exe.display())), "{banner}");
+    // keyd's device secret is where it was told, outside the data directory, and the banner says so.
+    assert!(banner.contains(&format!("keyd device secret   {}", device.display())) && banner.contains("kept apart"), "{banner}");
+    assert!(device.exists());
+    let data = d.join("sealtls-data");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for key in ["ca.key", "localhost.key", "client.key"] {
+            assert_eq!(std::fs::metadata(data.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{key}");
+        }
     }
+    assert!(std::fs::read_dir(data.join("keyd")).unwrap().all(|e| e.unwrap().file_name() != "device.key"));
+
+    // Every command the banner suggests works as printed, from the same directory, without sealtls on PATH.
+    let commands: Vec<&str> = banner.split("try:\n").nth(1).unwrap().lines().map(str::trim).filter(|l| !l.starts_with("stop with") && !l.starts_with("telnet ")).collect();
+    assert_eq!(commands.len(), 5, "{banner}");
+    for command in commands {
+        let o = run(std::process::Command::new("sh").args(["-c", command]).current_dir(d).env("PATH", SYSTEM_PATH));
+        assert!(o.status.success(), "{command}: {}", text(&o));
+        let t = text(&o);
+        if command.starts_with("openssl") {
+            assert!(t.contains("Verify return code: 0 (ok)"), "{command}: {t}");
+        } else if command.contains(" key ls ") {
+            assert!(t.lines().any(|l| l.starts_with("localhost") && l.ends_with(" ok")), "{command}: {t}");
+        } else {
+            assert!(String::from_utf8_lossy(&o.stdout).contains("hello"), "{command}: {t}");
+        }
+    }
+
+    let out = interactive_echo(
+        std::process::Command::new("openssl").args(["s_client", "-connect", &format!("127.0.0.1:{echo}"), "-CAfile", "sealtls-data/ca.pem", "-verify_return_error"]).current_dir(d),
+        "through up",
+    );
+    assert_eq!(echo_line_count(&out, "through up"), 1, "{out}");
+    let o = run(sealtls().current_dir(d).args(["connect", &format!("127.0.0.1:{echo}"), "--server-name", "localhost", "--ca", "sealtls-data/ca.pem", "--cert", "sealtls-data/client.pem", "--key", "sealtls-data/client.key", "--send", "hello"]));
+    assert!(o.status.success() && text(&o).contains("client certificate  sent"), "{}", text(&o));
+
+    let mut t = enter_echoctl(&format!("127.0.0.1:{console}"));
+    let list = t.run("server list", PROMPT);
+    assert!(list.contains(&format!("127.0.0.1:{echo}")) && list.contains("started by sealtls up"), "{list}");
+
+    // The keyless server signs through keyd with the development key.
+    let keyless_out = run(std::process::Command::new("openssl").current_dir(d).args([
+        "s_client", "-connect", &format!("127.0.0.1:{keyless}"), "-servername", "localhost", "-CAfile", "sealtls-data/ca.pem", "-verify_return_error",
+    ]));
+    assert!(text(&keyless_out).contains("Verify return code: 0 (ok)") && text(&keyless_out).contains("localhost"), "{}", text(&keyless_out));
+
+    // --keyless-listen overrides the config.
+    let o = run(sealtls().args(["up", "--help"]));
+    assert!(text(&o).contains("--keyless-listen") && text(&o).contains("[keyless]"), "{}", text(&o));
+
+    let id = child.id();
+    stop_up(child);
+    t.expect("sealtls is stopping; session closed.");
+    for port in [echo, console, keyless] {
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} still held after {id} stopped");
+    }
+}
+
+/// The documented defaults (README): echo 10007, console 11123, keyless 1443,
+/// with no configuration at all. Skipped when something else holds one of them.
+#[test]
+fn up_with_no_config_serves_on_the_documented_ports() {
+    for port in [10007, 11123, 1443] {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            eprintln!("skipping up_with_no_config_serves_on_the_documented_ports: 127.0.0.1:{port} is in use by another program");
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let device = d.join("device.key");
+    let (child, banner) = up(d, &["--device-key", device.to_str().unwrap()]);
+    for (name, addr) in [("TLS echo server", "127.0.0.1:10007"), ("echoctl_tls console", "127.0.0.1:11123"), ("keyless TLS server", "127.0.0.1:1443")] {
+        assert!(banner.contains(&format!("{name:<20} {addr}")), "{name} {addr}: {banner}");
+    }
+    assert!(banner.contains("openssl s_client -connect 127.0.0.1:10007 -CAfile sealtls-data/ca.pem"), "{banner}");
+    assert!(std::fs::metadata(d.join("sealtls-data/sealtls.toml")).is_ok() && device.exists());
+    let o = run(std::process::Command::new("openssl").current_dir(d).args(["s_client", "-connect", "127.0.0.1:1443", "-servername", "localhost", "-CAfile", "sealtls-data/ca.pem", "-verify_return_error"]));
+    assert!(text(&o).contains("Verify return code: 0 (ok)"), "{}", text(&o));
+    stop_up(child);
 }
 
 /// `sealtls config check` on a file that should fail, returning its output.
@@ -352,6 +421,7 @@ fn config_errors_name_the_file_the_key_and_the_fix() {
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("good.toml: valid") && t.contains("CN=localhost") && t.contains("would run") && t.contains("127.0.0.1:11123"), "{t}");
+    assert!(t.contains("keyless TLS server    127.0.0.1:1443") && t.contains("keyd (key custody)    DATA_DIR/keyd/keyd.sock"), "{t}");
     let server = Server::start(&["--config", good.to_str().unwrap(), "--client-auth", "optional"]);
     let o = run(sealtls().args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--send", "configured"]));
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("configured"), "{}", text(&o));

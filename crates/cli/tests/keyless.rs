@@ -126,12 +126,27 @@ fn a_key_generated_in_custody_gets_its_certificate_later() {
     let csr = dir.path().join("g.csr");
     let o = key(&kd.addr, &["gen", "g.test", "--key-type", "ecdsa-p384", "--out", csr.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    let ext = dir.path().join("ext.cnf");
-    std::fs::write(&ext, "subjectAltName=DNS:g.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-    let sign = run(Command::new("openssl").current_dir(dir.path()).args([
-        "x509", "-req", "-in", "g.csr", "-CA", "pki/ca.pem", "-CAkey", "pki/ca.key", "-CAcreateserial", "-out", "g.pem", "-days", "30", "-extfile", "ext.cnf",
-    ]));
-    assert!(sign.status.success(), "{}", text(&sign));
+    // A corrupted request is refused: one byte of the base64 body changed.
+    let pem = std::fs::read_to_string(&csr).unwrap();
+    let line = pem.lines().nth(3).unwrap().to_string();
+    let flipped: String = line.chars().enumerate().map(|(i, c)| if i == 10 { if c == 'A' { 'B' } else { 'A' } } else { c }).collect();
+    std::fs::write(dir.path().join("bad.csr"), pem.replacen(&line, &flipped, 1)).unwrap();
+    let sign = |csr: &str, out: &str| run(sealtls().current_dir(dir.path()).args(["pki", "sign", "--dir", "pki", csr, "--out", out]));
+    let o = sign("bad.csr", "bad.pem");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("bad.csr") && text(&o).contains("fix: "), "{}", text(&o));
+    assert!(!dir.path().join("bad.pem").exists());
+    // A CA key that others can read is refused.
+    std::fs::set_permissions(pki.join("ca.key"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let o = sign("g.csr", "g.pem");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("ca.key") && text(&o).contains("chmod 600"), "{}", text(&o));
+    std::fs::set_permissions(pki.join("ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Signed by the CA, names from the request (g.test), a server leaf that openssl verifies.
+    let o = sign("g.csr", "g.pem");
+    assert!(o.status.success() && text(&o).contains("g.test"), "{}", text(&o));
+    let v = run(Command::new("openssl").current_dir(dir.path()).args(["verify", "-CAfile", "pki/ca.pem", "-purpose", "sslserver", "g.pem"]));
+    assert!(v.status.success() && text(&v).contains("g.pem: OK"), "{}", text(&v));
     let ls = text(&key(&kd.addr, &["ls"]));
     assert!(ls.contains("g.test") && ls.contains("ECDSA P-384") && ls.contains("waiting for a certificate"), "{ls}");
     let o = key(&kd.addr, &["put", "g.test", "--cert", &p(dir.path(), "g.pem")]);
@@ -360,4 +375,23 @@ fn the_pkcs11_backend_on_softhsm_serves_by_sni_too() {
     std::fs::write(&csr, &o.stdout).unwrap();
     let v = run(Command::new("openssl").args(["req", "-in", csr.to_str().unwrap(), "-noout", "-verify", "-subject"]));
     assert!(v.status.success() && text(&v).contains("t.test"), "{}", text(&v));
+}
+
+#[test]
+fn a_certificate_without_subject_alt_name_is_refused_with_how_to_reissue() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kd = keyd(&d.join("keyd"), &d.join("device.key"), &[]);
+    // OpenSSL's `req -x509` without -addext: CN only, no subjectAltName.
+    let o = run(Command::new("openssl").current_dir(d).args([
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "n.key", "-out", "n.pem", "-subj", "/CN=n.test", "-days", "30",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::set_permissions(d.join("n.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = key(&kd.addr, &["put", "n.test", &p(d, "n.key"), "--cert", &p(d, "n.pem")]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let t = text(&o);
+    assert!(!t.contains("its names are []"), "{t}");
+    assert!(t.contains("has no subjectAltName") && t.contains("match names only there"), "{t}");
+    assert!(t.contains("fix: reissue it with n.test in subjectAltName") && t.contains("sealtls pki issue server") && t.contains("sealtls pki sign") && t.contains("-extfile"), "{t}");
 }

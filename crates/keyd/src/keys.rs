@@ -133,6 +133,15 @@ pub fn check_chain(domain: &str, key: &KeyInfo, chain: &[CertificateDer<'_>]) ->
             facts.subject, key.id
         )));
     }
+    if !facts.has_san_extension {
+        return Err(StoreError::Invalid(format!(
+            "the certificate ({}) has no subjectAltName, and modern clients match names only there, never in the CN; \
+             reissue it with {domain} in subjectAltName: `sealtls pki issue server --dir DIR --name {domain}`, \
+             or `sealtls pki sign --dir DIR CSR --out CERT` for a key made by `sealtls key gen`, \
+             or with openssl, `subjectAltName = DNS:{domain}` in the file given to -extfile",
+            facts.subject
+        )));
+    }
     if !facts.sans.iter().any(|san| name_covers(san, domain)) {
         return Err(StoreError::Invalid(format!(
             "the certificate ({}) does not name {domain}: its names are [{}]; install it under one of those names, or reissue it with {domain} in subjectAltName",

@@ -105,6 +105,16 @@ pub enum IssueError {
     /// rcgen refused the parameters or key.
     #[error("cannot build certificate: {0}")]
     Build(#[from] rcgen::Error),
+    /// A certificate signing request that cannot be signed.
+    #[error("{origin}: {what}; {fix}")]
+    Csr {
+        /// Where the CSR came from.
+        origin: String,
+        /// What is wrong with it.
+        what: String,
+        /// What to do.
+        fix: String,
+    },
     /// A name or SAN that cannot be used.
     #[error("invalid {field} `{value}`: {why}")]
     InvalidInput {
@@ -126,6 +136,21 @@ pub struct Issued {
     pub key_path: PathBuf,
     /// The new certificate.
     pub cert: CertificateDer<'static>,
+}
+
+/// Validity of a leaf when none is given, in days (`pki issue`, `pki sign`).
+pub const DEFAULT_LEAF_DAYS: u32 = 365;
+
+/// The common name every development CA starts from; [`default_ca_name`]
+/// adds a random suffix so that two CAs never look alike.
+pub const CA_NAME_PREFIX: &str = "sealtls development CA";
+
+/// A fresh default CA name: `sealtls development CA` and six random hex
+/// digits, e.g. `sealtls development CA 3f9a1c`.
+pub fn default_ca_name() -> String {
+    let mut bytes = [0u8; 3];
+    aws_lc_rs::rand::fill(&mut bytes).expect("system randomness is available");
+    format!("{CA_NAME_PREFIX} {:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2])
 }
 
 /// Paths of the CA inside a PKI directory.
@@ -226,10 +251,7 @@ pub fn issue_leaf(
     let key_path = dir.join(format!("{name}.key"));
     refuse_existing(&[&cert_path, &key_path], force)?;
 
-    let (ca_cert_path, ca_key_path) = ca_paths(dir);
-    let ca_chain = load_certs(&ca_cert_path).map_err(IssueError::Ca)?;
-    let ca_key = load_key(&ca_key_path).map_err(IssueError::Ca)?;
-    let ca_key = KeyPair::try_from(&*ca_key)?;
+    let (ca_chain, ca_key) = load_ca(dir)?;
     let issuer = Issuer::from_ca_cert_der(&ca_chain[0], ca_key)?;
 
     let mut params = base_params(name, days);
@@ -257,6 +279,142 @@ pub fn issue_leaf(
     }
     write_pair(&cert_path, &chain_pem, &key_path, &key, force)?;
     Ok(Issued { cert_path, key_path, cert: cert.der().clone() })
+}
+
+/// The CA chain and key in `dir`; the key file must be readable by its owner only.
+fn load_ca(dir: &Path) -> Result<(Vec<CertificateDer<'static>>, KeyPair), IssueError> {
+    let (ca_cert_path, ca_key_path) = ca_paths(dir);
+    let ca_chain = load_certs(&ca_cert_path).map_err(IssueError::Ca)?;
+    let ca_key = load_key(&ca_key_path).map_err(IssueError::Ca)?;
+    Ok((ca_chain, KeyPair::try_from(&*ca_key)?))
+}
+
+/// What [`sign_csr`] wrote.
+#[derive(Debug)]
+pub struct SignedCsr {
+    /// The certificate file: leaf then CA.
+    pub cert_path: PathBuf,
+    /// The new certificate.
+    pub cert: CertificateDer<'static>,
+    /// Its subjectAltName entries, as given to it.
+    pub sans: Vec<String>,
+    /// Where the names came from: `--san`, the CSR's subjectAltName, or its CN.
+    pub sans_from: &'static str,
+}
+
+/// The DER inside a CSR file: PEM (`CERTIFICATE REQUEST` or `NEW CERTIFICATE
+/// REQUEST`) or DER as it is.
+fn csr_der(bytes: &[u8], origin: &str) -> Result<Vec<u8>, IssueError> {
+    let refuse = |what: String| IssueError::Csr { origin: origin.into(), what, fix: "give the CSR file `sealtls key gen --out` or `openssl req -new` wrote (PEM or DER)".into() };
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Ok(bytes.to_vec());
+    }
+    let blocks = pem::parse_many(bytes).map_err(|e| refuse(format!("damaged PEM: {e}")))?;
+    match blocks.iter().find(|b| b.tag() == "CERTIFICATE REQUEST" || b.tag() == "NEW CERTIFICATE REQUEST") {
+        Some(b) => Ok(b.contents().to_vec()),
+        None => {
+            let tags: Vec<_> = blocks.iter().map(|b| b.tag().to_owned()).collect();
+            Err(refuse(format!("holds no CERTIFICATE REQUEST (it holds {})", if tags.is_empty() { "nothing".into() } else { tags.join(", ") })))
+        }
+    }
+}
+
+fn san_text(san: &SanType) -> Option<String> {
+    match san {
+        SanType::DnsName(name) => Some(name.as_str().to_owned()),
+        SanType::IpAddress(ip) => Some(ip.to_string()),
+        _ => None,
+    }
+}
+
+/// Signs the PKCS#10 request `csr` (PEM or DER) with the CA in `dir` as a
+/// TLS server certificate valid for `days`, and writes it to `out`, followed
+/// by the CA, as `issue_leaf` does. The request's self-signature is checked.
+/// Names: `sans` if given, else the request's subjectAltName, else its CN;
+/// the certificate always has a subjectAltName, serverAuth and CA:FALSE.
+pub fn sign_csr(dir: &Path, csr: &[u8], origin: &str, sans: &[String], days: u32, out: &Path, force: bool) -> Result<SignedCsr, IssueError> {
+    use x509_parser::prelude::FromDer;
+    refuse_existing(&[out], force)?;
+    let refuse = |what: String, fix: &str| IssueError::Csr { origin: origin.into(), what, fix: fix.into() };
+    let der = csr_der(csr, origin)?;
+    let mut request = rcgen::CertificateSigningRequestParams::from_der(&der.as_slice().into()).map_err(|e| match e {
+        rcgen::Error::InvalidCertificationRequestSignature => refuse(
+            "the request's self-signature does not verify: it was altered or damaged after it was made".into(),
+            "make a new request from the key (`sealtls key gen`, or `openssl req -new -key KEY`) and sign that",
+        ),
+        rcgen::Error::CouldNotParseCertificationRequest => refuse("not a PKCS#10 certificate signing request".into(), "give the CSR file `sealtls key gen --out` or `openssl req -new` wrote (PEM or DER)"),
+        rcgen::Error::UnsupportedSignatureAlgorithm => refuse(
+            "the request is signed with an algorithm sealtls cannot sign for".into(),
+            "make the request with an ECDSA P-256/P-384, Ed25519 or RSA key (PKCS#1 v1.5 signature)",
+        ),
+        rcgen::Error::UnsupportedExtension => refuse(
+            "the request asks for extensions other than subjectAltName, key usage, extended key usage and basic constraints".into(),
+            "make the request without them; the names can be given with --san",
+        ),
+        other => refuse(format!("cannot be read: {other}"), "make a new request and sign that"),
+    })?;
+    let (_, parsed) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+        .map_err(|e| refuse(format!("not a PKCS#10 certificate signing request: {e}"), "give the CSR file `sealtls key gen --out` or `openssl req -new` wrote"))?;
+    let info = &parsed.certification_request_info;
+    let cn = info.subject.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+
+    let (names, sans_from): (Vec<SanType>, &'static str) = if !sans.is_empty() {
+        (sans.iter().map(|s| parse_san(s)).collect::<Result<_, _>>()?, "--san")
+    } else if !request.params.subject_alt_names.is_empty() {
+        let requested = std::mem::take(&mut request.params.subject_alt_names);
+        if let Some(other) = requested.iter().find(|s| san_text(s).is_none()) {
+            return Err(refuse(
+                format!("the request asks for a subjectAltName that is not a DNS name or IP address ({other:?})"),
+                "give the server's names with --san NAME (repeat for each)",
+            ));
+        }
+        (requested, "the request's subjectAltName")
+    } else {
+        match &cn {
+            Some(cn) => match parse_san(cn) {
+                Ok(san) => (vec![san], "the request's CN"),
+                Err(_) => return Err(refuse(
+                    format!("the request has no subjectAltName and its CN `{cn}` is not a DNS name or IP address"),
+                    "give the server's names with --san NAME (repeat for each)",
+                )),
+            },
+            None => return Err(refuse("the request names no server: no subjectAltName and no CN".into(), "give the server's names with --san NAME (repeat for each)")),
+        }
+    };
+    let texts: Vec<String> = names.iter().filter_map(san_text).collect();
+
+    let (ca_chain, ca_key) = load_ca(dir)?;
+    let issuer = Issuer::from_ca_cert_der(&ca_chain[0], ca_key)?;
+    let mut params = base_params(cn.as_deref().unwrap_or(&texts[0]), days);
+    if cn.is_some() {
+        params.distinguished_name = request.params.distinguished_name.clone();
+    }
+    params.subject_alt_names = names;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let rsa = info.subject_pki.algorithm.algorithm == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
+    if rsa {
+        params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    request.params = params;
+    let cert = request.signed_by(&issuer)?;
+
+    // The certificate must certify exactly the key the request was made with.
+    let (_, issued) = x509_parser::parse_x509_certificate(cert.der()).map_err(|e| refuse(format!("the signed certificate does not parse: {e}"), "report this as a bug"))?;
+    if issued.tbs_certificate.subject_pki.raw != info.subject_pki.raw {
+        return Err(refuse(
+            "the request's key and signature algorithm are an unusual pair, and the certificate would not carry its key as given".into(),
+            "make the request with the usual hash for the key (SHA-256 for P-256 and RSA, SHA-384 for P-384)",
+        ));
+    }
+    let mut chain_pem = cert.pem();
+    for ca in &ca_chain {
+        chain_pem.push_str(&pem_encode_cert(ca));
+    }
+    write_atomic(out, chain_pem.as_bytes(), 0o644, force)?;
+    Ok(SignedCsr { cert_path: out.to_owned(), cert: cert.der().clone(), sans: texts, sans_from })
 }
 
 /// PEM-encodes one certificate.
@@ -287,6 +445,69 @@ mod tests {
             Err(IssueError::Write(WriteError::Exists { .. }))
         ));
         assert!(init_ca(dir.path(), "again", KeyType::EcdsaP256, 30, false).is_err());
+    }
+
+    fn csr(sans: &[&str], cn: &str) -> (KeyPair, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        (key, pem)
+    }
+
+    fn facts(path: &Path) -> (crate::inspect::CertFacts, usize) {
+        let chain = load_certs_pem(&std::fs::read(path).unwrap(), "out").unwrap();
+        (crate::inspect::CertFacts::from_der(&chain[0]).unwrap(), chain.len())
+    }
+
+    #[test]
+    fn csr_is_signed_as_a_server_leaf_with_names_from_san_then_csr_then_cn() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        init_ca(d, &default_ca_name(), KeyType::EcdsaP256, 30, false).unwrap();
+        let (_, with_san) = csr(&["a.test", "127.0.0.1"], "a.test");
+        let signed = sign_csr(d, with_san.as_bytes(), "a.csr", &[], DEFAULT_LEAF_DAYS, &d.join("a.pem"), false).unwrap();
+        assert_eq!(signed.sans, ["a.test", "127.0.0.1"]);
+        let (f, len) = facts(&d.join("a.pem"));
+        assert_eq!(len, 2, "leaf then CA");
+        assert!(f.has_san_extension && !f.is_ca && f.extended_key_usage == Some(vec!["serverAuth".into()]), "{f:?}");
+        assert_eq!(f.subject, "CN=a.test");
+
+        let (_, cn_only) = csr(&[], "b.test");
+        let der = pem::parse(&cn_only).unwrap().contents().to_vec();
+        let signed = sign_csr(d, &der, "b.der", &[], 10, &d.join("b.pem"), false).unwrap();
+        assert_eq!((signed.sans.as_slice(), signed.sans_from), (&["b.test".to_string()][..], "the request's CN"));
+        let signed = sign_csr(d, cn_only.as_bytes(), "b.csr", &["c.test".into()], 10, &d.join("c.pem"), false).unwrap();
+        assert_eq!(signed.sans, ["c.test"]);
+        assert!(matches!(sign_csr(d, cn_only.as_bytes(), "b.csr", &[], 10, &d.join("c.pem"), false), Err(IssueError::Write(WriteError::Exists { .. }))));
+
+        let (_, bad_cn) = csr(&[], "not a name");
+        let e = sign_csr(d, bad_cn.as_bytes(), "x.csr", &[], 10, &d.join("x.pem"), false).unwrap_err().to_string();
+        assert!(e.contains("x.csr: the request has no subjectAltName") && e.contains("; give the server's names with --san"), "{e}");
+    }
+
+    #[test]
+    fn altered_or_junk_csrs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        init_ca(d, "Test CA", KeyType::EcdsaP256, 30, false).unwrap();
+        let (_, good) = csr(&["a.test"], "a.test");
+        let mut der = pem::parse(&good).unwrap().contents().to_vec();
+        // Change one byte of the requested name: the signature no longer verifies.
+        let at = der.windows(6).position(|w| w == b"a.test").unwrap();
+        der[at] = b'z';
+        let e = sign_csr(d, &der, "z.csr", &[], 10, &d.join("z.pem"), false).unwrap_err().to_string();
+        assert!(e.contains("self-signature does not verify"), "{e}");
+        let e = sign_csr(d, b"hello", "j.csr", &[], 10, &d.join("j.pem"), false).unwrap_err().to_string();
+        assert!(e.contains("j.csr: not a PKCS#10"), "{e}");
+        assert!(!d.join("z.pem").exists() && !d.join("j.pem").exists());
+    }
+
+    #[test]
+    fn default_ca_names_differ() {
+        let (a, b) = (default_ca_name(), default_ca_name());
+        assert!(a.starts_with("sealtls development CA ") && a.len() == CA_NAME_PREFIX.len() + 7, "{a}");
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -13,6 +13,11 @@ pub fn sealtls() -> Command {
     c
 }
 
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Runs a command to completion with a time limit.
 pub fn run(cmd: &mut Command) -> Output {
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
@@ -278,7 +283,7 @@ pub struct OpensslServer {
 impl OpensslServer {
     /// Starts `openssl s_server -accept 127.0.0.1:PORT ARGS` in `dir`.
     pub fn start(dir: &Path, args: &[&str]) -> OpensslServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let mut child = Command::new("openssl")
             .arg("s_server")
             .args(["-accept", &format!("127.0.0.1:{port}")])
