@@ -411,7 +411,7 @@ fn config_errors_name_the_file_the_key_and_the_fix() {
     assert!(t.contains("[tls] srv_cert is given without srv_key"), "{t}");
 
     // Nothing starts on a bad config.
-    let o = run(sealtls().args(["up", "--config", d.join("open.toml").to_str().unwrap()]));
+    let o = run(sealtls().args(["up", "--config", d.join("open.toml").to_str().unwrap()]).current_dir(&d));
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 
     // A good one is described, and serves.
