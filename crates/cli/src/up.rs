@@ -92,16 +92,17 @@ fn load(path: Option<&Path>) -> Result<Config, Failure> {
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
     let path = match locate(args.config.as_deref(), &args.data_dir) {
-        Some(p) => p,
+        Some(p) => {
+            // keyd is given the development key even when the config is elsewhere.
+            ensure_dev_pki(&args.data_dir)?;
+            p
+        }
         None => {
             ensure_dev_data(&args.data_dir)?;
             args.data_dir.join(DEFAULT_NAME)
         }
     };
     let config = load(Some(&path))?;
-    // keyd is given the development key even when the config is elsewhere;
-    // nothing is created for a config that does not load.
-    ensure_dev_pki(&args.data_dir)?;
     let console_section = args.console.apply(config.console.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = EchoServers::new(config.material.clone());
