@@ -132,7 +132,9 @@ fn build_c_example(out: &Path, name: &str) -> PathBuf {
         .arg("-L")
         .arg(&lib_dir)
         .arg("-lsealtls_offload")
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        // DT_RPATH, searched before the LD_LIBRARY_PATH cargo sets (which
+        // may name an older copy of the library in target/debug).
+        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", lib_dir.display()))
         .arg("-o")
         .arg(&exe));
     assert!(o.status.success(), "cc failed: {}", text(&o));
