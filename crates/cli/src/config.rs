@@ -222,7 +222,11 @@ struct Item<'a, T> {
 impl<T> Item<'_, T> {
     /// The key as written in the file: `srv_cert` or `srv_cert_file`.
     fn name(&self) -> String {
-        if self.file.is_some() { format!("{}_file", self.key) } else { self.key.to_owned() }
+        if self.file.is_some() {
+            format!("{}_file", self.key)
+        } else {
+            self.key.to_owned()
+        }
     }
 }
 
@@ -279,18 +283,36 @@ impl Loader<'_> {
             (None, Some(_)) => return Err(ConfigError::Half { path: self.name(), given: key_key, missing: cert_key }),
             (Some((chain, co)), Some((kb, ko))) => (chain, co, kb, ko),
         };
-        let key_der = load_key_pem(&key_bytes, &key_origin).map_err(|source| ConfigError::Item { path: self.name(), table: "tls", key: key_name, source })?;
-        let certified = certified_key(chain, &key_der, &format!("[tls] {cert_key} ({cert_origin})"), &format!("[tls] {key_key} ({key_origin})"))
-            .map_err(|source| ConfigError::Setup { path: self.name(), source })?;
+        let key_der = load_key_pem(&key_bytes, &key_origin).map_err(|source| ConfigError::Item {
+            path: self.name(),
+            table: "tls",
+            key: key_name,
+            source,
+        })?;
+        let certified =
+            certified_key(chain, &key_der, &format!("[tls] {cert_key} ({cert_origin})"), &format!("[tls] {key_key} ({key_origin})"))
+                .map_err(|source| ConfigError::Setup { path: self.name(), source })?;
         Ok(Some(certified))
     }
 
-    fn parsed<T: std::str::FromStr>(&self, table: &'static str, key: &'static str, value: Option<&str>, default: &str) -> Result<T, ConfigError>
+    fn parsed<T: std::str::FromStr>(
+        &self,
+        table: &'static str,
+        key: &'static str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Result<T, ConfigError>
     where
         T::Err: std::fmt::Display,
     {
         let value = value.unwrap_or(default);
-        value.parse().map_err(|e: T::Err| ConfigError::Value { path: self.name(), table, key, value: value.chars().take(80).collect(), detail: e.to_string() })
+        value.parse().map_err(|e: T::Err| ConfigError::Value {
+            path: self.name(),
+            table,
+            key,
+            value: value.chars().take(80).collect(),
+            detail: e.to_string(),
+        })
     }
 
     fn token(&self, file: &Path) -> Result<Arc<Zeroizing<String>>, ConfigError> {
@@ -321,7 +343,9 @@ struct Listen(SocketAddr);
 impl std::str::FromStr for Listen {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.parse().map(Listen).map_err(|_| format!("not an address; write it as IP:PORT, e.g. 127.0.0.1:{}", s.rsplit(':').next().unwrap_or("10007")))
+        s.parse()
+            .map(Listen)
+            .map_err(|_| format!("not an address; write it as IP:PORT, e.g. 127.0.0.1:{}", s.rsplit(':').next().unwrap_or("10007")))
     }
 }
 
@@ -377,7 +401,13 @@ impl Config {
         let trust_files: Option<Vec<PathBuf>> =
             o.trust.as_ref().map(|t| t.iter().map(|s| if s == "system" { PathBuf::from(s) } else { dir.join(s) }).collect());
         let trust = match trust_files {
-            Some(files) => load_trust(&files).map_err(|detail| ConfigError::Value { path: l.name(), table: "offload", key: "trust", value: files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "), detail })?,
+            Some(files) => load_trust(&files).map_err(|detail| ConfigError::Value {
+                path: l.name(),
+                table: "offload",
+                key: "trust",
+                value: files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
+                detail,
+            })?,
             None => material.ca.clone().unwrap_or(Anchors { origin: "none".into(), certs: Vec::new() }),
         };
         let offload = OffloadSettings {
@@ -391,7 +421,8 @@ impl Config {
             name_check: o.hostname_check.unwrap_or(true),
             answer_timeout: Duration::from_secs(o.client_timeout_secs.unwrap_or(10)),
         };
-        let keyless = KeylessSection { listen: l.parsed::<Listen>("keyless", "listen", raw.keyless.listen.as_deref(), DEFAULT_KEYLESS_LISTEN)?.0 };
+        let keyless =
+            KeylessSection { listen: l.parsed::<Listen>("keyless", "listen", raw.keyless.listen.as_deref(), DEFAULT_KEYLESS_LISTEN)?.0 };
         let keyd_socket = raw.keyd.socket.as_deref().map(|s| dir.join(s));
         Ok(Self { material: Arc::new(material), echo, console, offload, keyless, keyd_socket })
     }
@@ -554,7 +585,9 @@ pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
     }
     println!("  [tls] legacy_v1_leaf  {}", m.legacy_v1_leaf);
     if m.legacy_v1_leaf {
-        warnings.push("legacy_v1_leaf = true: `client connect` checks only the signature chain and validity of servers, not their names".into());
+        warnings.push(
+            "legacy_v1_leaf = true: `client connect` checks only the signature chain and validity of servers, not their names".into(),
+        );
     }
     println!("would run (sealtls up):");
     let auth = format!("{:?}", c.echo.client_auth).to_lowercase();

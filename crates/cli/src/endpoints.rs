@@ -13,8 +13,8 @@ use sealtls_endpoint::server::{Mode, Server, ServerOptions, DEFAULT_IDLE_TIMEOUT
 use sealtls_endpoint::settings::{certified_key, Anchors, ClientSettings, ServerSettings, ServerTls};
 use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
-use sealtls_pki::inspect::CertFacts;
 use sealtls_keyless::{KeydClient, Keyless};
+use sealtls_pki::inspect::CertFacts;
 use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -104,14 +104,25 @@ pub(crate) fn anchors(path: &Path) -> Result<Anchors, Failure> {
 /// Builds a server's TLS from files, and from the config for what the
 /// flags do not give. With `keyless`, certificates and signatures come
 /// from keyd instead of files.
-pub fn server_tls(files: &ServerFiles, client_auth: Option<ClientAuthMode>, versions: TlsVersions, keyless: Option<Keyless>) -> Result<ServerTls, Failure> {
+pub fn server_tls(
+    files: &ServerFiles,
+    client_auth: Option<ClientAuthMode>,
+    versions: TlsVersions,
+    keyless: Option<Keyless>,
+) -> Result<ServerTls, Failure> {
     let config = files.config.as_deref().map(Config::load).transpose().map_err(config_failure)?;
     let material = config.as_ref().map(|c| &c.material);
     let identity: Arc<dyn ResolvesServerCert> = match (&keyless, &files.cert, &files.key, material.and_then(|m| m.server.clone())) {
         (Some(k), _, _, _) => Arc::new(k.clone()),
         (None, Some(cert), Some(key), _) => single(identity_from_files(cert, key)?, Some(cert)),
         (None, _, _, Some(from_config)) => single(from_config, None),
-        _ => return Err(Failure::new(FailureClass::Usage, "no server certificate given", "pass --cert FILE --key FILE, --keyd unix:PATH, or --config FILE with [tls] srv_cert and srv_key")),
+        _ => {
+            return Err(Failure::new(
+                FailureClass::Usage,
+                "no server certificate given",
+                "pass --cert FILE --key FILE, --keyd unix:PATH, or --config FILE with [tls] srv_cert and srv_key",
+            ))
+        }
     };
     let client_ca = match &files.ca {
         Some(path) => Some(anchors(path)?),
@@ -255,9 +266,7 @@ impl ClientArgs {
             None => Anchors::system().map_err(config_failure)?,
         };
         let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                Some(identity_from_files(cert, key)?)
-            }
+            (Some(cert), Some(key)) => Some(identity_from_files(cert, key)?),
             _ => None,
         };
         Ok(ClientSettings { trust, identity, versions: self.tls, legacy_v1_leaf: false, name_check: true })
@@ -312,7 +321,8 @@ pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
         }
         Err(f) => return Err(f),
     };
-    let peer_err = |e: std::io::Error| sealtls_endpoint::explain::explain(&e, &Default::default(), sealtls_endpoint::explain::Side::Client, &target);
+    let peer_err =
+        |e: std::io::Error| sealtls_endpoint::explain::explain(&e, &Default::default(), sealtls_endpoint::explain::Side::Client, &target);
     match args.send {
         Some(text) => {
             let text = send_line(&text);
@@ -401,8 +411,13 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
     } else {
         println!(
             "sent {} bytes in {:.2} s ({:.1} MiB/s) over {} {}; {} confirmed, sha256 {}",
-            report.bytes_sent, report.seconds, report.mib_per_s, connected.session.info.version, connected.session.info.suite,
-            if expect == Expect::Echo { "echo" } else { "count" }, report.sha256
+            report.bytes_sent,
+            report.seconds,
+            report.mib_per_s,
+            connected.session.info.version,
+            connected.session.info.suite,
+            if expect == Expect::Echo { "echo" } else { "count" },
+            report.sha256
         );
     }
     Ok(())

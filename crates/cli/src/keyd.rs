@@ -96,7 +96,11 @@ fn read_pin(path: &Path) -> Result<zeroize::Zeroizing<String>, Failure> {
     sealtls_pki::files::check_secret_mode(path, &meta).map_err(Failure::config)?;
     let pin = zeroize::Zeroizing::new(String::from_utf8_lossy(&bytes).trim().to_string());
     if pin.is_empty() {
-        return Err(Failure::new(FailureClass::Config, format!("{}: the PIN file is empty", path.display()), "write the token's user PIN into it"));
+        return Err(Failure::new(
+            FailureClass::Config,
+            format!("{}: the PIN file is empty", path.display()),
+            "write the token's user PIN into it",
+        ));
     }
     Ok(pin)
 }
@@ -109,11 +113,25 @@ pub fn open_custody(args: &KeydArgs) -> Result<Custody, Failure> {
             Box::new(SealedFiles::open(&args.data_dir, &device_key).map_err(Failure::config)?)
         }
         BackendKind::Pkcs11 => {
-            let token = args.token.clone().ok_or_else(|| Failure::new(FailureClass::Usage, "--backend pkcs11 needs --token LABEL", "give the token's label (softhsm2-util --show-slots lists them)"))?;
-            let pin_file = args.pin_file.clone().ok_or_else(|| Failure::new(FailureClass::Usage, "--backend pkcs11 needs --pin-file FILE", "put the token's user PIN in a file with mode 0600"))?;
+            let token = args.token.clone().ok_or_else(|| {
+                Failure::new(
+                    FailureClass::Usage,
+                    "--backend pkcs11 needs --token LABEL",
+                    "give the token's label (softhsm2-util --show-slots lists them)",
+                )
+            })?;
+            let pin_file = args.pin_file.clone().ok_or_else(|| {
+                Failure::new(
+                    FailureClass::Usage,
+                    "--backend pkcs11 needs --pin-file FILE",
+                    "put the token's user PIN in a file with mode 0600",
+                )
+            })?;
             let pin = read_pin(&pin_file)?;
             // The token holds the keys; the data directory still holds the socket.
-            sealtls_keyd::device::ensure_data_dir(&args.data_dir).and_then(|()| sealtls_keyd::device::check_data_dir(&args.data_dir)).map_err(Failure::config)?;
+            sealtls_keyd::device::ensure_data_dir(&args.data_dir)
+                .and_then(|()| sealtls_keyd::device::check_data_dir(&args.data_dir))
+                .map_err(Failure::config)?;
             Box::new(sealtls_keyd::pkcs11::Token::open(&args.module, &token, &pin).map_err(Failure::config)?)
         }
     };
@@ -125,7 +143,9 @@ pub async fn bind(custody: Custody, args: &KeydArgs) -> Result<Keyd, Failure> {
     let (ready, unusable) = custody.counts();
     info!(store = %custody.describe(), ready, unusable, "keys loaded");
     let tls = match (&args.listen_tls, &args.tls_cert, &args.tls_key, &args.client_ca) {
-        (Some(addr), Some(cert), Some(key), Some(ca)) => Some(TlsListen { addr: *addr, identity: identity_from_files(cert, key)?, client_ca: anchors(ca)? }),
+        (Some(addr), Some(cert), Some(key), Some(ca)) => {
+            Some(TlsListen { addr: *addr, identity: identity_from_files(cert, key)?, client_ca: anchors(ca)? })
+        }
         _ => None,
     };
     let admin_ca = args.admin_ca.as_deref().map(anchors).transpose()?;
@@ -162,12 +182,20 @@ impl KeydFlags {
             return Ok(KeydEndpoint::Unix(PathBuf::from(path)));
         }
         let Some(addr) = self.keyd.strip_prefix("tls://") else {
-            return Err(Failure::new(FailureClass::Usage, format!("--keyd {:?} is neither unix:PATH nor tls://HOST:PORT", self.keyd), "for example --keyd unix:sealtls-data/keyd/keyd.sock"));
+            return Err(Failure::new(
+                FailureClass::Usage,
+                format!("--keyd {:?} is neither unix:PATH nor tls://HOST:PORT", self.keyd),
+                "for example --keyd unix:sealtls-data/keyd/keyd.sock",
+            ));
         };
         let host = sealtls_endpoint::client::host_of(addr)?;
-        let server_name = ServerName::try_from(host.to_string()).map_err(|e| Failure::new(FailureClass::Usage, format!("--keyd {addr}: {e}"), "give tls://HOST:PORT"))?;
-        let ca = self.keyd_ca.as_deref().ok_or_else(|| Failure::new(FailureClass::Usage, "--keyd tls://... needs --keyd-ca", "give the CA that issued keyd's certificate"))?;
-        let (cert, key) = identity.ok_or_else(|| Failure::new(FailureClass::Usage, "keyd over TLS needs a client certificate", format!("give {cert_flags}")))?;
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|e| Failure::new(FailureClass::Usage, format!("--keyd {addr}: {e}"), "give tls://HOST:PORT"))?;
+        let ca = self.keyd_ca.as_deref().ok_or_else(|| {
+            Failure::new(FailureClass::Usage, "--keyd tls://... needs --keyd-ca", "give the CA that issued keyd's certificate")
+        })?;
+        let (cert, key) = identity
+            .ok_or_else(|| Failure::new(FailureClass::Usage, "keyd over TLS needs a client certificate", format!("give {cert_flags}")))?;
         let roots = anchors(ca)?.root_store().map_err(Failure::config)?;
         let me = identity_from_files(cert, key)?;
         let config = ClientConfig::builder_with_provider(provider())
@@ -258,9 +286,15 @@ impl AdminFlags {
 /// A keyd failure in words, with the exit code of its kind.
 pub fn keyd_failure(e: KeydError) -> Failure {
     match e {
-        KeydError::Unreachable { .. } | KeydError::Timeout(..) => Failure::new(FailureClass::Network, e.to_string(), "start keyd (sealtls keyd or sealtls up), or point --keyd at it"),
-        KeydError::Refused { code: ErrorCode::Forbidden, message } => Failure::new(FailureClass::Rejected, format!("keyd refused: {message}"), "use an admin identity"),
-        KeydError::Refused { code, message } => Failure::split(FailureClass::Config, format!("keyd refused ({code}): {message}"), "see keyd's log"),
+        KeydError::Unreachable { .. } | KeydError::Timeout(..) => {
+            Failure::new(FailureClass::Network, e.to_string(), "start keyd (sealtls keyd or sealtls up), or point --keyd at it")
+        }
+        KeydError::Refused { code: ErrorCode::Forbidden, message } => {
+            Failure::new(FailureClass::Rejected, format!("keyd refused: {message}"), "use an admin identity")
+        }
+        KeydError::Refused { code, message } => {
+            Failure::split(FailureClass::Config, format!("keyd refused ({code}): {message}"), "see keyd's log")
+        }
         KeydError::Runtime => Failure::new(FailureClass::Config, e.to_string(), "report this as a bug"),
     }
 }
@@ -331,20 +365,22 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
             Response::List(entries) => print_list(&entries, admin.json),
             r => return Err(unexpected(r)),
         },
-        KeyCommand::Gen { domain, key_type, out, admin } => match call(&*admin.client()?, Request::Generate { domain: domain.clone(), key_type }).await? {
-            Response::Csr(der) => {
-                let pem = pem_csr(&der);
-                match out {
-                    Some(path) => {
-                        std::fs::write(&path, pem).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
-                        eprintln!("key generated inside keyd for {domain}; CSR written to {}", path.display());
+        KeyCommand::Gen { domain, key_type, out, admin } => {
+            match call(&*admin.client()?, Request::Generate { domain: domain.clone(), key_type }).await? {
+                Response::Csr(der) => {
+                    let pem = pem_csr(&der);
+                    match out {
+                        Some(path) => {
+                            std::fs::write(&path, pem).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
+                            eprintln!("key generated inside keyd for {domain}; CSR written to {}", path.display());
+                        }
+                        None => print!("{pem}"),
                     }
-                    None => print!("{pem}"),
+                    eprintln!("have it signed, then: sealtls key put {domain} --cert CHAIN.pem");
                 }
-                eprintln!("have it signed, then: sealtls key put {domain} --cert CHAIN.pem");
+                r => return Err(unexpected(r)),
             }
-            r => return Err(unexpected(r)),
-        },
+        }
     }
     Ok(())
 }

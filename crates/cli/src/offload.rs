@@ -58,7 +58,11 @@ impl OffloadArgs {
         let config = match &self.config {
             Some(path) => Config::load(path).map_err(Failure::config)?,
             None if self.socket.is_none() => {
-                return Err(Failure::new(FailureClass::Usage, "no socket given", "give --socket PATH (or --config FILE with an [offload] table)"))
+                return Err(Failure::new(
+                    FailureClass::Usage,
+                    "no socket given",
+                    "give --socket PATH (or --config FILE with an [offload] table)",
+                ))
             }
             None => Config::defaults(),
         };
@@ -129,7 +133,9 @@ fn failure(e: Error, target: &str) -> Failure {
         None => (detail, String::new()),
     };
     let (class, fix) = match e.code {
-        Code::NotFound | Code::OutOfBounds | Code::OperationDenied | Code::Generic => (FailureClass::Network, "check that `sealtls offload` runs on --socket and admits this user".to_owned()),
+        Code::NotFound | Code::OutOfBounds | Code::OperationDenied | Code::Generic => {
+            (FailureClass::Network, "check that `sealtls offload` runs on --socket and admits this user".to_owned())
+        }
         Code::Aborted => (FailureClass::Protocol, fix),
         Code::InvalidParameter => (FailureClass::Usage, "give the server as HOST:PORT with a port from 1 to 65535".to_owned()),
         _ => (FailureClass::Network, fix),
@@ -144,14 +150,23 @@ fn open_failure(e: Error, socket: &std::path::Path, target: &str) -> Failure {
         Code::NotFound => Failure::new(
             FailureClass::Network,
             format!("no offload daemon at {}", socket.display()),
-            format!("start `sealtls offload --socket {} --trust CA.pem`, or pass --socket with the path the daemon listens on", socket.display()),
+            format!(
+                "start `sealtls offload --socket {} --trust CA.pem`, or pass --socket with the path the daemon listens on",
+                socket.display()
+            ),
         ),
         _ => failure(e, target),
     }
 }
 
 pub async fn offload_client(args: OffloadClientArgs) -> Result<(), Failure> {
-    let usage = || Failure::new(FailureClass::Usage, format!("`{}` is not HOST:PORT", args.target), "write the server as HOST:PORT, e.g. localhost:10007");
+    let usage = || {
+        Failure::new(
+            FailureClass::Usage,
+            format!("`{}` is not HOST:PORT", args.target),
+            "write the server as HOST:PORT, e.g. localhost:10007",
+        )
+    };
     let (host, port) = args.target.rsplit_once(':').ok_or_else(usage)?;
     let port: u16 = port.parse().map_err(|_| usage())?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -159,7 +174,9 @@ pub async fn offload_client(args: OffloadClientArgs) -> Result<(), Failure> {
     let badge = client.badge();
     let mut tls = client.connect(host, port).await.map_err(|e| failure(e, &args.target))?;
     eprintln!("connected to {} through the offload daemon (badge {badge}): {}", args.target, tls.session());
-    let broken = |e: std::io::Error| Failure::new(FailureClass::Network, format!("connection to {} failed: {e}", args.target), "see the offload daemon's log");
+    let broken = |e: std::io::Error| {
+        Failure::new(FailureClass::Network, format!("connection to {} failed: {e}", args.target), "see the offload daemon's log")
+    };
     match &args.send {
         Some(text) => {
             let line = send_line(text);

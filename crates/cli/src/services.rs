@@ -3,9 +3,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use sealtls_console::{check_listen, Console, ConsoleOptions, EchoServers, ServerSpec};
@@ -14,13 +14,13 @@ use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Server, ServerOptions};
 use sealtls_endpoint::settings::{ServerSettings, ServerTls};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
+use sealtls_endpoint::{Failure, FailureClass};
 use sealtls_keyd::Caller;
 use sealtls_keyless::{KeydClient, KeydEndpoint, Keyless};
-use zeroize::Zeroizing;
-use sealtls_endpoint::{Failure, FailureClass};
 use sealtls_offload_daemon::OffloadSettings;
 use tokio::sync::watch;
 use tracing::info;
+use zeroize::Zeroizing;
 
 use crate::config::{ConsoleSection, EchoSection};
 use crate::keyd::KeydArgs;
@@ -101,7 +101,8 @@ impl ConsoleFlags {
 pub async fn console(servers: &Arc<EchoServers>, section: &ConsoleSection, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
     check_listen(section.listen, section.allow_remote, section.token.is_some())?;
     let listener = bind(section.listen).await?;
-    let address = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
+    let address =
+        listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
     let options = ConsoleOptions { token: section.token.clone(), server_ip: address.ip(), ..Default::default() };
     let console = Console::new(servers.clone(), options);
     Ok(Service { name: "echoctl_tls console", address: Address::Tcp(address), task: Box::pin(console.run(listener, stopped(stop))) })
@@ -129,23 +130,38 @@ pub async fn keyd(args: &KeydArgs, install: Option<(&str, &Path, &Path)>, stop: 
         }
     }
     let daemon = crate::keyd::bind(custody, args).await?;
-    Ok(Service { name: "keyd (key custody)", address: Address::Unix(daemon.socket().to_owned()), task: Box::pin(daemon.run(stopped(stop))) })
+    Ok(Service {
+        name: "keyd (key custody)",
+        address: Address::Unix(daemon.socket().to_owned()),
+        task: Box::pin(daemon.run(stopped(stop))),
+    })
 }
 
 /// A TLS echo server whose certificates and signatures come from keyd.
 pub async fn keyless(listen: SocketAddr, keyd_socket: &Path, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
     let client = KeydClient::new(KeydEndpoint::Unix(keyd_socket.to_owned()), 4, Duration::from_secs(5));
     let keyless = Keyless::new(client, crate::endpoints::KEYLESS_REFRESH);
-    let settings = ServerSettings { identity: Arc::new(keyless.clone()), client_ca: None, client_auth: ClientAuthMode::None, versions: TlsVersions::Any };
+    let settings = ServerSettings {
+        identity: Arc::new(keyless.clone()),
+        client_ca: None,
+        client_auth: ClientAuthMode::None,
+        versions: TlsVersions::Any,
+    };
     let tls = ServerTls::new(settings).map_err(Failure::config)?.with_gate(Arc::new(keyless));
     let listener = bind(listen).await?;
-    let address = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
+    let address =
+        listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
     let server = Server::new(tls, ServerOptions::default());
     Ok(Service { name: "keyless TLS server", address: Address::Tcp(address), task: Box::pin(server.run(listener, stopped(stop))) })
 }
 
 /// Runs `services` until `shutdown` (Ctrl-C or SIGTERM), then stops them and the echo servers.
-pub async fn run_until_signal(services: Vec<Service>, shutdown: impl Future<Output = ()>, stop: watch::Sender<bool>, servers: &EchoServers) {
+pub async fn run_until_signal(
+    services: Vec<Service>,
+    shutdown: impl Future<Output = ()>,
+    stop: watch::Sender<bool>,
+    servers: &EchoServers,
+) {
     let handles: Vec<_> = services.into_iter().map(|s| tokio::spawn(s.task)).collect();
     shutdown.await;
     info!("stopping");

@@ -138,9 +138,16 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         unreachable!("up starts echo, console, offload, keyd and the keyless server in this order")
     };
     // The CA file to name in the examples: ca_cert_file, or a placeholder when ca_cert is inline.
-    let ca = config.material.ca.as_ref().and_then(|a| a.origin.strip_prefix("ca_cert: ")).filter(|o| !o.starts_with("inline")).unwrap_or("CA.pem");
+    let ca = config
+        .material
+        .ca
+        .as_ref()
+        .and_then(|a| a.origin.strip_prefix("ca_cert: "))
+        .filter(|o| !o.starts_with("inline"))
+        .unwrap_or("CA.pem");
     let d = shell_word(&args.data_dir);
-    let client = if args.data_dir.join("client.pem").exists() { format!(" --cert {d}/client.pem --key {d}/client.key") } else { String::new() };
+    let client =
+        if args.data_dir.join("client.pem").exists() { format!(" --cert {d}/client.pem --key {d}/client.key") } else { String::new() };
     let ca = shell_word(Path::new(ca));
     println!("files outside {}:", args.data_dir.display());
     println!(
@@ -154,7 +161,9 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     }
     let (me, exe) = self_command();
     match exe {
-        Some(exe) if me != "sealtls" => println!("sealtls is {} (not on PATH; `cargo install --path crates/cli --locked` puts it there)", exe.display()),
+        Some(exe) if me != "sealtls" => {
+            println!("sealtls is {} (not on PATH; `cargo install --path crates/cli --locked` puts it there)", exe.display())
+        }
         Some(exe) => println!("sealtls is {}", exe.display()),
         None => {}
     }

@@ -20,14 +20,9 @@ fn openssl_s_client_echoes_over_tls12_and_tls13_with_verification() {
     for version in ["-tls1_2", "-tls1_3"] {
         let line = format!("hello over {version}");
         let out = interactive_echo(
-            Command::new("openssl").args(["s_client", "-connect", &server.addr, version, "-verify_return_error", "-verify_hostname", "localhost"]).args([
-                "-CAfile",
-                &p(&d, "ca.pem"),
-                "-cert",
-                &p(&d, "alice.pem"),
-                "-key",
-                &p(&d, "alice.key"),
-            ]),
+            Command::new("openssl")
+                .args(["s_client", "-connect", &server.addr, version, "-verify_return_error", "-verify_hostname", "localhost"])
+                .args(["-CAfile", &p(&d, "ca.pem"), "-cert", &p(&d, "alice.pem"), "-key", &p(&d, "alice.key")]),
             &line,
         );
         assert_eq!(echo_line_count(&out, &line), 1, "{version}: {out}");
@@ -43,14 +38,9 @@ fn gnutls_cli_echoes() {
     let d = dev_pki(tmp.path());
     let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--ca", &p(&d, "ca.pem")]);
     let out = interactive_echo(
-        Command::new("gnutls-cli").args(["--port", server.port(), "127.0.0.1", "--sni-hostname", "localhost", "--verify-hostname", "localhost"]).args([
-            "--x509cafile",
-            &p(&d, "ca.pem"),
-            "--x509certfile",
-            &p(&d, "alice.pem"),
-            "--x509keyfile",
-            &p(&d, "alice.key"),
-        ]),
+        Command::new("gnutls-cli")
+            .args(["--port", server.port(), "127.0.0.1", "--sni-hostname", "localhost", "--verify-hostname", "localhost"])
+            .args(["--x509cafile", &p(&d, "ca.pem"), "--x509certfile", &p(&d, "alice.pem"), "--x509keyfile", &p(&d, "alice.key")]),
         "hello gnutls",
     );
     assert_eq!(echo_line_count(&out, "hello gnutls"), 1, "{out}");
@@ -101,7 +91,19 @@ fn our_client_against_openssl_s_server() {
     let d = dev_pki(tmp.path());
     let s_server = OpensslServer::start(&d, &["-cert", "localhost.pem", "-key", "localhost.key"]);
     for version in ["1.2", "1.3"] {
-        let o = run(sealtls().args(["connect", &format!("127.0.0.1:{}", s_server.port), "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--tls", version, "--send", "to-openssl", "--json"]));
+        let o = run(sealtls().args([
+            "connect",
+            &format!("127.0.0.1:{}", s_server.port),
+            "--server-name",
+            "localhost",
+            "--ca",
+            &p(&d, "ca.pem"),
+            "--tls",
+            version,
+            "--send",
+            "to-openssl",
+            "--json",
+        ]));
         assert!(o.status.success(), "{}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["session"]["version"], if version == "1.2" { "TLSv1.2" } else { "TLSv1.3" });
@@ -136,8 +138,17 @@ openssl x509 -req -days 365 -in bad_csr.pem -CA bad_ca_cert.pem -CAkey bad_ca_ke
 
 fn seed_client(d: &Path, server: &Server, cert: &str, key: &str) -> Output {
     run(sealtls().args([
-        "connect", "--server", "localhost", "-p", server.port(),
-        "--ca-certificate", &p(d, "ca_cert.pem"), "--certificate", &p(d, cert), "--private-key", &p(d, key),
+        "connect",
+        "--server",
+        "localhost",
+        "-p",
+        server.port(),
+        "--ca-certificate",
+        &p(d, "ca_cert.pem"),
+        "--certificate",
+        &p(d, cert),
+        "--private-key",
+        &p(d, key),
     ]))
 }
 
@@ -146,7 +157,16 @@ fn seed003_mutual_tls_scenarios() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     seed003_pki(d);
-    let good = Server::start(&["--ca-certificate", &p(d, "ca_cert.pem"), "--certificate", &p(d, "server_cert.pem"), "--private-key", &p(d, "server_key.pem"), "--mode", "handshake"]);
+    let good = Server::start(&[
+        "--ca-certificate",
+        &p(d, "ca_cert.pem"),
+        "--certificate",
+        &p(d, "server_cert.pem"),
+        "--private-key",
+        &p(d, "server_key.pem"),
+        "--mode",
+        "handshake",
+    ]);
 
     // Success: both sides verify.
     let o = seed_client(d, &good, "client_cert.pem", "client_key.pem");
@@ -168,7 +188,16 @@ fn seed003_mutual_tls_scenarios() {
     assert!(good.wait_log("sent no certificate").contains("sent no certificate"));
 
     // A server certificate from the untrusted CA: refused by the client.
-    let bad = Server::start(&["--ca-certificate", &p(d, "bad_ca_cert.pem"), "--certificate", &p(d, "bad_cert.pem"), "--private-key", &p(d, "bad_key.pem"), "--mode", "handshake"]);
+    let bad = Server::start(&[
+        "--ca-certificate",
+        &p(d, "bad_ca_cert.pem"),
+        "--certificate",
+        &p(d, "bad_cert.pem"),
+        "--private-key",
+        &p(d, "bad_key.pem"),
+        "--mode",
+        "handshake",
+    ]);
     let o = seed_client(d, &bad, "client_cert.pem", "client_key.pem");
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     let t = text(&o);
@@ -195,7 +224,10 @@ fn seed000_guide_certificates() {
     assert!(server.log().contains("clients will refuse this certificate: X.509 version 1"), "{}", server.log());
 
     // openssl s_client -tls1_2 echoes through it.
-    let out = interactive_echo(Command::new("openssl").args(["s_client", "-connect", &server.addr, "-tls1_2", "-CAfile", &p(d, "RootCA.pem")]), "bitvisor echo");
+    let out = interactive_echo(
+        Command::new("openssl").args(["s_client", "-connect", &server.addr, "-tls1_2", "-CAfile", &p(d, "RootCA.pem")]),
+        "bitvisor echo",
+    );
     assert_eq!(echo_line_count(&out, "bitvisor echo"), 1, "{out}");
     assert!(out.contains("Protocol  : TLSv1.2"), "{out}");
 
@@ -277,7 +309,19 @@ fn pki_refuses_to_overwrite_and_writes_private_keys_0600() {
     assert!(text(&o).contains("--force"), "{}", text(&o));
     assert_eq!(std::fs::read(d.join("ca.key")).unwrap(), before);
     for kt in ["ecdsa-p384", "ed25519", "rsa2048"] {
-        let o = run(sealtls().args(["pki", "issue", "server", "--dir", d.to_str().unwrap(), "--name", &format!("s-{kt}"), "--key-type", kt, "--san", "localhost"]));
+        let o = run(sealtls().args([
+            "pki",
+            "issue",
+            "server",
+            "--dir",
+            d.to_str().unwrap(),
+            "--name",
+            &format!("s-{kt}"),
+            "--key-type",
+            kt,
+            "--san",
+            "localhost",
+        ]));
         assert!(o.status.success(), "{kt}: {}", text(&o));
     }
 }
@@ -313,14 +357,39 @@ fn send_moves_a_file_through_echo_and_sink() {
     let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(&file, &data).unwrap();
     for mode in ["echo", "sink"] {
-        let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--client-auth", "none", "--mode", mode]);
-        let o = run(sealtls().args(["send", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--file", &file, "--expect", mode, "--json"]));
+        let server =
+            Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--client-auth", "none", "--mode", mode]);
+        let o = run(sealtls().args([
+            "send",
+            &server.addr,
+            "--server-name",
+            "localhost",
+            "--ca",
+            &p(&d, "ca.pem"),
+            "--file",
+            &file,
+            "--expect",
+            mode,
+            "--json",
+        ]));
         assert!(o.status.success(), "{mode}: {}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["transfer"]["bytes_confirmed"], data.len() as u64, "{mode}");
     }
     // A sink is not an echo: asking for an echo from it must fail, not pass.
-    let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--client-auth", "none", "--mode", "sink"]);
-    let o = run(sealtls().args(["send", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--file", &file, "--expect", "echo"]));
+    let server =
+        Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--client-auth", "none", "--mode", "sink"]);
+    let o = run(sealtls().args([
+        "send",
+        &server.addr,
+        "--server-name",
+        "localhost",
+        "--ca",
+        &p(&d, "ca.pem"),
+        "--file",
+        &file,
+        "--expect",
+        "echo",
+    ]));
     assert_eq!(o.status.code(), Some(8), "{}", text(&o));
 }

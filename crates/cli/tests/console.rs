@@ -75,7 +75,15 @@ fn console_drives_an_echo_server_like_a_person_with_telnet() {
     // The same server, reached by openssl over TLS 1.2 with full verification, echoes.
     let out = interactive_echo(
         std::process::Command::new("openssl").args([
-            "s_client", "-connect", &format!("127.0.0.1:{port}"), "-tls1_2", "-CAfile", &p(&d, "ca.pem"), "-verify_return_error", "-verify_hostname", "localhost",
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-tls1_2",
+            "-CAfile",
+            &p(&d, "ca.pem"),
+            "-verify_return_error",
+            "-verify_hostname",
+            "localhost",
         ]),
         "from openssl",
     );
@@ -86,7 +94,17 @@ fn console_drives_an_echo_server_like_a_person_with_telnet() {
     let file = d.join("payload.bin");
     let data: Vec<u8> = (0..64 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
     std::fs::write(&file, &data).unwrap();
-    let o = run(sealtls().args(["send", &format!("127.0.0.1:{port}"), "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--file", file.to_str().unwrap(), "--json"]));
+    let o = run(sealtls().args([
+        "send",
+        &format!("127.0.0.1:{port}"),
+        "--server-name",
+        "localhost",
+        "--ca",
+        &p(&d, "ca.pem"),
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+    ]));
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["transfer"]["bytes_confirmed"], data.len() as u64);
@@ -175,7 +193,15 @@ fn console_access_beyond_loopback_needs_a_flag_and_a_token() {
     assert!(text(&o).contains("chmod 600"), "{}", text(&o));
 
     write_mode(&token, "s3cret-token-0123456789\n", 0o600);
-    let c = Server::spawn(&["console", "--console-listen", "127.0.0.1:0", "--data-dir", d.to_str().unwrap(), "--token-file", token.to_str().unwrap()]);
+    let c = Server::spawn(&[
+        "console",
+        "--console-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
     let mut wrong = Telnet::connect(&c.addr);
     wrong.expect("token: ");
     wrong.line("guess");
@@ -188,7 +214,10 @@ fn console_access_beyond_loopback_needs_a_flag_and_a_token() {
     right.run("echoctl_tls", PROMPT);
     // Without a config there is nothing to serve with; the console says what to give.
     let out = right.run("server start 0", PROMPT);
-    assert!(out.contains("error: no server certificate configured (no config file found)") && out.contains("fix: give srv_cert and srv_key"), "{out}");
+    assert!(
+        out.contains("error: no server certificate configured (no config file found)") && out.contains("fix: give srv_cert and srv_key"),
+        "{out}"
+    );
 }
 
 /// Seed 000's client scenario: the console's client against `openssl s_server
@@ -239,7 +268,16 @@ const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// `sealtls up ARGS` in `dir` with sealtls not on PATH, once its banner is out.
 fn up(dir: &Path, args: &[&str]) -> (std::process::Child, String) {
-    let mut child = sealtls().arg("up").args(args).current_dir(dir).env("PATH", SYSTEM_PATH).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = sealtls()
+        .arg("up")
+        .args(args)
+        .current_dir(dir)
+        .env("PATH", SYSTEM_PATH)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -286,7 +324,11 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
     write_mode(&d.join("sealtls.toml"), &config, 0o644);
     let device = d.join("secret/device.key");
     let (child, banner) = up(d, &["--device-key", device.to_str().unwrap()]);
-    assert!(banner.contains(&format!("TLS echo server      127.0.0.1:{echo}")) && banner.contains(&format!("echoctl_tls console  127.0.0.1:{console}")), "{banner}");
+    assert!(
+        banner.contains(&format!("TLS echo server      127.0.0.1:{echo}"))
+            && banner.contains(&format!("echoctl_tls console  127.0.0.1:{console}")),
+        "{banner}"
+    );
     assert!(banner.contains(&format!("keyless TLS server   127.0.0.1:{keyless}")), "{banner}");
     assert!(banner.contains("keyd (key custody)   ./keyd.sock") && banner.contains("key ls --keyd unix:./keyd.sock"), "{banner}");
     assert!(banner.contains(&format!("openssl s_client -connect 127.0.0.1:{echo} -CAfile ./sealtls-data/ca.pem")), "{banner}");
@@ -306,7 +348,14 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
     assert!(std::fs::read_dir(data.join("keyd")).unwrap().all(|e| e.unwrap().file_name() != "device.key"));
 
     // Every command the banner suggests works as printed, from the same directory, without sealtls on PATH.
-    let commands: Vec<&str> = banner.split("try:\n").nth(1).unwrap().lines().map(str::trim).filter(|l| !l.starts_with("stop with") && !l.starts_with("telnet ")).collect();
+    let commands: Vec<&str> = banner
+        .split("try:\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("stop with") && !l.starts_with("telnet "))
+        .collect();
     assert_eq!(commands.len(), 5, "{banner}");
     for command in commands {
         let o = run(std::process::Command::new("sh").args(["-c", command]).current_dir(d).env("PATH", SYSTEM_PATH));
@@ -322,11 +371,26 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
     }
 
     let out = interactive_echo(
-        std::process::Command::new("openssl").args(["s_client", "-connect", &format!("127.0.0.1:{echo}"), "-CAfile", "sealtls-data/ca.pem", "-verify_return_error"]).current_dir(d),
+        std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{echo}"), "-CAfile", "sealtls-data/ca.pem", "-verify_return_error"])
+            .current_dir(d),
         "through up",
     );
     assert_eq!(echo_line_count(&out, "through up"), 1, "{out}");
-    let o = run(sealtls().current_dir(d).args(["connect", &format!("127.0.0.1:{echo}"), "--server-name", "localhost", "--ca", "sealtls-data/ca.pem", "--cert", "sealtls-data/client.pem", "--key", "sealtls-data/client.key", "--send", "hello"]));
+    let o = run(sealtls().current_dir(d).args([
+        "connect",
+        &format!("127.0.0.1:{echo}"),
+        "--server-name",
+        "localhost",
+        "--ca",
+        "sealtls-data/ca.pem",
+        "--cert",
+        "sealtls-data/client.pem",
+        "--key",
+        "sealtls-data/client.key",
+        "--send",
+        "hello",
+    ]));
     assert!(o.status.success() && text(&o).contains("client certificate  sent"), "{}", text(&o));
 
     let mut t = enter_echoctl(&format!("127.0.0.1:{console}"));
@@ -335,9 +399,20 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
 
     // The keyless server signs through keyd with the development key.
     let keyless_out = run(std::process::Command::new("openssl").current_dir(d).args([
-        "s_client", "-connect", &format!("127.0.0.1:{keyless}"), "-servername", "localhost", "-CAfile", "sealtls-data/ca.pem", "-verify_return_error",
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{keyless}"),
+        "-servername",
+        "localhost",
+        "-CAfile",
+        "sealtls-data/ca.pem",
+        "-verify_return_error",
     ]));
-    assert!(text(&keyless_out).contains("Verify return code: 0 (ok)") && text(&keyless_out).contains("localhost"), "{}", text(&keyless_out));
+    assert!(
+        text(&keyless_out).contains("Verify return code: 0 (ok)") && text(&keyless_out).contains("localhost"),
+        "{}",
+        text(&keyless_out)
+    );
 
     // --keyless-listen overrides the config.
     let o = run(sealtls().args(["up", "--help"]));
@@ -365,12 +440,23 @@ fn up_with_no_config_serves_on_the_documented_ports() {
     let d = tmp.path();
     let device = d.join("device.key");
     let (child, banner) = up(d, &["--device-key", device.to_str().unwrap()]);
-    for (name, addr) in [("TLS echo server", "127.0.0.1:10007"), ("echoctl_tls console", "127.0.0.1:11123"), ("keyless TLS server", "127.0.0.1:1443")] {
+    for (name, addr) in
+        [("TLS echo server", "127.0.0.1:10007"), ("echoctl_tls console", "127.0.0.1:11123"), ("keyless TLS server", "127.0.0.1:1443")]
+    {
         assert!(banner.contains(&format!("{name:<20} {addr}")), "{name} {addr}: {banner}");
     }
     assert!(banner.contains("openssl s_client -connect 127.0.0.1:10007 -CAfile sealtls-data/ca.pem"), "{banner}");
     assert!(std::fs::metadata(d.join("sealtls-data/sealtls.toml")).is_ok() && device.exists());
-    let o = run(std::process::Command::new("openssl").current_dir(d).args(["s_client", "-connect", "127.0.0.1:1443", "-servername", "localhost", "-CAfile", "sealtls-data/ca.pem", "-verify_return_error"]));
+    let o = run(std::process::Command::new("openssl").current_dir(d).args([
+        "s_client",
+        "-connect",
+        "127.0.0.1:1443",
+        "-servername",
+        "localhost",
+        "-CAfile",
+        "sealtls-data/ca.pem",
+        "-verify_return_error",
+    ]));
     assert!(text(&o).contains("Verify return code: 0 (ok)"), "{}", text(&o));
     stop_up(child);
 }
@@ -399,13 +485,23 @@ fn config_errors_name_the_file_the_key_and_the_fix() {
     assert!(t.contains("[tls] srv_cert and srv_cert_file are both given"), "{t}");
     let t = check_fails(&d, "missing.toml", "[tls]\nca_cert_file = \"nowhere.pem\"\n", 0o600);
     assert!(t.contains("[tls] ca_cert_file") && t.contains("nowhere.pem: cannot read"), "{t}");
-    let t = check_fails(&d, "badpem.toml", "[tls]\nca_cert = \"\"\"\n-----BEGIN CERTIFICATE-----\nnot base64!!\n-----END CERTIFICATE-----\n\"\"\"\n", 0o600);
+    let t = check_fails(
+        &d,
+        "badpem.toml",
+        "[tls]\nca_cert = \"\"\"\n-----BEGIN CERTIFICATE-----\nnot base64!!\n-----END CERTIFICATE-----\n\"\"\"\n",
+        0o600,
+    );
     assert!(t.contains("[tls] ca_cert: inline ca_cert: damaged PEM"), "{t}");
     let t = check_fails(&d, "mismatch.toml", "[tls]\nsrv_cert_file = \"localhost.pem\"\nsrv_key_file = \"alice.key\"\n", 0o600);
     assert!(t.contains("[tls] srv_key") && t.contains("does not belong to the certificate in [tls] srv_cert"), "{t}");
     let t = check_fails(&d, "open.toml", "[tls]\nsrv_cert_file = \"localhost.pem\"\nsrv_key_file = \"open.key\"\n", 0o600);
     assert!(t.contains("[tls] srv_key_file") && t.contains("chmod 600"), "{t}");
-    let t = check_fails(&d, "inline-open.toml", &format!("[tls]\nsrv_cert_file = \"localhost.pem\"\nsrv_key = {}\n", inline(&d.join("localhost.key"))), 0o644);
+    let t = check_fails(
+        &d,
+        "inline-open.toml",
+        &format!("[tls]\nsrv_cert_file = \"localhost.pem\"\nsrv_key = {}\n", inline(&d.join("localhost.key"))),
+        0o644,
+    );
     assert!(t.contains("holds a private key inline ([tls] srv_key)") && t.contains("chmod 600"), "{t}");
     let t = check_fails(&d, "half.toml", "[tls]\nsrv_cert_file = \"localhost.pem\"\n", 0o600);
     assert!(t.contains("[tls] srv_cert is given without srv_key"), "{t}");
@@ -420,7 +516,10 @@ fn config_errors_name_the_file_the_key_and_the_fix() {
     let o = run(sealtls().args(["config", "check", good.to_str().unwrap()]));
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("good.toml: valid") && t.contains("CN=localhost") && t.contains("would run") && t.contains("127.0.0.1:11123"), "{t}");
+    assert!(
+        t.contains("good.toml: valid") && t.contains("CN=localhost") && t.contains("would run") && t.contains("127.0.0.1:11123"),
+        "{t}"
+    );
     assert!(t.contains("keyless TLS server    127.0.0.1:1443") && t.contains("keyd (key custody)    DATA_DIR/keyd/keyd.sock"), "{t}");
     let server = Server::start(&["--config", good.to_str().unwrap(), "--client-auth", "optional"]);
     let o = run(sealtls().args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--send", "configured"]));

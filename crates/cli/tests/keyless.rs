@@ -14,7 +14,11 @@ use common::{p, run, sealtls, text, write_mode, Server};
 fn pki(dir: &Path) -> PathBuf {
     let d = dir.join("pki");
     let ds = d.to_str().unwrap();
-    for args in [vec!["pki", "init", "--dir", ds], vec!["pki", "issue", "server", "--dir", ds, "--name", "a.test"], vec!["pki", "issue", "server", "--dir", ds, "--name", "b.test"]] {
+    for args in [
+        vec!["pki", "init", "--dir", ds],
+        vec!["pki", "issue", "server", "--dir", ds, "--name", "a.test"],
+        vec!["pki", "issue", "server", "--dir", ds, "--name", "b.test"],
+    ] {
         let o = run(sealtls().args(&args));
         assert!(o.status.success(), "{}", text(&o));
     }
@@ -47,7 +51,8 @@ fn s_client(port: &str, name: Option<&str>, ca: &Path, version: &str) -> String 
 }
 
 fn served(out: &str, name: &str) -> bool {
-    (out.contains(&format!("subject=CN = {name}")) || out.contains(&format!("subject=CN={name}"))) && out.contains("Verify return code: 0 (ok)")
+    (out.contains(&format!("subject=CN = {name}")) || out.contains(&format!("subject=CN={name}")))
+        && out.contains("Verify return code: 0 (ok)")
 }
 
 /// Both names served over 1.3 and 1.2 with their own certificate; an
@@ -129,7 +134,21 @@ fn a_key_generated_in_custody_gets_its_certificate_later() {
     // A corrupted request is refused: one byte of the base64 body changed.
     let pem = std::fs::read_to_string(&csr).unwrap();
     let line = pem.lines().nth(3).unwrap().to_string();
-    let flipped: String = line.chars().enumerate().map(|(i, c)| if i == 10 { if c == 'A' { 'B' } else { 'A' } } else { c }).collect();
+    let flipped: String = line
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 10 {
+                if c == 'A' {
+                    'B'
+                } else {
+                    'A'
+                }
+            } else {
+                c
+            }
+        })
+        .collect();
     std::fs::write(dir.path().join("bad.csr"), pem.replacen(&line, &flipped, 1)).unwrap();
     let sign = |csr: &str, out: &str| run(sealtls().current_dir(dir.path()).args(["pki", "sign", "--dir", "pki", csr, "--out", out]));
     let o = sign("bad.csr", "bad.pem");
@@ -145,7 +164,8 @@ fn a_key_generated_in_custody_gets_its_certificate_later() {
     // Signed by the CA, names from the request (g.test), a server leaf that openssl verifies.
     let o = sign("g.csr", "g.pem");
     assert!(o.status.success() && text(&o).contains("g.test"), "{}", text(&o));
-    let v = run(Command::new("openssl").current_dir(dir.path()).args(["verify", "-CAfile", "pki/ca.pem", "-purpose", "sslserver", "g.pem"]));
+    let v =
+        run(Command::new("openssl").current_dir(dir.path()).args(["verify", "-CAfile", "pki/ca.pem", "-purpose", "sslserver", "g.pem"]));
     assert!(v.status.success() && text(&v).contains("g.pem: OK"), "{}", text(&v));
     let ls = text(&key(&kd.addr, &["ls"]));
     assert!(ls.contains("g.test") && ls.contains("ECDSA P-384") && ls.contains("waiting for a certificate"), "{ls}");
@@ -230,7 +250,9 @@ fn keyd_killed_during_puts_keeps_each_key_whole() {
     std::fs::rename(pki.join("a.test.pem"), pki.join("a2.pem")).unwrap();
     let o = run(sealtls().args(["pki", "issue", "server", "--dir", pd, "--name", "a.test", "--force"]));
     assert!(o.status.success(), "{}", text(&o));
-    let ids = |ls: &str| -> Vec<String> { ls.lines().filter(|l| l.starts_with("a.test")).map(|l| l.split_whitespace().nth(5).unwrap_or("").to_string()).collect() };
+    let ids = |ls: &str| -> Vec<String> {
+        ls.lines().filter(|l| l.starts_with("a.test")).map(|l| l.split_whitespace().nth(5).unwrap_or("").to_string()).collect()
+    };
     let mut seen = std::collections::HashSet::new();
     for round in 0..10u64 {
         let mut kd = keyd(&data, &device, &[]);
@@ -256,7 +278,11 @@ fn keyd_killed_during_puts_keeps_each_key_whole() {
         }
         seen.extend(ids(&ls));
         assert!(!kd.log().contains("failed authentication"), "{}", kd.log());
-        let leftovers: Vec<_> = std::fs::read_dir(data.join("keys")).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(data.join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with('.'))
+            .collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
     let kd = keyd(&data, &device, &[]);
@@ -282,14 +308,48 @@ fn over_tls_an_edge_may_sign_but_only_an_admin_may_provision() {
     assert!(o.status.success(), "{}", text(&o));
     // Another local user must be able to reach the socket for the SO_PEERCRED check below.
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let kd = keyd(&d.join("keyd"), &d.join("device.key"), &[
-        "--socket", &p(d, "keyd.sock"), "--listen-tls", "127.0.0.1:0", "--tls-cert", &p(d, "edges/localhost.pem"), "--tls-key", &p(d, "edges/localhost.key"),
-        "--client-ca", &p(d, "edges/ca.pem"), "--admin-ca", &p(d, "admins/ca.pem"),
-    ]);
-    let tls_port = kd.wait_log("tls_listen=").split("tls_listen=").nth(1).unwrap().split_whitespace().next().unwrap().rsplit(':').next().unwrap().to_string();
+    let kd = keyd(
+        &d.join("keyd"),
+        &d.join("device.key"),
+        &[
+            "--socket",
+            &p(d, "keyd.sock"),
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &p(d, "edges/localhost.pem"),
+            "--tls-key",
+            &p(d, "edges/localhost.key"),
+            "--client-ca",
+            &p(d, "edges/ca.pem"),
+            "--admin-ca",
+            &p(d, "admins/ca.pem"),
+        ],
+    );
+    let tls_port = kd
+        .wait_log("tls_listen=")
+        .split("tls_listen=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
     let remote = format!("tls://localhost:{tls_port}");
     let as_who = |who: &str, args: &[&str]| {
-        run(sealtls().arg("key").args(args).args(["--keyd", &remote, "--keyd-ca", &p(d, "edges/ca.pem"), "--admin-cert", &p(d, &format!("{who}.pem")), "--admin-key", &p(d, &format!("{who}.key"))]))
+        run(sealtls().arg("key").args(args).args([
+            "--keyd",
+            &remote,
+            "--keyd-ca",
+            &p(d, "edges/ca.pem"),
+            "--admin-cert",
+            &p(d, &format!("{who}.pem")),
+            "--admin-key",
+            &p(d, &format!("{who}.key")),
+        ]))
     };
     let a_key = [p(&pki, "a.test.key"), "--cert".into(), p(&pki, "a.test.pem")];
     let o = as_who("edges/edge1", &[&["put", "a.test"], &a_key.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat());
@@ -301,7 +361,16 @@ fn over_tls_an_edge_may_sign_but_only_an_admin_may_provision() {
     assert!(kd.wait_log("admin operation done").contains("CN=admin1"), "{}", kd.log());
 
     // The edge's certificate is good for signing: a server on it serves a.test.
-    let server = Server::start(&["--keyd", &remote, "--keyd-ca", &p(d, "edges/ca.pem"), "--keyd-cert", &p(d, "edges/edge1.pem"), "--keyd-key", &p(d, "edges/edge1.key")]);
+    let server = Server::start(&[
+        "--keyd",
+        &remote,
+        "--keyd-ca",
+        &p(d, "edges/ca.pem"),
+        "--keyd-cert",
+        &p(d, "edges/edge1.pem"),
+        "--keyd-key",
+        &p(d, "edges/edge1.key"),
+    ]);
     assert!(served(&s_client(server.port(), Some("a.test"), &pki.join("ca.pem"), "-tls1_3"), "a.test"));
 
     // Over the Unix socket, another user may reach keyd but not provision.
@@ -340,7 +409,16 @@ fn softhsm(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::create_dir(&tokens).unwrap();
     let conf = dir.join("softhsm2.conf");
     std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).unwrap();
-    let o = run(Command::new("softhsm2-util").env("SOFTHSM2_CONF", &conf).args(["--init-token", "--free", "--label", "sealtls", "--pin", "1234", "--so-pin", "5678"]));
+    let o = run(Command::new("softhsm2-util").env("SOFTHSM2_CONF", &conf).args([
+        "--init-token",
+        "--free",
+        "--label",
+        "sealtls",
+        "--pin",
+        "1234",
+        "--so-pin",
+        "5678",
+    ]));
     assert!(o.status.success(), "{}", text(&o));
     let pin = dir.join("pin");
     write_mode(&pin, "1234\n", 0o600);
@@ -355,7 +433,20 @@ fn the_pkcs11_backend_on_softhsm_serves_by_sni_too() {
     let data = dir.path().join("keyd");
     let start = || {
         std::env::set_var("SOFTHSM2_CONF", &conf);
-        keyd(&data, &dir.path().join("device.key"), &["--backend", "pkcs11", "--module", "/usr/lib/softhsm/libsofthsm2.so", "--token", "sealtls", "--pin-file", pin.to_str().unwrap()])
+        keyd(
+            &data,
+            &dir.path().join("device.key"),
+            &[
+                "--backend",
+                "pkcs11",
+                "--module",
+                "/usr/lib/softhsm/libsofthsm2.so",
+                "--token",
+                "sealtls",
+                "--pin-file",
+                pin.to_str().unwrap(),
+            ],
+        )
     };
     let kd = start();
     put(&kd.addr, &pki, "a.test");
@@ -384,7 +475,21 @@ fn a_certificate_without_subject_alt_name_is_refused_with_how_to_reissue() {
     let kd = keyd(&d.join("keyd"), &d.join("device.key"), &[]);
     // OpenSSL's `req -x509` without -addext: CN only, no subjectAltName.
     let o = run(Command::new("openssl").current_dir(d).args([
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "n.key", "-out", "n.pem", "-subj", "/CN=n.test", "-days", "30",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "n.key",
+        "-out",
+        "n.pem",
+        "-subj",
+        "/CN=n.test",
+        "-days",
+        "30",
     ]));
     assert!(o.status.success(), "{}", text(&o));
     std::fs::set_permissions(d.join("n.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -393,5 +498,11 @@ fn a_certificate_without_subject_alt_name_is_refused_with_how_to_reissue() {
     let t = text(&o);
     assert!(!t.contains("its names are []"), "{t}");
     assert!(t.contains("has no subjectAltName") && t.contains("match names only there"), "{t}");
-    assert!(t.contains("fix: reissue it with n.test in subjectAltName") && t.contains("sealtls pki issue server") && t.contains("sealtls pki sign") && t.contains("-extfile"), "{t}");
+    assert!(
+        t.contains("fix: reissue it with n.test in subjectAltName")
+            && t.contains("sealtls pki issue server")
+            && t.contains("sealtls pki sign")
+            && t.contains("-extfile"),
+        "{t}"
+    );
 }

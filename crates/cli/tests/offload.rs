@@ -119,11 +119,12 @@ fn reference_test_in_rust() {
 fn build_c_example(out: &Path, name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target = Path::new(env!("CARGO_BIN_EXE_sealtls")).parent().unwrap().to_owned();
-    let lib_dir = [target.join("deps"), target.clone()].into_iter().find(|d| d.join("libsealtls_offload.so").exists()).unwrap_or_else(|| {
-        let o = run(Command::new(env!("CARGO")).args(["build", "-p", "sealtls-offload"]).current_dir(&root));
-        assert!(o.status.success(), "{}", text(&o));
-        target.clone()
-    });
+    let lib_dir =
+        [target.join("deps"), target.clone()].into_iter().find(|d| d.join("libsealtls_offload.so").exists()).unwrap_or_else(|| {
+            let o = run(Command::new(env!("CARGO")).args(["build", "-p", "sealtls-offload"]).current_dir(&root));
+            assert!(o.status.success(), "{}", text(&o));
+            target.clone()
+        });
     let exe = out.join(name);
     let o = run(Command::new("cc")
         .args(["-Wall", "-Wextra", "-Werror", "-I"])
@@ -276,7 +277,8 @@ fn a_missing_daemon_and_an_unresolvable_name_are_explained() {
     assert!(!out.contains("OS_ERROR_NOT_FOUND"), "{out}");
 
     // A name that does not resolve: the daemon's DETAIL says so, with the remedy.
-    let o = run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("{UNRESOLVABLE}:443"), "--send", "x"]));
+    let o =
+        run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("{UNRESOLVABLE}:443"), "--send", "x"]));
     let out = text(&o);
     assert_eq!(o.status.code(), Some(4), "{out}");
     assert!(out.contains(&format!("cannot resolve {UNRESOLVABLE}: ")), "{out}");
@@ -286,7 +288,10 @@ fn a_missing_daemon_and_an_unresolvable_name_are_explained() {
     let mut c = Client::open(s.socket()).unwrap();
     assert_eq!(code(poll(|| c.connect(UNRESOLVABLE, 443))), Code::NetworkConnShutdown);
     let detail = c.detail().unwrap();
-    assert!(detail.starts_with(&format!("cannot resolve {UNRESOLVABLE}: ")) && detail.contains("fix: check the name, or use an address"), "{detail}");
+    assert!(
+        detail.starts_with(&format!("cannot resolve {UNRESOLVABLE}: ")) && detail.contains("fix: check the name, or use an address"),
+        "{detail}"
+    );
 
     // And so does a C program, through sealtls_offload_last_error_detail.
     let exe = build_c_example(s.dir.path(), "offload_tlsserver_run");
@@ -622,7 +627,14 @@ fn hostile_and_stalled_clients_do_not_hold_up_a_good_one() {
 #[test]
 fn offload_client_and_missing_trust() {
     let s = Stack::start(&[]);
-    let o = run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("localhost:{}", s.port()), "--send", "hello offload"]));
+    let o = run(sealtls().args([
+        "offload-client",
+        "--socket",
+        s.socket().to_str().unwrap(),
+        &format!("localhost:{}", s.port()),
+        "--send",
+        "hello offload",
+    ]));
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("through the offload daemon (badge 101): TLSv1.3"), "{out}");
@@ -630,7 +642,14 @@ fn offload_client_and_missing_trust() {
 
     // One newline is added unless the text ends with one, as `sealtls connect --send` does.
     for (sent, echoed) in [("hello\n", "hello\n"), ("two\nlines", "two\nlines\n"), ("", "\n")] {
-        let o = run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("localhost:{}", s.port()), "--send", sent]));
+        let o = run(sealtls().args([
+            "offload-client",
+            "--socket",
+            s.socket().to_str().unwrap(),
+            &format!("localhost:{}", s.port()),
+            "--send",
+            sent,
+        ]));
         assert!(o.status.success(), "{}", text(&o));
         assert_eq!(String::from_utf8_lossy(&o.stdout), echoed, "--send {sent:?}: {}", text(&o));
     }

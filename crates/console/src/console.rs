@@ -65,7 +65,11 @@ pub fn check_listen(addr: SocketAddr, allow_remote: bool, has_token: bool) -> Re
         ));
     }
     if !has_token {
-        return Err(Failure::new(FailureClass::Usage, format!("--allow-remote on {addr} needs a token"), "pass --token-file FILE (a file with one line, mode 0600)"));
+        return Err(Failure::new(
+            FailureClass::Usage,
+            format!("--allow-remote on {addr} needs a token"),
+            "pass --token-file FILE (a file with one line, mode 0600)",
+        ));
     }
     Ok(())
 }
@@ -145,7 +149,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// (other than newline and tab) shown as `.`, at most [`SHOW_RECEIVED`] bytes.
 fn printable(data: &[u8]) -> String {
     let shown = &data[..data.len().min(SHOW_RECEIVED)];
-    let mut text: String = String::from_utf8_lossy(shown).chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { '.' } else { c }).collect();
+    let mut text: String =
+        String::from_utf8_lossy(shown).chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { '.' } else { c }).collect();
     if data.len() > shown.len() {
         text.push_str(&format!("\n... ({} more bytes)", data.len() - shown.len()));
     }
@@ -378,7 +383,9 @@ impl Console {
                     link.close().await;
                     Ok(Some(format!("Closed the connection to {target}.\n")))
                 }
-                None => Err(Failure::new(FailureClass::Usage, "no client connection is open", "connect first: client connect <ipaddr> <port>")),
+                None => {
+                    Err(Failure::new(FailureClass::Usage, "no client connection is open", "connect first: client connect <ipaddr> <port>"))
+                }
             },
         };
         match result {
@@ -398,7 +405,9 @@ impl Console {
 
     async fn server_start(&self, s: &Session, out: &mut Out, port: u16, netif: Option<String>) -> Result<Option<String>, Failure> {
         check_netif(&netif)?;
-        out.text(&format!("Starting TLS server (Port: {port})...\n")).await.map_err(|e| Failure::new(FailureClass::Network, e.to_string(), "reconnect"))?;
+        out.text(&format!("Starting TLS server (Port: {port})...\n"))
+            .await
+            .map_err(|e| Failure::new(FailureClass::Network, e.to_string(), "reconnect"))?;
         let spec = ServerSpec {
             addr: SocketAddr::new(self.options.server_ip, port),
             client_auth: ClientAuthMode::Optional,
@@ -422,7 +431,16 @@ impl Console {
         for st in servers {
             text.push_str(&format!(
                 "{:<22} tls {:<4} client certs {:<9} open {} (accepted {}, handshakes {}, failed {})  bytes in {} out {}  started by {}\n",
-                st.addr, st.versions, format!("{:?}", st.client_auth).to_lowercase(), st.open, st.accepted, st.handshakes, st.failed, st.bytes_in, st.bytes_out, st.started_by
+                st.addr,
+                st.versions,
+                format!("{:?}", st.client_auth).to_lowercase(),
+                st.open,
+                st.accepted,
+                st.handshakes,
+                st.failed,
+                st.bytes_in,
+                st.bytes_out,
+                st.started_by
             ));
         }
         text
@@ -437,7 +455,12 @@ impl Console {
         match &s.client {
             Some(link) => text.push_str(&format!(
                 "  {} {} {} server {}  sent {} bytes, received {} bytes\n",
-                link.target, link.session.info.version, link.session.info.suite, link.session.info.peer_subject(), link.sent, link.received
+                link.target,
+                link.session.info.version,
+                link.session.info.suite,
+                link.session.info.peer_subject(),
+                link.sent,
+                link.received
             )),
             None => text.push_str("  not connected\n"),
         }
@@ -445,7 +468,14 @@ impl Console {
         text
     }
 
-    async fn client_connect(&self, s: &mut Session, out: &mut Out, ip: IpAddr, port: u16, netif: Option<String>) -> Result<Option<String>, Failure> {
+    async fn client_connect(
+        &self,
+        s: &mut Session,
+        out: &mut Out,
+        ip: IpAddr,
+        port: u16,
+        netif: Option<String>,
+    ) -> Result<Option<String>, Failure> {
         check_netif(&netif)?;
         let io = |e: std::io::Error| Failure::new(FailureClass::Network, e.to_string(), "reconnect to the console");
         if let Some(old) = s.client.take() {

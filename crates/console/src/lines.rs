@@ -161,7 +161,12 @@ mod tests {
         r.push(b"echoctl_tls\r\nhelp\nclient send\r\0\r\n");
         assert_eq!(
             all(&mut r),
-            vec![Input::Line("echoctl_tls".into()), Input::Line("help".into()), Input::Line("client send".into()), Input::Line(String::new())]
+            vec![
+                Input::Line("echoctl_tls".into()),
+                Input::Line("help".into()),
+                Input::Line("client send".into()),
+                Input::Line(String::new())
+            ]
         );
     }
 

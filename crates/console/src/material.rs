@@ -46,6 +46,12 @@ impl TlsMaterial {
                 "give ca_cert (or ca_cert_file), the CA that signed the server, in the [tls] table of the file passed with --config",
             )
         })?;
-        Ok(ClientSettings { trust, identity: self.client.clone(), versions: TlsVersions::Any, legacy_v1_leaf: self.legacy_v1_leaf, name_check: true })
+        Ok(ClientSettings {
+            trust,
+            identity: self.client.clone(),
+            versions: TlsVersions::Any,
+            legacy_v1_leaf: self.legacy_v1_leaf,
+            name_check: true,
+        })
     }
 }

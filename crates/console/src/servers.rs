@@ -82,10 +82,18 @@ impl EchoServers {
     /// Refuses a port already served, or one server too many.
     fn check_room(running: &BTreeMap<u16, Running>, port: u16) -> Result<(), Failure> {
         if port != 0 && running.contains_key(&port) {
-            return Err(Failure::new(FailureClass::Usage, format!("an echo server already runs on port {port}"), "see `server list`; stop it with `server stop PORT` or pick another port"));
+            return Err(Failure::new(
+                FailureClass::Usage,
+                format!("an echo server already runs on port {port}"),
+                "see `server list`; stop it with `server stop PORT` or pick another port",
+            ));
         }
         if running.len() >= MAX_SERVERS {
-            return Err(Failure::new(FailureClass::Usage, format!("{MAX_SERVERS} echo servers already run"), "stop one with `server stop PORT` first"));
+            return Err(Failure::new(
+                FailureClass::Usage,
+                format!("{MAX_SERVERS} echo servers already run"),
+                "stop one with `server stop PORT` first",
+            ));
         }
         Ok(())
     }
@@ -95,7 +103,9 @@ impl EchoServers {
         Self::check_room(&self.running.lock().expect("not poisoned"), spec.addr.port())?;
         let tls = self.material.server_tls(spec.client_auth, spec.versions)?;
         let listener = bind(spec.addr).await?;
-        let addr = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
         // Checked again: another session may have started one meanwhile.
         // On refusal the listener is dropped, unused.
         let mut running = self.running.lock().expect("not poisoned");

@@ -419,11 +419,7 @@ impl Request {
             }
             Op::PublicKey => Self::PublicKey(selector(&mut r)?),
             Op::Chain => Self::Chain(selector(&mut r)?),
-            Op::Put => Self::Put {
-                domain: r.text("domain")?,
-                key: Zeroizing::new(r.bytes32("key")?.to_vec()),
-                chain: certs(&mut r)?,
-            },
+            Op::Put => Self::Put { domain: r.text("domain")?, key: Zeroizing::new(r.bytes32("key")?.to_vec()), chain: certs(&mut r)? },
             Op::Has => Self::Has(r.text("domain")?),
             Op::Remove => Self::Remove(r.text("domain")?),
             Op::Generate => Self::Generate { domain: r.text("domain")?, key_type: r.text("key type")? },
@@ -549,7 +545,14 @@ impl Response {
                             1 => Some(r.u64("expiry")? as i64),
                             other => return Err(BodyError::BadValue("has expiry", other as u32)),
                         };
-                        entries.push(ListEntry { domain, key_type, key_id, not_after, location: r.text("location")?, status: r.text("status")? });
+                        entries.push(ListEntry {
+                            domain,
+                            key_type,
+                            key_id,
+                            not_after,
+                            location: r.text("location")?,
+                            status: r.text("status")?,
+                        });
                     }
                     Self::List(entries)
                 }
@@ -619,8 +622,22 @@ mod tests {
             Response::Removed,
             Response::Csr(vec![0x30; 200]),
             Response::List(vec![
-                ListEntry { domain: "a.org".into(), key_type: "ECDSA P-256".into(), key_id: id, not_after: Some(-5), location: "sealed file".into(), status: "ok".into() },
-                ListEntry { domain: "b.org".into(), key_type: "RSA 2048".into(), key_id: id, not_after: None, location: "token t".into(), status: "no certificate".into() },
+                ListEntry {
+                    domain: "a.org".into(),
+                    key_type: "ECDSA P-256".into(),
+                    key_id: id,
+                    not_after: Some(-5),
+                    location: "sealed file".into(),
+                    status: "ok".into(),
+                },
+                ListEntry {
+                    domain: "b.org".into(),
+                    key_type: "RSA 2048".into(),
+                    key_id: id,
+                    not_after: None,
+                    location: "token t".into(),
+                    status: "no certificate".into(),
+                },
             ]),
             Response::error(ErrorCode::KeyNotFound, "no key for c.org"),
         ];

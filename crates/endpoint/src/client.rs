@@ -49,7 +49,13 @@ pub struct Connected {
 
 /// Splits `HOST:PORT` (IPv6 in brackets) and gives the host part.
 pub fn host_of(target: &str) -> Result<&str, Failure> {
-    let usage = || Failure::new(FailureClass::Usage, format!("`{target}` is not HOST:PORT"), "write the address as HOST:PORT, e.g. 127.0.0.1:4433 or [::1]:4433");
+    let usage = || {
+        Failure::new(
+            FailureClass::Usage,
+            format!("`{target}` is not HOST:PORT"),
+            "write the address as HOST:PORT, e.g. 127.0.0.1:4433 or [::1]:4433",
+        )
+    };
     let (host, port) = target.rsplit_once(':').ok_or_else(usage)?;
     port.parse::<u16>().map_err(|_| usage())?;
     Ok(host.trim_start_matches('[').trim_end_matches(']'))
@@ -131,7 +137,11 @@ fn no_server_name(target: &str, alert: AlertDescription) -> Failure {
 pub async fn connect(target: &str, server_name: Option<&str>, settings: &ClientSettings, timeout: Duration) -> Result<Connected, Failure> {
     let name_text = server_name.map_or_else(|| host_of(target).map(str::to_owned), |n| Ok(n.to_owned()))?;
     let name = ServerName::try_from(name_text.clone()).map_err(|_| {
-        Failure::new(FailureClass::Usage, format!("`{name_text}` is not a valid server name"), "give a DNS name or an IP address with --server-name")
+        Failure::new(
+            FailureClass::Usage,
+            format!("`{name_text}` is not a valid server name"),
+            "give a DNS name or an IP address with --server-name",
+        )
     })?;
     let (config, seen) = settings.config().map_err(Failure::config)?;
     let tcp = tcp_connect(target, timeout).await?;
@@ -164,7 +174,10 @@ pub async fn connect(target: &str, server_name: Option<&str>, settings: &ClientS
         server_name: name_text.clone(),
         signature_scheme: seen.peer_signature().map_or("none".to_owned(), |s| format!("{s:?}")),
         verification: if settings.legacy_v1_leaf {
-            format!("OK (legacy_v1_leaf): signed by a trusted CA ({}) and within its validity period; host name, version and SAN not checked", settings.trust.origin)
+            format!(
+                "OK (legacy_v1_leaf): signed by a trusted CA ({}) and within its validity period; host name, version and SAN not checked",
+                settings.trust.origin
+            )
         } else {
             format!("OK: chain to a trusted CA ({}), valid for {name_text}", settings.trust.origin)
         },

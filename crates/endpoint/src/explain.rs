@@ -215,8 +215,14 @@ fn explain_alert(alert: AlertDescription, seen: &Observation, side: Side, peer: 
         A::CertificateRequired => client_cert_missing(peer, &name),
         A::HandshakeFailure if side == Side::Client && no_cert_sent => client_cert_missing(peer, &name),
         A::ProtocolVersion => version_mismatch(side),
-        A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::UnsupportedCertificate | A::CertificateExpired
-        | A::CertificateRevoked | A::AccessDenied | A::DecryptError
+        A::UnknownCA
+        | A::BadCertificate
+        | A::CertificateUnknown
+        | A::UnsupportedCertificate
+        | A::CertificateExpired
+        | A::CertificateRevoked
+        | A::AccessDenied
+        | A::DecryptError
             if side == Side::Server || seen.cert_sent() =>
         {
             let (whose, fix) = match side {
@@ -232,7 +238,9 @@ fn explain_alert(alert: AlertDescription, seen: &Observation, side: Side, peer: 
             let reason = match alert {
                 A::UnknownCA => "it does not trust the CA that issued it",
                 A::CertificateExpired => "it considers the certificate expired or not yet valid",
-                A::BadCertificate | A::UnsupportedCertificate => "it found the certificate unusable (wrong name, key usage, CA flag or encoding)",
+                A::BadCertificate | A::UnsupportedCertificate => {
+                    "it found the certificate unusable (wrong name, key usage, CA flag or encoding)"
+                }
                 A::AccessDenied => "the certificate is valid but not allowed in",
                 A::DecryptError => "the handshake signature did not verify",
                 _ => "it did not accept the certificate",
@@ -241,7 +249,9 @@ fn explain_alert(alert: AlertDescription, seen: &Observation, side: Side, peer: 
         }
         A::HandshakeFailure => Failure::new(
             C::Protocol,
-            format!("the {peer_role} {peer} aborted the handshake (alert handshake_failure): no common cipher suite, group or signature scheme"),
+            format!(
+                "the {peer_role} {peer} aborted the handshake (alert handshake_failure): no common cipher suite, group or signature scheme"
+            ),
             "allow common parameters on both sides (check --tls, key types, and the peer's cipher settings)",
         ),
         A::UnrecognisedName => Failure::new(
@@ -249,7 +259,11 @@ fn explain_alert(alert: AlertDescription, seen: &Observation, side: Side, peer: 
             format!("the {peer_role} {peer} does not serve the name we asked for (alert unrecognized_name)"),
             "connect with a name it serves (--server-name)",
         ),
-        _ => Failure::new(C::Protocol, format!("the {peer_role} {peer} aborted the connection with alert {name}"), "look at the peer's log for the reason"),
+        _ => Failure::new(
+            C::Protocol,
+            format!("the {peer_role} {peer} aborted the connection with alert {name}"),
+            "look at the peer's log for the reason",
+        ),
     }
 }
 
@@ -279,13 +293,23 @@ fn explain_io(err: &io::Error, seen: &Observation, side: Side, peer: &str) -> Fa
         );
     }
     match err.kind() {
-        K::ConnectionRefused => Failure::new(C::Network, format!("nothing accepts connections at {peer}"), "start the server, or check the host and port"),
-        K::TimedOut => Failure::new(C::Network, format!("{peer} did not answer in time"), "check that the host is reachable and the port is right; raise --timeout for slow links"),
-        K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe if side == Side::Client && seen.cert_requested() && !seen.cert_sent() => Failure::new(
-            C::Rejected,
-            format!("server {peer} asked for a client certificate, none was sent, and it closed the connection without an alert ({err})"),
-            "pass --cert FILE --key FILE with a certificate issued by a CA the server trusts",
+        K::ConnectionRefused => {
+            Failure::new(C::Network, format!("nothing accepts connections at {peer}"), "start the server, or check the host and port")
+        }
+        K::TimedOut => Failure::new(
+            C::Network,
+            format!("{peer} did not answer in time"),
+            "check that the host is reachable and the port is right; raise --timeout for slow links",
         ),
+        K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe if side == Side::Client && seen.cert_requested() && !seen.cert_sent() => {
+            Failure::new(
+                C::Rejected,
+                format!(
+                    "server {peer} asked for a client certificate, none was sent, and it closed the connection without an alert ({err})"
+                ),
+                "pass --cert FILE --key FILE with a certificate issued by a CA the server trusts",
+            )
+        }
         K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe => Failure::new(
             C::Network,
             format!("the {peer_role} {peer} closed the connection unexpectedly ({err})"),

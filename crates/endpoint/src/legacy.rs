@@ -80,7 +80,10 @@ impl LegacyLeafVerifier {
             let alg = &cert.signature_algorithm.algorithm;
             if *alg == OID_PKCS1_SHA1WITHRSA || *alg == OID_SHA1_WITH_RSA {
                 let why = format!("{} is signed with SHA-1, which is broken; even legacy_v1_leaf requires SHA-256 or better: reissue it (openssl x509 -req -sha256 ...)", position());
-                let ce = CertificateError::UnsupportedSignatureAlgorithmContext { signature_algorithm_id: alg.as_bytes().to_vec(), supported_algorithms: vec![] };
+                let ce = CertificateError::UnsupportedSignatureAlgorithmContext {
+                    signature_algorithm_id: alg.as_bytes().to_vec(),
+                    supported_algorithms: vec![],
+                };
                 return Err(Refusal::Legacy(ce, why));
             }
             let signed_by = |issuer: &X509Certificate<'_>| {
@@ -91,7 +94,11 @@ impl LegacyLeafVerifier {
             }
             match certs.get(i + 1) {
                 Some(next) if signed_by(next) && !issuer_is_ca(next) => {
-                    let why = format!("{} is signed by {}, which is not a CA (it lacks basicConstraints CA:TRUE or keyCertSign)", position(), next.subject());
+                    let why = format!(
+                        "{} is signed by {}, which is not a CA (it lacks basicConstraints CA:TRUE or keyCertSign)",
+                        position(),
+                        next.subject()
+                    );
                     return Err(Refusal::Legacy(CertificateError::UnknownIssuer, why));
                 }
                 Some(next) if signed_by(next) => {}
@@ -131,7 +138,12 @@ const SCHEMES: [SignatureScheme; 9] = [
 ];
 
 /// Verifies a handshake signature with the leaf's public key.
-fn verify_signature(message: &[u8], cert: &CertificateDer<'_>, scheme: SignatureScheme, signature: &[u8]) -> Result<HandshakeSignatureValid, Error> {
+fn verify_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    scheme: SignatureScheme,
+    signature: &[u8],
+) -> Result<HandshakeSignatureValid, Error> {
     let alg = algorithm(scheme).ok_or(Error::PeerMisbehaved(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme))?;
     let (_, leaf) = X509Certificate::from_der(cert).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
     let key = sig::UnparsedPublicKey::new(alg, leaf.public_key().subject_public_key.data.as_ref());
@@ -164,12 +176,22 @@ impl ServerCertVerifier for LegacyLeafVerifier {
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         self.seen.record_signature(dss);
         verify_signature(message, cert, dss.scheme, dss.signature())
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         self.seen.record_signature(dss);
         // TLS 1.3 forbids PKCS#1 v1.5 in handshake signatures (RFC 8446, 4.2.3).
         if matches!(dss.scheme, SignatureScheme::RSA_PKCS1_SHA256 | SignatureScheme::RSA_PKCS1_SHA384 | SignatureScheme::RSA_PKCS1_SHA512) {
@@ -265,7 +287,10 @@ mod tests {
         let root = make("RootCA", true, &[], None, VALID);
         let leaf = make("*", false, &[], Some(&root), VALID);
         let message = b"handshake transcript";
-        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&rustls::pki_types::PrivateKeyDer::try_from(leaf.key.serialize_der()).unwrap()).unwrap();
+        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(
+            &rustls::pki_types::PrivateKeyDer::try_from(leaf.key.serialize_der()).unwrap(),
+        )
+        .unwrap();
         let signature = signer.choose_scheme(&[SignatureScheme::ECDSA_NISTP256_SHA256]).unwrap().sign(message).unwrap();
         let scheme = SignatureScheme::ECDSA_NISTP256_SHA256;
         assert!(verify_signature(message, &leaf.der, scheme, &signature).is_ok());

@@ -172,7 +172,13 @@ impl AsyncWrite for Buffered {
 pub fn buffered(tcp: TcpStream) -> Buffered {
     // Handshake flights and echoes are latency-bound: do not wait for more data.
     let _ = tcp.set_nodelay(true);
-    Buffered { inner: BufReader::with_capacity(READ_BUFFER, tcp), written: 0, activity: Arc::new(Activity::new()), replay: Vec::new(), replayed: 0 }
+    Buffered {
+        inner: BufReader::with_capacity(READ_BUFFER, tcp),
+        written: 0,
+        activity: Arc::new(Activity::new()),
+        replay: Vec::new(),
+        replayed: 0,
+    }
 }
 
 /// Binds a listener, explaining the usual failures.
@@ -212,9 +218,15 @@ impl UnixSocket {
                 return Err(socket_failure(service, path, "exists and is not a socket", "remove it or choose another --socket path"));
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(socket_failure(service, path, "another daemon is listening on it", "stop that daemon or choose another --socket path"));
+                return Err(socket_failure(
+                    service,
+                    path,
+                    "another daemon is listening on it",
+                    "stop that daemon or choose another --socket path",
+                ));
             }
-            std::fs::remove_file(path).map_err(|e| socket_failure(service, path, format!("cannot remove the stale socket: {e}"), "remove it by hand"))?;
+            std::fs::remove_file(path)
+                .map_err(|e| socket_failure(service, path, format!("cannot remove the stale socket: {e}"), "remove it by hand"))?;
         }
         let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
             let fix = match path.parent() {
@@ -227,7 +239,9 @@ impl UnixSocket {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
             Ok(m)
         });
-        let inode = meta.map_err(|e| socket_failure(service, path, format!("cannot set mode 0660: {e}"), "check the directory's permissions"))?.ino();
+        let inode = meta
+            .map_err(|e| socket_failure(service, path, format!("cannot set mode 0660: {e}"), "check the directory's permissions"))?
+            .ino();
         Ok(Self { listener, path: path.to_owned(), inode })
     }
 

@@ -92,7 +92,9 @@ impl Default for ServerOptions {
             mode: Mode::Echo,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_connections: 10_000, grace: Duration::from_secs(2) }
+            max_connections: 10_000,
+            grace: Duration::from_secs(2),
+        }
     }
 }
 
@@ -159,7 +161,10 @@ impl Server {
             Ok(Hello::Complete(name)) => name,
             Ok(Hello::Malformed(why)) => {
                 send_alert(&mut io, AlertDescription::DecodeError).await;
-                return Opened::Failed(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed ClientHello: {why}")), Some(io));
+                return Opened::Failed(
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed ClientHello: {why}")),
+                    Some(io),
+                );
             }
             Ok(Hello::TooLarge) => {
                 send_alert(&mut io, AlertDescription::DecodeError).await;

@@ -97,7 +97,9 @@ impl FromStr for ClientAuthMode {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The private key does not belong to the certificate.
-    #[error("{key}: this private key does not belong to the certificate in {cert}; give the key that was used to request that certificate")]
+    #[error(
+        "{key}: this private key does not belong to the certificate in {cert}; give the key that was used to request that certificate"
+    )]
     KeyMismatch {
         /// Certificate origin.
         cert: String,
@@ -295,7 +297,8 @@ impl ClientSettings {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(resolver);
-        config.resumption = Resumption::store(Arc::new(TicketWatch::new(seen.clone()))).tls12_resumption(rustls::client::Tls12Resumption::Disabled);
+        config.resumption =
+            Resumption::store(Arc::new(TicketWatch::new(seen.clone()))).tls12_resumption(rustls::client::Tls12Resumption::Disabled);
         Ok((Arc::new(config), seen))
     }
 }

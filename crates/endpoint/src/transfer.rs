@@ -62,7 +62,12 @@ fn progress_bar(total: u64, visible: bool) -> ProgressBar {
     bar
 }
 
-async fn write_file<W: AsyncWrite + Unpin>(path: &Path, out: &mut W, bar: &ProgressBar, count_progress: bool) -> std::io::Result<(u64, Vec<u8>)> {
+async fn write_file<W: AsyncWrite + Unpin>(
+    path: &Path,
+    out: &mut W,
+    bar: &ProgressBar,
+    count_progress: bool,
+) -> std::io::Result<(u64, Vec<u8>)> {
     let mut file = tokio::fs::File::open(path).await?;
     let mut buf = vec![0u8; CHUNK];
     let mut hash = Context::new(&SHA256);
@@ -111,7 +116,13 @@ pub async fn send_file(
     idle: Duration,
 ) -> Result<TransferReport, Failure> {
     let size = std::fs::metadata(path)
-        .map_err(|e| Failure::new(FailureClass::Config, format!("{}: cannot read: {e}", path.display()), "give an existing, readable file with --file"))?
+        .map_err(|e| {
+            Failure::new(
+                FailureClass::Config,
+                format!("{}: cannot read: {e}", path.display()),
+                "give an existing, readable file with --file",
+            )
+        })?
         .len();
     let bar = progress_bar(size, show_progress);
     let started = Instant::now();
@@ -132,7 +143,13 @@ pub async fn send_file(
                 if w.1 != r.1 || r.0 != w.0 {
                     return Err(Failure::new(
                         FailureClass::DataMismatch,
-                        format!("the echo differs from what was sent: {} bytes with sha256 {} sent, {} bytes with sha256 {} returned", w.0, hex(&w.1), r.0, hex(&r.1)),
+                        format!(
+                            "the echo differs from what was sent: {} bytes with sha256 {} sent, {} bytes with sha256 {} returned",
+                            w.0,
+                            hex(&w.1),
+                            r.0,
+                            hex(&r.1)
+                        ),
                         "the server is not a byte-exact echo, or the data was altered in transit",
                     ));
                 }
@@ -176,7 +193,10 @@ pub async fn send_file(
                 if reply != sink_report(sent).as_bytes() {
                     return Err(Failure::new(
                         FailureClass::DataMismatch,
-                        format!("the sink did not confirm {sent} bytes; it answered {:?}", String::from_utf8_lossy(&reply[..reply.len().min(80)])),
+                        format!(
+                            "the sink did not confirm {sent} bytes; it answered {:?}",
+                            String::from_utf8_lossy(&reply[..reply.len().min(80)])
+                        ),
                         "use a sealtls server in --mode sink, or --expect echo for an echo server",
                     ));
                 }

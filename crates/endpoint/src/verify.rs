@@ -45,7 +45,14 @@ impl Observation {
     pub fn ticket_received(&self) -> bool {
         self.ticket_received.load(Ordering::Relaxed)
     }
-    pub(crate) fn record_refusal(&self, err: &Error, chain: &[CertificateDer<'_>], anchors: &[CertificateDer<'_>], name: Option<&str>, purpose: Purpose) {
+    pub(crate) fn record_refusal(
+        &self,
+        err: &Error,
+        chain: &[CertificateDer<'_>],
+        anchors: &[CertificateDer<'_>],
+        name: Option<&str>,
+        purpose: Purpose,
+    ) {
         if let Error::InvalidCertificate(ce) = err {
             *self.diagnosis.lock().expect("not poisoned") = Some(diagnose(chain, anchors, name, purpose, ce));
         }
@@ -75,10 +82,14 @@ impl ExplainingServerVerifier {
     /// A verifier trusting `roots`; `anchors` are the same certificates, kept
     /// for explanations. Without `name_check` a certificate valid for
     /// another name is accepted (the chain is still verified in full).
-    pub fn new(roots: RootCertStore, anchors: Vec<CertificateDer<'static>>, name_check: bool, seen: Arc<Observation>) -> Result<Self, Error> {
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| Error::General(e.to_string()))?;
+    pub fn new(
+        roots: RootCertStore,
+        anchors: Vec<CertificateDer<'static>>,
+        name_check: bool,
+        seen: Arc<Observation>,
+    ) -> Result<Self, Error> {
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|e| Error::General(e.to_string()))?;
         Ok(Self { inner, anchors, name_check, seen })
     }
 }
@@ -96,7 +107,10 @@ impl ServerCertVerifier for ExplainingServerVerifier {
         // webpki checks the name only after the chain, so a name error
         // means the chain itself was accepted.
         if !self.name_check
-            && matches!(result, Err(Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })))
+            && matches!(
+                result,
+                Err(Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }))
+            )
         {
             result = Ok(ServerCertVerified::assertion());
         }
@@ -107,12 +121,22 @@ impl ServerCertVerifier for ExplainingServerVerifier {
         result
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         self.seen.record_signature(dss);
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         self.seen.record_signature(dss);
         self.inner.verify_tls13_signature(message, cert, dss)
     }
@@ -147,18 +171,33 @@ impl ClientCertVerifier for ExplainingClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
         let result = self.inner.verify_client_cert(end_entity, intermediates, now);
         if let Err(e) = &result {
             self.seen.record_refusal(e, &full_chain(end_entity, intermediates), &self.anchors, None, Purpose::ClientAuth);
         }
         result
     }
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         self.seen.record_signature(dss);
         self.inner.verify_tls12_signature(message, cert, dss)
     }
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         self.seen.record_signature(dss);
         self.inner.verify_tls13_signature(message, cert, dss)
     }

@@ -170,8 +170,11 @@ impl sealtls_endpoint::gate::HelloGate for NeedsName {
 #[tokio::test]
 async fn ip_address_sends_no_server_name() {
     let ca = ca("CA");
-    let addr = serve(leaf(&ca, &["localhost", "127.0.0.1"], |_| {}), Setup { gate: Some(std::sync::Arc::new(NeedsName)), ..Default::default() }).await;
-    let settings = ClientSettings { trust: anchors(&ca), identity: None, versions: TlsVersions::Any, legacy_v1_leaf: false, name_check: true };
+    let addr =
+        serve(leaf(&ca, &["localhost", "127.0.0.1"], |_| {}), Setup { gate: Some(std::sync::Arc::new(NeedsName)), ..Default::default() })
+            .await;
+    let settings =
+        ClientSettings { trust: anchors(&ca), identity: None, versions: TlsVersions::Any, legacy_v1_leaf: false, name_check: true };
     let f = connect(&addr.to_string(), None, &settings, Duration::from_secs(5)).await.err().expect("refused");
     assert_explained(&f, FailureClass::Rejected, "no server name (SNI) was sent", "--server-name NAME");
     // With a name, the same server is reached.
@@ -183,13 +186,21 @@ async fn ip_address_sends_no_server_name() {
 struct DropsAlerts(tokio::net::TcpStream);
 
 impl tokio::io::AsyncRead for DropsAlerts {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl tokio::io::AsyncWrite for DropsAlerts {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         if buf.first() == Some(&0x15) {
             return std::task::Poll::Ready(Ok(buf.len()));
         }
@@ -221,5 +232,10 @@ async fn server_that_asked_for_a_certificate_closes_without_an_alert() {
         let _ = acceptor.accept(DropsAlerts(tcp)).await;
     });
     let f = client(addr, &ca, None, TlsVersions::Any).await.err().expect("refused");
-    assert_explained(&f, FailureClass::Rejected, "asked for a client certificate, none was sent, and it closed the connection without an alert", "--cert FILE --key FILE");
+    assert_explained(
+        &f,
+        FailureClass::Rejected,
+        "asked for a client certificate, none was sent, and it closed the connection without an alert",
+        "--cert FILE --key FILE",
+    );
 }

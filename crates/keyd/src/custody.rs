@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
-use sealtls_custody_proto::{normalize_domain, ChainInfo, DomainTable, ErrorCode, KeyId, ListEntry, Op, Request, Response, Scheme, Selector};
+use sealtls_custody_proto::{
+    normalize_domain, ChainInfo, DomainTable, ErrorCode, KeyId, ListEntry, Op, Request, Response, Scheme, Selector,
+};
 use sealtls_pki::issue::KeyType;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
@@ -87,7 +89,9 @@ fn parse_any_key(der: &[u8]) -> Result<Zeroizing<PrivateKeyDer<'static>>, StoreE
             return Ok(form);
         }
     }
-    Err(StoreError::Invalid("the private key is not PKCS#8, SEC1 or PKCS#1 DER of a supported type; give an ECDSA P-256/P-384, Ed25519 or RSA key".into()))
+    Err(StoreError::Invalid(
+        "the private key is not PKCS#8, SEC1 or PKCS#1 DER of a supported type; give an ECDSA P-256/P-384, Ed25519 or RSA key".into(),
+    ))
 }
 
 impl Custody {
@@ -179,7 +183,9 @@ impl Custody {
         };
         if op.is_admin() && op != Op::List && op != Op::Has {
             match &response {
-                Response::Error { code, message } => warn!(op = op.name(), caller = %caller.who, code = %code, "admin operation failed: {message}"),
+                Response::Error { code, message } => {
+                    warn!(op = op.name(), caller = %caller.who, code = %code, "admin operation failed: {message}")
+                }
                 _ => info!(op = op.name(), caller = %caller.who, "admin operation done"),
             }
         } else if op.is_admin() {
@@ -240,7 +246,10 @@ impl Custody {
         let chain: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
         let stored = if key.is_empty() {
             let Some(existing) = self.exact(&domain) else {
-                return error(ErrorCode::KeyNotFound, format!("{domain} has no key to attach a chain to; give the key file too, or make one with `sealtls key gen {domain}`"));
+                return error(
+                    ErrorCode::KeyNotFound,
+                    format!("{domain} has no key to attach a chain to; give the key file too, or make one with `sealtls key gen {domain}`"),
+                );
             };
             if chain.is_empty() {
                 return error(ErrorCode::InvalidInput, "neither a key nor a certificate chain was given");
@@ -275,7 +284,10 @@ impl Custody {
             return error(ErrorCode::InvalidInput, format!("unknown key type {key_type:?}; use one of {}", names.join(", ")));
         };
         if self.exact(&domain).is_some() {
-            return error(ErrorCode::InvalidInput, format!("{domain} already has a key; remove it first with `sealtls key rm {domain}` (a new key needs a new certificate)"));
+            return error(
+                ErrorCode::InvalidInput,
+                format!("{domain} already has a key; remove it first with `sealtls key rm {domain}` (a new key needs a new certificate)"),
+            );
         }
         match self.backend.generate(&domain, key_type) {
             Ok((entry, csr)) => {

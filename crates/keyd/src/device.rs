@@ -35,7 +35,11 @@ pub fn default_path() -> PathBuf {
 pub fn load_or_create(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
     if !path.exists() {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| StoreError::io(dir, "create the device secret's directory", e))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| StoreError::io(dir, "create the device secret's directory", e))?;
         }
         let mut secret = Zeroizing::new(vec![0u8; SECRET_LEN]);
         aws_lc_rs::rand::fill(&mut secret).map_err(|_| StoreError::Random)?;
@@ -43,7 +47,13 @@ pub fn load_or_create(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
             Ok(()) => tracing::info!(file = %path.display(), "created a new device secret"),
             // Another process made it first: use theirs.
             Err(sealtls_pki::files::WriteError::Exists { .. }) => {}
-            Err(e) => return Err(StoreError::DeviceSecret { path: path.to_owned(), problem: e.to_string(), fix: "check the directory's permissions, or give another file with --device-key".into() }),
+            Err(e) => {
+                return Err(StoreError::DeviceSecret {
+                    path: path.to_owned(),
+                    problem: e.to_string(),
+                    fix: "check the directory's permissions, or give another file with --device-key".into(),
+                })
+            }
         }
     }
     let meta = fs::metadata(path).map_err(|e| StoreError::io(path, "read the device secret", e))?;

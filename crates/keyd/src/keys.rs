@@ -34,7 +34,8 @@ pub struct KeyInfo {
 impl KeyInfo {
     /// Describes a public key.
     pub fn from_spki(spki: Vec<u8>) -> Result<Self, StoreError> {
-        let (_, parsed) = SubjectPublicKeyInfo::from_der(&spki).map_err(|e| StoreError::Invalid(format!("public key does not parse: {e}")))?;
+        let (_, parsed) =
+            SubjectPublicKeyInfo::from_der(&spki).map_err(|e| StoreError::Invalid(format!("public key does not parse: {e}")))?;
         let (description, _) = describe_spki(&parsed);
         let family = Family::from_description(&description);
         Ok(Self { id: key_id(&spki), spki, description, family })
@@ -122,7 +123,9 @@ fn name_covers(san: &str, domain: &str) -> bool {
 /// Checks that `chain`'s leaf certifies `key` and names `domain`; returns
 /// the leaf's notAfter (Unix seconds).
 pub fn check_chain(domain: &str, key: &KeyInfo, chain: &[CertificateDer<'_>]) -> Result<i64, StoreError> {
-    let leaf = chain.first().ok_or_else(|| StoreError::Invalid("the certificate chain is empty; give the leaf first, then intermediates".into()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| StoreError::Invalid("the certificate chain is empty; give the leaf first, then intermediates".into()))?;
     let facts = CertFacts::from_der(leaf).map_err(|e| StoreError::Invalid(format!("the leaf certificate does not parse: {e}")))?;
     for (i, c) in chain.iter().enumerate().skip(1) {
         CertFacts::from_der(c).map_err(|e| StoreError::Invalid(format!("certificate {} of the chain does not parse: {e}", i + 1)))?;

@@ -24,9 +24,9 @@ use zeroize::Zeroize;
 
 use crate::backend::{csr_for, Backend, Entry, Location, State};
 use crate::der::{self, tag};
-use crate::record;
 use crate::error::StoreError;
 use crate::keys::{check_chain, Family, KeyInfo, MemoryKey, Sign, SignError};
+use crate::record;
 
 const APPLICATION: &[u8] = b"sealtls chain";
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
@@ -127,7 +127,14 @@ impl Token {
     fn entry(&self, domain: &str, key: KeyInfo, handle: ObjectHandle, chain: Vec<CertificateDer<'static>>) -> Result<Entry, StoreError> {
         let not_after = if chain.is_empty() { None } else { Some(check_chain(domain, &key, &chain)?) };
         let signer = TokenKey { sessions: self.sessions.clone(), handle, family: key.family };
-        Ok(Entry { domain: domain.into(), location: self.location(domain, &key.id.0), key, chain, not_after, state: State::Ready(Arc::new(signer)) })
+        Ok(Entry {
+            domain: domain.into(),
+            location: self.location(domain, &key.id.0),
+            key,
+            chain,
+            not_after,
+            state: State::Ready(Arc::new(signer)),
+        })
     }
 
     fn load_one(&self, session: &Session, handle: ObjectHandle) -> Option<Entry> {
@@ -142,7 +149,14 @@ impl Token {
         }
         let unavailable = |why: String, key: KeyInfo| {
             warn!(domain = %domain, token = %self.label, "{why}; skipped, other keys are served");
-            Some(Entry { domain: domain.clone(), location: self.location(&domain, &key.id.0), key, chain: Vec::new(), not_after: None, state: State::Unavailable(why) })
+            Some(Entry {
+                domain: domain.clone(),
+                location: self.location(&domain, &key.id.0),
+                key,
+                chain: Vec::new(),
+                not_after: None,
+                state: State::Unavailable(why),
+            })
         };
         let Some((spki, chain)) = parse_chain_value(&value) else {
             return unavailable("its chain object on the token does not parse".into(), KeyInfo::unknown(KeyId([0; 32])));
@@ -223,7 +237,13 @@ fn import_template(key: &PrivateKeyDer<'_>) -> Result<Vec<Attribute>, StoreError
         ]);
     }
     if alg == OID_RSA {
-        let int = |i: usize| items.get(i).filter(|t| t.tag == tag::INTEGER).map(|t| der::unsigned(t.value).to_vec()).ok_or(bad(der::DerError("short RSA key")));
+        let int = |i: usize| {
+            items
+                .get(i)
+                .filter(|t| t.tag == tag::INTEGER)
+                .map(|t| der::unsigned(t.value).to_vec())
+                .ok_or(bad(der::DerError("short RSA key")))
+        };
         return Ok(vec![
             Attribute::Class(ObjectClass::PRIVATE_KEY),
             Attribute::KeyType(CkKeyType::RSA),
@@ -341,7 +361,8 @@ impl Backend for Token {
         let mut template = SecretTemplate(import_template(key)?);
         template.0.extend(private_key_template(domain, &info.id.0));
         let session = self.sessions.admin.lock().expect("session lock");
-        let old: Vec<_> = self.find(&session, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(domain.as_bytes().to_vec())])?;
+        let old: Vec<_> =
+            self.find(&session, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(domain.as_bytes().to_vec())])?;
         let handle = session.create_object(&template.0).map_err(|e| token_error("importing the key", e))?;
         drop(template);
         self.store_chain(&session, domain, &info.spki, chain)?;
@@ -354,7 +375,8 @@ impl Backend for Token {
     fn put_chain(&self, entry: &Entry, chain: &[CertificateDer<'static>]) -> Result<Entry, StoreError> {
         check_chain(&entry.domain, &entry.key, chain)?;
         let session = self.sessions.admin.lock().expect("session lock");
-        let handle = self.private_key(&session, &entry.domain, &entry.key.id.0)?.ok_or_else(|| StoreError::NotFound(entry.domain.clone()))?;
+        let handle =
+            self.private_key(&session, &entry.domain, &entry.key.id.0)?.ok_or_else(|| StoreError::NotFound(entry.domain.clone()))?;
         self.store_chain(&session, &entry.domain, &entry.key.spki, chain)?;
         self.entry(&entry.domain, entry.key.clone(), handle, chain.to_vec())
     }
@@ -373,7 +395,11 @@ impl Backend for Token {
                 };
                 (Mechanism::RsaPkcsKeyPairGen, vec![Attribute::ModulusBits(bits.into()), Attribute::PublicExponent(vec![1, 0, 1])], None)
             }
-            KeyType::Ed25519 => return Err(StoreError::Invalid("Ed25519 keys are not generated on the token; use ecdsa-p256, ecdsa-p384 or rsa2048..rsa4096".into())),
+            KeyType::Ed25519 => {
+                return Err(StoreError::Invalid(
+                    "Ed25519 keys are not generated on the token; use ecdsa-p256, ecdsa-p384 or rsa2048..rsa4096".into(),
+                ))
+            }
         };
         let mut public_template = public_template;
         public_template.extend([Attribute::Token(false), Attribute::Verify(true)]);
@@ -382,7 +408,11 @@ impl Backend for Token {
             .map_err(|e| token_error("generating the key", e))?;
         let (spki, raw_public) = match curve {
             Some(oid) => {
-                let point = match session.get_attributes(public, &[AttributeType::EcPoint]).map_err(|e| token_error("reading the public key", e))?.pop() {
+                let point = match session
+                    .get_attributes(public, &[AttributeType::EcPoint])
+                    .map_err(|e| token_error("reading the public key", e))?
+                    .pop()
+                {
                     Some(Attribute::EcPoint(p)) => der::expect(&p, tag::OCTET_STRING).map(|(v, _)| v.to_vec()).unwrap_or(p),
                     _ => return Err(StoreError::Token("the token returned no EC point".into())),
                 };
@@ -392,7 +422,9 @@ impl Backend for Token {
                 (der::write(tag::SEQUENCE, &[alg, der::write(tag::BIT_STRING, &bits)].concat()), point)
             }
             None => {
-                let attrs = session.get_attributes(public, &[AttributeType::Modulus, AttributeType::PublicExponent]).map_err(|e| token_error("reading the public key", e))?;
+                let attrs = session
+                    .get_attributes(public, &[AttributeType::Modulus, AttributeType::PublicExponent])
+                    .map_err(|e| token_error("reading the public key", e))?;
                 let (mut n, mut e) = (Vec::new(), Vec::new());
                 for a in attrs {
                     match a {
@@ -428,7 +460,9 @@ impl Backend for Token {
     fn remove(&self, entry: &Entry) -> Result<(), StoreError> {
         let session = self.sessions.admin.lock().expect("session lock");
         let mut objects = self.chain_objects(&session, Some(&entry.domain))?;
-        objects.extend(self.find(&session, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(entry.domain.as_bytes().to_vec())])?);
+        objects.extend(
+            self.find(&session, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(entry.domain.as_bytes().to_vec())])?,
+        );
         for h in objects {
             session.destroy_object(h).map_err(|e| token_error("removing an object", e))?;
         }

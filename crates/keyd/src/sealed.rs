@@ -21,9 +21,9 @@ use zeroize::Zeroizing;
 
 use crate::backend::{csr_for, Backend, Entry, Location, State};
 use crate::device;
-use crate::record;
 use crate::error::StoreError;
 use crate::keys::{check_chain, KeyInfo, MemoryKey};
+use crate::record;
 
 const ENTRY_MAGIC: &[u8; 4] = b"STKS";
 const CHECK_MAGIC: &[u8; 4] = b"STKC";
@@ -110,7 +110,13 @@ fn open_in_place<'a>(store: &LessSafeKey, aad: &[u8], nonce: [u8; NONCE_LEN], bu
 }
 
 /// Builds an entry file for `domain`.
-pub fn seal_entry(store: &LessSafeKey, domain: &str, key_id: &KeyId, key: &PrivateKeyDer<'_>, chain: &[CertificateDer<'_>]) -> Result<Vec<u8>, StoreError> {
+pub fn seal_entry(
+    store: &LessSafeKey,
+    domain: &str,
+    key_id: &KeyId,
+    key: &PrivateKeyDer<'_>,
+    chain: &[CertificateDer<'_>],
+) -> Result<Vec<u8>, StoreError> {
     let mut aad = ENTRY_MAGIC.to_vec();
     aad.push(VERSION);
     aad.extend_from_slice(&(domain.len() as u16).to_be_bytes());
@@ -208,7 +214,14 @@ impl SealedFiles {
         let file = seal_entry(&self.store, domain, &info.id, key, chain)?;
         let path = self.path_for(domain);
         write_atomic(&path, &file, 0o600, true).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        Ok(Entry { domain: domain.into(), key: info, chain: chain.to_vec(), not_after, location: Location::SealedFile(path), state: State::Ready(Arc::new(memory)) })
+        Ok(Entry {
+            domain: domain.into(),
+            key: info,
+            chain: chain.to_vec(),
+            not_after,
+            location: Location::SealedFile(path),
+            state: State::Ready(Arc::new(memory)),
+        })
     }
 
     fn load_one(&self, path: &Path) -> Option<Entry> {
@@ -230,7 +243,14 @@ impl SealedFiles {
         let unavailable = |why: String| {
             warn!(domain = %header.domain, file = %path.display(), "key entry {why}; skipped, other keys are served. Remove it with `sealtls key rm {}` and install the key again", header.domain);
             let key = KeyInfo::unknown(header.key_id);
-            Some(Entry { domain: header.domain.clone(), key, chain: Vec::new(), not_after: None, location: Location::SealedFile(path.to_owned()), state: State::Unavailable(why) })
+            Some(Entry {
+                domain: header.domain.clone(),
+                key,
+                chain: Vec::new(),
+                not_after: None,
+                location: Location::SealedFile(path.to_owned()),
+                state: State::Unavailable(why),
+            })
         };
         if self.path_for(&header.domain) != path {
             return unavailable("is stored under the wrong file name (renamed or copied by hand)".into());
@@ -246,7 +266,14 @@ impl SealedFiles {
         };
         let info = memory.info().clone();
         let not_after = if chain.is_empty() { None } else { check_chain(&header.domain, &info, &chain).ok() };
-        Some(Entry { domain: header.domain.clone(), key: info, chain, not_after, location: Location::SealedFile(path.to_owned()), state: State::Ready(Arc::new(memory)) })
+        Some(Entry {
+            domain: header.domain.clone(),
+            key: info,
+            chain,
+            not_after,
+            location: Location::SealedFile(path.to_owned()),
+            state: State::Ready(Arc::new(memory)),
+        })
     }
 }
 

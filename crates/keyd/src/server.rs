@@ -277,11 +277,13 @@ async fn answer(
         let request = match Request::decode(&frame) {
             Ok(r) => r,
             Err(BodyError::UnknownKind(k)) => {
-                Response::error(ErrorCode::UnknownOperation, format!("operation 0x{k:02x} is not defined in protocol version 1")).encode(id, out);
+                Response::error(ErrorCode::UnknownOperation, format!("operation 0x{k:02x} is not defined in protocol version 1"))
+                    .encode(id, out);
                 continue;
             }
             Err(BodyError::BadValue("scheme", n)) => {
-                Response::error(ErrorCode::UnsupportedScheme, format!("signature scheme 0x{n:04x} is not one of the protocol's")).encode(id, out);
+                Response::error(ErrorCode::UnsupportedScheme, format!("signature scheme 0x{n:04x} is not one of the protocol's"))
+                    .encode(id, out);
                 continue;
             }
             Err(e) => {

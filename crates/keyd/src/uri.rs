@@ -77,7 +77,9 @@ impl Pkcs11Uri {
     /// Whether a key kept at `location` is the one named.
     pub fn matches(&self, location: &Location) -> bool {
         let Location::Token { token, label, id } = location else { return false };
-        self.token.as_ref().is_none_or(|t| t == token) && self.object.as_ref().is_none_or(|o| o == label) && self.id.as_ref().is_none_or(|i| i == id)
+        self.token.as_ref().is_none_or(|t| t == token)
+            && self.object.as_ref().is_none_or(|o| o == label)
+            && self.id.as_ref().is_none_or(|i| i == id)
     }
 
     /// The URI naming an object, percent-encoding what needs it.
@@ -99,7 +101,9 @@ mod tests {
 
     #[test]
     fn parses_rfc7512_examples_and_matches_token_objects() {
-        let uri = Pkcs11Uri::parse("pkcs11:token=The%20Software%20PKCS%2311%20Softtoken;object=my-key;id=%01%a2;type=private?pin-source=file:/x").unwrap();
+        let uri =
+            Pkcs11Uri::parse("pkcs11:token=The%20Software%20PKCS%2311%20Softtoken;object=my-key;id=%01%a2;type=private?pin-source=file:/x")
+                .unwrap();
         assert_eq!(uri.token.as_deref(), Some("The Software PKCS#11 Softtoken"));
         assert_eq!(uri.object.as_deref(), Some("my-key"));
         assert_eq!(uri.id.as_deref(), Some(&[0x01, 0xa2][..]));
@@ -112,7 +116,11 @@ mod tests {
         assert_eq!(Pkcs11Uri::parse("pkcs11:object=a;type=cert"), Err(UriError::Type("cert".into())));
         assert!(matches!(Pkcs11Uri::parse("pkcs11:id=%zz"), Err(UriError::Escape(_))));
         let formatted = Pkcs11Uri::format("sealtls token", "*.example.com", &[0xff, 1]);
-        assert!(Pkcs11Uri::parse(&formatted).unwrap().matches(&Location::Token { token: "sealtls token".into(), label: "*.example.com".into(), id: vec![0xff, 1] }));
+        assert!(Pkcs11Uri::parse(&formatted).unwrap().matches(&Location::Token {
+            token: "sealtls token".into(),
+            label: "*.example.com".into(),
+            id: vec![0xff, 1]
+        }));
     }
 
     proptest! {

@@ -129,7 +129,10 @@ impl KeydClient {
             KeydEndpoint::Tls { addr, server_name, config } => {
                 let tcp = tokio::net::TcpStream::connect(addr.as_str()).await.map_err(|e| self.unreachable(e))?;
                 let _ = tcp.set_nodelay(true);
-                let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(server_name.clone(), tcp).await.map_err(|e| self.unreachable(format!("TLS handshake: {e}")))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| self.unreachable(format!("TLS handshake: {e}")))?;
                 start(tls)
             }
         });
@@ -163,7 +166,9 @@ impl KeydClient {
 
     /// Sends `request` and waits for its answer; error answers become [`KeydError::Refused`].
     pub async fn call(&self, request: &Request) -> Result<Response, KeydError> {
-        let conn = tokio::time::timeout(self.timeout, self.conn()).await.map_err(|_| KeydError::Timeout(self.endpoint.to_string(), self.timeout))??;
+        let conn = tokio::time::timeout(self.timeout, self.conn())
+            .await
+            .map_err(|_| KeydError::Timeout(self.endpoint.to_string(), self.timeout))??;
         let (tx, rx) = oneshot::channel();
         let id = self.submit(&conn, request, Waiter::Async(tx))?;
         match tokio::time::timeout(self.timeout, rx).await {

@@ -74,7 +74,14 @@ impl Keyless {
         if schemes.is_empty() {
             return Err(format!("keyd holds a {} key, which TLS cannot sign with", facts.key));
         }
-        let key = RemoteKey { client: self.0.client.clone(), key_id: info.key_id, algorithm, schemes, spki: facts.spki, domain: info.domain.clone() };
+        let key = RemoteKey {
+            client: self.0.client.clone(),
+            key_id: info.key_id,
+            algorithm,
+            schemes,
+            spki: facts.spki,
+            domain: info.domain.clone(),
+        };
         Ok(Arc::new(CertifiedKey::new(certs, Arc::new(key))))
     }
 
@@ -88,7 +95,8 @@ impl Keyless {
             Err(e) => return Err(refusal(AlertDescription::HandshakeFailure, e.to_string())),
         };
         let key = self.certified(&info).map_err(|e| refusal(AlertDescription::HandshakeFailure, format!("{}: {e}", info.domain)))?;
-        let cached = Arc::new(Cached { key, generation: info.generation, fetched: Mutex::new(Instant::now()), refreshing: AtomicBool::new(false) });
+        let cached =
+            Arc::new(Cached { key, generation: info.generation, fetched: Mutex::new(Instant::now()), refreshing: AtomicBool::new(false) });
         self.0.by_name.write().expect("cache lock").insert(name.to_string(), cached.clone());
         Ok(cached)
     }
@@ -98,7 +106,9 @@ impl Keyless {
         let this = self.clone();
         tokio::spawn(async move {
             match this.0.client.call(&Request::Chain(Selector::Domain(name.clone()))).await {
-                Ok(Response::Chain(info)) if info.generation == cached.generation => *cached.fetched.lock().expect("time lock") = Instant::now(),
+                Ok(Response::Chain(info)) if info.generation == cached.generation => {
+                    *cached.fetched.lock().expect("time lock") = Instant::now()
+                }
                 Ok(Response::Chain(_)) => match this.fetch(&name).await {
                     Ok(_) => info!(server_name = %name, "certificate chain changed in keyd; now serving the new one"),
                     Err(r) => warn!(server_name = %name, reason = %r.reason, "cannot load the changed chain; serving the old one"),

@@ -142,12 +142,19 @@ impl Daemon {
         if settings.trust.certs.is_empty() {
             return Err(Failure::new(
                 FailureClass::Config,
-                format!("no trust anchors (OS_ERROR_NOT_INITIALIZED, {}): the daemon cannot verify any server", Code::NotInitialized.value()),
+                format!(
+                    "no trust anchors (OS_ERROR_NOT_INITIALIZED, {}): the daemon cannot verify any server",
+                    Code::NotInitialized.value()
+                ),
                 "give the CA that issued your servers' certificates with --trust CA.pem, or --trust system",
             ));
         }
         if settings.max_clients == 0 || settings.max_clients > 10_000 {
-            return Err(Failure::new(FailureClass::Usage, format!("--max-clients {} is out of range", settings.max_clients), "give 1 to 10000"));
+            return Err(Failure::new(
+                FailureClass::Usage,
+                format!("--max-clients {} is out of range", settings.max_clients),
+                "give 1 to 10000",
+            ));
         }
         if !BUFFER_SIZES.contains(&settings.buffer_size) {
             return Err(Failure::new(
@@ -157,9 +164,20 @@ impl Daemon {
             ));
         }
         let socket = UnixSocket::bind(&settings.socket, "offload")?;
-        let tls = ClientSettings { trust: settings.trust, identity: None, versions: TlsVersions::Any, legacy_v1_leaf: false, name_check: settings.name_check };
+        let tls = ClientSettings {
+            trust: settings.trust,
+            identity: None,
+            versions: TlsVersions::Any,
+            legacy_v1_leaf: false,
+            name_check: settings.name_check,
+        };
         let dialer = Arc::new(Dialer { tls, connect_timeout: settings.connect_timeout, handshake_timeout: settings.handshake_timeout });
-        let shared = Arc::new(Shared { dialer, buffer_size: settings.buffer_size, answer_timeout: settings.answer_timeout, badges: Mutex::new(vec![false; settings.max_clients]) });
+        let shared = Arc::new(Shared {
+            dialer,
+            buffer_size: settings.buffer_size,
+            answer_timeout: settings.answer_timeout,
+            badges: Mutex::new(vec![false; settings.max_clients]),
+        });
         Ok(Self { socket, allow: settings.allow, shared })
     }
 

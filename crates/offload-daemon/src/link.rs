@@ -51,7 +51,12 @@ pub(crate) struct Dialer {
 
 /// Runs `step` for at most `limit`, naming the daemon setting to raise when
 /// it runs out (the endpoint's own limit is set past ours, so ours fires).
-async fn within<T>(limit: Duration, what: String, setting: &str, step: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, String> {
+async fn within<T>(
+    limit: Duration,
+    what: String,
+    setting: &str,
+    step: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, String> {
     match tokio::time::timeout(limit, step).await {
         Ok(result) => result.map_err(|f| detail(&f)),
         Err(_) => Err(format!(
@@ -138,7 +143,6 @@ impl Tls {
     pub(crate) fn writable(&self) -> bool {
         self.outbound.as_ref().is_none_or(|b| b.room() > 0)
     }
-
 
     /// Moves queued plaintext out and received plaintext in, as far as the
     /// socket and the queues allow. Ready when anything changed; Pending

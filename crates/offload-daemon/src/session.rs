@@ -168,7 +168,9 @@ impl Session {
                         self.handle(request);
                     }
                     Ok(None) => break None,
-                    Err(e) => break Some(Ending::Goodbye(Code::InvalidParameter, format!("bad frame: {e}; the daemon closes the connection"))),
+                    Err(e) => {
+                        break Some(Ending::Goodbye(Code::InvalidParameter, format!("bad frame: {e}; the daemon closes the connection")))
+                    }
                 }
             }
             if let Some(why) = self.violation.take() {
@@ -255,7 +257,9 @@ impl Session {
             }
             Request::Session => {
                 let response = match (&self.link, self.slot.state()) {
-                    (Link::Tls(tls), State::Handshaked) => Response::Text { op: Op::Session, code: Code::Success, text: tls.session.clone() },
+                    (Link::Tls(tls), State::Handshaked) => {
+                        Response::Text { op: Op::Session, code: Code::Success, text: tls.session.clone() }
+                    }
                     _ => Response::Text { op: Op::Session, code: Code::InvalidState, text: String::new() },
                 };
                 self.respond(response);
@@ -279,7 +283,9 @@ impl Session {
                     return;
                 };
                 match std::mem::replace(&mut self.link, Link::None) {
-                    Link::Tcp(tcp) => self.pending = Some(Box::pin(async move { Outcome::Handshaked(dialer.handshake(tcp, &target).await) })),
+                    Link::Tcp(tcp) => {
+                        self.pending = Some(Box::pin(async move { Outcome::Handshaked(dialer.handshake(tcp, &target).await) }))
+                    }
                     Link::Failed(why) => self.slot.handshake_finished(Err(why)),
                     _ => match self.pending.take() {
                         // The reconnect after a reset is still under way: hand shake once it is done.

@@ -425,7 +425,11 @@ pub fn decode_request(buf: &[u8], max_body: usize) -> Result<Option<(Request, us
         Op::Stream | Op::Credit => {
             let [a, b, c, d] = body else { return Err(malformed("STREAM or CREDIT", "body must be a 4-byte count")) };
             let n = u32::from_be_bytes([*a, *b, *c, *d]);
-            if op == Op::Stream { Request::Stream { window: n } } else { Request::Credit(n) }
+            if op == Op::Stream {
+                Request::Stream { window: n }
+            } else {
+                Request::Credit(n)
+            }
         }
     };
     Ok(Some((request, used)))

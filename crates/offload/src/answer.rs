@@ -23,7 +23,9 @@ pub(crate) fn unexpected(response: Response, expected: &str) -> Error {
 pub(crate) fn welcome(response: Response) -> Result<(u32, usize)> {
     match response {
         Response::Welcome { code: Code::Success, badge, buffer_size } => Ok((badge, buffer_size as usize)),
-        Response::Welcome { code: Code::OutOfBounds, .. } => Err(Error::explained(Code::OutOfBounds, "all client slots of the offload daemon are taken; retry when a client closes")),
+        Response::Welcome { code: Code::OutOfBounds, .. } => {
+            Err(Error::explained(Code::OutOfBounds, "all client slots of the offload daemon are taken; retry when a client closes"))
+        }
         Response::Welcome { code: Code::OperationDenied, .. } => {
             Err(Error::explained(Code::OperationDenied, "the offload daemon does not allow this user (see its --allow-uid/--allow-gid)"))
         }

@@ -31,9 +31,15 @@ pub(crate) fn open_error(path: &Path, e: &std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Error::explained(
             Code::NotFound,
-            format!("no offload daemon at {0}: {e} (fix: start `sealtls offload --socket {0}`, or use the socket the daemon listens on)", path.display()),
+            format!(
+                "no offload daemon at {0}: {e} (fix: start `sealtls offload --socket {0}`, or use the socket the daemon listens on)",
+                path.display()
+            ),
         ),
-        _ => Error::explained(Code::Generic, format!("cannot reach the offload daemon at {}: {e} (is `sealtls offload` running there?)", path.display())),
+        _ => Error::explained(
+            Code::Generic,
+            format!("cannot reach the offload daemon at {}: {e} (is `sealtls offload` running there?)", path.display()),
+        ),
     }
 }
 
@@ -91,7 +97,10 @@ impl Client {
                 Ok(n) => self.rx.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return Err(self.lose(Error::explained(Code::Generic, format!("the offload daemon did not answer within {} s", ANSWER_LIMIT.as_secs()))))
+                    return Err(self.lose(Error::explained(
+                        Code::Generic,
+                        format!("the offload daemon did not answer within {} s", ANSWER_LIMIT.as_secs()),
+                    )))
                 }
                 Err(e) => return Err(self.lose(Error::explained(Code::Generic, format!("lost the offload daemon: {e}")))),
             }

@@ -147,10 +147,9 @@ impl Diagnosis {
                 "the {role} certificate ({subj}) was issued by \"{issuer}\", which is not a trusted CA (trusted: {})",
                 summarize(trusted)
             ),
-            Problem::NameMismatch { expected, presented } => format!(
-                "the {role} certificate is not valid for \"{expected}\": it names {}",
-                join(presented)
-            ),
+            Problem::NameMismatch { expected, presented } => {
+                format!("the {role} certificate is not valid for \"{expected}\": it names {}", join(presented))
+            }
             Problem::NoSan { expected, common_name } => format!(
                 "the {role} certificate has no subjectAltName, so it is valid for no host name (\"{expected}\" was expected; \
                  its CN={} is ignored by modern clients)",
@@ -164,10 +163,9 @@ impl Diagnosis {
                 "the {role} certificate ({subj}) is X.509 version 1: it has no extensions (no subjectAltName, key usage or CA flag), \
                  which modern verifiers refuse"
             ),
-            Problem::WrongEku { needed, has } => format!(
-                "the {role} certificate's extended key usage ({}) does not allow {needed}",
-                join(has)
-            ),
+            Problem::WrongEku { needed, has } => {
+                format!("the {role} certificate's extended key usage ({}) does not allow {needed}", join(has))
+            }
             Problem::Expired { not_after, days_ago } => {
                 format!("the {role} certificate ({subj}) expired on {not_after}, {days_ago} days ago")
             }
@@ -212,16 +210,12 @@ impl Diagnosis {
                 "OpenSSL makes version 1 certificates when `openssl x509 -req` gets no extensions: add `-extfile FILE -extensions SECTION` \
                  with subjectAltName and `basicConstraints = CA:FALSE`, or use `{reissue}`"
             ),
-            Problem::WrongEku { needed, .. } => format!(
-                "reissue it with `extendedKeyUsage = {needed}`, e.g. `{reissue}`"
-            ),
-            Problem::Expired { .. } => format!(
-                "renew it (`{reissue} --force`), and check that this machine's clock is right"
-            ),
+            Problem::WrongEku { needed, .. } => format!("reissue it with `extendedKeyUsage = {needed}`, e.g. `{reissue}`"),
+            Problem::Expired { .. } => format!("renew it (`{reissue} --force`), and check that this machine's clock is right"),
             Problem::NotYetValid { .. } => "check the clocks of both machines, or reissue it with a start date in the past".to_owned(),
-            Problem::BadSignature => format!(
-                "the certificate was altered or its chain is mixed up: reissue it, and send the chain exactly as the CA issued it"
-            ),
+            Problem::BadSignature => {
+                format!("the certificate was altered or its chain is mixed up: reissue it, and send the chain exactly as the CA issued it")
+            }
             Problem::Revoked => format!("get a new {role} certificate; this one must not be used any more"),
             Problem::Malformed => "re-export the certificate as PEM and check it with `sealtls inspect FILE`".to_owned(),
             Problem::Other { .. } => "check the certificate with `sealtls inspect FILE`".to_owned(),
@@ -237,9 +231,7 @@ impl fmt::Display for Diagnosis {
 
 /// Whether `cert` carries a valid signature by `issuer`'s key.
 fn signed_by(cert: &CertificateDer<'_>, issuer: &CertificateDer<'_>) -> bool {
-    let (Ok((_, c)), Ok((_, i))) =
-        (x509_parser::parse_x509_certificate(cert), x509_parser::parse_x509_certificate(issuer))
-    else {
+    let (Ok((_, c)), Ok((_, i))) = (x509_parser::parse_x509_certificate(cert), x509_parser::parse_x509_certificate(issuer)) else {
         return false;
     };
     c.verify_signature(Some(i.public_key())).is_ok()
@@ -325,14 +317,8 @@ fn untrusted(leaf: &CertFacts, chain: &[CertificateDer<'_>], anchors: &[Certific
     let top_index = chain.len() - 1;
     let top = chain.get(top_index).and_then(|c| CertFacts::from_der(c).ok());
     let issuer = top.as_ref().map_or(leaf.issuer.clone(), |t| t.issuer.clone());
-    let same_name_other_key = anchor_facts
-        .iter()
-        .any(|(f, der)| f.subject == issuer && !signed_by(&chain[top_index], der));
-    Problem::UntrustedIssuer {
-        issuer,
-        trusted: anchor_facts.into_iter().map(|(f, _)| f.subject).collect(),
-        same_name_other_key,
-    }
+    let same_name_other_key = anchor_facts.iter().any(|(f, der)| f.subject == issuer && !signed_by(&chain[top_index], der));
+    Problem::UntrustedIssuer { issuer, trusted: anchor_facts.into_iter().map(|(f, _)| f.subject).collect(), same_name_other_key }
 }
 
 fn name_problem(leaf: &CertFacts, name: Option<&str>) -> Problem {

@@ -100,9 +100,7 @@ pub fn describe_spki(spki: &SubjectPublicKeyInfo<'_>) -> (String, Option<usize>)
 
 fn signature_name(cert: &X509Certificate<'_>) -> String {
     let oid = &cert.signature_algorithm.algorithm;
-    x509_parser::objects::oid2sn(oid, x509_parser::objects::oid_registry())
-        .map(str::to_owned)
-        .unwrap_or_else(|_| oid.to_id_string())
+    x509_parser::objects::oid2sn(oid, x509_parser::objects::oid_registry()).map(str::to_owned).unwrap_or_else(|_| oid.to_id_string())
 }
 
 fn rfc3339(ts: i64) -> String {
@@ -209,9 +207,7 @@ impl CertFacts {
         }
         if as_leaf && !self.has_san_extension {
             let cn = self.common_name().unwrap_or("(none)");
-            w.push(format!(
-                "no subjectAltName: clients ignore the common name (CN={cn}) and match host names against the SAN only"
-            ));
+            w.push(format!("no subjectAltName: clients ignore the common name (CN={cn}) and match host names against the SAN only"));
         }
         if as_leaf && !self.eku_allows("serverAuth") && !self.eku_allows("clientAuth") {
             w.push(format!(
@@ -264,9 +260,8 @@ impl KeyFacts {
         let signer = crate::load::signing_key(key, origin)?;
         let spki = signer.public_key().map(|k| k.as_ref().to_vec()).unwrap_or_default();
         use x509_parser::prelude::FromDer;
-        let key_name = SubjectPublicKeyInfo::from_der(&spki)
-            .map(|(_, s)| describe_spki(&s).0)
-            .unwrap_or_else(|_| format!("{:?}", signer.algorithm()));
+        let key_name =
+            SubjectPublicKeyInfo::from_der(&spki).map(|(_, s)| describe_spki(&s).0).unwrap_or_else(|_| format!("{:?}", signer.algorithm()));
         let encoding = match key {
             PrivateKeyDer::Pkcs8(_) => "PKCS#8",
             PrivateKeyDer::Sec1(_) => "SEC1",
@@ -361,8 +356,7 @@ fn match_keys(items: &mut [Item]) {
             match leaves.iter().find(|(_, spki)| *spki == facts.spki) {
                 Some((name, _)) => *matches = Some(name.clone()),
                 None => warnings.push(
-                    "key does not match any certificate inspected with it: a server given this pair fails every handshake"
-                        .to_owned(),
+                    "key does not match any certificate inspected with it: a server given this pair fails every handshake".to_owned(),
                 ),
             }
         }

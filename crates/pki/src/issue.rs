@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -34,8 +34,7 @@ pub enum KeyType {
 
 impl KeyType {
     /// Every key type, in the order shown to users.
-    pub const ALL: [KeyType; 6] =
-        [Self::EcdsaP256, Self::EcdsaP384, Self::Ed25519, Self::Rsa2048, Self::Rsa3072, Self::Rsa4096];
+    pub const ALL: [KeyType; 6] = [Self::EcdsaP256, Self::EcdsaP384, Self::Ed25519, Self::Rsa2048, Self::Rsa3072, Self::Rsa4096];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -305,7 +304,11 @@ pub struct SignedCsr {
 /// The DER inside a CSR file: PEM (`CERTIFICATE REQUEST` or `NEW CERTIFICATE
 /// REQUEST`) or DER as it is.
 fn csr_der(bytes: &[u8], origin: &str) -> Result<Vec<u8>, IssueError> {
-    let refuse = |what: String| IssueError::Csr { origin: origin.into(), what, fix: "give the CSR file `sealtls key gen --out` or `openssl req -new` wrote (PEM or DER)".into() };
+    let refuse = |what: String| IssueError::Csr {
+        origin: origin.into(),
+        what,
+        fix: "give the CSR file `sealtls key gen --out` or `openssl req -new` wrote (PEM or DER)".into(),
+    };
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Ok(bytes.to_vec());
     }
@@ -314,7 +317,10 @@ fn csr_der(bytes: &[u8], origin: &str) -> Result<Vec<u8>, IssueError> {
         Some(b) => Ok(b.contents().to_vec()),
         None => {
             let tags: Vec<_> = blocks.iter().map(|b| b.tag().to_owned()).collect();
-            Err(refuse(format!("holds no CERTIFICATE REQUEST (it holds {})", if tags.is_empty() { "nothing".into() } else { tags.join(", ") })))
+            Err(refuse(format!(
+                "holds no CERTIFICATE REQUEST (it holds {})",
+                if tags.is_empty() { "nothing".into() } else { tags.join(", ") }
+            )))
         }
     }
 }
@@ -332,7 +338,15 @@ fn san_text(san: &SanType) -> Option<String> {
 /// by the CA, as `issue_leaf` does. The request's self-signature is checked.
 /// Names: `sans` if given, else the request's subjectAltName, else its CN;
 /// the certificate always has a subjectAltName, serverAuth and CA:FALSE.
-pub fn sign_csr(dir: &Path, csr: &[u8], origin: &str, sans: &[String], days: u32, out: &Path, force: bool) -> Result<SignedCsr, IssueError> {
+pub fn sign_csr(
+    dir: &Path,
+    csr: &[u8],
+    origin: &str,
+    sans: &[String],
+    days: u32,
+    out: &Path,
+    force: bool,
+) -> Result<SignedCsr, IssueError> {
     use x509_parser::prelude::FromDer;
     refuse_existing(&[out], force)?;
     let refuse = |what: String, fix: &str| IssueError::Csr { origin: origin.into(), what, fix: fix.into() };
@@ -342,7 +356,10 @@ pub fn sign_csr(dir: &Path, csr: &[u8], origin: &str, sans: &[String], days: u32
             "the request's self-signature does not verify: it was altered or damaged after it was made".into(),
             "make a new request from the key (`sealtls key gen`, or `openssl req -new -key KEY`) and sign that",
         ),
-        rcgen::Error::CouldNotParseCertificationRequest => refuse("not a PKCS#10 certificate signing request".into(), "give the CSR file `sealtls key gen --out` or `openssl req -new` wrote (PEM or DER)"),
+        rcgen::Error::CouldNotParseCertificationRequest => refuse(
+            "not a PKCS#10 certificate signing request".into(),
+            "give the CSR file `sealtls key gen --out` or `openssl req -new` wrote (PEM or DER)",
+        ),
         rcgen::Error::UnsupportedSignatureAlgorithm => refuse(
             "the request is signed with an algorithm sealtls cannot sign for".into(),
             "make the request with an ECDSA P-256/P-384, Ed25519 or RSA key (PKCS#1 v1.5 signature)",
@@ -353,8 +370,12 @@ pub fn sign_csr(dir: &Path, csr: &[u8], origin: &str, sans: &[String], days: u32
         ),
         other => refuse(format!("cannot be read: {other}"), "make a new request and sign that"),
     })?;
-    let (_, parsed) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
-        .map_err(|e| refuse(format!("not a PKCS#10 certificate signing request: {e}"), "give the CSR file `sealtls key gen --out` or `openssl req -new` wrote"))?;
+    let (_, parsed) = x509_parser::certification_request::X509CertificationRequest::from_der(&der).map_err(|e| {
+        refuse(
+            format!("not a PKCS#10 certificate signing request: {e}"),
+            "give the CSR file `sealtls key gen --out` or `openssl req -new` wrote",
+        )
+    })?;
     let info = &parsed.certification_request_info;
     let cn = info.subject.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
 
@@ -373,12 +394,19 @@ pub fn sign_csr(dir: &Path, csr: &[u8], origin: &str, sans: &[String], days: u32
         match &cn {
             Some(cn) => match parse_san(cn) {
                 Ok(san) => (vec![san], "the request's CN"),
-                Err(_) => return Err(refuse(
-                    format!("the request has no subjectAltName and its CN `{cn}` is not a DNS name or IP address"),
-                    "give the server's names with --san NAME (repeat for each)",
-                )),
+                Err(_) => {
+                    return Err(refuse(
+                        format!("the request has no subjectAltName and its CN `{cn}` is not a DNS name or IP address"),
+                        "give the server's names with --san NAME (repeat for each)",
+                    ))
+                }
             },
-            None => return Err(refuse("the request names no server: no subjectAltName and no CN".into(), "give the server's names with --san NAME (repeat for each)")),
+            None => {
+                return Err(refuse(
+                    "the request names no server: no subjectAltName and no CN".into(),
+                    "give the server's names with --san NAME (repeat for each)",
+                ))
+            }
         }
     };
     let texts: Vec<String> = names.iter().filter_map(san_text).collect();
@@ -402,7 +430,8 @@ pub fn sign_csr(dir: &Path, csr: &[u8], origin: &str, sans: &[String], days: u32
     let cert = request.signed_by(&issuer)?;
 
     // The certificate must certify exactly the key the request was made with.
-    let (_, issued) = x509_parser::parse_x509_certificate(cert.der()).map_err(|e| refuse(format!("the signed certificate does not parse: {e}"), "report this as a bug"))?;
+    let (_, issued) = x509_parser::parse_x509_certificate(cert.der())
+        .map_err(|e| refuse(format!("the signed certificate does not parse: {e}"), "report this as a bug"))?;
     if issued.tbs_certificate.subject_pki.raw != info.subject_pki.raw {
         return Err(refuse(
             "the request's key and signature algorithm are an unusual pair, and the certificate would not carry its key as given".into(),
@@ -479,7 +508,10 @@ mod tests {
         assert_eq!((signed.sans.as_slice(), signed.sans_from), (&["b.test".to_string()][..], "the request's CN"));
         let signed = sign_csr(d, cn_only.as_bytes(), "b.csr", &["c.test".into()], 10, &d.join("c.pem"), false).unwrap();
         assert_eq!(signed.sans, ["c.test"]);
-        assert!(matches!(sign_csr(d, cn_only.as_bytes(), "b.csr", &[], 10, &d.join("c.pem"), false), Err(IssueError::Write(WriteError::Exists { .. }))));
+        assert!(matches!(
+            sign_csr(d, cn_only.as_bytes(), "b.csr", &[], 10, &d.join("c.pem"), false),
+            Err(IssueError::Write(WriteError::Exists { .. }))
+        ));
 
         let (_, bad_cn) = csr(&[], "not a name");
         let e = sign_csr(d, bad_cn.as_bytes(), "x.csr", &[], 10, &d.join("x.pem"), false).unwrap_err().to_string();

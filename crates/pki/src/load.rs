@@ -152,26 +152,18 @@ pub fn load_certs_pem(bytes: &[u8], origin: &str) -> Result<Vec<CertificateDer<'
     let certs: Vec<CertificateDer<'static>> = if is_pem(bytes) {
         let sections = pem_sections(bytes, origin)?;
         let found_key = sections.iter().any(|(k, _)| is_secret(*k));
-        let certs: Vec<_> = sections
-            .into_iter()
-            .filter(|(k, _)| *k == SectionKind::Certificate)
-            .map(|(_, der)| CertificateDer::from(der))
-            .collect();
+        let certs: Vec<_> =
+            sections.into_iter().filter(|(k, _)| *k == SectionKind::Certificate).map(|(_, der)| CertificateDer::from(der)).collect();
         if certs.is_empty() {
             return Err(LoadError::NoCertificate { origin: origin.to_owned(), found_key });
         }
         certs
     } else {
-        split_der_certs(bytes)
-            .ok_or_else(|| LoadError::Unrecognised { origin: origin.to_owned(), expected: "certificate" })?
+        split_der_certs(bytes).ok_or_else(|| LoadError::Unrecognised { origin: origin.to_owned(), expected: "certificate" })?
     };
     for (i, cert) in certs.iter().enumerate() {
         if let Err(e) = x509_parser::parse_x509_certificate(cert) {
-            return Err(LoadError::BadCertificate {
-                origin: origin.to_owned(),
-                index: i + 1,
-                detail: e.to_string(),
-            });
+            return Err(LoadError::BadCertificate { origin: origin.to_owned(), index: i + 1, detail: e.to_string() });
         }
     }
     Ok(certs)
@@ -206,18 +198,15 @@ pub fn load_key_pem(bytes: &[u8], origin: &str) -> Result<Zeroizing<PrivateKeyDe
     let key = if is_pem(bytes) {
         let sections = pem_sections(bytes, origin)?;
         let found_cert = sections.iter().any(|(k, _)| *k == SectionKind::Certificate);
-        let mut keys: Vec<PrivateKeyDer<'static>> = sections
-            .into_iter()
-            .filter_map(|(kind, der)| PrivateKeyDer::from_pem(kind, der))
-            .collect();
+        let mut keys: Vec<PrivateKeyDer<'static>> =
+            sections.into_iter().filter_map(|(kind, der)| PrivateKeyDer::from_pem(kind, der)).collect();
         match keys.len() {
             0 => return Err(LoadError::NoKey { origin: origin_s(), found_cert }),
             1 => keys.remove(0),
             count => return Err(LoadError::SeveralKeys { origin: origin_s(), count }),
         }
     } else {
-        PrivateKeyDer::try_from(bytes.to_vec())
-            .map_err(|_| LoadError::Unrecognised { origin: origin_s(), expected: "private key" })?
+        PrivateKeyDer::try_from(bytes.to_vec()).map_err(|_| LoadError::Unrecognised { origin: origin_s(), expected: "private key" })?
     };
     let key = Zeroizing::new(key);
     signing_key(&key, origin)?;

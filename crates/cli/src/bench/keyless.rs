@@ -51,9 +51,19 @@ async fn start_keyd(dir: &Path, cpu: Option<usize>) -> Result<(Peer, PathBuf, So
         None => Command::new(exe()?),
     };
     cmd.arg("keyd").arg("--data-dir").arg(dir.join("keyd")).arg("--device-key").arg(dir.join("device.key")).arg("--socket").arg(&socket);
-    cmd.args(["--listen-tls", &tls.to_string()]).arg("--tls-cert").arg(dir.join("localhost.pem")).arg("--tls-key").arg(dir.join("localhost.key"));
+    cmd.args(["--listen-tls", &tls.to_string()])
+        .arg("--tls-cert")
+        .arg(dir.join("localhost.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("localhost.key"));
     cmd.arg("--client-ca").arg(dir.join("ca.pem"));
-    let child = cmd.env("RUST_LOG", "error").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().map_err(|e| fail(format!("cannot start keyd: {e}")))?;
+    let child = cmd
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start keyd: {e}")))?;
     let peer = Peer(child);
     wait_ready(tls).await?;
     Ok((peer, socket, tls))
@@ -78,12 +88,8 @@ async fn start_keyless(keyd: &[String]) -> Result<(Peer, SocketAddr), Failure> {
 /// Signatures per second through keyd with `SIGN_WINDOW` requests in
 /// flight, the load generated on CPU 1 (keyd is on CPU 0).
 fn keyd_sign_rate(socket: PathBuf, key: KeyId, seconds: u64) -> f64 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .on_thread_start(|| pin_to(1))
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).on_thread_start(|| pin_to(1)).enable_all().build().expect("runtime");
     runtime.block_on(async move {
         let client = KeydClient::new(KeydEndpoint::Unix(socket), 2, Duration::from_secs(10));
         let done = Arc::new(AtomicU64::new(0));
@@ -177,7 +183,8 @@ pub async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
     issue_leaf(dir, LeafKind::Client, "edge", &[], KeyType::EcdsaP256, 2, false).map_err(Failure::config)?;
     let config = client_config(dir)?;
     let key_der = sealtls_pki::load_key(&dir.join("localhost.key")).map_err(Failure::config)?;
-    let chain: Vec<Vec<u8>> = sealtls_pki::load_certs(&dir.join("localhost.pem")).map_err(Failure::config)?.iter().map(|c| c.to_vec()).collect();
+    let chain: Vec<Vec<u8>> =
+        sealtls_pki::load_certs(&dir.join("localhost.pem")).map_err(Failure::config)?.iter().map(|c| c.to_vec()).collect();
     let mut rows = Vec::new();
 
     // 1. Signatures per second, keyd alone on CPU 0.
@@ -190,7 +197,13 @@ pub async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
         let keyd_rate = tokio::task::spawn_blocking(move || keyd_sign_rate(socket, id, seconds)).await.map_err(|e| fail(e.to_string()))?;
         let der = key_der.secret_der().to_vec();
         let raw = tokio::task::spawn_blocking(move || raw_sign_rate(&der, seconds)).await.map_err(|e| fail(e.to_string()))?;
-        rows.push(Row { metric: "keyd ECDSA P-256 signatures/s, 1 core, Unix socket".into(), value: keyd_rate, against: "raw aws-lc-rs, 1 thread".into(), reference: raw, ratio: keyd_rate / raw });
+        rows.push(Row {
+            metric: "keyd ECDSA P-256 signatures/s, 1 core, Unix socket".into(),
+            value: keyd_rate,
+            against: "raw aws-lc-rs, 1 thread".into(),
+            reference: raw,
+            ratio: keyd_rate / raw,
+        });
     }
 
     // 2. Full handshakes: keyless with keyd local, the key in-process, openssl s_server.
@@ -214,8 +227,20 @@ pub async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
         let (_server, addr) = start(Contender::Openssl, dir, false).await?;
         rate(addr, args.concurrency).await
     };
-    rows.push(Row { metric: "TLS 1.3 handshakes/s, keyless (local keyd)".into(), value: keyless_local, against: "key in-process".into(), reference: in_process, ratio: keyless_local / in_process });
-    rows.push(Row { metric: "TLS 1.3 handshakes/s, keyless (local keyd)".into(), value: keyless_local, against: "openssl s_server".into(), reference: openssl, ratio: keyless_local / openssl });
+    rows.push(Row {
+        metric: "TLS 1.3 handshakes/s, keyless (local keyd)".into(),
+        value: keyless_local,
+        against: "key in-process".into(),
+        reference: in_process,
+        ratio: keyless_local / in_process,
+    });
+    rows.push(Row {
+        metric: "TLS 1.3 handshakes/s, keyless (local keyd)".into(),
+        value: keyless_local,
+        against: "openssl s_server".into(),
+        reference: openssl,
+        ratio: keyless_local / openssl,
+    });
 
     // 3. keyd over mutual TLS, 1 ms away each way, against keyd local, both at 64 concurrent handshakes.
     let local64 = {
@@ -225,11 +250,26 @@ pub async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
     let proxy = delaying_proxy(keyd_tls).await?;
     let remote64 = {
         let d = |f: &str| dir.join(f).display().to_string();
-        let flags = ["--keyd".into(), format!("tls://localhost:{}", proxy.port()), "--keyd-ca".into(), d("ca.pem"), "--keyd-cert".into(), d("edge.pem"), "--keyd-key".into(), d("edge.key")];
+        let flags = [
+            "--keyd".into(),
+            format!("tls://localhost:{}", proxy.port()),
+            "--keyd-ca".into(),
+            d("ca.pem"),
+            "--keyd-cert".into(),
+            d("edge.pem"),
+            "--keyd-key".into(),
+            d("edge.key"),
+        ];
         let (_server, addr) = start_keyless(&flags).await?;
         rate(addr, REMOTE_CONCURRENCY).await
     };
-    rows.push(Row { metric: "handshakes/s, keyd 1 ms away (mTLS), 64 conc.".into(), value: remote64, against: "keyd local, 64 conc.".into(), reference: local64, ratio: remote64 / local64 });
+    rows.push(Row {
+        metric: "handshakes/s, keyd 1 ms away (mTLS), 64 conc.".into(),
+        value: remote64,
+        against: "keyd local, 64 conc.".into(),
+        reference: local64,
+        ratio: remote64 / local64,
+    });
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));

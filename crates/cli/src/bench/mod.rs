@@ -108,7 +108,12 @@ pub(crate) async fn start(who: Contender, dir: &Path, sink: bool) -> Result<(Pee
         }
     };
     // s_server stops at end of stdin: hand it a pipe that stays open.
-    let child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| fail(format!("cannot start server: {e}")))?;
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start server: {e}")))?;
     let peer = Peer(child);
     wait_ready(addr).await?;
     Ok((peer, addr))
@@ -211,7 +216,12 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             }
             rates[i] = rate;
         }
-        rows.push(Row { metric: "TLS 1.3 ECDSA P-256 full handshakes/s".into(), sealtls: rates[0], openssl: rates[1], ratio: rates[0] / rates[1] });
+        rows.push(Row {
+            metric: "TLS 1.3 ECDSA P-256 full handshakes/s".into(),
+            sealtls: rates[0],
+            openssl: rates[1],
+            ratio: rates[0] / rates[1],
+        });
     }
     if args.what != "handshake" {
         let mut rates = [0.0; 2];
@@ -220,7 +230,12 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             rates[i] = throughput(addr, config.clone(), args.bytes).await?;
         }
         let gib = args.bytes as f64 / (1u64 << 30) as f64;
-        rows.push(Row { metric: format!("one-way throughput, {gib:.2} GiB, MiB/s"), sealtls: rates[0], openssl: rates[1], ratio: rates[0] / rates[1] });
+        rows.push(Row {
+            metric: format!("one-way throughput, {gib:.2} GiB, MiB/s"),
+            sealtls: rates[0],
+            openssl: rates[1],
+            ratio: rates[0] / rates[1],
+        });
     }
 
     if args.json {

@@ -213,7 +213,8 @@ pub(super) async fn run(dir: &Path, config: Arc<ClientConfig>, args: &BenchArgs)
 
     eprintln!("offload: echo of {gib:.2} GiB over {} parallel clients, direct then through the daemon", args.clients);
     let direct_rate = parallel(args.clients, args.bytes, || direct(addr, config.clone())).await?;
-    let offload_rate = parallel(args.clients, args.bytes, || async { sealtls_offload::connect(&socket, "localhost", port).await.map_err(broken) }).await?;
+    let offload_rate =
+        parallel(args.clients, args.bytes, || async { sealtls_offload::connect(&socket, "localhost", port).await.map_err(broken) }).await?;
 
     eprintln!("offload: {} small round trips each way, in turns", args.rounds);
     let [direct_rtt, offload_rtt, blocking_rtt] = latencies(addr, config, &socket, args.rounds).await?;
@@ -225,8 +226,18 @@ pub(super) async fn run(dir: &Path, config: Arc<ClientConfig>, args: &BenchArgs)
             direct: direct_rate,
             ratio: offload_rate / direct_rate,
         },
-        Row { metric: format!("{SMALL}-byte round trip, async API, median us"), offload: offload_rtt, direct: direct_rtt, ratio: offload_rtt / direct_rtt },
-        Row { metric: format!("{SMALL}-byte round trip, blocking API, median us"), offload: blocking_rtt, direct: direct_rtt, ratio: blocking_rtt / direct_rtt },
+        Row {
+            metric: format!("{SMALL}-byte round trip, async API, median us"),
+            offload: offload_rtt,
+            direct: direct_rtt,
+            ratio: offload_rtt / direct_rtt,
+        },
+        Row {
+            metric: format!("{SMALL}-byte round trip, blocking API, median us"),
+            offload: blocking_rtt,
+            direct: direct_rtt,
+            ratio: blocking_rtt / direct_rtt,
+        },
     ];
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));

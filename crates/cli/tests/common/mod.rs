@@ -49,13 +49,8 @@ impl Server {
 
     /// `sealtls ARGS`.
     pub fn spawn(args: &[&str]) -> Server {
-        let mut child = sealtls()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn server");
+        let mut child =
+            sealtls().args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn server");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -198,7 +193,6 @@ pub struct Telnet {
     /// Every byte received, unconverted.
     pub raw: Vec<u8>,
 }
-
 
 impl Telnet {
     pub fn connect(addr: &str) -> Telnet {

@@ -53,7 +53,13 @@ pub struct Setup<'a> {
 
 impl Default for Setup<'_> {
     fn default() -> Self {
-        Self { client_ca: None, auth: ClientAuthMode::None, versions: TlsVersions::Any, gate: None, options: ServerOptions { mode: Mode::Echo, ..Default::default() } }
+        Self {
+            client_ca: None,
+            auth: ClientAuthMode::None,
+            versions: TlsVersions::Any,
+            gate: None,
+            options: ServerOptions { mode: Mode::Echo, ..Default::default() },
+        }
     }
 }
 
