@@ -219,6 +219,9 @@ struct Item<'a, T> {
     file: Option<&'a Path>,
 }
 
+/// An item's bytes and where they came from.
+type Sourced = (Zeroizing<Vec<u8>>, String);
+
 impl<T> Item<'_, T> {
     /// The key as written in the file: `srv_cert` or `srv_cert_file`.
     fn name(&self) -> String {
@@ -242,7 +245,7 @@ impl Loader<'_> {
     }
 
     /// The bytes of an item and where they came from; `None` when absent.
-    fn bytes<T: AsRef<str>>(&self, item: &Item<'_, T>, secret: bool) -> Result<Option<(Zeroizing<Vec<u8>>, String)>, ConfigError> {
+    fn bytes<T: AsRef<str>>(&self, item: &Item<'_, T>, secret: bool) -> Result<Option<Sourced>, ConfigError> {
         let item_err = |source| ConfigError::Item { path: self.name(), table: "tls", key: item.name(), source };
         match (item.inline, item.file) {
             (Some(_), Some(_)) => Err(ConfigError::Both { path: self.name(), key: item.key }),
@@ -498,9 +501,9 @@ mod tests {
     fn keyless_listen_is_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "k.toml", "[keyless]\nlisten = \"127.0.0.1:2443\"\n", 0o600);
-        assert_eq!(Config::load(&p).ok().expect("valid").keyless.listen.to_string(), "127.0.0.1:2443");
+        assert_eq!(Config::load(&p).unwrap_or_else(|e| panic!("{e}")).keyless.listen.to_string(), "127.0.0.1:2443");
         let p = write(dir.path(), "s.toml", "[keyd]\nsocket = \"k/keyd.sock\"\n", 0o600);
-        assert_eq!(Config::load(&p).ok().expect("valid").keyd_socket, Some(dir.path().join("k/keyd.sock")));
+        assert_eq!(Config::load(&p).unwrap_or_else(|e| panic!("{e}")).keyd_socket, Some(dir.path().join("k/keyd.sock")));
         let p = write(dir.path(), "bad.toml", "[keyless]\nlisten = \"somewhere\"\n", 0o600);
         let e = Config::load(&p).err().expect("refused").to_string();
         assert!(e.contains("bad.toml: [keyless] listen = \"somewhere\": not an address"), "{e}");

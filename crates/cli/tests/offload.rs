@@ -421,7 +421,7 @@ fn nine_clients_one_refused_until_a_slot_frees() {
     let mut badges: Vec<u32> = clients.iter().map(Client::badge).collect();
     badges.sort();
     assert_eq!(badges, (101..=108).collect::<Vec<_>>());
-    let ninth = Client::open(s.socket()).err().expect("ninth client refused");
+    let Err(ninth) = Client::open(s.socket()) else { panic!("a ninth client was let in") };
     assert_eq!(ninth.code, Code::OutOfBounds);
     assert!(ninth.to_string().contains("slots"), "{ninth}");
 

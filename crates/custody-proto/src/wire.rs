@@ -7,11 +7,11 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(body: &'a [u8]) -> Self {
+    pub(crate) fn new(body: &'a [u8]) -> Self {
         Self { rest: body }
     }
 
-    pub fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], BodyError> {
+    pub(crate) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], BodyError> {
         if self.rest.len() < n {
             return Err(BodyError::Truncated(field));
         }
@@ -20,49 +20,49 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    pub fn u8(&mut self, field: &'static str) -> Result<u8, BodyError> {
+    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, BodyError> {
         Ok(self.take(1, field)?[0])
     }
 
-    pub fn u16(&mut self, field: &'static str) -> Result<u16, BodyError> {
+    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, BodyError> {
         let b = self.take(2, field)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
-    pub fn u32(&mut self, field: &'static str) -> Result<u32, BodyError> {
+    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, BodyError> {
         let b = self.take(4, field)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    pub fn u64(&mut self, field: &'static str) -> Result<u64, BodyError> {
+    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, BodyError> {
         let b = self.take(8, field)?;
         Ok(u64::from_be_bytes(b.try_into().expect("eight bytes")))
     }
 
     /// A byte string with a 16-bit length.
-    pub fn bytes16(&mut self, field: &'static str) -> Result<&'a [u8], BodyError> {
+    pub(crate) fn bytes16(&mut self, field: &'static str) -> Result<&'a [u8], BodyError> {
         let n = self.u16(field)? as usize;
         self.take(n, field)
     }
 
     /// A byte string with a 32-bit length.
-    pub fn bytes32(&mut self, field: &'static str) -> Result<&'a [u8], BodyError> {
+    pub(crate) fn bytes32(&mut self, field: &'static str) -> Result<&'a [u8], BodyError> {
         let n = self.u32(field)? as usize;
         self.take(n, field)
     }
 
     /// UTF-8 text with a 16-bit length.
-    pub fn text(&mut self, field: &'static str) -> Result<String, BodyError> {
+    pub(crate) fn text(&mut self, field: &'static str) -> Result<String, BodyError> {
         let b = self.bytes16(field)?;
         String::from_utf8(b.to_vec()).map_err(|_| BodyError::NotUtf8(field))
     }
 
-    pub fn rest(&mut self) -> &'a [u8] {
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.rest)
     }
 
     /// Fails when bytes are left over: a body has exactly its fields.
-    pub fn finish(self) -> Result<(), BodyError> {
+    pub(crate) fn finish(self) -> Result<(), BodyError> {
         if self.rest.is_empty() {
             Ok(())
         } else {

@@ -194,12 +194,15 @@ pub struct ServerSettings {
     pub versions: TlsVersions,
 }
 
+/// The client verifier and the anchors it explains refusals with.
+type ClientVerification = (Arc<dyn ClientCertVerifier>, Arc<Vec<CertificateDer<'static>>>);
+
 /// A server's TLS configuration, ready to hand out per connection.
 pub struct ServerTls {
     base: Arc<ServerConfig>,
     versions: TlsVersions,
     identity: Arc<dyn ResolvesServerCert>,
-    client_verifier: Option<(Arc<dyn ClientCertVerifier>, Arc<Vec<CertificateDer<'static>>>)>,
+    client_verifier: Option<ClientVerification>,
     gate: Option<Arc<dyn crate::gate::HelloGate>>,
 }
 

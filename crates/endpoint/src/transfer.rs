@@ -166,19 +166,16 @@ pub async fn send_file(
                 };
                 let mut reply = Vec::new();
                 let mut buf = vec![0u8; 16 * 1024];
-                tokio::pin!(write);
-                let (sent, digest) = loop {
-                    tokio::select! {
-                        w = &mut write => break w?,
-                        r = rd.read(&mut buf) => match r.map_err(net_err)? {
-                            0 => return Err(Failure::new(
-                                FailureClass::Network,
-                                format!("the server {peer} closed the connection before the whole file was sent"),
-                                "check the server's log; a sealtls sink stays open until the client's close_notify",
-                            )),
-                            _ => return Err(echo_not_sink()),
-                        },
-                    }
+                let (sent, digest) = tokio::select! {
+                    w = write => w?,
+                    r = rd.read(&mut buf) => match r.map_err(net_err)? {
+                        0 => return Err(Failure::new(
+                            FailureClass::Network,
+                            format!("the server {peer} closed the connection before the whole file was sent"),
+                            "check the server's log; a sealtls sink stays open until the client's close_notify",
+                        )),
+                        _ => return Err(echo_not_sink()),
+                    },
                 };
                 loop {
                     let n = rd.read(&mut buf).await.map_err(net_err)?;

@@ -18,8 +18,7 @@ pub const SECRET_LEN: usize = 32;
 /// Where the device secret lives by default: `/etc/sealtls/device.key` for
 /// root, else `$XDG_CONFIG_HOME/sealtls/device.key` (`~/.config/...`).
 pub fn default_path() -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().as_raw() == 0 {
         return PathBuf::from("/etc/sealtls/device.key");
     }
     let config = std::env::var_os("XDG_CONFIG_HOME")

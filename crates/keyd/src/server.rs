@@ -102,8 +102,7 @@ impl Keyd {
                 Some(Tls { listener, acceptor: TlsAcceptor::from(Arc::new(config)), admin })
             }
         };
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let own_uid = unsafe { libc::geteuid() };
+        let own_uid = rustix::process::geteuid().as_raw();
         Ok(Self { custody: Arc::new(custody), unix, tls, own_uid })
     }
 

@@ -330,9 +330,11 @@ pub fn encode_read_response(out: &mut Vec<u8>, code: Code, data: &[u8]) {
     code_and_bytes(out, Op::Read as u8 | RESPONSE, code, data);
 }
 
-/// Splits one frame off `buf`: `Ok(None)` while incomplete, else the kind,
-/// the body and the number of bytes used.
-fn frame(buf: &[u8], max_body: usize) -> Result<Option<(u8, &[u8], usize)>, ProtoError> {
+/// One frame split off a buffer: its kind, its body, and the bytes it used.
+type Split<'a> = (u8, &'a [u8], usize);
+
+/// Splits one frame off `buf`: `Ok(None)` while incomplete.
+fn frame(buf: &[u8], max_body: usize) -> Result<Option<Split<'_>>, ProtoError> {
     if buf.len() >= 2 && buf[..2] != MAGIC {
         return Err(ProtoError::BadMagic(buf[0], buf[1]));
     }

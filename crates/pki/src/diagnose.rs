@@ -214,7 +214,7 @@ impl Diagnosis {
             Problem::Expired { .. } => format!("renew it (`{reissue} --force`), and check that this machine's clock is right"),
             Problem::NotYetValid { .. } => "check the clocks of both machines, or reissue it with a start date in the past".to_owned(),
             Problem::BadSignature => {
-                format!("the certificate was altered or its chain is mixed up: reissue it, and send the chain exactly as the CA issued it")
+                "the certificate was altered or its chain is mixed up: reissue it, and send the chain exactly as the CA issued it".to_owned()
             }
             Problem::Revoked => format!("get a new {role} certificate; this one must not be used any more"),
             Problem::Malformed => "re-export the certificate as PEM and check it with `sealtls inspect FILE`".to_owned(),
@@ -364,7 +364,7 @@ mod tests {
         let good = ca("My Test CA");
         let bad = ca("My Test CA");
         let cert = leaf(&bad, &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
-        let d = diagnose(&[cert], &[good.0.clone()], Some("localhost"), Purpose::ServerAuth, &CertificateError::UnknownIssuer);
+        let d = diagnose(&[cert], std::slice::from_ref(&good.0), Some("localhost"), Purpose::ServerAuth, &CertificateError::UnknownIssuer);
         assert!(matches!(d.problem, Problem::UntrustedIssuer { same_name_other_key: true, .. }), "{d:?}");
         assert!(d.fix().contains("two different CAs"));
     }
@@ -374,7 +374,7 @@ mod tests {
         let good = ca("Good CA");
         let other = ca("Other CA");
         let cert = leaf(&other, &["localhost"], ExtendedKeyUsagePurpose::ClientAuth);
-        let d = diagnose(&[cert], &[good.0.clone()], None, Purpose::ClientAuth, &CertificateError::UnknownIssuer);
+        let d = diagnose(&[cert], std::slice::from_ref(&good.0), None, Purpose::ClientAuth, &CertificateError::UnknownIssuer);
         match &d.problem {
             Problem::UntrustedIssuer { issuer, trusted, same_name_other_key: false } => {
                 assert_eq!(issuer, "CN=Other CA");
@@ -400,7 +400,7 @@ mod tests {
     fn ca_used_as_leaf_is_found_from_other_error() {
         let good = ca("CA");
         let other = rustls::OtherError(std::sync::Arc::new(std::io::Error::other("CaUsedAsEndEntity")));
-        let d = diagnose(&[good.0.clone()], &[], Some("x"), Purpose::ServerAuth, &CertificateError::Other(other));
+        let d = diagnose(std::slice::from_ref(&good.0), &[], Some("x"), Purpose::ServerAuth, &CertificateError::Other(other));
         assert_eq!(d.problem, Problem::CaAsLeaf);
     }
 

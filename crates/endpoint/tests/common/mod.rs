@@ -11,12 +11,12 @@ use sealtls_endpoint::server::{Mode, Server, ServerOptions};
 use sealtls_endpoint::settings::{certified_key, Anchors, ServerSettings, ServerTls};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 
-pub struct Ca {
+pub(crate) struct Ca {
     pub der: CertificateDer<'static>,
     pub issuer: Issuer<'static, KeyPair>,
 }
 
-pub fn ca(cn: &str) -> Ca {
+pub(crate) fn ca(cn: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(rcgen::DnType::CommonName, cn);
@@ -26,9 +26,9 @@ pub fn ca(cn: &str) -> Ca {
     Ca { der, issuer }
 }
 
-pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+pub(crate) type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
-pub fn leaf(ca: &Ca, sans: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Identity {
+pub(crate) fn leaf(ca: &Ca, sans: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Identity {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     p.distinguished_name.push(rcgen::DnType::CommonName, sans.first().copied().unwrap_or("no-san"));
@@ -38,12 +38,12 @@ pub fn leaf(ca: &Ca, sans: &[&str], tweak: impl FnOnce(&mut CertificateParams)) 
     (vec![cert.der().clone()], PrivatePkcs8KeyDer::from(key.serialize_der()).into())
 }
 
-pub fn anchors(ca: &Ca) -> Anchors {
+pub(crate) fn anchors(ca: &Ca) -> Anchors {
     Anchors { origin: "test CA".into(), certs: vec![ca.der.clone()] }
 }
 
 /// How a test server is set up.
-pub struct Setup<'a> {
+pub(crate) struct Setup<'a> {
     pub client_ca: Option<&'a Ca>,
     pub auth: ClientAuthMode,
     pub versions: TlsVersions,
@@ -64,7 +64,7 @@ impl Default for Setup<'_> {
 }
 
 /// Starts a server on a free loopback port for the rest of the test.
-pub async fn serve(identity: Identity, setup: Setup<'_>) -> SocketAddr {
+pub(crate) async fn serve(identity: Identity, setup: Setup<'_>) -> SocketAddr {
     // The server's log lines show with a failing test's output.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let certified = certified_key(identity.0, &identity.1, "cert", "key").unwrap();
