@@ -573,7 +573,7 @@ pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
         Some(k) => {
             println!("  [tls] srv_cert        {}", describe_chain(&k.cert));
             println!("  [tls] srv_key         matches srv_cert");
-            let problems = crate::endpoints::leaf_problems(&k.cert).map(|(_, p)| p).unwrap_or_default();
+            let problems = sealtls_pki::inspect::leaf_problems(&k.cert).map(|(_, p)| p).unwrap_or_default();
             warnings.extend(problems.into_iter().map(|w| format!("srv_cert: clients will refuse it: {w}")));
         }
         None => println!("  [tls] srv_cert        none: the echo server and `server start` cannot run"),

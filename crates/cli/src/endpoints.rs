@@ -10,17 +10,17 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Mode, Server, ServerOptions, DEFAULT_IDLE_TIMEOUT};
-use sealtls_endpoint::settings::{certified_key, Anchors, ClientSettings, ServerSettings, ServerTls};
+use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, ServerTls};
 use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
 use sealtls_keyless::{KeydClient, Keyless};
-use sealtls_pki::inspect::CertFacts;
-use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::identity::{anchors, identity_from_files};
 use crate::keyd::KeydFlags;
+use crate::signals::shutdown_signal;
 
 /// The server's identity and trust, by file.
 #[derive(Args, Clone)]
@@ -72,33 +72,15 @@ fn config_failure(e: impl std::fmt::Display) -> Failure {
     Failure::config(e)
 }
 
-/// The leaf's subject and what clients will refuse in it, in words.
-pub fn leaf_problems(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<(String, Vec<String>)> {
-    let facts = chain.first().and_then(|c| CertFacts::from_der(c).ok())?;
-    let problems = facts.warnings(true);
-    Some((facts.subject, problems))
-}
-
 /// Warns at start about a leaf that clients will refuse, with the remedy.
 fn warn_about_leaf(chain: &[rustls_pki_types::CertificateDer<'_>], origin: &Path) {
-    let Some((subject, problems)) = leaf_problems(chain) else { return };
+    let Some((subject, problems)) = sealtls_pki::inspect::leaf_problems(chain) else { return };
     for w in &problems {
         warn!(file = %origin.display(), subject = %subject, "clients will refuse this certificate: {w}");
     }
     if !problems.is_empty() {
         warn!("reissue it with `sealtls pki issue server --dir DIR --name NAME`, or with openssl pass `-extfile FILE -extensions SECTION` carrying subjectAltName and basicConstraints=CA:FALSE");
     }
-}
-
-/// Loads a certificate chain and its key, checked to belong together.
-pub(crate) fn identity_from_files(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Failure> {
-    let chain = load_certs(cert).map_err(config_failure)?;
-    let key_der = load_key(key).map_err(config_failure)?;
-    certified_key(chain, &key_der, &cert.display().to_string(), &key.display().to_string()).map_err(config_failure)
-}
-
-pub(crate) fn anchors(path: &Path) -> Result<Anchors, Failure> {
-    Ok(Anchors { origin: path.display().to_string(), certs: load_certs(path).map_err(config_failure)? })
 }
 
 /// Builds a server's TLS from files, and from the config for what the
@@ -176,20 +158,6 @@ impl KeylessFlags {
 
 /// How old a cached chain may get before keyd is asked whether it changed.
 pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
-
-/// Installs SIGINT and SIGTERM handlers now, so that a signal arriving
-/// during start-up is not lost, and resolves when one arrives.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    async move {
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
-    }
-}
 
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();

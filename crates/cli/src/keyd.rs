@@ -8,13 +8,14 @@ use clap::{Args, Subcommand, ValueEnum};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use sealtls_custody_proto::{ErrorCode, ListEntry, Request, Response};
-use sealtls_endpoint::settings::provider;
+use sealtls_endpoint::provider;
 use sealtls_endpoint::{Failure, FailureClass};
 use sealtls_keyd::{Custody, Keyd, KeydSettings, SealedFiles, TlsListen};
 use sealtls_keyless::{KeydClient, KeydEndpoint, KeydError};
 use tracing::info;
 
-use crate::endpoints::{anchors, identity_from_files, shutdown_signal};
+use crate::identity::{anchors, identity_from_files};
+use crate::signals::shutdown_signal;
 
 /// Where keyd keeps its keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -2,10 +2,12 @@
 mod bench;
 mod config;
 mod endpoints;
+mod identity;
 mod keyd;
 mod offload;
 mod pki;
 mod services;
+mod signals;
 mod up;
 
 use std::process::ExitCode;

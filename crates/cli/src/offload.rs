@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use crate::config::{load_trust, Config};
-use crate::endpoints::{send_line, shutdown_signal};
+use crate::endpoints::send_line;
+use crate::signals::shutdown_signal;
 
 #[derive(Args)]
 pub struct OffloadArgs {

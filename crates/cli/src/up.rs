@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::{locate, Config, DEFAULT_NAME, DEV_CONFIG};
-use crate::endpoints::shutdown_signal;
 use crate::keyd::KeydArgs;
 use crate::services::{self, run_until_signal, Address, ConsoleFlags};
+use crate::signals::shutdown_signal;
 
 #[derive(Args)]
 pub struct UpArgs {

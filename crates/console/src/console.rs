@@ -16,9 +16,9 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use crate::client_link::{hex_of, target_of, ClientLink, LinkEvent};
 use crate::command::{parse_echoctl, parse_top, EchoCommand, Malformed, TopCommand, DEFAULT_MESSAGE, TOP_HELP, USAGE};
 use crate::lines::{Input, LineReader};
-use crate::link::{hex_of, target_of, ClientLink, LinkEvent};
 use crate::servers::{EchoServers, ServerSpec};
 
 /// The longest line accepted (BitVisor's is 100; `client send` text needs more).

@@ -4,10 +4,10 @@
 //!
 //! [`lines`] and [`command`] are sans-IO (bytes in, lines and commands
 //! out); [`console`] is the thin async server around them.
+pub mod client_link;
 pub mod command;
 pub mod console;
 pub mod lines;
-pub mod link;
 pub mod material;
 pub mod servers;
 

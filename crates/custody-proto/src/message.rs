@@ -3,7 +3,7 @@ use zeroize::Zeroizing;
 
 use crate::code::ErrorCode;
 use crate::frame::{encode_frame, Frame, MAX_BODY};
-use crate::wire::{Put, Reader};
+use crate::wire::{BodyError, Put, Reader};
 
 /// Kind byte of a successful response: the request's operation with the top bit set.
 pub const RESPONSE_FLAG: u8 = 0x80;
@@ -290,27 +290,6 @@ pub enum Response {
         /// Why, in words, with what to do.
         message: String,
     },
-}
-
-/// Why a frame's body does not fit its kind. The connection continues:
-/// the framing is intact.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BodyError {
-    /// The kind byte names no operation or result.
-    #[error("unknown kind 0x{0:02x}")]
-    UnknownKind(u8),
-    /// A field runs past the body.
-    #[error("field {0} runs past the end of the body")]
-    Truncated(&'static str),
-    /// Bytes after the last field.
-    #[error("{0} bytes after the last field")]
-    TrailingBytes(usize),
-    /// A text field is not UTF-8.
-    #[error("field {0} is not UTF-8")]
-    NotUtf8(&'static str),
-    /// A field with a value outside its range.
-    #[error("field {0} has value {1}, which is not defined")]
-    BadValue(&'static str, u32),
 }
 
 fn put_selector(out: &mut Vec<u8>, s: &Selector) {

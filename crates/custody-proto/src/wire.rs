@@ -1,5 +1,25 @@
 //! Big-endian field readers and writers shared by every message body.
-use crate::message::BodyError;
+
+/// Why a frame's body does not fit its kind. The connection continues:
+/// the framing is intact.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// The kind byte names no operation or result.
+    #[error("unknown kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// A field runs past the body.
+    #[error("field {0} runs past the end of the body")]
+    Truncated(&'static str),
+    /// Bytes after the last field.
+    #[error("{0} bytes after the last field")]
+    TrailingBytes(usize),
+    /// A text field is not UTF-8.
+    #[error("field {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    /// A field with a value outside its range.
+    #[error("field {0} has value {1}, which is not defined")]
+    BadValue(&'static str, u32),
+}
 
 /// Reads fields from a body, failing with the name of the field that does not fit.
 pub(crate) struct Reader<'a> {

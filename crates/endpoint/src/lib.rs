@@ -2,6 +2,7 @@
 //! certificate verifiers that explain refusals, a multi-connection echo
 //! server, a client that reports what was negotiated, and bulk transfers.
 pub mod client;
+pub mod crypto;
 pub mod explain;
 pub mod gate;
 pub mod legacy;
@@ -12,5 +13,6 @@ pub mod settings;
 pub mod transfer;
 pub mod verify;
 
+pub use crypto::provider;
 pub use explain::{Failure, FailureClass};
 pub use settings::{ClientAuthMode, TlsVersions};

@@ -2,25 +2,19 @@
 //! from it.
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{ResolvesClientCert, Resumption};
-use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::crypto::provider;
 use crate::legacy::LegacyLeafVerifier;
 use crate::verify::{ExplainingClientVerifier, ExplainingServerVerifier, Observation, RecordingClientCert, TicketWatch};
-
-/// The process-wide crypto provider: aws-lc-rs.
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
-}
 
 /// Which TLS versions an endpoint speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, NamedGroup, RootCertStore, SignatureScheme};
 use sealtls_pki::{diagnose, Diagnosis, Purpose};
 
-use crate::settings::provider;
+use crate::crypto::provider;
 
 /// What one handshake showed, filled in by the verifiers and resolvers.
 #[derive(Debug, Default)]

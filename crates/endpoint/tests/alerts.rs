@@ -12,7 +12,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use common::{anchors, ca, leaf, serve, Setup};
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
 use sealtls_endpoint::gate::{HelloGate, Refusal};
-use sealtls_endpoint::settings::provider;
+use sealtls_endpoint::provider;
 
 const HANDSHAKE: u8 = 0x16;
 const ALERT: u8 = 0x15;

@@ -214,7 +214,8 @@ impl Diagnosis {
             Problem::Expired { .. } => format!("renew it (`{reissue} --force`), and check that this machine's clock is right"),
             Problem::NotYetValid { .. } => "check the clocks of both machines, or reissue it with a start date in the past".to_owned(),
             Problem::BadSignature => {
-                "the certificate was altered or its chain is mixed up: reissue it, and send the chain exactly as the CA issued it".to_owned()
+                "the certificate was altered or its chain is mixed up: reissue it, and send the chain exactly as the CA issued it"
+                    .to_owned()
             }
             Problem::Revoked => format!("get a new {role} certificate; this one must not be used any more"),
             Problem::Malformed => "re-export the certificate as PEM and check it with `sealtls inspect FILE`".to_owned(),

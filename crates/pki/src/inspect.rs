@@ -362,3 +362,9 @@ fn match_keys(items: &mut [Item]) {
         }
     }
 }
+/// The leaf's subject and what clients will refuse in it, in words.
+pub fn leaf_problems(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<(String, Vec<String>)> {
+    let facts = chain.first().and_then(|c| CertFacts::from_der(c).ok())?;
+    let problems = facts.warnings(true);
+    Some((facts.subject, problems))
+}
