@@ -14,6 +14,7 @@ use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, Server
 use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
 use sealtls_keyless::{KeydClient, Keyless};
+use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -113,9 +114,14 @@ pub fn server_tls(
     let client_auth = client_auth.unwrap_or(if client_ca.is_some() { ClientAuthMode::Required } else { ClientAuthMode::None });
     let settings = ServerSettings { identity, client_ca, client_auth, versions };
     let tls = ServerTls::new(settings).map_err(config_failure)?;
-    Ok(match keyless {
-        Some(k) => tls.with_gate(Arc::new(k)),
-        None => tls,
+    Ok(match (keyless, &files.cert, &files.key) {
+        (Some(k), _, _) => tls.with_gate(Arc::new(k)),
+        // The files were checked above; an ECDSA key also serves TLS 1.2
+        // clients that offer its curve only with another hash.
+        (None, Some(cert), Some(key)) => {
+            tls.with_tls12_ecdsa(load_certs(cert).map_err(config_failure)?, &*load_key(key).map_err(config_failure)?)
+        }
+        (None, _, _) => tls,
     })
 }
 

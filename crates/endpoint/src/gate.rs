@@ -31,8 +31,8 @@ pub trait HelloGate: Send + Sync {
 pub enum Hello {
     /// More bytes are needed.
     Partial,
-    /// A complete ClientHello, with its server name if it has one.
-    Complete(Option<String>),
+    /// A complete ClientHello.
+    Complete(HelloInfo),
     /// The first record is not a handshake record: not TLS, or not a
     /// hello; rustls refuses it with its own alert.
     NotHello,
@@ -40,6 +40,17 @@ pub enum Hello {
     Malformed(&'static str),
     /// A ClientHello over the 64 KiB rustls accepts (`decode_error`).
     TooLarge,
+}
+
+/// What the server decides on before rustls sees a ClientHello.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelloInfo {
+    /// The host name of the server_name extension, lower case.
+    pub server_name: Option<String>,
+    /// The cipher suites offered.
+    pub cipher_suites: Vec<u16>,
+    /// The signature_algorithms extension's schemes.
+    pub signature_schemes: Vec<u16>,
 }
 
 /// The largest handshake message rustls accepts.
@@ -64,8 +75,8 @@ pub fn client_hello(bytes: &[u8]) -> Hello {
                 return Hello::TooLarge;
             }
             if message.len() >= 4 + length {
-                return match server_name(&message[4..4 + length]) {
-                    Ok(name) => Hello::Complete(name),
+                return match hello_info(&message[4..4 + length]) {
+                    Ok(info) => Hello::Complete(info),
                     Err(why) => Hello::Malformed(why),
                 };
             }
@@ -86,44 +97,59 @@ pub fn client_hello(bytes: &[u8]) -> Hello {
     }
 }
 
-/// Reads a ClientHello body up to its extensions and returns the host name
-/// of its server_name extension (RFC 6066 3), if any.
-fn server_name(body: &[u8]) -> Result<Option<String>, &'static str> {
+/// Reads from a ClientHello body what [`HelloInfo`] holds.
+fn hello_info(body: &[u8]) -> Result<HelloInfo, &'static str> {
+    let mut info = HelloInfo::default();
     let mut r = Reader(body);
     r.take(2 + 32)?;
     let session = r.u8()?;
     r.take(session)?;
     let suites = r.u16()?;
-    r.take(suites)?;
+    info.cipher_suites = u16_list(r.take(suites)?)?;
     let compression = r.u8()?;
     r.take(compression)?;
     if r.0.is_empty() {
-        return Ok(None);
+        return Ok(info);
     }
     let length = r.u16()?;
     let mut extensions = Reader(r.take(length)?);
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
         let length = extensions.u16()?;
-        let data = extensions.take(length)?;
-        if kind != 0 {
-            continue;
-        }
-        let mut list = Reader(data);
-        let length = list.u16()?;
-        let mut names = Reader(list.take(length)?);
-        while !names.0.is_empty() {
-            let kind = names.u8()?;
-            let length = names.u16()?;
-            let name = names.take(length)?;
-            if kind == 0 {
-                let name = std::str::from_utf8(name).map_err(|_| "a server name that is not ASCII")?;
-                return Ok(Some(name.to_ascii_lowercase()));
+        let mut data = Reader(extensions.take(length)?);
+        match kind {
+            0 => info.server_name = server_name(&mut data)?,
+            13 => {
+                let length = data.u16()?;
+                info.signature_schemes = u16_list(data.take(length)?)?;
             }
+            _ => {}
         }
-        return Ok(None);
+    }
+    Ok(info)
+}
+
+/// The host name of a server_name extension (RFC 6066 3), if it has one.
+fn server_name(data: &mut Reader<'_>) -> Result<Option<String>, &'static str> {
+    let length = data.u16()?;
+    let mut names = Reader(data.take(length)?);
+    while !names.0.is_empty() {
+        let kind = names.u8()?;
+        let length = names.u16()?;
+        let name = names.take(length)?;
+        if kind == 0 {
+            let name = std::str::from_utf8(name).map_err(|_| "a server name that is not ASCII")?;
+            return Ok(Some(name.to_ascii_lowercase()));
+        }
     }
     Ok(None)
+}
+
+fn u16_list(bytes: &[u8]) -> Result<Vec<u16>, &'static str> {
+    if bytes.len() % 2 != 0 {
+        return Err("a list of two-byte values of odd length");
+    }
+    Ok(bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect())
 }
 
 /// A cursor that refuses to read past its end.
@@ -205,7 +231,9 @@ mod tests {
         let mut extensions = vec![0xff, 0x01, 0, 1, 0];
         extensions.extend(sni("WWW.Example.com"));
         let wire = records(&hello(&extensions), 7);
-        assert_eq!(client_hello(&wire), Hello::Complete(Some("www.example.com".into())));
+        let Hello::Complete(info) = client_hello(&wire) else { panic!("a complete hello") };
+        assert_eq!(info.server_name.as_deref(), Some("www.example.com"));
+        assert_eq!(info.cipher_suites, vec![0x1301]);
         for cut in 0..wire.len() {
             assert_eq!(client_hello(&wire[..cut]), Hello::Partial, "cut at {cut}");
         }
@@ -213,7 +241,13 @@ mod tests {
 
     #[test]
     fn no_extensions_means_no_name() {
-        assert_eq!(client_hello(&records(&hello(&[]), 100)), Hello::Complete(None));
+        assert_eq!(
+            client_hello(&records(&hello(&[]), 100)),
+            Hello::Complete(HelloInfo { cipher_suites: vec![0x1301], ..Default::default() })
+        );
+        let sigalgs = [0, 13, 0, 6, 0, 4, 5, 3, 4, 3];
+        let Hello::Complete(info) = client_hello(&records(&hello(&sigalgs), 100)) else { panic!("a complete hello") };
+        assert_eq!(info.signature_schemes, vec![0x0503, 0x0403]);
     }
 
     #[test]

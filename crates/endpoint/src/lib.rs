@@ -10,6 +10,7 @@ pub mod net;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod tls12_ecdsa;
 pub mod transfer;
 pub mod verify;
 

@@ -17,10 +17,11 @@ use tracing::{info, warn};
 use rustls::AlertDescription;
 
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
-use crate::gate::{read_client_hello, send_alert, Hello, Refusal};
+use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
 use crate::net::{buffered, Buffered};
 use crate::session::SessionInfo;
 use crate::settings::ServerTls;
+use crate::verify::Observation;
 
 /// What the server does with application data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,12 +154,16 @@ impl Server {
         sessions.shutdown().await;
     }
 
-    /// The TLS handshake, after the gate's look at the ClientHello if there is a gate.
-    async fn open(&self, tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> Opened {
-        let Some(gate) = self.tls.gate() else { return TlsAcceptor::from(config).accept(buffered(tcp)).into_fallible().await.into() };
+    /// The TLS handshake, after a look at the ClientHello when the server
+    /// needs one (a gate, or a key that serves other hashes over TLS 1.2).
+    async fn open(&self, tcp: TcpStream, seen: &Arc<Observation>) -> Opened {
         let mut io = buffered(tcp);
-        let name = match read_client_hello(&mut io).await {
-            Ok(Hello::Complete(name)) => name,
+        let accept = |io, hello: Option<&HelloInfo>| TlsAcceptor::from(self.tls.for_connection(seen, hello)).accept(io).into_fallible();
+        if !self.tls.reads_hello() {
+            return accept(io, None).await.into();
+        }
+        let hello = match read_client_hello(&mut io).await {
+            Ok(Hello::Complete(hello)) => hello,
             Ok(Hello::Malformed(why)) => {
                 send_alert(&mut io, AlertDescription::DecodeError).await;
                 return Opened::Failed(
@@ -171,20 +176,22 @@ impl Server {
                 return Opened::Failed(std::io::Error::other("message buffer full"), Some(io));
             }
             // Not a hello: rustls reads the same bytes and refuses them itself.
-            Ok(Hello::NotHello | Hello::Partial) => return TlsAcceptor::from(config).accept(io).into_fallible().await.into(),
+            Ok(Hello::NotHello | Hello::Partial) => return accept(io, None).await.into(),
             Err(e) => return Opened::Failed(e, Some(io)),
         };
-        if let Err(refusal) = gate.check(name.as_deref()).await {
-            send_alert(&mut io, refusal.alert).await;
-            return Opened::Refused(name, refusal, io);
+        if let Some(gate) = self.tls.gate() {
+            if let Err(refusal) = gate.check(hello.server_name.as_deref()).await {
+                send_alert(&mut io, refusal.alert).await;
+                return Opened::Refused(hello.server_name, refusal, io);
+            }
         }
-        TlsAcceptor::from(config).accept(io).into_fallible().await.into()
+        accept(io, Some(&hello)).await.into()
     }
 
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr, closing: watch::Receiver<bool>) {
         let started = Instant::now();
-        let (config, seen) = self.tls.for_connection();
-        let mut stream = match tokio::time::timeout(self.options.handshake_timeout, self.open(tcp, config)).await {
+        let seen = Arc::new(Observation::default());
+        let mut stream = match tokio::time::timeout(self.options.handshake_timeout, self.open(tcp, &seen)).await {
             Ok(Opened::Stream(stream)) => stream,
             Ok(Opened::Failed(e, io)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);

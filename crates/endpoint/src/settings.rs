@@ -8,12 +8,14 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::crypto::provider;
+use crate::gate::HelloInfo;
 use crate::legacy::LegacyLeafVerifier;
+use crate::tls12_ecdsa::{needs_other_hash, Tls12EcdsaKey};
 use crate::verify::{ExplainingClientVerifier, ExplainingServerVerifier, Observation, RecordingClientCert, TicketWatch};
 
 /// Which TLS versions an endpoint speaks.
@@ -198,6 +200,9 @@ pub struct ServerTls {
     identity: Arc<dyn ResolvesServerCert>,
     client_verifier: Option<ClientVerification>,
     gate: Option<Arc<dyn crate::gate::HelloGate>>,
+    /// A key for TLS 1.2 clients whose ECDSA schemes name another hash, and
+    /// the scheme of the key's own hash.
+    tls12_ecdsa: Option<(Arc<CertifiedKey>, SignatureScheme)>,
 }
 
 impl ServerTls {
@@ -222,7 +227,14 @@ impl ServerTls {
         let mut config = builder.with_cert_resolver(settings.identity.clone());
         // TLS 1.2: the server's suite order (AEAD, forward secrecy first), not the client's.
         config.ignore_client_order = true;
-        Ok(Self { base: Arc::new(config), versions: settings.versions, identity: settings.identity, client_verifier, gate: None })
+        Ok(Self {
+            base: Arc::new(config),
+            versions: settings.versions,
+            identity: settings.identity,
+            client_verifier,
+            gate: None,
+            tls12_ecdsa: None,
+        })
     }
 
     /// Has every ClientHello checked by `gate` before the handshake goes on.
@@ -236,27 +248,55 @@ impl ServerTls {
         self.gate.as_ref()
     }
 
-    /// The configuration for one connection. With client authentication the
-    /// verifier is wrapped so that a refusal can be explained for exactly
-    /// this connection.
-    pub fn for_connection(&self) -> (Arc<ServerConfig>, Arc<Observation>) {
-        let seen = Arc::new(Observation::default());
-        match &self.client_verifier {
-            None => (self.base.clone(), seen),
-            Some((inner, anchors)) => {
-                let verifier = Arc::new(ExplainingClientVerifier::new(inner.clone(), anchors.clone(), seen.clone()));
-                let mut config = ServerConfig::builder_with_provider(provider())
-                    .with_protocol_versions(self.versions.rustls())
-                    .expect("the same versions were accepted by ServerTls::new")
-                    .with_client_cert_verifier(verifier)
-                    .with_cert_resolver(self.identity.clone());
-                // Sessions resumed on one connection were stored by another.
-                config.session_storage = self.base.session_storage.clone();
-                config.ticketer = self.base.ticketer.clone();
-                config.ignore_client_order = self.base.ignore_client_order;
-                (Arc::new(config), seen)
-            }
+    /// Also serves TLS 1.2 clients that offer only ECDSA schemes of another
+    /// hash than `key`'s own (see [`crate::tls12_ecdsa`]), with `chain`. A
+    /// key that is not P-256 or P-384 ECDSA changes nothing.
+    pub fn with_tls12_ecdsa(mut self, chain: Vec<CertificateDer<'static>>, key: &PrivateKeyDer<'_>) -> Self {
+        if let Some(ecdsa) = Tls12EcdsaKey::new(key) {
+            let native = ecdsa.native();
+            self.tls12_ecdsa = Some((Arc::new(CertifiedKey::new(chain, Arc::new(ecdsa))), native));
         }
+        self
+    }
+
+    /// Whether connections need their ClientHello read before the handshake.
+    pub fn reads_hello(&self) -> bool {
+        self.gate.is_some() || self.tls12_ecdsa.is_some()
+    }
+
+    /// The configuration for one connection, given its ClientHello when it
+    /// was read. With client authentication the verifier is wrapped so that a
+    /// refusal is explained in `seen`, this connection's observation; a hello
+    /// that only the TLS 1.2 ECDSA key can serve gets a TLS 1.2 configuration
+    /// with that key. Otherwise every connection shares the base configuration.
+    pub fn for_connection(&self, seen: &Arc<Observation>, hello: Option<&HelloInfo>) -> Arc<ServerConfig> {
+        let other_hash = match (&self.tls12_ecdsa, hello) {
+            (Some((key, native)), Some(hello)) if self.versions != TlsVersions::V13 => {
+                needs_other_hash(*native, &hello.signature_schemes, &hello.cipher_suites).then(|| key.clone())
+            }
+            _ => None,
+        };
+        if other_hash.is_none() && self.client_verifier.is_none() {
+            return self.base.clone();
+        }
+        let versions = if other_hash.is_some() { TlsVersions::V12 } else { self.versions };
+        let builder =
+            ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions.rustls()).expect("versions rustls supports");
+        let builder = match &self.client_verifier {
+            None => builder.with_no_client_auth(),
+            Some((inner, anchors)) => {
+                builder.with_client_cert_verifier(Arc::new(ExplainingClientVerifier::new(inner.clone(), anchors.clone(), seen.clone())))
+            }
+        };
+        let mut config = match other_hash {
+            Some(key) => builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(key)))),
+            None => builder.with_cert_resolver(self.identity.clone()),
+        };
+        // Sessions resumed on one connection were stored by another.
+        config.session_storage = self.base.session_storage.clone();
+        config.ticketer = self.base.ticketer.clone();
+        config.ignore_client_order = self.base.ignore_client_order;
+        Arc::new(config)
     }
 }
 

@@ -26,6 +26,7 @@ const DECODE_ERROR: u8 = 50;
 
 const ECDHE_ECDSA_AES128_GCM: u16 = 0xc02b;
 const ECDHE_ECDSA_AES256_GCM: u16 = 0xc02c;
+const RSA_PKCS1_SHA256: u16 = 0x0401;
 const ECDSA_P256_SHA256: u16 = 0x0403;
 const ECDSA_P384_SHA384: u16 = 0x0503;
 const ECDSA_P521_SHA512: u16 = 0x0603;
@@ -152,16 +153,58 @@ async fn tls12_suites_follow_the_server_order() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tls12_with_only_other_hashes_for_ecdsa_is_not_a_bare_close() {
+async fn tls12_with_only_other_hashes_for_ecdsa_is_served() {
     for gated in [false, true] {
         let (addr, _) = server(gated).await;
         let hello = tls12_hello(&[ECDHE_ECDSA_AES128_GCM], &[ECDSA_P384_SHA384, ECDSA_P521_SHA512]);
         let reply = tokio::task::spawn_blocking(move || first_record(addr, &hello)).await.unwrap();
-        match reply.0 {
-            HANDSHAKE => assert_eq!(chosen_suite(&reply), ECDHE_ECDSA_AES128_GCM),
-            _ => assert_alert(reply, HANDSHAKE_FAILURE),
-        }
+        assert_eq!(chosen_suite(&reply), ECDHE_ECDSA_AES128_GCM, "gated: {gated}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls12_with_no_scheme_for_the_key_gets_handshake_failure_not_a_bare_close() {
+    for gated in [false, true] {
+        let (addr, _) = server(gated).await;
+        let hello = tls12_hello(&[ECDHE_ECDSA_AES128_GCM], &[RSA_PKCS1_SHA256]);
+        let reply = tokio::task::spawn_blocking(move || first_record(addr, &hello)).await.unwrap();
+        assert_alert(reply, HANDSHAKE_FAILURE);
+    }
+}
+
+/// `openssl s_client` with `args` against a fresh server: its output, and whether it verified.
+async fn openssl_client(args: &[&str]) -> (String, bool) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let (addr, ca) = server(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string(), "-servername", "localhost", "-verify_return_error", "-CAfile"])
+            .arg(&ca_file)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let verified = text.contains("Verify return code: 0 (ok)");
+        (text, verified)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openssl_offering_only_sha384_or_sha512_for_ecdsa_completes_tls12() {
+    // Without -tls1_2 the client offers TLS 1.3 too, which that key cannot serve: 1.2 is chosen.
+    for args in [&["-tls1_2", "-sigalgs", "ECDSA+SHA512"][..], &["-tls1_2", "-sigalgs", "ECDSA+SHA384"], &["-sigalgs", "ECDSA+SHA384"]] {
+        let (out, verified) = openssl_client(args).await;
+        assert!(verified && out.contains("TLSv1.2"), "{args:?}: {out}");
+    }
+    // The server's own scheme still gets TLS 1.3.
+    let (out, verified) = openssl_client(&["-sigalgs", "ECDSA+SHA256"]).await;
+    assert!(verified && out.contains("TLSv1.3"), "{out}");
 }
 
 /// A TLS 1.3 session whose keys the test holds, so that it can write

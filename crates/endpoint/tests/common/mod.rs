@@ -13,6 +13,7 @@ use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 
 pub(crate) struct Ca {
     pub der: CertificateDer<'static>,
+    pub pem: String,
     pub issuer: Issuer<'static, KeyPair>,
 }
 
@@ -21,9 +22,10 @@ pub(crate) fn ca(cn: &str) -> Ca {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(rcgen::DnType::CommonName, cn);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let der = p.self_signed(&key).unwrap().der().clone();
+    let cert = p.self_signed(&key).unwrap();
+    let (der, pem) = (cert.der().clone(), cert.pem());
     let issuer = Issuer::from_ca_cert_der(&der, key).unwrap();
-    Ca { der, issuer }
+    Ca { der, pem, issuer }
 }
 
 pub(crate) type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
@@ -67,14 +69,14 @@ impl Default for Setup<'_> {
 pub(crate) async fn serve(identity: Identity, setup: Setup<'_>) -> SocketAddr {
     // The server's log lines show with a failing test's output.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let certified = certified_key(identity.0, &identity.1, "cert", "key").unwrap();
+    let certified = certified_key(identity.0.clone(), &identity.1, "cert", "key").unwrap();
     let settings = ServerSettings {
         identity: Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(certified))),
         client_ca: setup.client_ca.map(anchors),
         client_auth: setup.auth,
         versions: setup.versions,
     };
-    let mut tls = ServerTls::new(settings).unwrap();
+    let mut tls = ServerTls::new(settings).unwrap().with_tls12_ecdsa(identity.0, &identity.1);
     if let Some(gate) = setup.gate {
         tls = tls.with_gate(gate);
     }
