@@ -493,3 +493,6 @@ async fn poll_link(link: &mut Link) {
         _ => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;
