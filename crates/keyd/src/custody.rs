@@ -353,3 +353,6 @@ fn describe_selector(s: &Selector) -> String {
         Selector::Pkcs11Uri(u) => u.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,8 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::link::Dialer;
 use crate::session::Session;
+use crate::shared::Shared;
+use crate::upstream::Dialer;
 
 /// The first badge; TRENTOS numbers its RPC clients from 101.
 pub const FIRST_BADGE: u32 = 101;
@@ -87,32 +88,21 @@ impl OffloadSettings {
     }
 }
 
-/// What every session shares.
-pub(crate) struct Shared {
-    pub dialer: Arc<Dialer>,
-    pub buffer_size: usize,
-    pub answer_timeout: Duration,
-    badges: Mutex<Vec<bool>>,
-}
+/// Which slots are taken, by index (badge minus [`FIRST_BADGE`]).
+struct Badges(Mutex<Vec<bool>>);
 
-impl Shared {
-    /// Plaintext each direction of a session may hold: a few buffers, so
-    /// that the network and the client need not take turns.
-    pub(crate) fn queue_size(&self) -> usize {
-        4 * self.buffer_size
-    }
-
-    fn claim_badge(self: &Arc<Self>) -> Option<BadgeGuard> {
-        let mut taken = self.badges.lock().expect("not poisoned");
+impl Badges {
+    fn claim(self: &Arc<Self>) -> Option<BadgeGuard> {
+        let mut taken = self.0.lock().expect("not poisoned");
         let index = taken.iter().position(|t| !t)?;
         taken[index] = true;
-        Some(BadgeGuard { shared: self.clone(), index })
+        Some(BadgeGuard { badges: self.clone(), index })
     }
 }
 
 /// A slot in use; dropping it frees the slot.
 struct BadgeGuard {
-    shared: Arc<Shared>,
+    badges: Arc<Badges>,
     index: usize,
 }
 
@@ -124,7 +114,7 @@ impl BadgeGuard {
 
 impl Drop for BadgeGuard {
     fn drop(&mut self) {
-        self.shared.badges.lock().expect("not poisoned")[self.index] = false;
+        self.badges.0.lock().expect("not poisoned")[self.index] = false;
     }
 }
 
@@ -133,6 +123,7 @@ pub struct Daemon {
     socket: UnixSocket,
     allow: Allow,
     shared: Arc<Shared>,
+    badges: Arc<Badges>,
 }
 
 impl Daemon {
@@ -172,13 +163,9 @@ impl Daemon {
             name_check: settings.name_check,
         };
         let dialer = Arc::new(Dialer { tls, connect_timeout: settings.connect_timeout, handshake_timeout: settings.handshake_timeout });
-        let shared = Arc::new(Shared {
-            dialer,
-            buffer_size: settings.buffer_size,
-            answer_timeout: settings.answer_timeout,
-            badges: Mutex::new(vec![false; settings.max_clients]),
-        });
-        Ok(Self { socket, allow: settings.allow, shared })
+        let shared = Arc::new(Shared { dialer, buffer_size: settings.buffer_size, answer_timeout: settings.answer_timeout });
+        let badges = Arc::new(Badges(Mutex::new(vec![false; settings.max_clients])));
+        Ok(Self { socket, allow: settings.allow, shared, badges })
     }
 
     /// The socket's path.
@@ -228,7 +215,7 @@ impl Daemon {
             sessions.spawn(refuse(stream, Code::OperationDenied));
             return;
         }
-        let Some(guard) = self.shared.claim_badge() else {
+        let Some(guard) = self.badges.claim() else {
             warn!(uid, gid, pid, "client refused: all slots are taken (OS_ERROR_OUT_OF_BOUNDS)");
             sessions.spawn(refuse(stream, Code::OutOfBounds));
             return;

@@ -7,7 +7,8 @@
 //! connection, so a client that misbehaves only holds itself up.
 mod buffer;
 mod daemon;
-mod link;
 mod session;
+mod shared;
+mod upstream;
 
 pub use daemon::{Allow, Daemon, OffloadSettings, BUFFER_SIZES, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CLIENTS, FIRST_BADGE};

@@ -16,8 +16,8 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::daemon::Shared;
-use crate::link::{End, Target, Tls};
+use crate::shared::Shared;
+use crate::upstream::{End, Target, Tls};
 
 /// How long the last words to a departing client may take.
 const GOODBYE_LIMIT: Duration = Duration::from_secs(1);
@@ -493,3 +493,6 @@ async fn poll_link(link: &mut Link) {
         _ => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,6 @@
-//! The outbound side of a slot: the TCP connect, the TLS handshake and the
-//! established session with its two plaintext queues.
+//! The outbound side of a slot, upstream of the daemon: the TCP connect to
+//! the server, the TLS handshake and the established session with its two
+//! plaintext queues.
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
