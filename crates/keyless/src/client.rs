@@ -81,7 +81,9 @@ impl Waiter {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
+/// The waiters of a connection's requests by id; `None` once the connection
+/// is closed, so that no request can be queued behind its end.
+type Pending = Arc<Mutex<Option<HashMap<u64, Waiter>>>>;
 
 /// One connection to keyd.
 struct Conn {
@@ -149,18 +151,23 @@ impl KeydClient {
     /// Queues `request` on `conn`; the answer goes to `waiter`.
     fn submit(&self, conn: &Conn, request: &Request, waiter: Waiter) -> Result<u64, KeydError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        conn.pending.lock().expect("pending lock").insert(id, waiter);
         let mut frame = Vec::new();
         request.encode(id, &mut frame);
+        // Registered and sent under the lock the reader takes to close the
+        // connection: a request is either answered or told of the close.
+        let mut pending = conn.pending.lock().expect("pending lock");
+        let Some(waiters) = pending.as_mut() else { return Err(self.unreachable("keyd closed the connection")) };
         if conn.tx.send(frame).is_err() {
-            conn.pending.lock().expect("pending lock").remove(&id);
             return Err(self.unreachable("the connection closed"));
         }
+        waiters.insert(id, waiter);
         Ok(id)
     }
 
     fn timed_out(&self, conn: &Conn, id: u64) -> KeydError {
-        conn.pending.lock().expect("pending lock").remove(&id);
+        if let Some(waiters) = conn.pending.lock().expect("pending lock").as_mut() {
+            waiters.remove(&id);
+        }
         KeydError::Timeout(self.endpoint.to_string(), self.timeout)
     }
 
@@ -214,7 +221,7 @@ fn refused(r: Response) -> Result<Response, KeydError> {
 fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let pending: Pending = Arc::default();
+    let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
     let alive = Arc::new(AtomicBool::new(true));
     let alive_w = alive.clone();
     tokio::spawn(async move {
@@ -246,7 +253,8 @@ fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
             while let Ok(Some((frame, n))) = decode_frame(&buf[used..]) {
                 used += n;
                 let Ok(response) = Response::decode(&frame) else { break 'read };
-                if let Some(waiter) = pending_r.lock().expect("pending lock").remove(&frame.id) {
+                let waiter = pending_r.lock().expect("pending lock").as_mut().and_then(|w| w.remove(&frame.id));
+                if let Some(waiter) = waiter {
                     waiter.answer(response);
                 }
             }
@@ -257,7 +265,7 @@ fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
         }
         alive_r.store(false, Ordering::Release);
         // Waiters see their sender dropped: "keyd closed the connection".
-        pending_r.lock().expect("pending lock").clear();
+        pending_r.lock().expect("pending lock").take();
     });
     Conn { tx, pending, alive }
 }
