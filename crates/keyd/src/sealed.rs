@@ -14,7 +14,7 @@ use std::sync::Arc;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use sealtls_custody_proto::KeyId;
-use sealtls_failure::Problem;
+use sealtls_failure::{Problem, Remedy};
 use sealtls_pki::files::write_atomic;
 use sealtls_pki::issue::KeyType;
 use tracing::warn;
@@ -230,7 +230,7 @@ impl SealedFiles {
             Ok((b, _)) if b.len() as u64 <= MAX_ENTRY => b,
             Ok(_) => return None,
             Err(e) => {
-                warn!(file = %path.display(), error = %e, "cannot read a key entry; skipped");
+                warn!(file = %path.display(), error = %e.with_fix(), "cannot read a key entry; skipped");
                 return None;
             }
         };
