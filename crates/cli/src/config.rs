@@ -12,6 +12,7 @@ use rustls_pki_types::CertificateDer;
 use sealtls_console::TlsMaterial;
 use sealtls_endpoint::settings::{certified_key, Anchors, SetupError};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
+use sealtls_failure::{Failure, Problem, Remedy};
 use sealtls_offload_daemon::{Allow, OffloadSettings, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CLIENTS};
 use sealtls_pki::files::check_secret_mode;
 use sealtls_pki::load::read_limited;
@@ -136,14 +137,14 @@ pub struct ConsoleSection {
 
 /// Loads trust anchors: `system`, or PEM files, all in one set (empty
 /// for no sources: the daemon then refuses to start).
-pub fn load_trust(sources: &[PathBuf]) -> Result<Anchors, String> {
+pub fn load_trust(sources: &[PathBuf]) -> Result<Anchors, Problem> {
     let mut all = Vec::new();
     let mut origins = Vec::new();
     for source in sources {
         let anchors = if source.as_os_str() == "system" {
-            Anchors::system().map_err(|e| e.to_string())?
+            Anchors::system().map_err(|e| Problem::of(&e))?
         } else {
-            let certs = sealtls_pki::load_certs(source).map_err(|e| e.to_string())?;
+            let certs = sealtls_pki::load_certs(source).map_err(|e| Problem::of(&e))?;
             Anchors { origin: source.display().to_string(), certs }
         };
         origins.push(anchors.origin);
@@ -169,20 +170,20 @@ pub struct Config {
 }
 
 /// Why a configuration was refused. Each message names the file and the
-/// key, and gives the remedy after the first `"; "`.
+/// key; [`Remedy::fix`] gives the remedy.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read the configuration: {detail}; check the path given with --config")]
-    Read { path: String, detail: String },
+    #[error("{path}: cannot read the configuration: {detail}")]
+    Read { path: String, detail: Problem },
     /// TOML syntax, an unknown key or a value of the wrong type.
-    #[error("{path}: line {line}: {message}; {fix}")]
+    #[error("{path}: line {line}: {message}")]
     Syntax { path: String, line: usize, message: String, fix: &'static str },
     /// An inline value and a file for the same item.
-    #[error("{path}: [tls] {key} and {key}_file are both given; keep one of them")]
+    #[error("{path}: [tls] {key} and {key}_file are both given")]
     Both { path: String, key: &'static str },
     /// A certificate without its key, or the reverse.
-    #[error("{path}: [tls] {given} is given without {missing}; give both, or neither")]
+    #[error("{path}: [tls] {given} is given without {missing}")]
     Half { path: String, given: &'static str, missing: &'static str },
     /// A certificate, key or token that could not be loaded.
     #[error("{path}: [{table}] {key}: {source}")]
@@ -191,14 +192,34 @@ pub enum ConfigError {
     #[error("{path}: {source}")]
     Setup { path: String, source: SetupError },
     /// A private key inline in a file others can read.
-    #[error("{path}: holds a private key inline ([tls] {key}) and group or others can read it (mode {mode:04o}); fix it with `chmod 600 {path}`")]
+    #[error("{path}: holds a private key inline ([tls] {key}) and group or others can read it (mode {mode:04o})")]
     ExposedInline { path: String, key: &'static str, mode: u32 },
     /// The console token file could not be used.
     #[error("{path}: [console] token_file: {detail}")]
-    Token { path: String, detail: String },
+    Token { path: String, detail: Problem },
     /// A value that does not parse.
     #[error("{path}: [{table}] {key} = \"{value}\": {detail}")]
-    Value { path: String, table: &'static str, key: &'static str, value: String, detail: String },
+    Value { path: String, table: &'static str, key: &'static str, value: String, detail: Box<Problem> },
+}
+
+impl Remedy for ConfigError {
+    fn fix(&self) -> Option<String> {
+        const CHECK_PATH: &str = "check the path given with --config";
+        match self {
+            Self::Read { detail, .. } => Some(match detail.fix() {
+                Some(fix) => format!("{fix}; {CHECK_PATH}"),
+                None => CHECK_PATH.into(),
+            }),
+            Self::Syntax { fix, .. } => Some((*fix).into()),
+            Self::Both { .. } => Some("keep one of them".into()),
+            Self::Half { .. } => Some("give both, or neither".into()),
+            Self::Item { source, .. } => source.fix(),
+            Self::Setup { source, .. } => source.fix(),
+            Self::ExposedInline { path, .. } => Some(format!("fix it with `chmod 600 {path}`")),
+            Self::Token { detail, .. } => detail.fix(),
+            Self::Value { detail, .. } => detail.fix(),
+        }
+    }
 }
 
 const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check; [keyless] listen; [keyd] socket";
@@ -298,23 +319,21 @@ impl Loader<'_> {
         Ok(Some(certified))
     }
 
-    fn parsed<T: std::str::FromStr>(
+    fn parsed<T>(
         &self,
         table: &'static str,
         key: &'static str,
         value: Option<&str>,
         default: &str,
-    ) -> Result<T, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
+        parse: impl FnOnce(&str) -> Result<T, Problem>,
+    ) -> Result<T, ConfigError> {
         let value = value.unwrap_or(default);
-        value.parse().map_err(|e: T::Err| ConfigError::Value {
+        parse(value).map_err(|detail| ConfigError::Value {
             path: self.name(),
             table,
             key,
             value: value.chars().take(80).collect(),
-            detail: e.to_string(),
+            detail: Box::new(detail),
         })
     }
 
@@ -327,14 +346,14 @@ impl Loader<'_> {
 const MIN_TOKEN: usize = 16;
 
 /// Reads a console token: one line of text, in a file only its owner can read.
-pub fn read_token(file: &Path) -> Result<Arc<Zeroizing<String>>, String> {
-    let (bytes, meta) = read_limited(file).map_err(|e| e.to_string())?;
-    check_secret_mode(file, &meta).map_err(|e| e.to_string())?;
+pub fn read_token(file: &Path) -> Result<Arc<Zeroizing<String>>, Problem> {
+    let (bytes, meta) = read_limited(file).map_err(|e| Problem::of(&e))?;
+    check_secret_mode(file, &meta).map_err(|e| Problem::of(&e))?;
     let token = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
     if token.chars().count() < MIN_TOKEN {
-        return Err(format!(
-            "{}: the token must be one line of at least {MIN_TOKEN} characters; make one with `head -c 24 /dev/urandom | base64 > {0}; chmod 600 {0}`",
-            file.display()
+        return Err(Problem::new(
+            format!("{}: the token must be one line of at least {MIN_TOKEN} characters", file.display()),
+            format!("make one with `head -c 24 /dev/urandom | base64 > {0}; chmod 600 {0}`", file.display()),
         ));
     }
     Ok(Arc::new(Zeroizing::new(token.to_owned())))
@@ -343,12 +362,11 @@ pub fn read_token(file: &Path) -> Result<Arc<Zeroizing<String>>, String> {
 /// A parsed `listen` value, with a message that shows the expected form.
 struct Listen(SocketAddr);
 
-impl std::str::FromStr for Listen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        s.parse()
-            .map(Listen)
-            .map_err(|_| format!("not an address; write it as IP:PORT, e.g. 127.0.0.1:{}", s.rsplit(':').next().unwrap_or("10007")))
+impl Listen {
+    fn parse(s: &str) -> Result<Self, Problem> {
+        s.parse().map(Listen).map_err(|_| {
+            Problem::new("not an address", format!("write it as IP:PORT, e.g. 127.0.0.1:{}", s.rsplit(':').next().unwrap_or("10007")))
+        })
     }
 }
 
@@ -361,8 +379,9 @@ impl Config {
     /// Loads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
-        let (bytes, meta) = read_limited(path).map_err(|e| ConfigError::Read { path: name.clone(), detail: e.to_string() })?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| ConfigError::Read { path: name.clone(), detail: "not UTF-8 text".into() })?;
+        let (bytes, meta) = read_limited(path).map_err(|e| ConfigError::Read { path: name.clone(), detail: Problem::of(&e) })?;
+        let text =
+            std::str::from_utf8(&bytes).map_err(|_| ConfigError::Read { path: name.clone(), detail: Problem::bare("not UTF-8 text") })?;
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| bytes[..s.start.min(bytes.len())].iter().filter(|&&b| b == b'\n').count() + 1);
             let message = e.message().trim().to_owned();
@@ -391,12 +410,12 @@ impl Config {
             .map(|(certs, origin)| Anchors { origin: format!("ca_cert: {origin}"), certs });
         let material = TlsMaterial { origin: shown.display().to_string(), server, ca, client, legacy_v1_leaf: t.legacy_v1_leaf };
         let echo = EchoSection {
-            listen: l.parsed::<Listen>("echo", "listen", raw.echo.listen.as_deref(), "127.0.0.1:10007")?.0,
-            client_auth: l.parsed("echo", "client_auth", raw.echo.client_auth.as_deref(), "optional")?,
-            versions: l.parsed("echo", "tls", raw.echo.tls.as_deref(), "any")?,
+            listen: l.parsed("echo", "listen", raw.echo.listen.as_deref(), "127.0.0.1:10007", Listen::parse)?.0,
+            client_auth: l.parsed("echo", "client_auth", raw.echo.client_auth.as_deref(), "optional", ClientAuthMode::parse)?,
+            versions: l.parsed("echo", "tls", raw.echo.tls.as_deref(), "any", TlsVersions::parse)?,
         };
         let console = ConsoleSection {
-            listen: l.parsed::<Listen>("console", "listen", raw.console.listen.as_deref(), "127.0.0.1:11123")?.0,
+            listen: l.parsed("console", "listen", raw.console.listen.as_deref(), "127.0.0.1:11123", Listen::parse)?.0,
             allow_remote: raw.console.allow_remote,
             token: raw.console.token_file.as_deref().map(|f| l.token(f)).transpose()?,
         };
@@ -409,7 +428,7 @@ impl Config {
                 table: "offload",
                 key: "trust",
                 value: files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
-                detail,
+                detail: Box::new(detail),
             })?,
             None => material.ca.clone().unwrap_or(Anchors { origin: "none".into(), certs: Vec::new() }),
         };
@@ -424,8 +443,9 @@ impl Config {
             name_check: o.hostname_check.unwrap_or(true),
             answer_timeout: Duration::from_secs(o.client_timeout_secs.unwrap_or(10)),
         };
-        let keyless =
-            KeylessSection { listen: l.parsed::<Listen>("keyless", "listen", raw.keyless.listen.as_deref(), DEFAULT_KEYLESS_LISTEN)?.0 };
+        let keyless = KeylessSection {
+            listen: l.parsed("keyless", "listen", raw.keyless.listen.as_deref(), DEFAULT_KEYLESS_LISTEN, Listen::parse)?.0,
+        };
         let keyd_socket = raw.keyd.socket.as_deref().map(|s| dir.join(s));
         Ok(Self { material: Arc::new(material), echo, console, offload, keyless, keyd_socket })
     }
@@ -508,7 +528,7 @@ mod tests {
         let e = Config::load(&p).err().expect("refused").to_string();
         assert!(e.contains("bad.toml: [keyless] listen = \"somewhere\": not an address"), "{e}");
         let p = write(dir.path(), "unknown.toml", "[keyless]\nlisten = \"127.0.0.1:2443\"\nport = 1\n", 0o600);
-        let e = Config::load(&p).err().expect("refused").to_string();
+        let e = Config::load(&p).err().expect("refused").with_fix();
         assert!(e.contains("line 3") && e.contains("[keyless] listen"), "{e}");
     }
 
@@ -562,9 +582,9 @@ fn describe_chain(chain: &[CertificateDer<'_>]) -> String {
 }
 
 /// Runs `sealtls config`.
-pub fn run(cmd: ConfigCommand) -> Result<(), sealtls_endpoint::Failure> {
+pub fn run(cmd: ConfigCommand) -> Result<(), Failure> {
     let ConfigCommand::Check { file } = cmd;
-    let c = Config::load(&file).map_err(sealtls_endpoint::Failure::config)?;
+    let c = Config::load(&file).map_err(Failure::config)?;
     sealtls_console::check_listen(c.console.listen, c.console.allow_remote, c.console.token.is_some())?;
     let m = &c.material;
     let mut warnings = Vec::new();

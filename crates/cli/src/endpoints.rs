@@ -12,7 +12,8 @@ use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Mode, Server, ServerOptions, DEFAULT_IDLE_TIMEOUT};
 use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, ServerTls};
 use sealtls_endpoint::transfer::{send_file, Expect};
-use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
+use sealtls_endpoint::{ClientAuthMode, TlsVersions};
+use sealtls_failure::{Failure, FailureClass};
 use sealtls_keyless::{KeydClient, Keyless};
 use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,10 +70,6 @@ pub struct ServeArgs {
     idle_timeout: u64,
 }
 
-fn config_failure(e: impl std::fmt::Display) -> Failure {
-    Failure::config(e)
-}
-
 /// Warns at start about a leaf that clients will refuse, with the remedy.
 fn warn_about_leaf(chain: &[rustls_pki_types::CertificateDer<'_>], origin: &Path) {
     let Some((subject, problems)) = sealtls_pki::inspect::leaf_problems(chain) else { return };
@@ -93,7 +90,7 @@ pub fn server_tls(
     versions: TlsVersions,
     keyless: Option<Keyless>,
 ) -> Result<ServerTls, Failure> {
-    let config = files.config.as_deref().map(Config::load).transpose().map_err(config_failure)?;
+    let config = files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
     let material = config.as_ref().map(|c| &c.material);
     let identity: Arc<dyn ResolvesServerCert> = match (&keyless, &files.cert, &files.key, material.and_then(|m| m.server.clone())) {
         (Some(k), _, _, _) => Arc::new(k.clone()),
@@ -113,13 +110,13 @@ pub fn server_tls(
     };
     let client_auth = client_auth.unwrap_or(if client_ca.is_some() { ClientAuthMode::Required } else { ClientAuthMode::None });
     let settings = ServerSettings { identity, client_ca, client_auth, versions };
-    let tls = ServerTls::new(settings).map_err(config_failure)?;
+    let tls = ServerTls::new(settings).map_err(Failure::config)?;
     Ok(match (keyless, &files.cert, &files.key) {
         (Some(k), _, _) => tls.with_gate(Arc::new(k)),
         // The files were checked above; an ECDSA key also serves TLS 1.2
         // clients that offer its curve only with another hash.
         (None, Some(cert), Some(key)) => {
-            tls.with_tls12_ecdsa(load_certs(cert).map_err(config_failure)?, &*load_key(key).map_err(config_failure)?)
+            tls.with_tls12_ecdsa(load_certs(cert).map_err(Failure::config)?, &*load_key(key).map_err(Failure::config)?)
         }
         (None, _, _) => tls,
     })
@@ -237,7 +234,7 @@ impl ClientArgs {
     fn settings(&self) -> Result<ClientSettings, Failure> {
         let trust = match &self.ca {
             Some(path) => anchors(path)?,
-            None => Anchors::system().map_err(config_failure)?,
+            None => Anchors::system().map_err(Failure::config)?,
         };
         let identity = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => Some(identity_from_files(cert, key)?),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
 use sealtls_endpoint::settings::{certified_key, Anchors};
-use sealtls_endpoint::Failure;
+use sealtls_failure::Failure;
 use sealtls_pki::{load_certs, load_key};
 
 /// Loads a certificate chain and its key, checked to belong together.

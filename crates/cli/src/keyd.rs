@@ -7,10 +7,11 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use sealtls_custody_proto::{ErrorCode, ListEntry, Request, Response};
+use sealtls_custody_proto::{message_parts, ErrorCode, ListEntry, Request, Response};
 use sealtls_endpoint::provider;
-use sealtls_endpoint::{Failure, FailureClass};
-use sealtls_keyd::{Custody, Keyd, KeydSettings, SealedFiles, TlsListen};
+use sealtls_endpoint::settings::Anchors;
+use sealtls_failure::{Failure, FailureClass, CHECK_FILE};
+use sealtls_keyd::{ClientCas, Custody, Keyd, KeydSettings, SealedFiles, TlsListen};
 use sealtls_keyless::{KeydClient, KeydEndpoint, KeydError};
 use tracing::info;
 
@@ -139,17 +140,22 @@ pub fn open_custody(args: &KeydArgs) -> Result<Custody, Failure> {
     Custody::new(backend).map_err(Failure::config)
 }
 
+fn client_cas(path: &Path) -> Result<ClientCas, Failure> {
+    let Anchors { origin, certs } = anchors(path)?;
+    Ok(ClientCas { origin, certs })
+}
+
 /// Binds keyd's listeners around `custody`.
 pub async fn bind(custody: Custody, args: &KeydArgs) -> Result<Keyd, Failure> {
     let (ready, unusable) = custody.counts();
     info!(store = %custody.describe(), ready, unusable, "keys loaded");
     let tls = match (&args.listen_tls, &args.tls_cert, &args.tls_key, &args.client_ca) {
         (Some(addr), Some(cert), Some(key), Some(ca)) => {
-            Some(TlsListen { addr: *addr, identity: identity_from_files(cert, key)?, client_ca: anchors(ca)? })
+            Some(TlsListen { addr: *addr, identity: identity_from_files(cert, key)?, client_ca: client_cas(ca)? })
         }
         _ => None,
     };
-    let admin_ca = args.admin_ca.as_deref().map(anchors).transpose()?;
+    let admin_ca = args.admin_ca.as_deref().map(client_cas).transpose()?;
     let settings = KeydSettings { socket: args.socket(), tls, admin_ca };
     Keyd::bind(custody, settings).await
 }
@@ -201,12 +207,16 @@ impl KeydFlags {
         let me = identity_from_files(cert, key)?;
         let config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(Failure::config)?
+            .map_err(rustls_failure)?
             .with_root_certificates(roots)
             .with_client_auth_cert(me.cert.clone(), key_der(key)?)
-            .map_err(Failure::config)?;
+            .map_err(rustls_failure)?;
         Ok(KeydEndpoint::Tls { addr: addr.to_string(), server_name, config: Arc::new(config) })
     }
+}
+
+fn rustls_failure(e: rustls::Error) -> Failure {
+    Failure::new(FailureClass::Config, e.to_string(), CHECK_FILE)
 }
 
 fn key_der(path: &Path) -> Result<rustls_pki_types::PrivateKeyDer<'static>, Failure> {
@@ -294,7 +304,8 @@ pub fn keyd_failure(e: KeydError) -> Failure {
             Failure::new(FailureClass::Rejected, format!("keyd refused: {message}"), "use an admin identity")
         }
         KeydError::Refused { code, message } => {
-            Failure::split(FailureClass::Config, format!("keyd refused ({code}): {message}"), "see keyd's log")
+            let (what, fix) = message_parts(&message);
+            Failure::new(FailureClass::Config, format!("keyd refused ({code}): {what}"), fix.unwrap_or("see keyd's log"))
         }
         KeydError::Runtime => Failure::new(FailureClass::Config, e.to_string(), "report this as a bug"),
     }
@@ -372,7 +383,8 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
                     let pem = pem_csr(&der);
                     match out {
                         Some(path) => {
-                            std::fs::write(&path, pem).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
+                            std::fs::write(&path, pem)
+                                .map_err(|e| Failure::new(FailureClass::Config, format!("{}: {e}", path.display()), CHECK_FILE))?;
                             eprintln!("key generated inside keyd for {domain}; CSR written to {}", path.display());
                         }
                         None => print!("{pem}"),

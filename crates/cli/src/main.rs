@@ -13,7 +13,7 @@ mod up;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sealtls_endpoint::Failure;
+use sealtls_failure::Failure;
 
 /// TLS endpoints whose dangerous parts are kept apart.
 #[derive(Parser)]

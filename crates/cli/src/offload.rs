@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_failure::{Failure, FailureClass};
 use sealtls_offload::{Code, Error};
 use sealtls_offload_daemon::{Daemon, OffloadSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_failure::{Failure, FailureClass};
 use sealtls_pki::inspect::{inspect as inspect_inputs, Item};
 use sealtls_pki::issue::{default_ca_name, init_ca, issue_leaf, sign_csr, KeyType, LeafKind, DEFAULT_LEAF_DAYS};
 

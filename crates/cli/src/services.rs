@@ -14,7 +14,7 @@ use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Server, ServerOptions};
 use sealtls_endpoint::settings::{ServerSettings, ServerTls};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
-use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_failure::{Failure, FailureClass, CHECK_FILE};
 use sealtls_keyd::Caller;
 use sealtls_keyless::{KeydClient, KeydEndpoint, Keyless};
 use sealtls_offload_daemon::OffloadSettings;
@@ -125,7 +125,8 @@ pub async fn keyd(args: &KeydArgs, install: Option<(&str, &Path, &Path)>, stop: 
             let key = Zeroizing::new(sealtls_pki::load_key(key).map_err(Failure::config)?.secret_der().to_vec());
             let chain = sealtls_pki::load_certs(cert).map_err(Failure::config)?.iter().map(|c| c.to_vec()).collect();
             if let Response::Error { message, .. } = custody.handle(Request::Put { domain: domain.into(), key, chain }, &admin) {
-                return Err(Failure::config(message));
+                let (what, fix) = sealtls_custody_proto::message_parts(&message);
+                return Err(Failure::new(FailureClass::Config, what, fix.unwrap_or(CHECK_FILE)));
             }
         }
     }

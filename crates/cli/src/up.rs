@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use sealtls_console::EchoServers;
-use sealtls_endpoint::Failure;
+use sealtls_failure::Failure;
 use sealtls_pki::files::write_atomic;
 use sealtls_pki::issue::{default_ca_name, init_ca, issue_leaf, KeyType, LeafKind, DEFAULT_LEAF_DAYS};
 use tokio::sync::watch;

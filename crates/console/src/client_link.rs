@@ -6,7 +6,7 @@ use std::time::Duration;
 use sealtls_endpoint::client::{connect, ClientSession, ClientStream};
 use sealtls_endpoint::explain::{explain, Side};
 use sealtls_endpoint::settings::ClientSettings;
-use sealtls_endpoint::Failure;
+use sealtls_failure::Failure;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
+use sealtls_endpoint::{ClientAuthMode, TlsVersions};
+use sealtls_failure::{Failure, FailureClass};
 use sealtls_pki::inspect::CertFacts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;

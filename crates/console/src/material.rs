@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, ServerTls};
-use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
+use sealtls_endpoint::{ClientAuthMode, TlsVersions};
+use sealtls_failure::{Failure, FailureClass};
 
 /// BitVisor's `.tls` section, loaded and checked.
 #[derive(Clone)]

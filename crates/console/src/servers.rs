@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Mode, Server, ServerOptions};
-use sealtls_endpoint::{ClientAuthMode, Failure, FailureClass, TlsVersions};
+use sealtls_endpoint::{ClientAuthMode, TlsVersions};
+use sealtls_failure::{Failure, FailureClass};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;

@@ -415,6 +415,12 @@ impl Response {
         Self::Error { code, message: message.into() }
     }
 
+    /// An error response in the protocol's form: what is wrong, then `"; "`
+    /// and what to do (see [`message_parts`]).
+    pub fn refusal(code: ErrorCode, what: &str, fix: &str) -> Self {
+        Self::Error { code, message: format!("{what}; {fix}") }
+    }
+
     /// The operation this response answers; `None` for errors.
     pub fn op(&self) -> Option<Op> {
         Some(match self {
@@ -539,6 +545,15 @@ impl Response {
         };
         r.finish()?;
         Ok(resp)
+    }
+}
+
+/// An error response's message read in the protocol's form: what is wrong
+/// and, after the first `"; "`, what to do, when the daemon said.
+pub fn message_parts(message: &str) -> (&str, Option<&str>) {
+    match message.split_once("; ") {
+        Some((what, fix)) => (what, Some(fix)),
+        None => (message, None),
     }
 }
 

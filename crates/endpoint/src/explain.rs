@@ -1,85 +1,11 @@
 //! Failures explained: what went wrong and how to fix it, with a class that
 //! maps to a stable process exit code.
-use std::fmt;
 use std::io;
 
 use rustls::{AlertDescription, Error as TlsError, InvalidMessage, PeerIncompatible};
 
 use crate::verify::Observation;
-
-/// Kinds of failure; each has a stable exit code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureClass {
-    /// Bad command line (2).
-    Usage,
-    /// A file or configuration could not be used (3).
-    Config,
-    /// The network failed: refused, reset, timed out, closed (4).
-    Network,
-    /// The peer's certificate was not trusted (5).
-    PeerNotTrusted,
-    /// The peer refused us, usually our certificate (6).
-    Rejected,
-    /// The peers could not agree, or one does not speak TLS properly (7).
-    Protocol,
-    /// Data came back different from what was sent (8).
-    DataMismatch,
-}
-
-impl FailureClass {
-    /// The process exit code for this class.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Self::Usage => 2,
-            Self::Config => 3,
-            Self::Network => 4,
-            Self::PeerNotTrusted => 5,
-            Self::Rejected => 6,
-            Self::Protocol => 7,
-            Self::DataMismatch => 8,
-        }
-    }
-}
-
-/// A failure with its explanation.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Failure {
-    /// Kind of failure.
-    pub class: FailureClass,
-    /// What is wrong, in one line.
-    pub what: String,
-    /// How to fix it, in one line.
-    pub fix: String,
-}
-
-impl Failure {
-    /// A failure of the given class.
-    pub fn new(class: FailureClass, what: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { class, what: what.into(), fix: fix.into() }
-    }
-    /// A configuration failure. sealtls error messages put the remedy after
-    /// the first `"; "`; messages without one get a generic remedy.
-    pub fn config(err: impl fmt::Display) -> Self {
-        Self::split(FailureClass::Config, err, "check the file's path, permissions and contents")
-    }
-
-    /// A failure from a message that carries its remedy after the first
-    /// `"; "`, with `default_fix` when it carries none.
-    pub fn split(class: FailureClass, message: impl fmt::Display, default_fix: &str) -> Self {
-        let text = message.to_string();
-        match text.split_once("; ") {
-            Some((what, fix)) => Self::new(class, what, fix),
-            None => Self::new(class, text, default_fix),
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}\n  fix: {}", self.what, self.fix)
-    }
-}
+pub use sealtls_failure::{Failure, FailureClass};
 
 /// Which end of the connection we are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,23 +263,6 @@ mod tests {
         assert_eq!(alert_name(AlertDescription::CertificateRequired), "certificate_required");
         assert_eq!(alert_name(AlertDescription::BadCertificate), "bad_certificate");
         assert_eq!(alert_name(AlertDescription::ProtocolVersion), "protocol_version");
-    }
-
-    #[test]
-    fn exit_codes_are_stable() {
-        let codes: Vec<i32> = [
-            FailureClass::Usage,
-            FailureClass::Config,
-            FailureClass::Network,
-            FailureClass::PeerNotTrusted,
-            FailureClass::Rejected,
-            FailureClass::Protocol,
-            FailureClass::DataMismatch,
-        ]
-        .iter()
-        .map(|c| c.exit_code())
-        .collect();
-        assert_eq!(codes, vec![2, 3, 4, 5, 6, 7, 8]);
     }
 
     #[test]

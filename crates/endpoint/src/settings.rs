@@ -11,6 +11,7 @@ use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sealtls_failure::{Problem, Remedy};
 
 use crate::crypto::provider;
 use crate::gate::HelloInfo;
@@ -44,15 +45,23 @@ impl TlsVersions {
     }
 }
 
-impl FromStr for TlsVersions {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+impl TlsVersions {
+    /// Parses `1.2`, `1.3` or `any`; anything else is refused with the choices as the fix.
+    pub fn parse(s: &str) -> Result<Self, Problem> {
         match s {
             "1.2" => Ok(Self::V12),
             "1.3" => Ok(Self::V13),
             "any" => Ok(Self::Any),
-            _ => Err(format!("unknown TLS version `{s}`; choose 1.2, 1.3 or any")),
+            _ => Err(Problem::new(format!("unknown TLS version `{s}`"), "choose 1.2, 1.3 or any")),
         }
+    }
+}
+
+/// For clap: the refusal in one line, fix included.
+impl FromStr for TlsVersions {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).map_err(|e| e.with_fix())
     }
 }
 
@@ -77,15 +86,23 @@ pub enum ClientAuthMode {
     Required,
 }
 
-impl FromStr for ClientAuthMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+impl ClientAuthMode {
+    /// Parses `none`, `optional` or `required`; anything else is refused with the choices as the fix.
+    pub fn parse(s: &str) -> Result<Self, Problem> {
         match s {
             "none" => Ok(Self::None),
             "optional" => Ok(Self::Optional),
             "required" => Ok(Self::Required),
-            _ => Err(format!("unknown client-auth mode `{s}`; choose none, optional or required")),
+            _ => Err(Problem::new(format!("unknown client-auth mode `{s}`"), "choose none, optional or required")),
         }
+    }
+}
+
+/// For clap: the refusal in one line, fix included.
+impl FromStr for ClientAuthMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).map_err(|e| e.with_fix())
     }
 }
 
@@ -93,9 +110,7 @@ impl FromStr for ClientAuthMode {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The private key does not belong to the certificate.
-    #[error(
-        "{key}: this private key does not belong to the certificate in {cert}; give the key that was used to request that certificate"
-    )]
+    #[error("{key}: this private key does not belong to the certificate in {cert}")]
     KeyMismatch {
         /// Certificate origin.
         cert: String,
@@ -116,7 +131,7 @@ pub enum SetupError {
         detail: String,
     },
     /// The system trust store could not be read.
-    #[error("cannot load the system's trusted CAs: {0}; pass --ca FILE instead")]
+    #[error("cannot load the system's trusted CAs: {0}")]
     SystemRoots(String),
     /// rustls refused the configuration.
     #[error("TLS configuration refused: {0}")]
@@ -124,6 +139,17 @@ pub enum SetupError {
     /// A certificate or key could not be loaded.
     #[error(transparent)]
     Load(#[from] sealtls_pki::LoadError),
+}
+
+impl Remedy for SetupError {
+    fn fix(&self) -> Option<String> {
+        match self {
+            Self::KeyMismatch { .. } => Some("give the key that was used to request that certificate".into()),
+            Self::SystemRoots(_) => Some("pass --ca FILE instead".into()),
+            Self::Load(e) => e.fix(),
+            Self::ClientAuthWithoutCa(_) | Self::BadAnchor { .. } | Self::Rustls(_) => None,
+        }
+    }
 }
 
 /// Certificates to trust, and where they came from (for messages).

@@ -76,8 +76,8 @@ pub trait Backend: Send + Sync {
 
 /// Makes a CSR naming `domain` (CN and subjectAltName), signed by `key`.
 pub fn csr_for(domain: &str, key: &impl rcgen::SigningKey) -> Result<Vec<u8>, StoreError> {
-    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| StoreError::Invalid(format!("{domain}: {e}")))?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| StoreError::invalid(format!("{domain}: {e}")))?;
     params.distinguished_name.push(rcgen::DnType::CommonName, domain);
-    let csr = params.serialize_request(key).map_err(|e| StoreError::Invalid(format!("cannot make a CSR for {domain}: {e}")))?;
+    let csr = params.serialize_request(key).map_err(|e| StoreError::invalid(format!("cannot make a CSR for {domain}: {e}")))?;
     Ok(csr.der().to_vec())
 }

@@ -8,6 +8,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, Privat
 use sealtls_custody_proto::{
     normalize_domain, ChainInfo, DomainTable, ErrorCode, KeyId, ListEntry, Op, Request, Response, Scheme, Selector,
 };
+use sealtls_failure::Remedy;
 use sealtls_pki::issue::KeyType;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
@@ -73,7 +74,7 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 }
 
 fn store_error(e: &StoreError) -> Response {
-    error(e.code(), e.to_string())
+    error(e.code(), e.with_fix())
 }
 
 /// Reads a private key in any of the DER forms the loaders accept.
@@ -89,8 +90,9 @@ fn parse_any_key(der: &[u8]) -> Result<Zeroizing<PrivateKeyDer<'static>>, StoreE
             return Ok(form);
         }
     }
-    Err(StoreError::Invalid(
-        "the private key is not PKCS#8, SEC1 or PKCS#1 DER of a supported type; give an ECDSA P-256/P-384, Ed25519 or RSA key".into(),
+    Err(StoreError::refused(
+        "the private key is not PKCS#8, SEC1 or PKCS#1 DER of a supported type",
+        "give an ECDSA P-256/P-384, Ed25519 or RSA key",
     ))
 }
 
@@ -133,7 +135,8 @@ impl Custody {
             Selector::Domain(name) => table.domains.lookup(name).map(|(_, e)| e.clone()),
             Selector::KeyId(id) => table.by_id.get(id).cloned(),
             Selector::Pkcs11Uri(text) => {
-                let uri = Pkcs11Uri::parse(text).map_err(|e| error(ErrorCode::BadRequest, format!("PKCS#11 URI {text:?}: {e}")))?;
+                let uri =
+                    Pkcs11Uri::parse(text).map_err(|e| error(ErrorCode::BadRequest, format!("PKCS#11 URI {text:?}: {}", e.with_fix())))?;
                 table.domains.sorted().into_iter().map(|(_, e)| e).find(|e| uri.matches(&e.entry.location)).cloned()
             }
         };
@@ -246,9 +249,10 @@ impl Custody {
         let chain: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
         let stored = if key.is_empty() {
             let Some(existing) = self.exact(&domain) else {
-                return error(
+                return Response::refusal(
                     ErrorCode::KeyNotFound,
-                    format!("{domain} has no key to attach a chain to; give the key file too, or make one with `sealtls key gen {domain}`"),
+                    &format!("{domain} has no key to attach a chain to"),
+                    &format!("give the key file too, or make one with `sealtls key gen {domain}`"),
                 );
             };
             if chain.is_empty() {
@@ -257,7 +261,11 @@ impl Custody {
             self.backend.put_chain(&existing.entry, &chain)
         } else {
             if chain.is_empty() {
-                return error(ErrorCode::InvalidInput, format!("{domain}: a key was given without its certificate chain, which servers need to present; give it with --cert CHAIN.pem"));
+                return Response::refusal(
+                    ErrorCode::InvalidInput,
+                    &format!("{domain}: a key was given without its certificate chain, which servers need to present"),
+                    "give it with --cert CHAIN.pem",
+                );
             }
             match parse_any_key(key) {
                 Ok(k) => self.backend.put(&domain, &k, &chain),
@@ -281,12 +289,17 @@ impl Custody {
         };
         let Some(key_type) = KeyType::ALL.into_iter().find(|t| t.name() == key_type) else {
             let names: Vec<_> = KeyType::ALL.iter().map(|t| t.name()).collect();
-            return error(ErrorCode::InvalidInput, format!("unknown key type {key_type:?}; use one of {}", names.join(", ")));
+            return Response::refusal(
+                ErrorCode::InvalidInput,
+                &format!("unknown key type {key_type:?}"),
+                &format!("use one of {}", names.join(", ")),
+            );
         };
         if self.exact(&domain).is_some() {
-            return error(
+            return Response::refusal(
                 ErrorCode::InvalidInput,
-                format!("{domain} already has a key; remove it first with `sealtls key rm {domain}` (a new key needs a new certificate)"),
+                &format!("{domain} already has a key"),
+                &format!("remove it first with `sealtls key rm {domain}` (a new key needs a new certificate)"),
             );
         }
         match self.backend.generate(&domain, key_type) {
@@ -343,7 +356,7 @@ fn unavailable(entry: &Entry) -> Response {
         Location::SealedFile(_) => format!("remove it with `sealtls key rm {}` and install the key again", entry.domain),
         Location::Token { .. } => "check that the token is present and the object was not deleted".into(),
     };
-    error(ErrorCode::KeyUnavailable, format!("the key for {} cannot be used: {why}; {hint}", entry.domain))
+    Response::refusal(ErrorCode::KeyUnavailable, &format!("the key for {} cannot be used: {why}", entry.domain), &hint)
 }
 
 fn describe_selector(s: &Selector) -> String {

@@ -100,6 +100,7 @@ pub fn store_key(secret: &[u8]) -> LessSafeKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sealtls_failure::Remedy;
 
     #[test]
     fn created_once_with_mode_0600_and_refused_when_exposed() {
@@ -110,7 +111,7 @@ mod tests {
         assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(load_or_create(&path).unwrap(), first);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        let err = load_or_create(&path).unwrap_err().to_string();
+        let err = load_or_create(&path).unwrap_err().with_fix();
         assert!(err.contains("chmod 600") && err.contains("device.key"), "{err}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(&path, b"short").unwrap();
@@ -121,7 +122,7 @@ mod tests {
     fn exposed_data_dir_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
-        let err = check_data_dir(dir.path()).unwrap_err().to_string();
+        let err = check_data_dir(dir.path()).unwrap_err().with_fix();
         assert!(err.contains("chmod 700"), "{err}");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
         check_data_dir(dir.path()).unwrap();

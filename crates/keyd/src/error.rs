@@ -2,6 +2,7 @@
 use std::path::{Path, PathBuf};
 
 use sealtls_custody_proto::ErrorCode;
+use sealtls_failure::{Problem, Remedy};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +19,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The device secret is missing, exposed or malformed.
-    #[error("device secret {path}: {problem}; {fix}")]
+    #[error("device secret {path}: {problem}")]
     DeviceSecret {
         /// The secret's file.
         path: PathBuf,
@@ -28,7 +29,7 @@ pub enum StoreError {
         fix: String,
     },
     /// The data directory can be read by group or others.
-    #[error("data directory {path}: readable by group or others (mode {mode:04o}); fix it with `chmod 700 {path}`")]
+    #[error("data directory {path}: readable by group or others (mode {mode:04o})")]
     ExposedDir {
         /// The directory.
         path: PathBuf,
@@ -38,9 +39,7 @@ pub enum StoreError {
     /// The data directory was sealed under another device secret.
     #[error(
         "data directory {dir} was sealed under a different device secret than {secret} (it was copied from another machine, \
-         or the device secret was replaced): nothing in it can be opened here, so keyd serves nothing from it; \
-         run keyd where the data directory was made (or restore that machine's device secret), \
-         or start with an empty --data-dir and install the keys again with `sealtls key put`"
+         or the device secret was replaced): nothing in it can be opened here, so keyd serves nothing from it"
     )]
     ForeignStore {
         /// The data directory.
@@ -53,7 +52,7 @@ pub enum StoreError {
     Random,
     /// Input refused: bad name, bad key, key not matching the certificate.
     #[error("{0}")]
-    Invalid(String),
+    Invalid(Problem),
     /// No key under that name.
     #[error("no key is installed for {0}")]
     NotFound(String),
@@ -62,7 +61,33 @@ pub enum StoreError {
     Token(String),
 }
 
+impl Remedy for StoreError {
+    fn fix(&self) -> Option<String> {
+        match self {
+            Self::DeviceSecret { fix, .. } => Some(fix.clone()),
+            Self::ExposedDir { path, .. } => Some(format!("fix it with `chmod 700 {}`", path.display())),
+            Self::ForeignStore { .. } => Some(
+                "run keyd where the data directory was made (or restore that machine's device secret), \
+                 or start with an empty --data-dir and install the keys again with `sealtls key put`"
+                    .into(),
+            ),
+            Self::Invalid(problem) => problem.fix(),
+            Self::Io { .. } | Self::Random | Self::NotFound(_) | Self::Token(_) => None,
+        }
+    }
+}
+
 impl StoreError {
+    /// Input refused, with no fix to offer.
+    pub fn invalid(what: impl Into<String>) -> Self {
+        Self::Invalid(Problem::bare(what))
+    }
+
+    /// Input refused, and what to give instead.
+    pub fn refused(what: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::Invalid(Problem::new(what, fix))
+    }
+
     /// An I/O error while doing `action` on `path`.
     pub fn io(path: &Path, action: &'static str, source: std::io::Error) -> Self {
         Self::Io { path: path.to_owned(), action, source }

@@ -7,6 +7,7 @@ use rustls::SignatureScheme;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 pub use sealtls_custody_proto::Family;
 use sealtls_custody_proto::{KeyId, Scheme};
+use sealtls_failure::Problem;
 use sealtls_pki::inspect::{describe_spki, CertFacts};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -35,7 +36,7 @@ impl KeyInfo {
     /// Describes a public key.
     pub fn from_spki(spki: Vec<u8>) -> Result<Self, StoreError> {
         let (_, parsed) =
-            SubjectPublicKeyInfo::from_der(&spki).map_err(|e| StoreError::Invalid(format!("public key does not parse: {e}")))?;
+            SubjectPublicKeyInfo::from_der(&spki).map_err(|e| StoreError::invalid(format!("public key does not parse: {e}")))?;
         let (description, _) = describe_spki(&parsed);
         let family = Family::from_description(&description);
         Ok(Self { id: key_id(&spki), spki, description, family })
@@ -80,8 +81,8 @@ pub struct MemoryKey {
 impl MemoryKey {
     /// Parses a private key (PKCS#8, SEC1 or PKCS#1 DER). The caller zeroizes `der`.
     pub fn new(der: &PrivateKeyDer<'_>, origin: &str) -> Result<Self, StoreError> {
-        let key = sealtls_pki::load::signing_key(der, origin).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let spki = key.public_key().ok_or_else(|| StoreError::Invalid(format!("{origin}: the public key cannot be derived")))?;
+        let key = sealtls_pki::load::signing_key(der, origin).map_err(|e| StoreError::Invalid(Problem::of(&e)))?;
+        let spki = key.public_key().ok_or_else(|| StoreError::invalid(format!("{origin}: the public key cannot be derived")))?;
         let info = KeyInfo::from_spki(spki.as_ref().to_vec())?;
         Ok(Self { key, info })
     }
@@ -123,34 +124,36 @@ fn name_covers(san: &str, domain: &str) -> bool {
 /// Checks that `chain`'s leaf certifies `key` and names `domain`; returns
 /// the leaf's notAfter (Unix seconds).
 pub fn check_chain(domain: &str, key: &KeyInfo, chain: &[CertificateDer<'_>]) -> Result<i64, StoreError> {
-    let leaf = chain
-        .first()
-        .ok_or_else(|| StoreError::Invalid("the certificate chain is empty; give the leaf first, then intermediates".into()))?;
-    let facts = CertFacts::from_der(leaf).map_err(|e| StoreError::Invalid(format!("the leaf certificate does not parse: {e}")))?;
+    let leaf =
+        chain.first().ok_or_else(|| StoreError::refused("the certificate chain is empty", "give the leaf first, then intermediates"))?;
+    let facts = CertFacts::from_der(leaf).map_err(|e| StoreError::invalid(format!("the leaf certificate does not parse: {e}")))?;
     for (i, c) in chain.iter().enumerate().skip(1) {
-        CertFacts::from_der(c).map_err(|e| StoreError::Invalid(format!("certificate {} of the chain does not parse: {e}", i + 1)))?;
+        CertFacts::from_der(c).map_err(|e| StoreError::invalid(format!("certificate {} of the chain does not parse: {e}", i + 1)))?;
     }
     if facts.spki != key.spki {
-        return Err(StoreError::Invalid(format!(
-            "the key does not match the certificate ({}, key id {}): the certificate certifies another key; give the key the certificate was issued for, or reissue the certificate for this key",
-            facts.subject, key.id
-        )));
+        return Err(StoreError::refused(
+            format!("the key does not match the certificate ({}, key id {}): the certificate certifies another key", facts.subject, key.id),
+            "give the key the certificate was issued for, or reissue the certificate for this key",
+        ));
     }
     if !facts.has_san_extension {
-        return Err(StoreError::Invalid(format!(
-            "the certificate ({}) has no subjectAltName, and modern clients match names only there, never in the CN; \
-             reissue it with {domain} in subjectAltName: `sealtls pki issue server --dir DIR --name {domain}`, \
-             or `sealtls pki sign --dir DIR CSR --out CERT` for a key made by `sealtls key gen`, \
-             or with openssl, `subjectAltName = DNS:{domain}` in the file given to -extfile",
-            facts.subject
-        )));
+        return Err(StoreError::refused(
+            format!(
+                "the certificate ({}) has no subjectAltName, and modern clients match names only there, never in the CN",
+                facts.subject
+            ),
+            format!(
+                "reissue it with {domain} in subjectAltName: `sealtls pki issue server --dir DIR --name {domain}`, \
+                 or `sealtls pki sign --dir DIR CSR --out CERT` for a key made by `sealtls key gen`, \
+                 or with openssl, `subjectAltName = DNS:{domain}` in the file given to -extfile"
+            ),
+        ));
     }
     if !facts.sans.iter().any(|san| name_covers(san, domain)) {
-        return Err(StoreError::Invalid(format!(
-            "the certificate ({}) does not name {domain}: its names are [{}]; install it under one of those names, or reissue it with {domain} in subjectAltName",
-            facts.subject,
-            facts.sans.join(", ")
-        )));
+        return Err(StoreError::refused(
+            format!("the certificate ({}) does not name {domain}: its names are [{}]", facts.subject, facts.sans.join(", ")),
+            format!("install it under one of those names, or reissue it with {domain} in subjectAltName"),
+        ));
     }
     Ok(facts.validity.1)
 }

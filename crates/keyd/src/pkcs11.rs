@@ -196,7 +196,7 @@ fn private_key_template(domain: &str, id: &[u8]) -> Vec<Attribute> {
 
 /// The token attributes of a private key: its type and secret components.
 fn import_template(key: &PrivateKeyDer<'_>) -> Result<Vec<Attribute>, StoreError> {
-    let bad = |e: der::DerError| StoreError::Invalid(format!("cannot take the private key apart for the token: {e}"));
+    let bad = |e: der::DerError| StoreError::invalid(format!("cannot take the private key apart for the token: {e}"));
     let (alg, params, inner) = match key {
         PrivateKeyDer::Pkcs8(k) => {
             let (seq, _) = der::expect(k.secret_pkcs8_der(), tag::SEQUENCE).map_err(bad)?;
@@ -212,7 +212,7 @@ fn import_template(key: &PrivateKeyDer<'_>) -> Result<Vec<Attribute>, StoreError
         }
         PrivateKeyDer::Sec1(k) => (OID_EC_PUBLIC_KEY, None, k.secret_sec1_der()),
         PrivateKeyDer::Pkcs1(k) => (OID_RSA, None, k.secret_pkcs1_der()),
-        _ => return Err(StoreError::Invalid("unsupported private key form".into())),
+        _ => return Err(StoreError::invalid("unsupported private key form")),
     };
     let (seq, _) = der::expect(inner, tag::SEQUENCE).map_err(bad)?;
     let items = der::items(seq).map_err(bad)?;
@@ -227,7 +227,7 @@ fn import_template(key: &PrivateKeyDer<'_>) -> Result<Vec<Attribute>, StoreError
             }
         };
         if curve != OID_P256 && curve != OID_P384 {
-            return Err(StoreError::Invalid("only P-256 and P-384 EC keys can go on the token".into()));
+            return Err(StoreError::invalid("only P-256 and P-384 EC keys can go on the token"));
         }
         return Ok(vec![
             Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -257,7 +257,7 @@ fn import_template(key: &PrivateKeyDer<'_>) -> Result<Vec<Attribute>, StoreError
             Attribute::Coefficient(int(8)?),
         ]);
     }
-    Err(StoreError::Invalid("only ECDSA P-256/P-384 and RSA keys can go on the token (Ed25519 stays with the sealed-file backend)".into()))
+    Err(StoreError::invalid("only ECDSA P-256/P-384 and RSA keys can go on the token (Ed25519 stays with the sealed-file backend)"))
 }
 
 /// An import template, its secret components zeroized when dropped.
@@ -396,8 +396,9 @@ impl Backend for Token {
                 (Mechanism::RsaPkcsKeyPairGen, vec![Attribute::ModulusBits(bits.into()), Attribute::PublicExponent(vec![1, 0, 1])], None)
             }
             KeyType::Ed25519 => {
-                return Err(StoreError::Invalid(
-                    "Ed25519 keys are not generated on the token; use ecdsa-p256, ecdsa-p384 or rsa2048..rsa4096".into(),
+                return Err(StoreError::refused(
+                    "Ed25519 keys are not generated on the token",
+                    "use ecdsa-p256, ecdsa-p384 or rsa2048..rsa4096",
                 ))
             }
         };

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use sealtls_custody_proto::KeyId;
+use sealtls_failure::{Problem, Remedy};
 use sealtls_pki::files::write_atomic;
 use sealtls_pki::issue::KeyType;
 use tracing::warn;
@@ -97,7 +98,7 @@ fn seal(store: &LessSafeKey, aad: &[u8], mut plain: Zeroizing<Vec<u8>>) -> Resul
     aws_lc_rs::rand::fill(&mut nonce).map_err(|_| StoreError::Random)?;
     store
         .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut *plain)
-        .map_err(|_| StoreError::Invalid("cannot encrypt the entry".into()))?;
+        .map_err(|_| StoreError::invalid("cannot encrypt the entry"))?;
     let mut out = aad.to_vec();
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&plain);
@@ -126,7 +127,7 @@ pub fn seal_entry(
         PrivateKeyDer::Pkcs8(k) => (1u8, k.secret_pkcs8_der()),
         PrivateKeyDer::Sec1(k) => (2, k.secret_sec1_der()),
         PrivateKeyDer::Pkcs1(k) => (3, k.secret_pkcs1_der()),
-        _ => return Err(StoreError::Invalid("unsupported private key form".into())),
+        _ => return Err(StoreError::invalid("unsupported private key form")),
     };
     let mut plain = Zeroizing::new(Vec::with_capacity(der.len() + 64 + chain.iter().map(|c| c.len() + 4).sum::<usize>()));
     plain.push(form);
@@ -194,7 +195,7 @@ impl SealedFiles {
                 let mut aad = CHECK_MAGIC.to_vec();
                 aad.push(VERSION);
                 let file = seal(&store, &aad, Zeroizing::new(CHECK_TEXT.to_vec()))?;
-                write_atomic(&check, &file, 0o600, false).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                write_atomic(&check, &file, 0o600, false).map_err(|e| StoreError::Invalid(Problem::of(&e)))?;
             }
             Err(e) => return Err(StoreError::io(&check, "read", e)),
         }
@@ -213,7 +214,7 @@ impl SealedFiles {
         let not_after = if chain.is_empty() { None } else { Some(check_chain(domain, &info, chain)?) };
         let file = seal_entry(&self.store, domain, &info.id, key, chain)?;
         let path = self.path_for(domain);
-        write_atomic(&path, &file, 0o600, true).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        write_atomic(&path, &file, 0o600, true).map_err(|e| StoreError::Invalid(Problem::of(&e)))?;
         Ok(Entry {
             domain: domain.into(),
             key: info,
@@ -229,7 +230,7 @@ impl SealedFiles {
             Ok((b, _)) if b.len() as u64 <= MAX_ENTRY => b,
             Ok(_) => return None,
             Err(e) => {
-                warn!(file = %path.display(), error = %e, "cannot read a key entry; skipped");
+                warn!(file = %path.display(), error = %e.with_fix(), "cannot read a key entry; skipped");
                 return None;
             }
         };
@@ -304,15 +305,15 @@ impl Backend for SealedFiles {
 
     fn put_chain(&self, entry: &Entry, chain: &[CertificateDer<'static>]) -> Result<Entry, StoreError> {
         let path = self.path_for(&entry.domain);
-        let (bytes, _) = sealtls_pki::load::read_limited(&path).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let header = read_header(&bytes).map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?;
-        let plain = open_entry(&self.store, &header).map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?;
+        let (bytes, _) = sealtls_pki::load::read_limited(&path).map_err(|e| StoreError::Invalid(Problem::of(&e)))?;
+        let header = read_header(&bytes).map_err(|e| StoreError::invalid(format!("{}: {e}", path.display())))?;
+        let plain = open_entry(&self.store, &header).map_err(|e| StoreError::invalid(format!("{}: {e}", path.display())))?;
         let key = Zeroizing::new(plain.key);
         self.write(&entry.domain, &key, chain)
     }
 
     fn generate(&self, domain: &str, key_type: KeyType) -> Result<(Entry, Vec<u8>), StoreError> {
-        let pair = key_type.generate().map_err(|e| StoreError::Invalid(format!("cannot generate a {} key: {e}", key_type.name())))?;
+        let pair = key_type.generate().map_err(|e| StoreError::invalid(format!("cannot generate a {} key: {e}", key_type.name())))?;
         let csr = csr_for(domain, &pair)?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pair.serialize_der()));
         let key = Zeroizing::new(der);

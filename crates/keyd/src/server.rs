@@ -4,18 +4,17 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
-use rustls::ServerConfig;
-use rustls_pki_types::UnixTime;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use sealtls_custody_proto::{decode_frame, BodyError, ErrorCode, Request, Response, HEADER_LEN, MAX_BODY};
-use sealtls_endpoint::net::{bind, UnixSocket};
-use sealtls_endpoint::provider;
-use sealtls_endpoint::settings::Anchors;
-use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_failure::{Failure, FailureClass};
+use sealtls_listen::{bind, UnixSocket};
 use sealtls_pki::inspect::CertFacts;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -36,6 +35,35 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Responses written in one go.
 const WRITE_BATCH: usize = 256 * 1024;
 
+/// The crypto provider of keyd's TLS listener: aws-lc-rs, made once.
+fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
+}
+
+/// CA certificates that client certificates must chain to, and where they
+/// came from (for messages).
+#[derive(Clone, Debug)]
+pub struct ClientCas {
+    /// Where the certificates came from.
+    pub origin: String,
+    /// The CA certificates.
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+impl ClientCas {
+    /// The certificates as a rustls root store, naming the one that is refused.
+    fn root_store(&self) -> Result<RootCertStore, Failure> {
+        let mut store = RootCertStore::empty();
+        for (i, cert) in self.certs.iter().enumerate() {
+            store
+                .add(cert.clone())
+                .map_err(|e| setup_failure(format!("{}: certificate #{} cannot be used as a trust anchor: {e}", self.origin, i + 1)))?;
+        }
+        Ok(store)
+    }
+}
+
 /// The TLS listener for remote edges.
 pub struct TlsListen {
     /// Where to listen.
@@ -43,7 +71,7 @@ pub struct TlsListen {
     /// keyd's own certificate chain and key (an ordinary server identity).
     pub identity: Arc<rustls::sign::CertifiedKey>,
     /// CAs whose client certificates may sign.
-    pub client_ca: Anchors,
+    pub client_ca: ClientCas,
 }
 
 /// How keyd listens.
@@ -53,7 +81,7 @@ pub struct KeydSettings {
     /// The TCP listener, if any.
     pub tls: Option<TlsListen>,
     /// CAs whose client certificates may also provision keys over TLS.
-    pub admin_ca: Option<Anchors>,
+    pub admin_ca: Option<ClientCas>,
 }
 
 struct Tls {
@@ -74,8 +102,8 @@ fn setup_failure(e: impl std::fmt::Display) -> Failure {
     Failure::new(FailureClass::Config, e.to_string(), "check the --tls-cert, --client-ca and --admin-ca files")
 }
 
-fn verifier(anchors: &Anchors) -> Result<Arc<dyn ClientCertVerifier>, Failure> {
-    let roots = anchors.root_store().map_err(setup_failure)?;
+fn verifier(cas: &ClientCas) -> Result<Arc<dyn ClientCertVerifier>, Failure> {
+    let roots = cas.root_store()?;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(setup_failure)
 }
 
@@ -206,7 +234,7 @@ where
 async fn busy<S: AsyncWrite + Unpin>(mut stream: S) {
     warn!("connection refused: {MAX_CONNECTIONS} connections are open");
     let mut out = Vec::new();
-    Response::error(ErrorCode::Busy, format!("keyd serves at most {MAX_CONNECTIONS} connections; retry later")).encode(0, &mut out);
+    Response::refusal(ErrorCode::Busy, &format!("keyd serves at most {MAX_CONNECTIONS} connections"), "retry later").encode(0, &mut out);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
 }
 
@@ -268,7 +296,7 @@ async fn answer(
             Ok(None) => break true,
             Err(e) => {
                 warn!(caller = %caller.who, error = %e, "not a custody frame; closing the connection");
-                Response::error(ErrorCode::BadRequest, format!("{e}; the connection is closed")).encode(0, out);
+                Response::refusal(ErrorCode::BadRequest, &e.to_string(), "the connection is closed").encode(0, out);
                 break false;
             }
         };

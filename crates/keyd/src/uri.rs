@@ -1,5 +1,7 @@
 //! PKCS#11 URIs (RFC 7512), as far as naming a key on a token goes:
 //! `pkcs11:token=LABEL;object=LABEL;id=%01%02;type=private`.
+use sealtls_failure::Remedy;
+
 use crate::backend::Location;
 
 /// The attributes of a PKCS#11 URI that select a key.
@@ -23,11 +25,20 @@ pub enum UriError {
     #[error("bad percent-encoding in {0}")]
     Escape(String),
     /// `type=` other than private.
-    #[error("type={0} does not name a private key; use type=private or leave it out")]
+    #[error("type={0} does not name a private key")]
     Type(String),
     /// Names nothing.
     #[error("the URI has neither object= nor id=, so it names no key")]
     NoKey,
+}
+
+impl Remedy for UriError {
+    fn fix(&self) -> Option<String> {
+        match self {
+            Self::Type(_) => Some("use type=private or leave it out".into()),
+            Self::Scheme | Self::Escape(_) | Self::NoKey => None,
+        }
+    }
 }
 
 fn unescape(value: &str) -> Result<Vec<u8>, UriError> {

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sealtls_endpoint::net::UnixSocket;
 use sealtls_endpoint::settings::{Anchors, ClientSettings, TlsVersions};
-use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_failure::{Failure, FailureClass};
+use sealtls_listen::UnixSocket;
 use sealtls_offload_proto::proto::Response;
 use sealtls_offload_proto::Code;
 use tokio::io::AsyncWriteExt;

@@ -10,7 +10,7 @@ use sealtls_endpoint::client::{handshake, tcp_connect, ClientStream};
 use sealtls_endpoint::explain::{explain, Side};
 use sealtls_endpoint::session::SessionInfo;
 use sealtls_endpoint::settings::ClientSettings;
-use sealtls_endpoint::Failure;
+use sealtls_failure::Failure;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;

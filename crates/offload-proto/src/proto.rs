@@ -205,7 +205,7 @@ pub enum Response {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
     /// The first two bytes are not "SO".
-    #[error("not an offload frame (bad magic {0:02x}{1:02x}); is this a sealtls offload socket?")]
+    #[error("not an offload frame (bad magic {0:02x}{1:02x}: is this a sealtls offload socket?)")]
     BadMagic(u8, u8),
     /// Another protocol version.
     #[error("protocol version {0} is not supported (this side speaks version 1)")]

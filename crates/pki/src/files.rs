@@ -4,11 +4,13 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use sealtls_failure::Remedy;
+
 /// Why a file could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// The target exists and the caller did not ask to replace it.
-    #[error("{path}: already exists; pass --force to replace it")]
+    #[error("{path}: already exists")]
     Exists {
         /// The file that exists.
         path: PathBuf,
@@ -22,6 +24,15 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
+}
+
+impl Remedy for WriteError {
+    fn fix(&self) -> Option<String> {
+        match self {
+            Self::Exists { .. } => Some("pass --force to replace it".into()),
+            Self::Io { .. } => None,
+        }
+    }
 }
 
 /// Writes `bytes` to `path` so that a crash at any point leaves either the old
@@ -62,15 +73,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Resu
 
 /// A secret file that group or others can reach.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "{path}: secret (private key or token) is accessible by group or others (mode {mode:04o}); \
-     fix it with `chmod 600 {path}`"
-)]
+#[error("{path}: secret (private key or token) is accessible by group or others (mode {mode:04o})")]
 pub struct ExposedSecret {
     /// The offending file.
     pub path: PathBuf,
     /// Its permission bits.
     pub mode: u32,
+}
+
+impl Remedy for ExposedSecret {
+    fn fix(&self) -> Option<String> {
+        Some(format!("fix it with `chmod 600 {}`", self.path.display()))
+    }
 }
 
 /// Refuses a secret file whose permissions let group or others read or write it.
@@ -108,6 +122,6 @@ mod tests {
         write_atomic(&p, b"x", 0o640, false).unwrap();
         let err = check_secret_mode(&p, &fs::metadata(&p).unwrap()).unwrap_err();
         assert_eq!(err.mode, 0o640);
-        assert!(err.to_string().contains("chmod 600"));
+        assert!(err.fix().is_some_and(|f| f.contains("chmod 600")), "{err}");
     }
 }

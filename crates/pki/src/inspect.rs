@@ -332,7 +332,7 @@ pub fn inspect(inputs: &[(String, zeroize::Zeroizing<Vec<u8>>)]) -> Vec<Item> {
             Ok(facts) => {
                 items.push(Item::PrivateKey { source: origin.clone(), facts, matches: None, warnings: Vec::new() });
             }
-            Err(e) if !found => items.push(Item::Error { source: origin.clone(), error: e.to_string() }),
+            Err(e) if !found => items.push(Item::Error { source: origin.clone(), error: sealtls_failure::Remedy::with_fix(&e) }),
             Err(_) => {}
         }
     }

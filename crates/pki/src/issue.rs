@@ -9,6 +9,7 @@ use rcgen::{
     SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
+use sealtls_failure::Remedy;
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
@@ -96,7 +97,7 @@ pub enum LeafKind {
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     /// The CA files could not be loaded.
-    #[error("{0}; create the CA first with `sealtls pki init --dir DIR`")]
+    #[error("{0}")]
     Ca(#[source] LoadError),
     /// Writing an output file failed.
     #[error(transparent)]
@@ -105,7 +106,7 @@ pub enum IssueError {
     #[error("cannot build certificate: {0}")]
     Build(#[from] rcgen::Error),
     /// A certificate signing request that cannot be signed.
-    #[error("{origin}: {what}; {fix}")]
+    #[error("{origin}: {what}")]
     Csr {
         /// Where the CSR came from.
         origin: String,
@@ -124,6 +125,21 @@ pub enum IssueError {
         /// What is wrong with it.
         why: &'static str,
     },
+}
+
+impl Remedy for IssueError {
+    fn fix(&self) -> Option<String> {
+        const CREATE_CA: &str = "create the CA first with `sealtls pki init --dir DIR`";
+        match self {
+            Self::Ca(e) => Some(match e.fix() {
+                Some(fix) => format!("{fix}; {CREATE_CA}"),
+                None => CREATE_CA.into(),
+            }),
+            Self::Write(e) => e.fix(),
+            Self::Csr { fix, .. } => Some(fix.clone()),
+            Self::Build(_) | Self::InvalidInput { .. } => None,
+        }
+    }
 }
 
 /// What a successful issuance wrote.
@@ -514,8 +530,9 @@ mod tests {
         ));
 
         let (_, bad_cn) = csr(&[], "not a name");
-        let e = sign_csr(d, bad_cn.as_bytes(), "x.csr", &[], 10, &d.join("x.pem"), false).unwrap_err().to_string();
-        assert!(e.contains("x.csr: the request has no subjectAltName") && e.contains("; give the server's names with --san"), "{e}");
+        let e = sign_csr(d, bad_cn.as_bytes(), "x.csr", &[], 10, &d.join("x.pem"), false).unwrap_err();
+        assert!(e.to_string().contains("x.csr: the request has no subjectAltName"), "{e}");
+        assert!(e.fix().is_some_and(|f| f.starts_with("give the server's names with --san")), "{e}");
     }
 
     #[test]

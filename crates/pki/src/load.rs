@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rustls::sign::SigningKey;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sealtls_failure::Remedy;
 use zeroize::Zeroizing;
 
 use crate::files::{check_secret_mode, ExposedSecret};
@@ -29,13 +30,13 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The input is larger than any certificate or key file should be.
-    #[error("{origin}: larger than {} MiB; this is not a certificate or key file", MAX_INPUT >> 20)]
+    #[error("{origin}: larger than {} MiB", MAX_INPUT >> 20)]
     TooLarge {
         /// Where the input came from.
         origin: String,
     },
     /// PEM armour that does not decode.
-    #[error("{origin}: damaged PEM: {detail}; re-export the file or remove the stray text")]
+    #[error("{origin}: damaged PEM: {detail}")]
     Pem {
         /// Where the input came from.
         origin: String,
@@ -77,7 +78,7 @@ pub enum LoadError {
         found_cert: bool,
     },
     /// More than one private key in one input.
-    #[error("{origin}: holds {count} private keys; give exactly one")]
+    #[error("{origin}: holds {count} private keys")]
     SeveralKeys {
         /// Where the input came from.
         origin: String,
@@ -85,16 +86,13 @@ pub enum LoadError {
         count: usize,
     },
     /// A passphrase-protected key.
-    #[error(
-        "{origin}: the private key is encrypted with a passphrase, which sealtls does not prompt for; \
-         decrypt it with `openssl pkey -in {origin} -out plain.key` and keep plain.key mode 0600"
-    )]
+    #[error("{origin}: the private key is encrypted with a passphrase, which sealtls does not prompt for")]
     EncryptedKey {
         /// Where the input came from.
         origin: String,
     },
     /// A key that parses but that no supported algorithm accepts.
-    #[error("{origin}: unsupported or damaged private key ({detail}); supported: RSA 2048+, ECDSA P-256/P-384/P-521, Ed25519")]
+    #[error("{origin}: unsupported or damaged private key ({detail})")]
     UnsupportedKey {
         /// Where the input came from.
         origin: String,
@@ -104,6 +102,24 @@ pub enum LoadError {
     /// A key file readable by group or others.
     #[error(transparent)]
     Exposed(#[from] ExposedSecret),
+}
+
+impl Remedy for LoadError {
+    fn fix(&self) -> Option<String> {
+        match self {
+            Self::TooLarge { .. } => Some("this is not a certificate or key file".into()),
+            Self::Pem { .. } => Some("re-export the file or remove the stray text".into()),
+            Self::SeveralKeys { .. } => Some("give exactly one".into()),
+            Self::EncryptedKey { origin } => {
+                Some(format!("decrypt it with `openssl pkey -in {origin} -out plain.key` and keep plain.key mode 0600"))
+            }
+            Self::UnsupportedKey { .. } => Some("supported: RSA 2048+, ECDSA P-256/P-384/P-521, Ed25519".into()),
+            Self::Exposed(e) => e.fix(),
+            Self::Io { .. } | Self::Unrecognised { .. } | Self::NoCertificate { .. } | Self::BadCertificate { .. } | Self::NoKey { .. } => {
+                None
+            }
+        }
+    }
 }
 
 /// Reads a whole file of at most [`MAX_INPUT`] bytes, with its metadata; the bytes are
@@ -268,7 +284,7 @@ mod tests {
         let text = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
         let e = load_key_pem(text.as_bytes(), "enc.key").unwrap_err();
         assert!(matches!(e, LoadError::EncryptedKey { .. }));
-        assert!(e.to_string().contains("openssl pkey"));
+        assert!(e.fix().is_some_and(|f| f.contains("openssl pkey")), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sealtls_custody_proto::{KeyId, Request, Response, Scheme, Selector};
-use sealtls_endpoint::Failure;
+use sealtls_failure::Failure;
 use sealtls_keyless::{KeydClient, KeydEndpoint};
 use sealtls_pki::issue::{issue_leaf, KeyType, LeafKind};
 use serde::Serialize;

@@ -11,7 +11,7 @@ use clap::Args;
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use sealtls_endpoint::{Failure, FailureClass};
+use sealtls_failure::{Failure, FailureClass};
 use sealtls_pki::issue::{init_ca, issue_leaf, KeyType, LeafKind};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
