@@ -142,14 +142,21 @@ fn build_c_example(out: &Path, name: &str) -> PathBuf {
     exe
 }
 
+/// Builds `examples/NAME.c`, runs it against the stack's echo server through
+/// its daemon, and checks it succeeded: the binary and its output.
+fn run_c_example(s: &Stack, name: &str) -> (std::path::PathBuf, String) {
+    let exe = build_c_example(s.dir.path(), name);
+    let o = run(Command::new(&exe).arg(s.socket()).args(["localhost", &s.port().to_string()]));
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    (exe, out)
+}
+
 #[test]
 fn reference_test_through_the_c_abi() {
     let s = Stack::start(&[]);
-    let exe = build_c_example(s.dir.path(), "offload_reference");
+    let (exe, out) = run_c_example(&s, "offload_reference");
     let port = s.port().to_string();
-    let o = run(Command::new(&exe).arg(s.socket()).args(["localhost", &port]));
-    let out = text(&o);
-    assert!(o.status.success(), "{out}");
     for line in [
         "ok   connect with an empty host         OS_ERROR_INVALID_PARAMETER",
         "ok   connect with port 0                OS_ERROR_INVALID_PARAMETER",
@@ -185,11 +192,7 @@ fn reference_test_through_the_c_abi() {
 #[test]
 fn tlsserver_usage_example_through_the_c_abi() {
     let s = Stack::start(&[]);
-    let exe = build_c_example(s.dir.path(), "offload_tlsserver_run");
-    let port = s.port().to_string();
-    let o = run(Command::new(&exe).arg(s.socket()).args(["localhost", &port]));
-    let out = text(&o);
-    assert!(o.status.success(), "{out}");
+    let (_, out) = run_c_example(&s, "offload_tlsserver_run");
     for line in [
         "ok   connect\n",
         "ok   handshake\n",
