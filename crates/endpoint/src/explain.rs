@@ -273,4 +273,32 @@ mod tests {
         assert_eq!(f.class, FailureClass::Rejected);
         assert!(f.what.contains("requires a client certificate"));
     }
+
+    fn server_reads(err: io::Error) -> Failure {
+        explain(&err, &Observation::default(), Side::Server, "127.0.0.1:9")
+    }
+
+    fn tls(e: TlsError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn protocol_errors_are_named_in_tls_terms() {
+        let f = server_reads(tls(TlsError::InvalidMessage(InvalidMessage::InvalidKeyUpdate)));
+        assert!(f.what.contains("malformed TLS message") && f.what.contains("decode_error"), "{f}");
+        assert!(!f.what.contains("does not speak TLS") && !f.fix.contains("plain-text"), "{f}");
+        let f = server_reads(tls(TlsError::InvalidMessage(InvalidMessage::InvalidContentType)));
+        assert!(f.what.contains("does not speak TLS here"), "{f}");
+        let f = server_reads(tls(TlsError::DecryptError));
+        assert!(f.what.contains("Finished") && !f.what.contains("corrupted in transit"), "{f}");
+        let f = server_reads(tls(TlsError::General("incompatible signing key".into())));
+        assert!(f.what.contains("no signature scheme this key can make"), "{f}");
+    }
+
+    #[test]
+    fn an_oversized_hello_is_not_a_network_error() {
+        let f = server_reads(io::Error::other("message buffer full"));
+        assert_eq!(f.class, FailureClass::Protocol);
+        assert!(f.what.contains("64 KiB") && !f.fix.contains("check the address"), "{f}");
+    }
 }
