@@ -8,6 +8,7 @@ use clap::Args;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
+use sealtls_endpoint::forward::{Forward, Target};
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Mode, Server, ServerOptions, DEFAULT_IDLE_TIMEOUT};
 use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, ServerTls};
@@ -62,6 +63,21 @@ pub struct ServeArgs {
     /// echo (bytes go back), handshake (close after the handshake) or sink (discard).
     #[arg(long, default_value = "echo")]
     mode: Mode,
+    /// Forward each session to HOST:PORT or unix:PATH (a TLS termination proxy) instead of --mode.
+    #[arg(long, conflicts_with = "mode")]
+    target: Option<Target>,
+    /// Allow a --target that is not on this machine (forwarded bytes cross the network in the clear).
+    #[arg(long, requires = "target")]
+    unsafe_target: bool,
+    /// Seconds connecting to the --target may take.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout: u64,
+    /// Seconds a session may last however busy it is (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    max_conn_lifetime: u64,
+    /// Sessions served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
     /// Seconds a handshake may take before the connection is closed.
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
@@ -165,19 +181,32 @@ pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
     let tls = server_tls(&args.files, args.client_auth, args.tls, args.keyless.keyless()?)?;
+    let forward = match args.target {
+        Some(target) => {
+            target.check_local(args.unsafe_target).await?;
+            Some(Arc::new(Forward { target, connect_timeout: Duration::from_secs(args.connect_timeout) }))
+        }
+        None => None,
+    };
     let mut addr = args.listen;
     if let Some(port) = args.port {
         addr.set_port(port);
     }
     let listener = bind(addr).await?;
     let local = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, e.to_string(), "retry"))?;
-    info!(listen = %local, mode = ?args.mode, tls = %args.tls, "serving");
     let options = ServerOptions {
         mode: args.mode,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
+        max_connections: args.max_connections.max(1),
+        max_lifetime: (args.max_conn_lifetime > 0).then(|| Duration::from_secs(args.max_conn_lifetime)),
+        forward: forward.clone(),
         ..Default::default()
     };
+    match &forward {
+        Some(f) => info!(listen = %local, target = %f.target, tls = %args.tls, "forwarding"),
+        None => info!(listen = %local, mode = ?args.mode, tls = %args.tls, "serving"),
+    }
     let server = Server::new(tls, options);
     server.run(listener, shutdown).await;
     info!("stopped");

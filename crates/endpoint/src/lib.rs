@@ -4,6 +4,7 @@
 pub mod client;
 pub mod crypto;
 pub mod explain;
+pub mod forward;
 pub mod gate;
 pub mod legacy;
 pub mod net;

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use rustls::AlertDescription;
 
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
+use crate::forward::{relay, Forward};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
 use crate::net::{buffered, Buffered};
 use crate::session::SessionInfo;
@@ -85,6 +86,10 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// On shutdown, open sessions get this long to finish.
     pub grace: Duration,
+    /// Sessions are joined to a target instead of `mode`.
+    pub forward: Option<Arc<Forward>>,
+    /// A session is closed after this long, however busy (`None`: no limit).
+    pub max_lifetime: Option<Duration>,
 }
 
 impl Default for ServerOptions {
@@ -95,6 +100,8 @@ impl Default for ServerOptions {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: 10_000,
             grace: Duration::from_secs(2),
+            forward: None,
+            max_lifetime: None,
         }
     }
 }
@@ -227,15 +234,26 @@ impl Server {
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         let activity = stream.get_ref().0.activity();
         let work = async {
-            match self.options.mode {
-                Mode::Echo => echo(&mut stream, &mut counts).await,
-                Mode::Sink => sink(&mut stream, &mut counts).await,
-                Mode::Handshake => stream.shutdown().await,
+            match (&self.options.forward, self.options.mode) {
+                (Some(forward), _) => forward_session(forward, &mut stream, peer, &mut counts).await,
+                (None, Mode::Echo) => echo(&mut stream, &mut counts).await,
+                (None, Mode::Sink) => sink(&mut stream, &mut counts).await,
+                (None, Mode::Handshake) => stream.shutdown().await,
+            }
+        };
+        let lifetime = async {
+            match self.options.max_lifetime {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
         };
         let result = tokio::select! {
             r = work => Some(r),
             _ = activity.idle_for(self.options.idle_timeout) => None,
+            _ = lifetime => {
+                warn!(%peer, limit_s = self.options.max_lifetime.unwrap_or_default().as_secs(), "session closed: it reached the maximum connection lifetime");
+                Some(Ok(()))
+            }
         };
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
@@ -258,6 +276,9 @@ impl Server {
         }
     }
 }
+
+/// A server's side of a TLS session.
+type ServerStream = tokio_rustls::server::TlsStream<Buffered>;
 
 /// How a handshake ended.
 // Built and moved once per connection; boxing the stream would only add an allocation.
@@ -342,6 +363,23 @@ async fn drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut C
             counts.sent(n);
         }
     }
+}
+
+/// Joins the session to a new connection to the target and relays until
+/// both sides have finished. A target that cannot be reached closes the
+/// client's session with one log line.
+async fn forward_session(forward: &Forward, stream: &mut ServerStream, peer: SocketAddr, counts: &mut Counts<'_>) -> std::io::Result<()> {
+    let target = match forward.target.connect(forward.connect_timeout).await {
+        Ok(target) => target,
+        Err(e) => {
+            warn!(%peer, target = %forward.target, error = %e, "target unreachable: closing the client's session");
+            return stream.shutdown().await;
+        }
+    };
+    let (moved, result) = relay(&mut *stream, target).await;
+    counts.received(moved.to_target as usize);
+    counts.sent(moved.to_client as usize);
+    result
 }
 
 /// Echo; on the peer's close, pending data is flushed and close_notify sent.

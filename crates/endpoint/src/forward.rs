@@ -1,0 +1,243 @@
+//! Forwarding: each TLS session is joined to a new plain connection to a
+//! target (TCP or a Unix socket), bytes flow both ways until both sides have
+//! finished, and each side's end is passed on: the client's close_notify
+//! becomes a shutdown of the target's write side, the target's FIN becomes
+//! close_notify. Reads wait for writes, so a side that stops reading stops
+//! the other side's reads (backpressure), and memory stays bounded.
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use sealtls_failure::{Failure, FailureClass};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where forwarded sessions go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `HOST:PORT`.
+    Tcp(String),
+    /// `unix:PATH`.
+    Unix(PathBuf),
+}
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path, e.g. unix:/run/app.sock".into());
+            }
+            return Ok(Self::Unix(path.into()));
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(Self::Tcp(s.to_owned())),
+            _ => Err(format!("`{s}` is neither HOST:PORT nor unix:PATH")),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => f.write_str(addr),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Target {
+    /// Refuses a target off this machine unless `unsafe_target` is given:
+    /// forwarded bytes travel in the clear (as ghostunnel's --unsafe-target).
+    pub async fn check_local(&self, unsafe_target: bool) -> Result<(), Failure> {
+        let Self::Tcp(addr) = self else { return Ok(()) };
+        if unsafe_target {
+            return Ok(());
+        }
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr.as_str())
+            .await
+            .map_err(|e| {
+                Failure::new(FailureClass::Config, format!("--target {addr}: cannot resolve: {e}"), "check the name, or use an address")
+            })?
+            .collect();
+        match resolved.iter().find(|a| !is_loopback(a.ip())) {
+            None if !resolved.is_empty() => Ok(()),
+            found => Err(Failure::new(
+                FailureClass::Usage,
+                format!(
+                    "--target {addr} is not on this machine{}: the forwarded bytes would cross the network in the clear",
+                    found.map(|a| format!(" ({})", a.ip())).unwrap_or_default()
+                ),
+                "forward to a loopback address or unix:PATH, or pass --unsafe-target if the network between is trusted",
+            )),
+        }
+    }
+
+    /// Opens a connection to the target within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> std::io::Result<TargetStream> {
+        let connect = async {
+            Ok(match self {
+                Self::Tcp(addr) => {
+                    let tcp = TcpStream::connect(addr.as_str()).await?;
+                    let _ = tcp.set_nodelay(true);
+                    TargetStream::Tcp(tcp)
+                }
+                Self::Unix(path) => TargetStream::Unix(UnixStream::connect(path).await?),
+            })
+        };
+        tokio::time::timeout(timeout, connect).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// A connection to a target.
+#[derive(Debug)]
+pub enum TargetStream {
+    /// Over TCP.
+    Tcp(TcpStream),
+    /// Over a Unix socket.
+    Unix(UnixStream),
+}
+
+impl AsyncRead for TargetStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TargetStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What a forwarding server does with each session.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// Where sessions go.
+    pub target: Target,
+    /// How long connecting to the target may take.
+    pub connect_timeout: Duration,
+}
+
+/// Bytes moved by a relay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// From the client (TLS side) to the target.
+    pub to_target: u64,
+    /// From the target to the client.
+    pub to_client: u64,
+}
+
+/// The most one direction reads at once.
+const CHUNK: usize = 64 * 1024;
+
+/// Copies `from` to `to` until `from` ends, then shuts `to`'s write side;
+/// each read waits for the previous write. `moved` counts as it goes.
+async fn pipe<R, W>(from: &mut R, to: &mut W, moved: &mut u64) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        *moved += n as u64;
+    }
+}
+
+/// Relays between a TLS session and a target until both directions have
+/// ended, keeping each half-close. The first error ends both directions.
+pub async fn relay<C, T>(client: C, target: T) -> (Relayed, std::io::Result<()>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut target_rd, mut target_wr) = tokio::io::split(target);
+    let mut moved = Relayed::default();
+    let up = pipe(&mut client_rd, &mut target_wr, &mut moved.to_target);
+    let down = pipe(&mut target_rd, &mut client_wr, &mut moved.to_client);
+    let result = tokio::try_join!(up, down).map(|_| ());
+    (moved, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!("127.0.0.1:8080".parse::<Target>(), Ok(Target::Tcp("127.0.0.1:8080".into())));
+        assert_eq!("[::1]:80".parse::<Target>(), Ok(Target::Tcp("[::1]:80".into())));
+        assert_eq!("unix:/run/app.sock".parse::<Target>(), Ok(Target::Unix("/run/app.sock".into())));
+        for bad in ["unix:", "localhost", ":80", "host:0", "host:http", ""] {
+            assert!(bad.parse::<Target>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_loopback_and_unix_targets_unless_unsafe() {
+        for ok in ["127.0.0.1:1", "[::1]:1", "localhost:1", "unix:/x"] {
+            ok.parse::<Target>().unwrap().check_local(false).await.unwrap_or_else(|f| panic!("{ok}: {f}"));
+        }
+        let far: Target = "192.0.2.1:443".parse().unwrap();
+        let f = far.check_local(false).await.unwrap_err();
+        assert!(f.what.contains("not on this machine") && f.fix.contains("--unsafe-target"), "{f}");
+        far.check_local(true).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn both_half_closes_are_passed_on() {
+        let (client, mut client_peer) = tokio::io::duplex(1024);
+        let (target, mut target_peer) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(relay(client, target));
+        client_peer.write_all(b"request").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        target_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request", "the client's end reaches the target as EOF");
+        // The target still answers after the client's half-close.
+        target_peer.write_all(b"response").await.unwrap();
+        target_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"response");
+        let (moved, result) = relay.await.unwrap();
+        result.unwrap();
+        assert_eq!(moved, Relayed { to_target: 7, to_client: 8 });
+    }
+}
