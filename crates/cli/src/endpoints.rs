@@ -10,6 +10,7 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::forward::{Forward, Target};
 use sealtls_endpoint::net::bind;
+use sealtls_endpoint::proxy_protocol::ProxyProtocol;
 use sealtls_endpoint::server::{Mode, Server, ServerOptions, DEFAULT_IDLE_TIMEOUT};
 use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, ServerTls};
 use sealtls_endpoint::transfer::{send_file, Expect};
@@ -69,6 +70,13 @@ pub struct ServeArgs {
     /// Allow a --target that is not on this machine (forwarded bytes cross the network in the clear).
     #[arg(long, requires = "target")]
     unsafe_target: bool,
+    /// Send the --target a PROXY protocol header first: v2 (binary, with the SNI, ALPN, TLS version,
+    /// cipher and client certificate CN as TLVs); v1 is not offered.
+    #[arg(long, requires = "target", value_name = "v2")]
+    proxy_protocol: Option<ProxyProtocol>,
+    /// Application protocols offered to clients (ALPN), most preferred first, e.g. h2,http/1.1.
+    #[arg(long, value_delimiter = ',', value_name = "PROTOCOLS")]
+    alpn: Vec<String>,
     /// Seconds connecting to the --target may take.
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
@@ -181,10 +189,22 @@ pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
     let tls = server_tls(&args.files, args.client_auth, args.tls, args.keyless.keyless()?)?;
+    if let Some(bad) = args.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+        return Err(Failure::new(
+            FailureClass::Usage,
+            format!("--alpn: `{bad}` is not a protocol name (1 to 255 bytes)"),
+            "give names separated by commas, e.g. --alpn h2,http/1.1",
+        ));
+    }
+    let tls = if args.alpn.is_empty() { tls } else { tls.with_alpn(args.alpn.iter().map(|p| p.clone().into_bytes()).collect()) };
     let forward = match args.target {
         Some(target) => {
             target.check_local(args.unsafe_target).await?;
-            Some(Arc::new(Forward { target, connect_timeout: Duration::from_secs(args.connect_timeout) }))
+            Some(Arc::new(Forward {
+                target,
+                connect_timeout: Duration::from_secs(args.connect_timeout),
+                proxy_protocol: args.proxy_protocol,
+            }))
         }
         None => None,
     };
@@ -204,7 +224,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         ..Default::default()
     };
     match &forward {
-        Some(f) => info!(listen = %local, target = %f.target, tls = %args.tls, "forwarding"),
+        Some(f) => {
+            let proxy_protocol = f.proxy_protocol.map_or("none".into(), |p| p.to_string());
+            info!(listen = %local, target = %f.target, tls = %args.tls, %proxy_protocol, "forwarding")
+        }
         None => info!(listen = %local, mode = ?args.mode, tls = %args.tls, "serving"),
     }
     let server = Server::new(tls, options);

@@ -146,6 +146,8 @@ pub struct Forward {
     pub target: Target,
     /// How long connecting to the target may take.
     pub connect_timeout: Duration,
+    /// A PROXY protocol header sent to the target before any client byte.
+    pub proxy_protocol: Option<crate::proxy_protocol::ProxyProtocol>,
 }
 
 /// Bytes moved by a relay.

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod gate;
 pub mod legacy;
 pub mod net;
+pub mod proxy_protocol;
 pub mod server;
 pub mod session;
 pub mod settings;

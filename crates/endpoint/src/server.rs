@@ -20,6 +20,7 @@ use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side}
 use crate::forward::{relay, Forward};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
 use crate::net::{buffered, Buffered};
+use crate::proxy_protocol::{self, ProxyProtocol, TlsFacts};
 use crate::session::SessionInfo;
 use crate::settings::ServerTls;
 use crate::verify::Observation;
@@ -197,6 +198,7 @@ impl Server {
 
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr, closing: watch::Receiver<bool>) {
         let started = Instant::now();
+        let local = tcp.local_addr().ok();
         let seen = Arc::new(Observation::default());
         let mut stream = match tokio::time::timeout(self.options.handshake_timeout, self.open(tcp, &seen)).await {
             Ok(Opened::Stream(stream)) => stream,
@@ -229,13 +231,14 @@ impl Server {
         };
         self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         let info = SessionInfo::of(stream.get_ref().1);
-        info!(%peer, version = %info.version, suite = %info.suite, group = %info.group, client = %info.peer_subject(), "session started");
+        let alpn = stream.get_ref().1.alpn_protocol().map_or("none".into(), String::from_utf8_lossy);
+        info!(%peer, version = %info.version, suite = %info.suite, group = %info.group, %alpn, client = %info.peer_subject(), "session started");
         let mut counts = Counts { stats: &self.stats, closing, bytes_in: 0, bytes_out: 0 };
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         let activity = stream.get_ref().0.activity();
         let work = async {
             match (&self.options.forward, self.options.mode) {
-                (Some(forward), _) => forward_session(forward, &mut stream, peer, &mut counts).await,
+                (Some(forward), _) => forward_session(forward, &mut stream, peer, local, &mut counts).await,
                 (None, Mode::Echo) => echo(&mut stream, &mut counts).await,
                 (None, Mode::Sink) => sink(&mut stream, &mut counts).await,
                 (None, Mode::Handshake) => stream.shutdown().await,
@@ -366,16 +369,37 @@ async fn drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut C
 }
 
 /// Joins the session to a new connection to the target and relays until
-/// both sides have finished. A target that cannot be reached closes the
-/// client's session with one log line.
-async fn forward_session(forward: &Forward, stream: &mut ServerStream, peer: SocketAddr, counts: &mut Counts<'_>) -> std::io::Result<()> {
-    let target = match forward.target.connect(forward.connect_timeout).await {
+/// both sides have finished; with a PROXY protocol, its header goes to the
+/// target first. A target that cannot be reached closes the client's
+/// session with one log line.
+async fn forward_session(
+    forward: &Forward,
+    stream: &mut ServerStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    counts: &mut Counts<'_>,
+) -> std::io::Result<()> {
+    let mut target = match forward.target.connect(forward.connect_timeout).await {
         Ok(target) => target,
         Err(e) => {
             warn!(%peer, target = %forward.target, error = %e, "target unreachable: closing the client's session");
             return stream.shutdown().await;
         }
     };
+    if let Some(ProxyProtocol::V2) = forward.proxy_protocol {
+        let facts = TlsFacts::of(stream.get_ref().1);
+        let sent = match local {
+            Some(local) => match proxy_protocol::header(peer, local, &facts) {
+                Ok(header) => target.write_all(&header).await,
+                Err(e) => Err(e),
+            },
+            None => Err(std::io::Error::other("the listener's address is unknown")),
+        };
+        if let Err(e) = sent {
+            warn!(%peer, target = %forward.target, error = %e, "PROXY header not sent: closing the client's session");
+            return stream.shutdown().await;
+        }
+    }
     let (moved, result) = relay(&mut *stream, target).await;
     counts.received(moved.to_target as usize);
     counts.sent(moved.to_client as usize);

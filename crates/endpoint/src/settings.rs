@@ -269,6 +269,13 @@ impl ServerTls {
         self
     }
 
+    /// Offers these application protocols (ALPN), most preferred first, on
+    /// every connection; a client that offers others is refused.
+    pub fn with_alpn(mut self, protocols: Vec<Vec<u8>>) -> Self {
+        Arc::make_mut(&mut self.base).alpn_protocols = protocols;
+        self
+    }
+
     /// The ClientHello check, if any.
     pub fn gate(&self) -> Option<&Arc<dyn crate::gate::HelloGate>> {
         self.gate.as_ref()
@@ -322,6 +329,7 @@ impl ServerTls {
         config.session_storage = self.base.session_storage.clone();
         config.ticketer = self.base.ticketer.clone();
         config.ignore_client_order = self.base.ignore_client_order;
+        config.alpn_protocols = self.base.alpn_protocols.clone();
         Arc::new(config)
     }
 }
