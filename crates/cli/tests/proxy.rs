@@ -70,21 +70,34 @@ struct HttpBackend {
 }
 
 impl HttpBackend {
+    /// Retries on another port if the one picked was taken meanwhile.
     fn start(root: &Path) -> HttpBackend {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory", root.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 starts");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "python3 -m http.server did not start on {port}");
-            std::thread::sleep(Duration::from_millis(50));
+        let mut errors = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = Command::new("python3")
+                .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory", root.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("python3 starts");
+            let stderr = common::collect(child.stderr.take().unwrap());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return HttpBackend { child, port };
+                }
+                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    errors.push_str(&format!("port {port}: {}\n", stderr.lock().unwrap()));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        HttpBackend { child, port }
+        panic!("python3 -m http.server did not start: {errors}");
     }
 
     fn target(&self) -> String {
