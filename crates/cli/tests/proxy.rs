@@ -527,3 +527,32 @@ fn a_busy_session_is_closed_at_the_maximum_lifetime() {
     let log = server.wait_log("maximum connection lifetime");
     assert!(log.contains("maximum connection lifetime") && log.contains("limit_s=1"), "{log}");
 }
+
+#[test]
+fn connections_beyond_max_connections_wait_in_the_backlog() {
+    const WAITING: usize = 300;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let server = proxy(&d, &tcp_echo(), &["--max-connections", "1"]);
+    // The only slot is taken: the server accepts no more until it is free.
+    let mut first = Tls::connect(&server.addr, &d);
+    first.s.write_all(b"first").unwrap();
+    let mut got = [0u8; 5];
+    first.s.read_exact(&mut got).unwrap();
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    // A burst waits in the listen backlog: no connection is dropped and retried a second later.
+    let started = Instant::now();
+    let waiting: Vec<TcpStream> = (0..WAITING)
+        .map(|i| TcpStream::connect_timeout(&addr, Duration::from_millis(900)).unwrap_or_else(|e| panic!("connection {i} not queued: {e}")))
+        .collect();
+    eprintln!("{WAITING} connections queued behind --max-connections 1 in {:?}", started.elapsed());
+    // The session being served is unaffected; once it and the waiting ones end, a new client is served.
+    first.s.write_all(b"still").unwrap();
+    first.s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still");
+    assert_eq!(first.close_and_read_to_end().unwrap(), b"");
+    drop(waiting);
+    let mut next = Tls::connect(&server.addr, &d);
+    next.s.write_all(b"next").unwrap();
+    assert_eq!(next.close_and_read_to_end().unwrap(), b"next");
+}
