@@ -5,11 +5,23 @@
 use std::net::SocketAddr;
 
 use sealtls_failure::{Failure, FailureClass};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
-/// Binds a listener, explaining the usual failures.
+/// Connections the kernel completes and holds for a server that is not
+/// accepting yet (at its connection limit, or during a burst); beyond it a
+/// client's SYN is dropped and retried a second later. The system's
+/// net.core.somaxconn caps it. (tokio's `TcpListener::bind` uses 128.)
+pub const BACKLOG: u32 = 1024;
+
+/// Binds a listener with [`BACKLOG`], explaining the usual failures.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Failure> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    let listen = || {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|e: std::io::Error| {
         let fix = match e.kind() {
             std::io::ErrorKind::AddrInUse => format!("another program listens on {addr}: stop it or choose another port"),
             std::io::ErrorKind::PermissionDenied => "ports below 1024 need privileges: choose a port above 1023".to_owned(),
