@@ -20,6 +20,7 @@ use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
+use crate::acl::AllowFlags;
 use crate::config::Config;
 use crate::identity::{anchors, identity_from_files};
 use crate::keyd::KeydFlags;
@@ -54,6 +55,8 @@ pub struct ServeArgs {
     files: ServerFiles,
     #[command(flatten)]
     keyless: KeylessFlags,
+    #[command(flatten)]
+    allow: AllowFlags,
     /// Client certificates: none, optional or required (default: required with --ca).
     #[arg(long)]
     client_auth: Option<ClientAuthMode>,
@@ -181,6 +184,14 @@ pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
     let tls = server_tls(&args.files, args.client_auth, args.tls, args.keyless.keyless()?)?;
+    let rules = args.allow.rules();
+    let tls = tls.with_client_rules(rules.clone()).map_err(|e| Failure::from_error(FailureClass::Usage, &e, "give --ca FILE"))?;
+    if tls.client_auth() == ClientAuthMode::Required {
+        match rules.is_empty() || rules.allows_all() {
+            true => info!("client certificates: any certificate the --ca CAs issued is let in (no --allow-cn/-dns/-uri/-spki-sha256 rule)"),
+            false => info!(allow = %rules, "client certificates: only those matching an --allow rule are let in"),
+        }
+    }
     let forward = match args.target {
         Some(target) => {
             target.check_local(args.unsafe_target).await?;

@@ -1,4 +1,5 @@
 //! `sealtls`: one binary, one subcommand per job.
+mod acl;
 mod bench;
 mod config;
 mod endpoints;
