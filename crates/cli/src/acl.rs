@@ -46,3 +46,26 @@ impl AllowFlags {
         )
     }
 }
+/// Which servers a client accepts beyond a verified chain; several rules OR together.
+#[derive(Args, Clone, Default)]
+pub struct VerifyFlags {
+    /// Accept only a server whose certificate has this common name (repeatable).
+    #[arg(long, value_name = "NAME", value_parser = cn)]
+    verify_cn: Vec<Rule>,
+    /// Accept only a server whose certificate has this DNS subjectAltName (repeatable).
+    #[arg(long, value_name = "NAME", value_parser = dns)]
+    verify_dns: Vec<Rule>,
+    /// Accept only a server with a URI subjectAltName matching this; `*` is one path segment, `**` any number (repeatable).
+    #[arg(long, value_name = "URI", value_parser = uri)]
+    verify_uri: Vec<Rule>,
+    /// Accept only a server whose public key has this SHA-256, in hex (repeatable).
+    #[arg(long, value_name = "HEX", value_parser = spki)]
+    verify_spki_sha256: Vec<Rule>,
+}
+
+impl VerifyFlags {
+    /// The rules; empty when no flag was given.
+    pub fn rules(&self) -> Rules {
+        Rules::new([&self.verify_cn, &self.verify_dns, &self.verify_uri, &self.verify_spki_sha256].into_iter().flatten().cloned().collect())
+    }
+}

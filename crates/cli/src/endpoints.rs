@@ -170,11 +170,15 @@ pub struct KeylessFlags {
 impl KeylessFlags {
     /// The keyless resolver, if --keyd was given.
     pub fn keyless(&self) -> Result<Option<Keyless>, Failure> {
+        Ok(self.client()?.map(|client| Keyless::new(client, KEYLESS_REFRESH)))
+    }
+
+    /// The keyd client, if --keyd was given.
+    pub fn client(&self) -> Result<Option<Arc<KeydClient>>, Failure> {
         let Some(spec) = &self.keyd else { return Ok(None) };
         let flags = KeydFlags { keyd: spec.clone(), keyd_ca: self.keyd_ca.clone() };
         let endpoint = flags.endpoint(self.keyd_cert.as_deref().zip(self.keyd_key.as_deref()), "--keyd-cert FILE --keyd-key FILE")?;
-        let client = KeydClient::new(endpoint, self.keyd_pool, Duration::from_secs(5));
-        Ok(Some(Keyless::new(client, KEYLESS_REFRESH)))
+        Ok(Some(KeydClient::new(endpoint, self.keyd_pool, Duration::from_secs(5))))
     }
 }
 

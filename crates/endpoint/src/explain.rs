@@ -82,11 +82,11 @@ fn explain_tls(err: &TlsError, seen: &Observation, side: Side, peer: &str) -> Fa
             let mismatch = seen.mismatch().expect("checked");
             let (what, fix) = match side {
                 Side::Server => (
-                    format!("client {peer} refused (alert access_denied): {mismatch}"),
+                    format!("refused client {peer} (alert access_denied): {mismatch}"),
                     "allow it with --allow-cn, --allow-dns, --allow-uri or --allow-spki-sha256 if it should get in",
                 ),
                 Side::Client => (
-                    format!("server {peer} refused (alert access_denied): {mismatch}"),
+                    format!("refused server {peer} (alert access_denied): {mismatch}"),
                     "check that this is the server meant; if it is, widen --verify-cn, --verify-dns, --verify-uri or --verify-spki-sha256",
                 ),
             };
