@@ -225,3 +225,50 @@ fn listening_off_loopback_needs_unsafe_listen() {
     let o = run(common::sealtls().args(["tunnel", "--listen", "localhost:80", "--target", "127.0.0.1:1", "--ca", &p(&d, "ca.pem")]));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+#[test]
+fn the_client_key_can_stay_in_keyd() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dev_pki(&dir.path().join("pki"));
+    let kd = Server::spawn(&[
+        "keyd",
+        "--data-dir",
+        dir.path().join("keyd").to_str().unwrap(),
+        "--device-key",
+        dir.path().join("device.key").to_str().unwrap(),
+    ]);
+    let keyd = format!("unix:{}", kd.addr);
+    let o = run(common::sealtls().args(["key", "put", "alice", &p(&d, "alice.key"), "--cert", &p(&d, "alice.pem"), "--keyd", &keyd]));
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::remove_file(d.join("alice.key")).unwrap();
+
+    let server = serve_target(&d, tcp_echo());
+    let t = Server::spawn(&[
+        "tunnel",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        &server.addr,
+        "--ca",
+        &p(&d, "ca.pem"),
+        "--server-name",
+        "localhost",
+        "--keyd",
+        &keyd,
+        "--keyd-name",
+        "alice",
+    ]);
+    let (sent, received, n) = transfer(TcpStream::connect(&t.addr).unwrap(), 1 << 20);
+    assert_eq!((n, sent), (1 << 20, received), "tunnel: {}\nserver: {}", t.log(), server.log());
+    assert!(server.log().contains("client=CN=alice"), "{}", server.log());
+
+    // A name keyd does not hold stops the tunnel at start, with the remedy.
+    let o = run(common::sealtls().args(["tunnel", "--listen", "127.0.0.1:0", "--target", &server.addr, "--ca", &p(&d, "ca.pem")]).args([
+        "--keyd",
+        &keyd,
+        "--keyd-name",
+        "mallory",
+    ]));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("sealtls key put mallory"), "{}", text(&o));
+}
