@@ -127,6 +127,8 @@ pub struct TunnelArgs {
 struct Remote {
     target: String,
     name: ServerName<'static>,
+    /// `name` for messages.
+    name_text: String,
     settings: ClientSettings,
     rules: Option<Arc<Rules>>,
     alpn: Vec<Vec<u8>>,
@@ -197,6 +199,7 @@ impl TunnelArgs {
         Ok(Remote {
             target: self.target.clone(),
             name,
+            name_text,
             settings,
             rules,
             alpn: self.alpn.iter().filter(|p| !p.is_empty()).map(|p| p.as_bytes().to_vec()).collect(),
@@ -220,7 +223,7 @@ pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
         Listener::Unix(_) => args.listen.to_string(),
     };
     let verify = remote.rules.as_ref().map_or("chain and name".to_owned(), |r| format!("chain, name and {r}"));
-    info!(listen = %local, target = %remote.target, server_name = ?remote.name, %verify, "tunnel");
+    info!(listen = %local, target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
     let slots = Arc::new(Semaphore::new(args.max_connections.max(1)));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
