@@ -21,6 +21,7 @@ use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
+use crate::acl::AllowFlags;
 use crate::config::Config;
 use crate::identity::{anchors, identity_from_files};
 use crate::keyd::KeydFlags;
@@ -55,6 +56,8 @@ pub struct ServeArgs {
     files: ServerFiles,
     #[command(flatten)]
     keyless: KeylessFlags,
+    #[command(flatten)]
+    allow: AllowFlags,
     /// Client certificates: none, optional or required (default: required with --ca).
     #[arg(long)]
     client_auth: Option<ClientAuthMode>,
@@ -175,11 +178,15 @@ pub struct KeylessFlags {
 impl KeylessFlags {
     /// The keyless resolver, if --keyd was given.
     pub fn keyless(&self) -> Result<Option<Keyless>, Failure> {
+        Ok(self.client()?.map(|client| Keyless::new(client, KEYLESS_REFRESH)))
+    }
+
+    /// The keyd client, if --keyd was given.
+    pub fn client(&self) -> Result<Option<Arc<KeydClient>>, Failure> {
         let Some(spec) = &self.keyd else { return Ok(None) };
         let flags = KeydFlags { keyd: spec.clone(), keyd_ca: self.keyd_ca.clone() };
         let endpoint = flags.endpoint(self.keyd_cert.as_deref().zip(self.keyd_key.as_deref()), "--keyd-cert FILE --keyd-key FILE")?;
-        let client = KeydClient::new(endpoint, self.keyd_pool, Duration::from_secs(5));
-        Ok(Some(Keyless::new(client, KEYLESS_REFRESH)))
+        Ok(Some(KeydClient::new(endpoint, self.keyd_pool, Duration::from_secs(5))))
     }
 }
 
@@ -197,6 +204,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         ));
     }
     let tls = if args.alpn.is_empty() { tls } else { tls.with_alpn(args.alpn.iter().map(|p| p.clone().into_bytes()).collect()) };
+    let rules = args.allow.rules();
+    let tls = tls.with_client_rules(rules.clone()).map_err(|e| Failure::from_error(FailureClass::Usage, &e, "give --ca FILE"))?;
+    if tls.client_auth() == ClientAuthMode::Required {
+        match rules.is_empty() || rules.allows_all() {
+            true => info!("client certificates: any certificate the --ca CAs issued is let in (no --allow-cn/-dns/-uri/-spki-sha256 rule)"),
+            false => info!(allow = %rules, "client certificates: only those matching an --allow rule are let in"),
+        }
+    }
     let forward = match args.target {
         Some(target) => {
             target.check_local(args.unsafe_target).await?;

@@ -1,4 +1,5 @@
 //! `sealtls`: one binary, one subcommand per job.
+mod acl;
 mod bench;
 mod config;
 mod endpoints;
@@ -8,6 +9,7 @@ mod offload;
 mod pki;
 mod services;
 mod signals;
+mod tunnel;
 mod up;
 
 use std::process::ExitCode;
@@ -37,6 +39,8 @@ enum Command {
     Serve(endpoints::ServeArgs),
     /// Connect to a TLS server, print what was negotiated, relay data.
     Connect(endpoints::ConnectArgs),
+    /// Carry plain local connections over TLS to a server (a TLS client tunnel).
+    Tunnel(tunnel::TunnelArgs),
     /// Stream a file through an echo or sink server and check it.
     Send(endpoints::SendArgs),
     /// Run the whole stack on loopback with a development PKI.
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => endpoints::serve(args).await,
             Command::Connect(args) => endpoints::connect(args).await,
             Command::Send(args) => endpoints::send(args).await,
+            Command::Tunnel(args) => tunnel::tunnel(args).await,
             Command::Up(args) => up::up(args).await,
             Command::Console(args) => up::console(args).await,
             Command::Config(cmd) => config::run(cmd),

@@ -78,6 +78,20 @@ fn explain_tls(err: &TlsError, seen: &Observation, side: Side, peer: &str) -> Fa
     use FailureClass as C;
     let peer_role = side.peer();
     match err {
+        TlsError::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure) if seen.mismatch().is_some() => {
+            let mismatch = seen.mismatch().expect("checked");
+            let (what, fix) = match side {
+                Side::Server => (
+                    format!("refused client {peer} (alert access_denied): {mismatch}"),
+                    "allow it with --allow-cn, --allow-dns, --allow-uri or --allow-spki-sha256 if it should get in",
+                ),
+                Side::Client => (
+                    format!("refused server {peer} (alert access_denied): {mismatch}"),
+                    "check that this is the server meant; if it is, widen --verify-cn, --verify-dns, --verify-uri or --verify-spki-sha256",
+                ),
+            };
+            Failure::new(C::PeerNotTrusted, what, fix)
+        }
         TlsError::InvalidCertificate(ce) => match seen.diagnosis() {
             Some(d) => Failure::new(C::PeerNotTrusted, d.what(), d.fix()),
             None => Failure::new(C::PeerNotTrusted, format!("the {peer_role} certificate was refused: {ce:?}"), "check it with `sealtls inspect FILE`"),

@@ -6,6 +6,7 @@ pub mod crypto;
 pub mod explain;
 pub mod forward;
 pub mod gate;
+pub mod identity;
 pub mod legacy;
 pub mod net;
 pub mod proxy_protocol;

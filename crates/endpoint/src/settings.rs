@@ -15,6 +15,7 @@ use sealtls_failure::{Problem, Remedy};
 
 use crate::crypto::provider;
 use crate::gate::HelloInfo;
+use crate::identity::Rules;
 use crate::legacy::LegacyLeafVerifier;
 use crate::tls12_ecdsa::{needs_other_hash, Tls12EcdsaKey};
 use crate::verify::{ExplainingClientVerifier, ExplainingServerVerifier, Observation, RecordingClientCert, TicketWatch};
@@ -120,6 +121,9 @@ pub enum SetupError {
     /// Client authentication was asked for without a CA to check clients against.
     #[error("--client-auth {0} needs --ca FILE: the CA whose client certificates are accepted")]
     ClientAuthWithoutCa(&'static str),
+    /// Identity rules for clients were given, but client certificates are not required.
+    #[error("client identity rules (--allow-*) need client certificates to be required")]
+    RulesWithoutClientAuth,
     /// A trust anchor that rustls cannot use.
     #[error("{origin}: certificate #{index} cannot be used as a trust anchor: {detail}")]
     BadAnchor {
@@ -147,6 +151,10 @@ impl Remedy for SetupError {
             Self::KeyMismatch { .. } => Some("give the key that was used to request that certificate".into()),
             Self::SystemRoots(_) => Some("pass --ca FILE instead".into()),
             Self::Load(e) => e.fix(),
+            Self::RulesWithoutClientAuth => Some(
+                "give --ca FILE, the CA whose client certificates are checked against the rules, and leave --client-auth at required"
+                    .into(),
+            ),
             Self::ClientAuthWithoutCa(_) | Self::BadAnchor { .. } | Self::Rustls(_) => None,
         }
     }
@@ -225,6 +233,8 @@ pub struct ServerTls {
     versions: TlsVersions,
     identity: Arc<dyn ResolvesServerCert>,
     client_verifier: Option<ClientVerification>,
+    client_auth: ClientAuthMode,
+    client_rules: Option<Arc<Rules>>,
     gate: Option<Arc<dyn crate::gate::HelloGate>>,
     /// A key for TLS 1.2 clients whose ECDSA schemes name another hash, and
     /// the scheme of the key's own hash.
@@ -258,9 +268,31 @@ impl ServerTls {
             versions: settings.versions,
             identity: settings.identity,
             client_verifier,
+            client_auth: if settings.client_ca.is_some() { settings.client_auth } else { ClientAuthMode::None },
+            client_rules: None,
             gate: None,
             tls12_ecdsa: None,
         })
+    }
+
+    /// Whether clients are asked for certificates.
+    pub fn client_auth(&self) -> ClientAuthMode {
+        self.client_auth
+    }
+
+    /// Lets in only clients whose verified certificate matches one of
+    /// `rules`; others are refused in the handshake with access_denied.
+    /// Empty rules change nothing (any certificate the CA issued is
+    /// accepted). Rules need client certificates to be required.
+    pub fn with_client_rules(mut self, rules: Rules) -> Result<Self, SetupError> {
+        if rules.is_empty() {
+            return Ok(self);
+        }
+        if self.client_auth != ClientAuthMode::Required {
+            return Err(SetupError::RulesWithoutClientAuth);
+        }
+        self.client_rules = Some(Arc::new(rules));
+        Ok(self)
     }
 
     /// Has every ClientHello checked by `gate` before the handshake goes on.
@@ -318,7 +350,9 @@ impl ServerTls {
         let builder = match &self.client_verifier {
             None => builder.with_no_client_auth(),
             Some((inner, anchors)) => {
-                builder.with_client_cert_verifier(Arc::new(ExplainingClientVerifier::new(inner.clone(), anchors.clone(), seen.clone())))
+                let verifier =
+                    ExplainingClientVerifier::new(inner.clone(), anchors.clone(), seen.clone()).with_rules(self.client_rules.clone());
+                builder.with_client_cert_verifier(Arc::new(verifier))
             }
         };
         let mut config = match other_hash {
@@ -356,11 +390,20 @@ impl ClientSettings {
     /// A configuration for one connection, with the observation its
     /// verifier and certificate resolver fill in.
     pub fn config(&self) -> Result<(Arc<ClientConfig>, Arc<Observation>), SetupError> {
+        self.config_with_rules(None)
+    }
+
+    /// [`ClientSettings::config`], also requiring the verified server to
+    /// match one of `server_rules` (refused with access_denied otherwise;
+    /// the mismatch is recorded in the observation). Not with `legacy_v1_leaf`.
+    pub fn config_with_rules(&self, server_rules: Option<Arc<Rules>>) -> Result<(Arc<ClientConfig>, Arc<Observation>), SetupError> {
         let seen = Arc::new(Observation::default());
         let verifier: Arc<dyn ServerCertVerifier> = if self.legacy_v1_leaf {
             Arc::new(LegacyLeafVerifier::new(self.trust.certs.clone(), seen.clone()))
         } else {
-            Arc::new(ExplainingServerVerifier::new(self.trust.root_store()?, self.trust.certs.clone(), self.name_check, seen.clone())?)
+            let explaining =
+                ExplainingServerVerifier::new(self.trust.root_store()?, self.trust.certs.clone(), self.name_check, seen.clone())?;
+            Arc::new(explaining.with_rules(server_rules))
         };
         let resolver: Arc<dyn ResolvesClientCert> = Arc::new(RecordingClientCert::new(self.identity.clone(), seen.clone()));
         let mut config = ClientConfig::builder_with_provider(provider())

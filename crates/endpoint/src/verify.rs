@@ -13,11 +13,13 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, 
 use sealtls_pki::{diagnose, Diagnosis, Purpose};
 
 use crate::crypto::provider;
+use crate::identity::{Mismatch, Rules};
 
 /// What one handshake showed, filled in by the verifiers and resolvers.
 #[derive(Debug, Default)]
 pub struct Observation {
     diagnosis: Mutex<Option<Diagnosis>>,
+    mismatch: Mutex<Option<Mismatch>>,
     peer_signature: Mutex<Option<SignatureScheme>>,
     cert_requested: AtomicBool,
     cert_sent: AtomicBool,
@@ -28,6 +30,10 @@ impl Observation {
     /// The explanation of a refused peer certificate, if one was refused.
     pub fn diagnosis(&self) -> Option<Diagnosis> {
         self.diagnosis.lock().expect("not poisoned").clone()
+    }
+    /// A verified peer that no identity rule allows, if one was refused so.
+    pub fn mismatch(&self) -> Option<Mismatch> {
+        self.mismatch.lock().expect("not poisoned").clone()
     }
     /// The signature scheme the peer signed the handshake with.
     pub fn peer_signature(&self) -> Option<SignatureScheme> {
@@ -60,6 +66,16 @@ impl Observation {
     pub(crate) fn record_diagnosis(&self, diagnosis: Diagnosis) {
         *self.diagnosis.lock().expect("not poisoned") = Some(diagnosis);
     }
+    /// Checks a verified leaf against `rules`; a refusal is recorded and
+    /// becomes `ApplicationVerificationFailure`, which rustls sends as the
+    /// access_denied alert.
+    fn check_rules(&self, rules: Option<&Rules>, leaf: &CertificateDer<'_>) -> Result<(), Error> {
+        let Some(rules) = rules else { return Ok(()) };
+        rules.matches(leaf).map_err(|m| {
+            *self.mismatch.lock().expect("not poisoned") = Some(m);
+            Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })
+    }
     pub(crate) fn record_signature(&self, dss: &DigitallySignedStruct) {
         *self.peer_signature.lock().expect("not poisoned") = Some(dss.scheme);
     }
@@ -75,6 +91,7 @@ pub struct ExplainingServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
     anchors: Vec<CertificateDer<'static>>,
     name_check: bool,
+    rules: Option<Arc<Rules>>,
     seen: Arc<Observation>,
 }
 
@@ -90,7 +107,13 @@ impl ExplainingServerVerifier {
     ) -> Result<Self, Error> {
         let inner =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|e| Error::General(e.to_string()))?;
-        Ok(Self { inner, anchors, name_check, seen })
+        Ok(Self { inner, anchors, name_check, rules: None, seen })
+    }
+
+    /// Also requires a verified server to match one of `rules`.
+    pub fn with_rules(mut self, rules: Option<Arc<Rules>>) -> Self {
+        self.rules = rules;
+        self
     }
 }
 
@@ -118,7 +141,9 @@ impl ServerCertVerifier for ExplainingServerVerifier {
             let name = server_name.to_str();
             self.seen.record_refusal(e, &full_chain(end_entity, intermediates), &self.anchors, Some(&name), Purpose::ServerAuth);
         }
-        result
+        let verified = result?;
+        self.seen.check_rules(self.rules.as_deref(), end_entity)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -151,13 +176,21 @@ impl ServerCertVerifier for ExplainingServerVerifier {
 pub struct ExplainingClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     anchors: Arc<Vec<CertificateDer<'static>>>,
+    rules: Option<Arc<Rules>>,
     seen: Arc<Observation>,
 }
 
 impl ExplainingClientVerifier {
     /// Wraps `inner`, explaining its refusals into `seen`.
     pub fn new(inner: Arc<dyn ClientCertVerifier>, anchors: Arc<Vec<CertificateDer<'static>>>, seen: Arc<Observation>) -> Self {
-        Self { inner, anchors, seen }
+        Self { inner, anchors, rules: None, seen }
+    }
+
+    /// Also requires a verified client certificate to match one of `rules`
+    /// (a client that sends none, where that is allowed, is not checked).
+    pub fn with_rules(mut self, rules: Option<Arc<Rules>>) -> Self {
+        self.rules = rules;
+        self
     }
 }
 
@@ -181,7 +214,9 @@ impl ClientCertVerifier for ExplainingClientVerifier {
         if let Err(e) = &result {
             self.seen.record_refusal(e, &full_chain(end_entity, intermediates), &self.anchors, None, Purpose::ClientAuth);
         }
-        result
+        let verified = result?;
+        self.seen.check_rules(self.rules.as_deref(), end_entity)?;
+        Ok(verified)
     }
     fn verify_tls12_signature(
         &self,

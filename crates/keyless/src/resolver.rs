@@ -67,22 +67,7 @@ impl Keyless {
     }
 
     fn certified(&self, info: &ChainInfo) -> Result<Arc<CertifiedKey>, String> {
-        let certs: Vec<CertificateDer<'static>> = info.certs.iter().map(|c| CertificateDer::from(c.clone())).collect();
-        let facts = certs.first().and_then(|c| CertFacts::from_der(c).ok()).ok_or("keyd sent a chain whose leaf does not parse")?;
-        let family = Family::from_description(&facts.key);
-        let (algorithm, schemes) = (algorithm(family), family.schemes());
-        if schemes.is_empty() {
-            return Err(format!("keyd holds a {} key, which TLS cannot sign with", facts.key));
-        }
-        let key = RemoteKey {
-            client: self.0.client.clone(),
-            key_id: info.key_id,
-            algorithm,
-            schemes,
-            spki: facts.spki,
-            domain: info.domain.clone(),
-        };
-        Ok(Arc::new(CertifiedKey::new(certs, Arc::new(key))))
+        remote_certified(&self.0.client, info)
     }
 
     async fn fetch(&self, name: &str) -> Result<Arc<Cached>, Refusal> {
@@ -121,6 +106,33 @@ impl Keyless {
             }
             cached.refreshing.store(false, Ordering::Release);
         });
+    }
+}
+
+/// A chain from keyd with a signing key that stays there.
+fn remote_certified(client: &Arc<KeydClient>, info: &ChainInfo) -> Result<Arc<CertifiedKey>, String> {
+    let certs: Vec<CertificateDer<'static>> = info.certs.iter().map(|c| CertificateDer::from(c.clone())).collect();
+    let facts = certs.first().and_then(|c| CertFacts::from_der(c).ok()).ok_or("keyd sent a chain whose leaf does not parse")?;
+    let family = Family::from_description(&facts.key);
+    let (algorithm, schemes) = (algorithm(family), family.schemes());
+    if schemes.is_empty() {
+        return Err(format!("keyd holds a {} key, which TLS cannot sign with", facts.key));
+    }
+    let key = RemoteKey { client: client.clone(), key_id: info.key_id, algorithm, schemes, spki: facts.spki, domain: info.domain.clone() };
+    Ok(Arc::new(CertifiedKey::new(certs, Arc::new(key))))
+}
+
+/// A client identity whose key stays in keyd: the chain keyd holds under
+/// `name`, with a signer that asks keyd for the handshake's one signature
+/// (as the server side's does). Offer it as a client's certificate, e.g.
+/// through the endpoint's `ClientSettings::identity`; signing needs a
+/// multi-thread tokio runtime.
+pub async fn client_identity(client: Arc<KeydClient>, name: &str) -> Result<Arc<CertifiedKey>, String> {
+    match client.call(&Request::Chain(Selector::Domain(name.to_string()))).await {
+        Ok(Response::Chain(info)) => remote_certified(&client, &info).map_err(|e| format!("{name}: {e}")),
+        Ok(other) => Err(format!("keyd answered CHAIN with {other:?}")),
+        Err(KeydError::Refused { code: ErrorCode::KeyNotFound, message }) => Err(format!("keyd has no key named {name}: {message}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -1,0 +1,327 @@
+//! `sealtls tunnel`: plain local connections carried over TLS to a remote
+//! server (ghostunnel's client mode). The remote is verified like
+//! `connect` verifies, and must also match the --verify-* rules if any.
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rustls::pki_types::ServerName;
+use sealtls_endpoint::client::{handshake, host_of, tcp_connect};
+use sealtls_endpoint::explain::{explain, Side};
+use sealtls_endpoint::forward::{relay, TargetStream};
+use sealtls_endpoint::identity::Rules;
+use sealtls_endpoint::net::bind;
+use sealtls_endpoint::session::SessionInfo;
+use sealtls_endpoint::settings::ClientSettings;
+use sealtls_endpoint::TlsVersions;
+use sealtls_failure::{Failure, FailureClass};
+use sealtls_listen::UnixSocket;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::acl::VerifyFlags;
+use crate::endpoints::KeylessFlags;
+use crate::identity::{anchors, identity_from_files};
+use crate::signals::shutdown_signal;
+
+/// Where the tunnel takes local connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `IP:PORT`.
+    Tcp(SocketAddr),
+    /// `unix:PATH`.
+    Unix(PathBuf),
+}
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("unix:") {
+            Some("") => Err("`unix:` needs a socket path, e.g. unix:/run/tunnel.sock".into()),
+            Some(path) => Ok(Self::Unix(path.into())),
+            None => s.parse().map(Self::Tcp).map_err(|_| format!("`{s}` is neither IP:PORT (e.g. 127.0.0.1:8080) nor unix:PATH")),
+        }
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Listen {
+    /// Refuses an address off loopback unless `unsafe_listen`: whoever can
+    /// connect speaks to the remote with this tunnel's identity.
+    fn check_local(&self, unsafe_listen: bool) -> Result<(), Failure> {
+        match self {
+            Self::Tcp(addr) if !addr.ip().is_loopback() && !unsafe_listen => Err(Failure::new(
+                FailureClass::Usage,
+                format!(
+                    "--listen {addr} is not a loopback address: anyone who can reach it would reach the target through this tunnel, with its client certificate"
+                ),
+                "listen on 127.0.0.1:PORT, [::1]:PORT or unix:PATH, or pass --unsafe-listen if every host that can reach it may use the tunnel",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TunnelArgs {
+    /// Where local programs connect: 127.0.0.1:PORT or unix:PATH.
+    #[arg(long)]
+    listen: Listen,
+    /// The TLS server to carry connections to, HOST:PORT.
+    #[arg(long)]
+    target: String,
+    /// CA certificates to trust for the target.
+    #[arg(long, visible_alias = "ca-certificate")]
+    ca: PathBuf,
+    /// Our certificate chain, for a target that asks for one.
+    #[arg(long, visible_alias = "certificate", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Our private key (mode 0600).
+    #[arg(long, visible_alias = "private-key", requires = "cert")]
+    key: Option<PathBuf>,
+    #[command(flatten)]
+    keyless: KeylessFlags,
+    /// With --keyd: the name our client certificate and key are kept under in keyd.
+    #[arg(long, value_name = "NAME", requires = "keyd")]
+    keyd_name: Option<String>,
+    /// Name to verify the target's certificate against (default: the host of --target).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// ALPN protocols to offer, comma-separated (e.g. h2,http/1.1).
+    #[arg(long, value_delimiter = ',')]
+    alpn: Vec<String>,
+    /// TLS versions: 1.2, 1.3 or any.
+    #[arg(long, default_value = "any")]
+    tls: TlsVersions,
+    #[command(flatten)]
+    verify: VerifyFlags,
+    /// Allow a --listen address that is not loopback.
+    #[arg(long)]
+    unsafe_listen: bool,
+    /// Seconds connecting to the target and the handshake may take.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout: u64,
+    /// Seconds a connection may move no byte in either direction before it is closed (0: never).
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Connections carried at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 1000)]
+    max_connections: usize,
+}
+
+/// What every carried connection needs.
+struct Remote {
+    target: String,
+    name: ServerName<'static>,
+    /// `name` for messages.
+    name_text: String,
+    settings: ClientSettings,
+    rules: Option<Arc<Rules>>,
+    alpn: Vec<Vec<u8>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixSocket),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(TargetStream, String)> {
+        match self {
+            Self::Tcp(l) => {
+                let (tcp, peer) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok((TargetStream::Tcp(tcp), peer.to_string()))
+            }
+            Self::Unix(l) => {
+                let (unix, _) = l.listener.accept().await?;
+                Ok((TargetStream::Unix(unix), "unix".to_owned()))
+            }
+        }
+    }
+}
+
+impl TunnelArgs {
+    async fn remote(&self) -> Result<Remote, Failure> {
+        let name_text = match &self.server_name {
+            Some(n) => n.clone(),
+            None => host_of(&self.target)?.to_owned(),
+        };
+        let name = ServerName::try_from(name_text.clone()).map_err(|_| {
+            Failure::new(
+                FailureClass::Usage,
+                format!("`{name_text}` is not a valid server name"),
+                "give a DNS name or an IP address with --server-name",
+            )
+        })?;
+        let identity = match (&self.cert, &self.key, self.keyless.client()?) {
+            (Some(cert), Some(key), _) => Some(identity_from_files(cert, key)?),
+            (_, _, Some(client)) => {
+                let key_name = self.keyd_name.as_deref().ok_or_else(|| {
+                    Failure::new(
+                        FailureClass::Usage,
+                        "--keyd needs --keyd-name NAME",
+                        "give the name our client key and certificate are kept under in keyd",
+                    )
+                })?;
+                let identity = sealtls_keyless::client_identity(client, key_name).await.map_err(|e| {
+                    Failure::new(
+                        FailureClass::Config,
+                        format!("cannot take our client certificate from keyd: {e}"),
+                        format!("install it with `sealtls key put {key_name} KEYFILE --cert CHAIN`, or check --keyd"),
+                    )
+                })?;
+                Some(identity)
+            }
+            _ => None,
+        };
+        let settings = ClientSettings { trust: anchors(&self.ca)?, identity, versions: self.tls, legacy_v1_leaf: false, name_check: true };
+        let rules = self.verify.rules();
+        let rules = (!rules.is_empty()).then(|| Arc::new(rules));
+        // Bad anchors are refused now rather than on the first connection.
+        settings.config_with_rules(rules.clone()).map_err(Failure::config)?;
+        Ok(Remote {
+            target: self.target.clone(),
+            name,
+            name_text,
+            settings,
+            rules,
+            alpn: self.alpn.iter().filter(|p| !p.is_empty()).map(|p| p.as_bytes().to_vec()).collect(),
+            connect_timeout: Duration::from_secs(self.connect_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+        })
+    }
+}
+
+pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
+    let shutdown = shutdown_signal();
+    args.listen.check_local(args.unsafe_listen)?;
+    host_of(&args.target)?;
+    let remote = Arc::new(args.remote().await?);
+    let listener = match &args.listen {
+        Listen::Tcp(addr) => Listener::Tcp(bind(*addr).await?),
+        Listen::Unix(path) => Listener::Unix(UnixSocket::bind(path, "tunnel")?),
+    };
+    let local = match &listener {
+        Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| args.listen.to_string()),
+        Listener::Unix(_) => args.listen.to_string(),
+    };
+    let verify = remote.rules.as_ref().map_or("chain and name".to_owned(), |r| format!("chain, name and {r}"));
+    info!(listen = %local, target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
+    let slots = Arc::new(Semaphore::new(args.max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((local, from)) => {
+                let remote = remote.clone();
+                connections.spawn(async move {
+                    carry(local, from, &remote).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    if let Listener::Unix(socket) = &listener {
+        socket.remove();
+    }
+    connections.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Carries one local connection to the remote; one log line when it ends.
+async fn carry(local: TargetStream, from: String, remote: &Remote) {
+    let started = Instant::now();
+    let target = remote.target.as_str();
+    let opened = async {
+        let (config, seen) = remote.settings.config_with_rules(remote.rules.clone()).map_err(Failure::config)?;
+        let config = if remote.alpn.is_empty() {
+            config
+        } else {
+            let mut config = Arc::unwrap_or_clone(config);
+            config.alpn_protocols = remote.alpn.clone();
+            Arc::new(config)
+        };
+        let tcp = tcp_connect(target, remote.connect_timeout).await?;
+        let tls = handshake(tcp, remote.name.clone(), config, &seen, target, remote.connect_timeout).await?;
+        Ok::<_, Failure>((tls, seen))
+    };
+    let (tls, seen) = match opened.await {
+        Ok(opened) => opened,
+        Err(why) => {
+            warn!(client = %from, %target, reason = %why.what, fix = %why.fix, "connection refused: the target could not be reached or verified");
+            return;
+        }
+    };
+    let info = SessionInfo::of(tls.get_ref().1);
+    let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    let activity = tls.get_ref().0.activity();
+    let result = tokio::select! {
+        r = relay(local, tls) => Some(r),
+        _ = activity.idle_for(remote.idle_timeout) => None,
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    match result {
+        Some((moved, Ok(()))) => info!(
+            client = %from, %target, version = %info.version, %alpn, bytes_up = moved.to_target, bytes_down = moved.to_client, duration_ms = ms,
+            "connection closed"
+        ),
+        Some((moved, Err(e))) => {
+            let why = explain(&e, &seen, Side::Client, target);
+            warn!(client = %from, %target, bytes_up = moved.to_target, bytes_down = moved.to_client, duration_ms = ms, reason = %why.what, fix = %why.fix, "connection ended with an error");
+        }
+        None => {
+            warn!(client = %from, %target, duration_ms = ms, idle_s = remote.idle_timeout.as_secs(), "connection closed: no bytes moved in either direction within the idle timeout")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse_and_only_loopback_is_safe() {
+        assert_eq!("unix:/run/t.sock".parse::<Listen>(), Ok(Listen::Unix("/run/t.sock".into())));
+        for bad in ["unix:", "localhost:80", "127.0.0.1", ""] {
+            assert!(bad.parse::<Listen>().is_err(), "{bad}");
+        }
+        for ok in ["127.0.0.1:8080", "[::1]:8080", "unix:/x"] {
+            ok.parse::<Listen>().unwrap().check_local(false).unwrap();
+        }
+        let far: Listen = "0.0.0.0:8080".parse().unwrap();
+        let f = far.check_local(false).unwrap_err();
+        assert!(f.fix.contains("--unsafe-listen") && f.class == FailureClass::Usage, "{f}");
+        far.check_local(true).unwrap();
+    }
+}
