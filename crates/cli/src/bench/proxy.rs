@@ -290,7 +290,8 @@ async fn start_proxy(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr
     let d = |f: &str| dir.join(f).display().to_string();
     let (cert, key) = (d("localhost.pem"), d("localhost.key"));
     let write = |name: &str, text: String| std::fs::write(dir.join(name), text).map_err(|e| fail(format!("{name}: {e}")));
-    let fds = 2 * max_conn + 100;
+    // nginx counts client and backend connections; haproxy counts sessions, and needs two descriptors for each.
+    let (fds, sessions) = (2 * max_conn + 100, max_conn + 100);
     let mut cmd = Command::new(program);
     match who {
         Proxy::Sealtls => {
@@ -304,7 +305,7 @@ async fn start_proxy(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr
             write(
                 "haproxy.cfg",
                 format!(
-                    "global\n  nbthread 2\n  maxconn {fds}\n\ndefaults\n  mode tcp\n  maxconn {fds}\n  timeout connect 5s\n  \
+                    "global\n  nbthread 2\n  maxconn {sessions}\n\ndefaults\n  mode tcp\n  maxconn {sessions}\n  timeout connect 5s\n  \
                      timeout client 300s\n  timeout server 300s\n\nfrontend tls\n  bind {addr} ssl crt {} ssl-min-ver TLSv1.3\n  \
                      default_backend plain\n\nbackend plain\n  server backend {backend}\n",
                     d("haproxy.pem")
