@@ -59,8 +59,11 @@ enum Command {
     /// Install, list, generate and remove keys in keyd.
     #[command(subcommand)]
     Key(keyd::KeyCommand),
-    /// Measure against openssl s_server in the same run.
+    /// Measure against openssl s_server (and haproxy, nginx, stunnel) in the same run.
     Bench(bench::BenchArgs),
+    /// One client load of `bench proxy`, in its own process.
+    #[command(hide = true)]
+    BenchClient(bench::proxy::ClientArgs),
 }
 
 fn init_logging(json: bool) {
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Command::Keyd(args) => keyd::keyd(args).await,
             Command::Key(cmd) => keyd::key(cmd).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchClient(args) => bench::proxy::client(args).await,
         }
     });
     match result {

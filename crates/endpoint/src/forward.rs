@@ -13,8 +13,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sealtls_failure::{Failure, FailureClass};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+
+use crate::net::TrafficBuffer;
 
 /// Where forwarded sessions go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,25 +161,26 @@ pub struct Relayed {
     pub to_client: u64,
 }
 
-/// The most one direction reads at once.
+/// The most one direction reads at once, while bulk data flows.
 const CHUNK: usize = 64 * 1024;
 
 /// Copies `from` to `to` until `from` ends, then shuts `to`'s write side;
-/// each read waits for the previous write. `moved` counts as it goes.
+/// each read waits for the previous write. `moved` counts as it goes. The
+/// buffer grows to `CHUNK` while data flows and shrinks while idle.
 async fn pipe<R, W>(from: &mut R, to: &mut W, moved: &mut u64) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = TrafficBuffer::new(CHUNK);
     loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
+        let data = buf.read(from).await?;
+        if data.is_empty() {
             return to.shutdown().await;
         }
-        to.write_all(&buf[..n]).await?;
+        to.write_all(data).await?;
         to.flush().await?;
-        *moved += n as u64;
+        *moved += data.len() as u64;
     }
 }
 
@@ -199,6 +202,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
+
     use super::*;
 
     #[test]

@@ -1,4 +1,5 @@
 //! Socket set-up shared by servers and clients.
+use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,12 +7,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// rustls pulls at most 4 KiB per read; a buffer under it turns four or more
-/// syscalls per 16 KiB record into one per buffer fill.
+/// rustls pulls at most 4 KiB per read; while bulk data flows, a buffer of
+/// this size under it turns four or more syscalls per 16 KiB record into one
+/// per buffer fill. It exists only while data keeps coming (see [`Buffered`]).
 pub const READ_BUFFER: usize = 256 * 1024;
+
+/// Reads wait with a buffer of this size (see [`TrafficBuffer`]).
+const SMALL_READ: usize = 2 * 1024;
 
 /// How long a connection that failed is read from (and its bytes dropped)
 /// after our last bytes, so that an alert is not lost to a reset.
@@ -20,10 +25,20 @@ const LINGER: Duration = Duration::from_millis(500);
 /// At most this much is read and dropped while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// A TCP stream with a read buffer, as handed to rustls. It counts the bytes
-/// written, so that a failed handshake can tell whether rustls sent anything.
+/// A TCP stream with a read buffer sized by traffic, as handed to rustls.
+/// A read that fills rustls's request means more is coming: the next read
+/// fills a [`READ_BUFFER`] instead, and rustls is served from it. Once it is
+/// drained and the socket has nothing more, the buffer is freed, so an idle
+/// connection holds none. It counts the bytes written, so that a failed
+/// handshake can tell whether rustls sent anything.
 pub struct Buffered {
-    inner: BufReader<TcpStream>,
+    tcp: TcpStream,
+    /// Bytes read ahead, handed out from `ahead_pos`; no allocation unless
+    /// bulk data is flowing.
+    ahead: Vec<u8>,
+    ahead_pos: usize,
+    /// The last read filled the caller's buffer: the next one reads ahead.
+    streaming: bool,
     written: u64,
     activity: Arc<Activity>,
     /// Bytes looked at before the handshake, handed out again first.
@@ -65,10 +80,8 @@ impl Activity {
 impl Buffered {
     /// Reads more bytes to look at; later reads return them again first.
     pub async fn peek_more(&mut self) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 4096];
-        let n = self.inner.read(&mut chunk).await?;
-        self.replay.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        self.replay.reserve(4096);
+        self.tcp.read_buf(&mut self.replay).await
     }
 
     /// What [`Self::peek_more`] has read so far.
@@ -91,7 +104,7 @@ impl Buffered {
     /// for a moment, because closing a socket with unread data sends a reset
     /// that can destroy the alert before the peer reads it.
     pub async fn close_lingering(mut self) {
-        let tcp = self.inner.get_mut();
+        let tcp = &mut self.tcp;
         if tokio::time::timeout(LINGER, async {
             tcp.flush().await?;
             tcp.shutdown().await
@@ -101,7 +114,8 @@ impl Buffered {
         {
             return;
         }
-        let mut scratch = [0u8; 16 * 1024];
+        // On the heap: a buffer in this future would enlarge every session's.
+        let mut scratch = vec![0u8; 16 * 1024];
         let mut dropped = 0;
         let deadline = tokio::time::Instant::now() + LINGER;
         while dropped < LINGER_BYTES {
@@ -124,18 +138,69 @@ impl AsyncRead for Buffered {
             }
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        if self.ahead_pos < self.ahead.len() {
+            self.hand_out(buf);
+            return Poll::Ready(Ok(()));
+        }
+        if self.streaming {
+            return self.read_ahead(cx, buf);
+        }
+        let (before, wanted) = (buf.filled().len(), buf.remaining());
+        let polled = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
             self.activity.moved();
+            self.streaming = n == wanted;
         }
         polled
     }
 }
 
+impl Buffered {
+    /// Copies read-ahead bytes into `buf`.
+    fn hand_out(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = buf.remaining().min(self.ahead.len() - self.ahead_pos);
+        buf.put_slice(&self.ahead[self.ahead_pos..self.ahead_pos + n]);
+        self.ahead_pos += n;
+    }
+
+    /// Fills the read-ahead buffer (allocating it if needed) and serves
+    /// `buf` from it; frees it when the socket has nothing to read.
+    fn read_ahead(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.ahead.clear();
+        self.ahead_pos = 0;
+        self.ahead.reserve_exact(READ_BUFFER);
+        loop {
+            match self.tcp.poll_read_ready(cx) {
+                Poll::Pending => {
+                    // Idle again: the memory goes back until data flows.
+                    (self.ahead, self.streaming) = (Vec::new(), false);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            // Reads into the spare capacity: nothing is zeroed first.
+            match self.tcp.try_read_buf(&mut self.ahead) {
+                Ok(0) => {
+                    (self.ahead, self.streaming) = (Vec::new(), false);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(_) => {
+                    self.activity.moved();
+                    self.hand_out(buf);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 impl AsyncWrite for Buffered {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let polled = Pin::new(&mut self.tcp).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
             self.written += n as u64;
             self.activity.moved();
@@ -144,7 +209,7 @@ impl AsyncWrite for Buffered {
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let polled = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled {
             self.written += n as u64;
             self.activity.moved();
@@ -153,15 +218,15 @@ impl AsyncWrite for Buffered {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.tcp.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 
@@ -170,7 +235,10 @@ pub fn buffered(tcp: TcpStream) -> Buffered {
     // Handshake flights and echoes are latency-bound: do not wait for more data.
     let _ = tcp.set_nodelay(true);
     Buffered {
-        inner: BufReader::with_capacity(READ_BUFFER, tcp),
+        tcp,
+        ahead: Vec::new(),
+        ahead_pos: 0,
+        streaming: false,
         written: 0,
         activity: Arc::new(Activity::new()),
         replay: Vec::new(),
@@ -178,4 +246,103 @@ pub fn buffered(tcp: TcpStream) -> Buffered {
     }
 }
 
+/// A read buffer sized by traffic, for copy loops: reads wait with a small
+/// buffer; a read that fills it brings in the large one for the next reads,
+/// which is dropped as soon as a read would wait (before waiting) or comes
+/// back less than a quarter full. An idle connection holds only the small one.
+#[derive(Debug)]
+pub struct TrafficBuffer {
+    buf: Vec<u8>,
+    large: usize,
+    /// The size the next read uses.
+    next: usize,
+}
+
+impl TrafficBuffer {
+    /// A buffer that grows to `large` bytes while reads fill it.
+    pub fn new(large: usize) -> Self {
+        Self { buf: Vec::new(), large, next: SMALL_READ.min(large) }
+    }
+
+    /// Reads once from `from`; empty at end of stream.
+    pub async fn read<R: AsyncRead + Unpin + ?Sized>(&mut self, from: &mut R) -> std::io::Result<&[u8]> {
+        if self.buf.capacity() != self.next {
+            self.buf = Vec::with_capacity(self.next);
+        }
+        self.buf.clear();
+        if self.next > SMALL_READ {
+            // Bulk: read only what is there now; never wait holding the large buffer.
+            let now = {
+                let mut read = std::pin::pin!(from.read_buf(&mut self.buf));
+                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            };
+            if let Poll::Ready(n) = now {
+                if n? < self.large / 4 {
+                    self.next = SMALL_READ;
+                }
+                return Ok(&self.buf);
+            }
+            (self.buf, self.next) = (Vec::with_capacity(SMALL_READ), SMALL_READ);
+        }
+        let n = from.read_buf(&mut self.buf).await?;
+        if n == self.buf.capacity() && self.large > SMALL_READ {
+            self.next = self.large;
+        }
+        Ok(&self.buf)
+    }
+}
+
 pub use sealtls_listen::bind;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn traffic_buffer_grows_while_reads_fill_it_and_waits_small() {
+        let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
+        let mut buf = TrafficBuffer::new(64 * 1024);
+        tx.write_all(&[1u8; 100]).await.unwrap();
+        assert_eq!(buf.read(&mut rx).await.unwrap(), &[1u8; 100][..]);
+        tx.write_all(&vec![2u8; 200 * 1024]).await.unwrap();
+        assert_eq!(buf.read(&mut rx).await.unwrap().len(), SMALL_READ, "the first read after a quiet spell is small");
+        assert_eq!(buf.read(&mut rx).await.unwrap().len(), 64 * 1024, "a filled small read brings in the large buffer");
+        let mut got = SMALL_READ + 64 * 1024;
+        while got < 200 * 1024 {
+            got += buf.read(&mut rx).await.unwrap().len();
+        }
+        assert!(tokio::time::timeout(Duration::from_millis(50), buf.read(&mut rx)).await.is_err());
+        assert_eq!(buf.buf.capacity(), SMALL_READ, "an idle reader waits with the small buffer");
+        drop(tx);
+        assert!(buf.read(&mut rx).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn buffered_reads_ahead_only_while_data_flows() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut io = buffered(listener.accept().await.unwrap().0);
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let writer = tokio::spawn(async move {
+            peer.write_all(&data).await.unwrap();
+            (peer, data)
+        });
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut read_ahead = false;
+        while got.len() < 1 << 20 {
+            let n = io.read(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk[..n]);
+            read_ahead |= io.ahead.capacity() >= READ_BUFFER;
+        }
+        let (mut peer, data) = writer.await.unwrap();
+        assert!(got == data, "bytes arrive in order");
+        assert!(read_ahead, "bulk data is read ahead");
+        assert!(tokio::time::timeout(Duration::from_millis(50), io.read(&mut chunk)).await.is_err());
+        assert_eq!(io.ahead.capacity(), 0, "an idle connection holds no read buffer");
+        peer.write_all(b"more").await.unwrap();
+        let n = io.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..n], b"more");
+        assert_eq!(io.ahead.capacity(), 0, "a short message is read straight into the caller's buffer");
+    }
+}

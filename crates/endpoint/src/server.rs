@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -19,7 +19,7 @@ use rustls::AlertDescription;
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
 use crate::forward::{relay, Forward};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
-use crate::net::{buffered, Buffered};
+use crate::net::{buffered, Buffered, TrafficBuffer};
 use crate::proxy_protocol::{self, ProxyProtocol, TlsFacts};
 use crate::session::SessionInfo;
 use crate::settings::ServerTls;
@@ -348,22 +348,23 @@ enum End {
 }
 
 /// Reads until the peer's close or the server's shutdown. With `echo`, each
-/// chunk goes back as soon as it arrives (a byte stream, not lines).
+/// chunk goes back as soon as it arrives (a byte stream, not lines). The
+/// buffer grows to `CHUNK` while data flows and shrinks while idle.
 async fn drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, counts: &mut Counts<'_>, echo: bool) -> std::io::Result<End> {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = TrafficBuffer::new(CHUNK);
     loop {
-        let n = tokio::select! {
-            read = stream.read(&mut buf) => read?,
+        let data = tokio::select! {
+            read = buf.read(stream) => read?,
             _ = counts.closing.wait_for(|c| *c) => return Ok(End::ServerClosing),
         };
-        if n == 0 {
+        if data.is_empty() {
             return Ok(End::PeerClosed);
         }
-        counts.received(n);
+        counts.received(data.len());
         if echo {
-            stream.write_all(&buf[..n]).await?;
+            stream.write_all(data).await?;
             stream.flush().await?;
-            counts.sent(n);
+            counts.sent(data.len());
         }
     }
 }

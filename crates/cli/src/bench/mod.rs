@@ -1,5 +1,6 @@
-//! `sealtls bench`: our server against `openssl s_server`, same client load,
-//! same run, printed as a table with ratios.
+//! `sealtls bench`: our server against `openssl s_server` (and, as a proxy,
+//! against haproxy, nginx and stunnel), same client load, same run, printed
+//! as a table with ratios.
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -20,11 +21,12 @@ use tokio_rustls::TlsConnector;
 
 mod keyless;
 mod offload;
+pub mod proxy;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// handshake, throughput, offload, keyless or all.
-    #[arg(default_value = "all", value_parser = ["handshake", "throughput", "offload", "keyless", "all"])]
+    /// handshake, throughput, offload, keyless, proxy or all.
+    #[arg(default_value = "all", value_parser = ["handshake", "throughput", "offload", "keyless", "proxy", "all"])]
     what: String,
     /// Seconds of handshake load per server.
     #[arg(long, default_value_t = 5)]
@@ -41,6 +43,18 @@ pub struct BenchArgs {
     /// Small write+read round trips timed in the offload latency test.
     #[arg(long, default_value_t = 5000)]
     rounds: usize,
+    /// Idle TLS connections held open in the proxy memory test.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Connections that each echo 4 MiB, then idle, in the proxy memory test (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    busy_connections: usize,
+    /// Servers compared in the proxy test, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "sealtls,haproxy,nginx,stunnel")]
+    proxies: Vec<String>,
+    /// The sealtls binary whose `serve --target` the proxy test measures (default: this one), to compare builds.
+    #[arg(long)]
+    server_binary: Option<std::path::PathBuf>,
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
@@ -63,6 +77,16 @@ pub(crate) struct Peer(Child);
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        // Asked to stop first: a killed nginx master leaves its workers running.
+        let pid = rustix::process::Pid::from_child(&self.0);
+        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
+            for _ in 0..60 {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -202,6 +226,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.what == "keyless" {
         return keyless::run(dir, &args).await;
     }
+    if args.what == "proxy" {
+        return proxy::run(dir, &args).await;
+    }
     let mut rows = Vec::new();
     let contenders = [Contender::Sealtls, Contender::Openssl];
 
@@ -250,6 +277,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.what == "all" {
         offload::run(dir, config, &args).await?;
         keyless::run(dir, &args).await?;
+        proxy::run(dir, &args).await?;
     }
     Ok(())
 }

@@ -61,7 +61,10 @@ async fn start_daemon(dir: &Path, clients: usize) -> Result<(Peer, std::path::Pa
     Err(fail(format!("the offload daemon did not listen on {}", socket.display())))
 }
 
-async fn direct(addr: std::net::SocketAddr, config: Arc<ClientConfig>) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
+pub(super) async fn direct(
+    addr: std::net::SocketAddr,
+    config: Arc<ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
     let tcp = TcpStream::connect(addr).await.map_err(broken)?;
     tcp.set_nodelay(true).map_err(broken)?;
     let name = ServerName::try_from("localhost").expect("valid name");
@@ -117,7 +120,7 @@ where
 }
 
 /// One small write and its echo, in microseconds.
-async fn round_trip(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> Result<f64, Failure> {
+pub(super) async fn round_trip(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> Result<f64, Failure> {
     let out = [0x42u8; SMALL];
     let mut back = [0u8; SMALL];
     let t = Instant::now();
@@ -200,7 +203,7 @@ async fn latencies(addr: std::net::SocketAddr, config: Arc<ClientConfig>, socket
     Ok(times.map(|mut list| median(&mut list)))
 }
 
-fn median(times: &mut [f64]) -> f64 {
+pub(super) fn median(times: &mut [f64]) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
