@@ -14,6 +14,12 @@ mod up;
 
 use std::process::ExitCode;
 
+/// mimalloc hands freed pages back to the system after a short delay, so a
+/// connection that moved bulk data and went idle stops costing memory; glibc
+/// keeps them in its arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use sealtls_failure::Failure;
 
