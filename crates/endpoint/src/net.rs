@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 /// per buffer fill. It exists only while data keeps coming (see [`Buffered`]).
 pub const READ_BUFFER: usize = 256 * 1024;
 
-/// Reads wait with a buffer of this size (see [`TrafficBuffer`]).
+/// A read that waits takes at most this much (see [`TrafficBuffer`]).
 const SMALL_READ: usize = 2 * 1024;
 
 /// How long a connection that failed is read from (and its bytes dropped)
@@ -246,10 +246,11 @@ pub fn buffered(tcp: TcpStream) -> Buffered {
     }
 }
 
-/// A read buffer sized by traffic, for copy loops: reads wait with a small
-/// buffer; a read that fills it brings in the large one for the next reads,
-/// which is dropped as soon as a read would wait (before waiting) or comes
-/// back less than a quarter full. An idle connection holds only the small one.
+/// A read buffer sized by traffic, for copy loops: a read that waits holds no
+/// buffer (it reads up to 2 KiB through a per-thread scratch buffer and keeps
+/// only what came); a read that fills that brings in the large buffer for the
+/// next reads, which is dropped as soon as a read would wait (before waiting)
+/// or comes back less than a quarter full. An idle connection holds none.
 #[derive(Debug)]
 pub struct TrafficBuffer {
     buf: Vec<u8>,
@@ -266,11 +267,11 @@ impl TrafficBuffer {
 
     /// Reads once from `from`; empty at end of stream.
     pub async fn read<R: AsyncRead + Unpin + ?Sized>(&mut self, from: &mut R) -> std::io::Result<&[u8]> {
-        if self.buf.capacity() != self.next {
-            self.buf = Vec::with_capacity(self.next);
-        }
-        self.buf.clear();
         if self.next > SMALL_READ {
+            if self.buf.capacity() != self.next {
+                self.buf = Vec::with_capacity(self.next);
+            }
+            self.buf.clear();
             // Bulk: read only what is there now; never wait holding the large buffer.
             let now = {
                 let mut read = std::pin::pin!(from.read_buf(&mut self.buf));
@@ -282,14 +283,36 @@ impl TrafficBuffer {
                 }
                 return Ok(&self.buf);
             }
-            (self.buf, self.next) = (Vec::with_capacity(SMALL_READ), SMALL_READ);
+            self.next = SMALL_READ;
         }
-        let n = from.read_buf(&mut self.buf).await?;
-        if n == self.buf.capacity() && self.large > SMALL_READ {
+        // Wait holding nothing: the read goes through this thread's scratch
+        // buffer within one poll, and only the bytes read are kept.
+        self.buf = Vec::new();
+        let buf = &mut self.buf;
+        let n = std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut read = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut *from).poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) => {
+                        buf.extend_from_slice(read.filled());
+                        Poll::Ready(Ok(read.filled().len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+        })
+        .await?;
+        if n == SMALL_READ && self.large > SMALL_READ {
             self.next = self.large;
         }
         Ok(&self.buf)
     }
+}
+
+thread_local! {
+    /// Where a [`TrafficBuffer`] that waits for data reads into.
+    static SCRATCH: std::cell::RefCell<[u8; SMALL_READ]> = const { std::cell::RefCell::new([0; SMALL_READ]) };
 }
 
 pub use sealtls_listen::bind;
@@ -299,7 +322,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn traffic_buffer_grows_while_reads_fill_it_and_waits_small() {
+    async fn traffic_buffer_grows_while_reads_fill_it_and_waits_with_none() {
         let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
         let mut buf = TrafficBuffer::new(64 * 1024);
         tx.write_all(&[1u8; 100]).await.unwrap();
@@ -312,7 +335,7 @@ mod tests {
             got += buf.read(&mut rx).await.unwrap().len();
         }
         assert!(tokio::time::timeout(Duration::from_millis(50), buf.read(&mut rx)).await.is_err());
-        assert_eq!(buf.buf.capacity(), SMALL_READ, "an idle reader waits with the small buffer");
+        assert_eq!(buf.buf.capacity(), 0, "an idle reader waits holding no buffer");
         drop(tx);
         assert!(buf.read(&mut rx).await.unwrap().is_empty());
     }
