@@ -3,6 +3,7 @@
 //! why a peer's certificate chain was refused.
 pub mod diagnose;
 pub mod files;
+pub mod identity;
 pub mod inspect;
 pub mod issue;
 pub mod load;
