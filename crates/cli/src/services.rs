@@ -120,7 +120,7 @@ pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>) -> Resul
 pub async fn keyd(args: &KeydArgs, install: Option<(&str, &Path, &Path)>, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
     let custody = crate::keyd::open_custody(args)?;
     if let Some((domain, key, cert)) = install {
-        let admin = Caller { admin: true, who: "sealtls up".into() };
+        let admin = Caller { admin: true, who: "sealtls up".into(), peer: sealtls_keyd::Peer::Unknown };
         if custody.handle(Request::Has(domain.into()), &admin) == Response::Found(false) {
             let key = Zeroizing::new(sealtls_pki::load_key(key).map_err(Failure::config)?.secret_der().to_vec());
             let chain = sealtls_pki::load_certs(cert).map_err(Failure::config)?.iter().map(|c| c.to_vec()).collect();

@@ -13,6 +13,7 @@ use sealtls_pki::issue::KeyType;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use crate::authorize::{Decision, Grants, Peer};
 use crate::backend::{Backend, Entry, Location, State};
 use crate::error::StoreError;
 use crate::keys::{MemoryKey, SignError};
@@ -25,6 +26,8 @@ pub struct Caller {
     pub admin: bool,
     /// For logs: "uid 1000" or the certificate subject.
     pub who: String,
+    /// Its identity, matched against `--authorize` grants.
+    pub peer: Peer,
 }
 
 struct Installed {
@@ -35,7 +38,8 @@ struct Installed {
 #[derive(Default)]
 struct Table {
     domains: DomainTable<Arc<Installed>>,
-    by_id: HashMap<KeyId, Arc<Installed>>,
+    /// Usable entries by key id, in domain order; a key installed under two names has two.
+    by_id: HashMap<KeyId, Vec<Arc<Installed>>>,
 }
 
 impl Table {
@@ -52,13 +56,12 @@ impl Table {
 
     /// Key ids of usable entries; a key installed under two names is found by either.
     fn reindex(&mut self) {
-        self.by_id = self
-            .domains
-            .sorted()
-            .into_iter()
-            .filter(|(_, e)| matches!(e.entry.state, State::Ready(_)))
-            .map(|(_, e)| (e.entry.key.id, e.clone()))
-            .collect();
+        self.by_id.clear();
+        for (_, e) in self.domains.sorted() {
+            if matches!(e.entry.state, State::Ready(_)) {
+                self.by_id.entry(e.entry.key.id).or_default().push(e.clone());
+            }
+        }
     }
 }
 
@@ -67,6 +70,10 @@ pub struct Custody {
     backend: Box<dyn Backend>,
     table: RwLock<Table>,
     generation: AtomicU64,
+    /// Who may use which key; `None`: every caller, every key.
+    grants: Option<Grants>,
+    /// Requests refused because no grant allowed them.
+    forbidden: AtomicU64,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -100,11 +107,34 @@ impl Custody {
     /// Loads every entry of `backend`. Unusable entries are kept (listed,
     /// refused with KEY_UNAVAILABLE); the rest are served.
     pub fn new(backend: Box<dyn Backend>) -> Result<Self, StoreError> {
-        let custody = Self { backend, table: RwLock::new(Table::default()), generation: AtomicU64::new(Self::first_generation()) };
+        let custody = Self {
+            backend,
+            table: RwLock::new(Table::default()),
+            generation: AtomicU64::new(Self::first_generation()),
+            grants: None,
+            forbidden: AtomicU64::new(0),
+        };
         for entry in custody.backend.load()? {
             custody.install(entry);
         }
         Ok(custody)
+    }
+
+    /// Restricts SIGN, CHAIN and PUBLIC_KEY to what `grants` allow each caller.
+    /// Without grants (none given, or a file with none) every caller may use every key.
+    pub fn with_grants(mut self, grants: Grants) -> Self {
+        self.grants = if grants.grants.is_empty() { None } else { Some(grants) };
+        self
+    }
+
+    /// The grants in force, if any.
+    pub fn grants(&self) -> Option<&Grants> {
+        self.grants.as_ref()
+    }
+
+    /// How many requests were refused because no grant allowed them (for metrics).
+    pub fn forbidden_count(&self) -> u64 {
+        self.forbidden.load(Ordering::Relaxed)
     }
 
     /// Generations start from the clock so that a restarted daemon never reuses one.
@@ -133,7 +163,7 @@ impl Custody {
         let table = self.table.read().expect("table lock");
         let found = match selector {
             Selector::Domain(name) => table.domains.lookup(name).map(|(_, e)| e.clone()),
-            Selector::KeyId(id) => table.by_id.get(id).cloned(),
+            Selector::KeyId(id) => table.by_id.get(id).and_then(|all| all.last()).cloned(),
             Selector::Pkcs11Uri(text) => {
                 let uri =
                     Pkcs11Uri::parse(text).map_err(|e| error(ErrorCode::BadRequest, format!("PKCS#11 URI {text:?}: {}", e.with_fix())))?;
@@ -169,6 +199,9 @@ impl Custody {
                 format!("{} provisions keys and {} may only sign. Over TLS use a certificate issued by keyd's --admin-ca; over the Unix socket run as root or as keyd's own user", op.name(), caller.who),
             );
         }
+        if let Err(refused) = self.authorize(&request, caller) {
+            return refused;
+        }
         let response = match request {
             Request::Ping(payload) => Response::Pong(payload),
             Request::Sign { key, scheme, message } => self.sign(&key, scheme, &message),
@@ -195,6 +228,50 @@ impl Custody {
             info!(op = op.name(), caller = %caller.who, "admin query");
         }
         response
+    }
+
+    /// Whether the grants let `caller` use the key `request` names. A key is
+    /// judged by the name it is installed under; one found by key id under
+    /// several names is allowed if any of them is.
+    fn authorize(&self, request: &Request, caller: &Caller) -> Result<(), Response> {
+        let Some(grants) = &self.grants else { return Ok(()) };
+        let (Request::Sign { key: selector, .. } | Request::PublicKey(selector) | Request::Chain(selector)) = request else {
+            return Ok(());
+        };
+        let names: Vec<String> = match selector {
+            Selector::KeyId(id) => {
+                let table = self.table.read().expect("table lock");
+                table.by_id.get(id).map(|all| all.iter().map(|e| e.entry.domain.clone()).collect()).unwrap_or_default()
+            }
+            _ => match self.select(selector) {
+                Ok(e) => vec![e.entry.domain.clone()],
+                // Unknown names are refused like known ones, so that callers cannot probe for keys.
+                Err(_) => match selector {
+                    Selector::Domain(name) => vec![normalize_domain(name).unwrap_or_else(|_| name.clone())],
+                    _ => Vec::new(),
+                },
+            },
+        };
+        if names.is_empty() {
+            // Nothing installed answers the selector: the request itself reports it.
+            return Ok(());
+        }
+        let mut refused_by = Vec::new();
+        for name in &names {
+            match grants.decide(&caller.peer, name) {
+                Decision::Allowed(_) => return Ok(()),
+                Decision::Refused(rules) => refused_by = rules,
+            }
+        }
+        self.forbidden.fetch_add(1, Ordering::Relaxed);
+        let domain = names.join(", ");
+        let rules = if refused_by.is_empty() { "none names this caller".to_string() } else { refused_by.join("; ") };
+        warn!(op = request.op().name(), caller = %caller.who, %domain, caller_grants = %rules, "refused (FORBIDDEN): no rule allows this caller to use this domain");
+        Err(Response::refusal(
+            ErrorCode::Forbidden,
+            &format!("{} may not use the key for {domain}: no grant in {} allows it", caller.who, grants.origin),
+            &format!("add a [[grant]] naming this caller with {domain} in its domains to {}, and restart keyd", grants.origin),
+        ))
     }
 
     fn exact(&self, domain: &str) -> Option<Arc<Installed>> {

@@ -2,6 +2,7 @@
 //! (or held by a PKCS#11 token) that sign for TLS servers and never leave.
 #![deny(missing_docs)]
 
+pub mod authorize;
 pub mod backend;
 pub mod custody;
 pub mod der;
@@ -14,6 +15,7 @@ pub mod sealed;
 pub mod server;
 pub mod uri;
 
+pub use authorize::{Grants, Peer};
 pub use backend::{Backend, Entry, Location, State};
 pub use custody::{Caller, Custody};
 pub use error::StoreError;

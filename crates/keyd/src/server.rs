@@ -15,6 +15,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use sealtls_custody_proto::{decode_frame, BodyError, ErrorCode, Request, Response, HEADER_LEN, MAX_BODY};
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_listen::{bind, UnixSocket};
+use sealtls_pki::identity::PeerIdentity;
 use sealtls_pki::inspect::CertFacts;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::authorize::Peer;
 use crate::custody::{Caller, Custody};
 
 /// Requests a connection may have on blocking threads at once; reading
@@ -157,10 +159,14 @@ impl Keyd {
                 accepted = self.unix.listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let caller = match stream.peer_cred() {
-                            Ok(cred) => Caller { admin: cred.uid() == 0 || cred.uid() == self.own_uid, who: format!("uid {} (pid {})", cred.uid(), cred.pid().unwrap_or(0)) },
+                            Ok(cred) => Caller {
+                                admin: cred.uid() == 0 || cred.uid() == self.own_uid,
+                                who: format!("uid {} (pid {})", cred.uid(), cred.pid().unwrap_or(0)),
+                                peer: Peer::Local { uid: cred.uid(), gid: cred.gid() },
+                            },
                             Err(e) => {
                                 warn!(error = %e, "cannot read a client's credentials (SO_PEERCRED); it may sign but not provision");
-                                Caller { admin: false, who: "unknown local user".into() }
+                                Caller { admin: false, who: "unknown local user".into(), peer: Peer::Unknown }
                             }
                         };
                         spawn_connection(&mut conns, &slots, stream, caller, self.custody.clone());
@@ -214,7 +220,9 @@ fn tls_caller(conn: &rustls::ServerConnection, admin: Option<&dyn ClientCertVeri
         (Some(v), Some((leaf, rest))) => v.verify_client_cert(leaf, rest, UnixTime::now()).is_ok(),
         _ => false,
     };
-    Caller { admin: is_admin, who: format!("{subject} at {peer}") }
+    // The chain was verified in the handshake; grants match what its leaf names.
+    let identity = certs.first().and_then(|c| PeerIdentity::from_der(c).ok()).map_or(Peer::Unknown, |id| Peer::Certificate(Box::new(id)));
+    Caller { admin: is_admin, who: format!("{subject} at {peer}"), peer: identity }
 }
 
 fn spawn_connection<S>(conns: &mut JoinSet<()>, slots: &Arc<Semaphore>, stream: S, caller: Caller, custody: Arc<Custody>)

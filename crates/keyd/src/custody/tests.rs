@@ -55,11 +55,11 @@ fn open(dir: &tempfile::TempDir) -> Custody {
 }
 
 fn admin() -> Caller {
-    Caller { admin: true, who: "uid 0".into() }
+    Caller { admin: true, who: "uid 0".into(), peer: Peer::Local { uid: 0, gid: 0 } }
 }
 
 fn edge() -> Caller {
-    Caller { admin: false, who: "uid 1000".into() }
+    Caller { admin: false, who: "uid 1000".into(), peer: Peer::Local { uid: 1000, gid: 1000 } }
 }
 
 /// An ECDSA P-256 key and a self-signed certificate naming `sans`.
@@ -287,4 +287,63 @@ fn a_generated_key_waits_for_its_certificate() {
     let info = f.chain("api.example.com");
     assert_eq!((info.key_id, info.certs), (id, vec![cert]));
     assert!(matches!(f.edge(sign("api.example.com")), Response::Signature(_)));
+}
+
+fn grants(text: &str) -> crate::authorize::Grants {
+    crate::authorize::Grants::parse(text, "authorize.toml").unwrap()
+}
+
+#[test]
+fn grants_limit_which_keys_a_caller_may_use_and_refusals_are_counted() {
+    let mut f = Fixture::new();
+    let a = Leaf::new(&["a.example", "a2.example"]);
+    let b = Leaf::new(&["b.example"]);
+    let w = Leaf::new(&["*.w.example"]);
+    f.put("a.example", &a);
+    f.put("b.example", &b);
+    f.put("*.w.example", &w);
+    // The same key under a second name: found by key id under either.
+    f.put("a2.example", &a);
+    f.custody = open(&f.dir).with_grants(grants(
+        "[[grant]]\nuid = 1000\ndomains = [\"a2.example\", \"*.w.example\"]\n[[grant]]\nuid = 0\ndomains = [\"b.example\"]\n",
+    ));
+    assert_eq!(f.custody.forbidden_count(), 0);
+
+    let by_id = |id: KeyId| Request::Sign { key: Selector::KeyId(id), scheme: Scheme::EcdsaP256Sha256, message: b"m".to_vec() };
+    assert!(matches!(f.edge(sign("a2.example")), Response::Signature(_)));
+    assert!(matches!(f.edge(by_id(a.id())), Response::Signature(_)), "allowed under one of the key's names");
+    assert!(matches!(f.edge(Request::Chain(Selector::Domain("x.w.example".into()))), Response::Chain(_)));
+    assert!(matches!(f.edge(sign("x.w.example")), Response::Signature(_)));
+
+    let refused = [
+        sign("a.example"),
+        sign("b.example"),
+        by_id(b.id()),
+        Request::Chain(Selector::Domain("b.example".into())),
+        Request::PublicKey(Selector::Domain("B.Example.".into())),
+        // Names that have no key are refused alike: no probing.
+        sign("nothing.example"),
+    ];
+    for (i, request) in refused.into_iter().enumerate() {
+        match f.edge(request) {
+            Response::Error { code: ErrorCode::Forbidden, message } => {
+                assert!(message.contains("uid 1000") && message.contains("authorize.toml"), "{message}");
+                assert!(message.contains("; add a [[grant]]"), "{message}");
+            }
+            other => panic!("#{i}: {other:?}"),
+        }
+        assert_eq!(f.custody.forbidden_count(), i as u64 + 1);
+    }
+    // Admins provision as before but sign only what their grants allow; PING needs no grant.
+    assert!(matches!(f.admin(sign("b.example")), Response::Signature(_)));
+    assert_eq!(code(f.admin(sign("a.example"))), ErrorCode::Forbidden);
+    assert!(matches!(f.admin(Request::List), Response::List(_)));
+    assert_eq!(f.edge(Request::Ping(vec![])), Response::Pong(vec![]));
+    assert_eq!(code(f.edge(by_id(Leaf::new(&["z.example"]).id()))), ErrorCode::KeyNotFound, "an unknown key id is not found");
+    assert_eq!(f.custody.forbidden_count(), 7);
+
+    // A file without grants changes nothing.
+    f.custody = open(&f.dir).with_grants(grants(""));
+    assert!(f.custody.grants().is_none());
+    assert!(matches!(f.edge(sign("b.example")), Response::Signature(_)));
 }
