@@ -11,9 +11,9 @@ use sealtls_custody_proto::{message_parts, ErrorCode, ListEntry, Request, Respon
 use sealtls_endpoint::provider;
 use sealtls_endpoint::settings::Anchors;
 use sealtls_failure::{Failure, FailureClass, CHECK_FILE};
-use sealtls_keyd::{ClientCas, Custody, Keyd, KeydSettings, SealedFiles, TlsListen};
+use sealtls_keyd::{ClientCas, Custody, Grants, Keyd, KeydSettings, SealedFiles, TlsListen};
 use sealtls_keyless::{KeydClient, KeydEndpoint, KeydError};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::identity::{anchors, identity_from_files};
 use crate::signals::shutdown_signal;
@@ -50,6 +50,9 @@ pub struct KeydArgs {
     /// CA whose client certificates may also provision keys over --listen-tls.
     #[arg(long)]
     pub admin_ca: Option<PathBuf>,
+    /// TOML file of [[grant]] tables saying which caller (cn, dns, uri, spki_sha256, uid or gid) may sign for which domains; without grants every connected caller may sign for every domain.
+    #[arg(long, value_name = "FILE")]
+    pub authorize: Option<PathBuf>,
     /// Where keys are kept.
     #[arg(long, value_enum, default_value = "sealed-file")]
     pub backend: BackendKind,
@@ -78,6 +81,7 @@ impl KeydArgs {
             tls_key: None,
             client_ca: None,
             admin_ca: None,
+            authorize: None,
             backend: BackendKind::SealedFile,
             device_key,
             module: PathBuf::new(),
@@ -156,6 +160,14 @@ pub async fn bind(custody: Custody, args: &KeydArgs) -> Result<Keyd, Failure> {
         _ => None,
     };
     let admin_ca = args.admin_ca.as_deref().map(client_cas).transpose()?;
+    let custody = match &args.authorize {
+        Some(path) => custody.with_grants(Grants::load(path).map_err(|p| Failure::from_error(FailureClass::Config, &p, CHECK_FILE))?),
+        None => custody,
+    };
+    match custody.grants() {
+        Some(g) => info!(authorize = %g.origin, grants = g.grants.len(), "signing is limited to what each caller is granted"),
+        None => warn!("no --authorize grants: any connected edge may sign for any domain"),
+    }
     let settings = KeydSettings { socket: args.socket(), tls, admin_ca };
     Keyd::bind(custody, settings).await
 }
