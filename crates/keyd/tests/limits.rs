@@ -4,11 +4,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sealtls_custody_proto::{decode_frame, Request, Response};
-use sealtls_keyd::{Custody, Keyd, KeydLimits, KeydSettings, SealedFiles};
+use sealtls_custody_proto::{decode_frame, Request, Response, Selector};
+use sealtls_keyd::{Caller, Custody, Keyd, KeydLimits, KeydSettings, SealedFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
+use zeroize::Zeroizing;
 
 /// How long a test waits for something that should happen at once.
 const PROMPTLY: Duration = Duration::from_secs(5);
@@ -20,10 +21,18 @@ struct Running {
 }
 
 impl Running {
-    async fn start(limits: KeydLimits) -> Self {
+    /// keyd with these limits, holding a key and certificate for `domain` if given.
+    async fn start(limits: KeydLimits, domain: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SealedFiles::open(&dir.path().join("data"), &dir.path().join("device.key")).unwrap();
         let custody = Custody::new(Box::new(store)).unwrap();
+        if let Some(domain) = domain {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let cert = rcgen::CertificateParams::new(vec![domain.to_string()]).unwrap().self_signed(&key).unwrap();
+            let put = Request::Put { domain: domain.into(), key: Zeroizing::new(key.serialize_der()), chain: vec![cert.der().to_vec()] };
+            let admin = Caller { admin: true, who: "the test".into() };
+            assert!(matches!(custody.handle(put, &admin), Response::Stored(_)));
+        }
         let settings = KeydSettings { socket: dir.path().join("keyd.sock"), tls: None, admin_ca: None };
         let keyd = Keyd::bind(custody, settings).await.unwrap().with_limits(limits);
         let (stop, stopped) = oneshot::channel();
@@ -80,7 +89,7 @@ async fn closed(stream: &mut UnixStream) {
 async fn a_half_frame_and_a_silent_connection_are_closed_after_their_time_limits() {
     let limits =
         KeydLimits { frame_timeout: Duration::from_millis(200), idle_timeout: Duration::from_millis(300), ..KeydLimits::default() };
-    let keyd = Running::start(limits).await;
+    let keyd = Running::start(limits, None).await;
 
     // Half a frame: closed once the frame time limit has passed.
     let mut half = keyd.connect().await;
@@ -105,21 +114,20 @@ async fn a_half_frame_and_a_silent_connection_are_closed_after_their_time_limits
     keyd.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_does_not_read_its_answers_stops_being_read_and_others_are_served() {
-    let keyd = Running::start(KeydLimits::default()).await;
+/// Sends `REQUESTS` pipelined frames made by `frame` without reading any
+/// answer: keyd must stop reading (the writer stalls) after at most
+/// `max_bytes`, serve another client meanwhile, and answer every request in
+/// order once the client reads. Returns how many requests keyd took first.
+async fn flood_without_reading(keyd: &Running, frame: impl Fn(u64) -> Vec<u8> + Send + 'static, max_bytes: usize) -> usize {
     const REQUESTS: usize = 10_000;
-    let payload = vec![7u8; 1024];
-    let frame_len = ping(0, &payload).len();
-
-    // 10,000 pipelined PINGs (about 10 MiB), none of whose answers is read.
+    let frame_len = frame(0).len();
     let flood = keyd.connect().await;
     let (mut flood_rd, mut flood_wr) = flood.into_split();
     let sent = Arc::new(AtomicUsize::new(0));
     let counter = sent.clone();
     let writer = tokio::spawn(async move {
         for id in 0..REQUESTS as u64 {
-            flood_wr.write_all(&ping(id, &payload)).await.unwrap();
+            flood_wr.write_all(&frame(id)).await.unwrap();
             counter.fetch_add(1, Ordering::Relaxed);
         }
         flood_wr
@@ -137,16 +145,14 @@ async fn a_client_that_does_not_read_its_answers_stops_being_read_and_others_are
         assert!(start.elapsed() < PROMPTLY, "keyd kept reading requests whose answers are not read");
         last = now;
     }
-    let accepted = last * frame_len;
-    eprintln!("keyd took {last} requests ({accepted} bytes) before it stopped reading");
     assert!(last < REQUESTS, "keyd read all {REQUESTS} requests");
-    // Socket buffers both ways plus keyd's read chunk and write batch; not 10 MiB.
-    assert!(accepted < 4 << 20, "keyd took {accepted} bytes from a client that reads nothing");
+    // Socket buffers both ways plus keyd's read chunk and write batch.
+    assert!(last * frame_len < max_bytes, "keyd took {} bytes from a client that reads nothing", last * frame_len);
 
     // Another client is served meanwhile.
     let mut other = keyd.connect().await;
-    other.write_all(&ping(42, b"still there")).await.unwrap();
-    assert_eq!(responses(&mut other, 1).await, vec![(42, Response::Pong(b"still there".to_vec()))]);
+    other.write_all(&ping(u64::MAX, b"still there")).await.unwrap();
+    assert_eq!(responses(&mut other, 1).await, vec![(u64::MAX, Response::Pong(b"still there".to_vec()))]);
 
     // Once the flooding client reads, every request is answered, in order.
     let reader = tokio::spawn(async move {
@@ -157,6 +163,7 @@ async fn a_client_that_does_not_read_its_answers_stops_being_read_and_others_are
             while let Some((frame, len)) = decode_frame(&buf[used..]).unwrap() {
                 used += len;
                 assert_eq!(frame.id, got as u64);
+                assert!(!matches!(Response::decode(&frame).unwrap(), Response::Error { .. }));
                 got += 1;
             }
             buf.drain(..used);
@@ -168,12 +175,36 @@ async fn a_client_that_does_not_read_its_answers_stops_being_read_and_others_are
     });
     assert_eq!(tokio::time::timeout(Duration::from_secs(30), reader).await.unwrap().unwrap(), REQUESTS);
     tokio::time::timeout(PROMPTLY, writer).await.unwrap().unwrap();
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_answers_stops_being_read_and_others_are_served() {
+    let keyd = Running::start(KeydLimits::default(), None).await;
+    // 10,000 PINGs of 1 KiB (about 10 MiB).
+    let payload = vec![7u8; 1024];
+    let took = flood_without_reading(&keyd, move |id| ping(id, &payload), 4 << 20).await;
+    eprintln!("keyd took {took} PINGs of 1 KiB before it stopped reading");
+    keyd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_requests_with_large_answers_are_not_read_beyond_a_write_batch() {
+    // CHAIN: a request of a few dozen bytes, an answer of the whole chain.
+    let keyd = Running::start(KeydLimits::default(), Some("www.example.com")).await;
+    let chain = |id| {
+        let mut out = Vec::new();
+        Request::Chain(Selector::Domain("www.example.com".into())).encode(id, &mut out);
+        out
+    };
+    let took = flood_without_reading(&keyd, chain, 1 << 20).await;
+    eprintln!("keyd took {took} CHAIN requests before it stopped reading");
     keyd.stop().await;
 }
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_told_busy_and_closed() {
-    let keyd = Running::start(KeydLimits { connections: 2, ..KeydLimits::default() }).await;
+    let keyd = Running::start(KeydLimits { connections: 2, ..KeydLimits::default() }, None).await;
     let mut first = keyd.connect().await;
     let _second = keyd.connect().await;
     first.write_all(&ping(1, b"a")).await.unwrap();
