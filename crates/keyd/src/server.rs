@@ -303,7 +303,9 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (slow_tx, mut slow_rx) = mpsc::unbounded_channel::<(Vec<u8>, OwnedSemaphorePermit)>();
-    let slow = Arc::new(Semaphore::new(limits.in_flight));
+    // At least one, or a slow request would wait for a slot forever.
+    let in_flight = limits.in_flight.max(1);
+    let slow = Arc::new(Semaphore::new(in_flight));
     let caller = Arc::new(caller);
     let opened = Instant::now();
     let mut buf: Vec<u8> = Vec::new();
@@ -338,7 +340,7 @@ where
             continue;
         }
         let pending = step == Step::WaitingSlot;
-        if (failed || (eof && !pending)) && slow.available_permits() == limits.in_flight {
+        if (failed || (eof && !pending)) && slow.available_permits() == in_flight {
             break;
         }
         partial_since = match (buf.is_empty() || pending, partial_since) {
