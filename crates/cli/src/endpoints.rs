@@ -16,7 +16,7 @@ use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, Server
 use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 use sealtls_failure::{Failure, FailureClass};
-use sealtls_keyless::{KeydClient, Keyless};
+use sealtls_keyless::{KeydClient, Keyless, KeylessLimits};
 use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -173,12 +173,20 @@ pub struct KeylessFlags {
     /// Connections to keyd; requests are pipelined over them.
     #[arg(long, default_value_t = 4)]
     keyd_pool: usize,
+    /// Server names whose chains are kept from keyd; the least recently used is dropped beyond it.
+    #[arg(long, value_name = "N", default_value_t = KeylessLimits::default().cache, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    keyless_cache: usize,
+    /// Seconds a name keyd does not know is refused (unrecognized_name) without asking keyd again.
+    #[arg(long, value_name = "SECS", default_value_t = KeylessLimits::default().miss_ttl.as_secs())]
+    keyless_miss_ttl: u64,
 }
 
 impl KeylessFlags {
     /// The keyless resolver, if --keyd was given.
     pub fn keyless(&self) -> Result<Option<Keyless>, Failure> {
-        Ok(self.client()?.map(|client| Keyless::new(client, KEYLESS_REFRESH)))
+        let limits =
+            KeylessLimits { cache: self.keyless_cache, miss_ttl: Duration::from_secs(self.keyless_miss_ttl), ..KeylessLimits::default() };
+        Ok(self.client()?.map(|client| Keyless::with_limits(client, KEYLESS_REFRESH, limits)))
     }
 
     /// The keyd client, if --keyd was given.

@@ -20,4 +20,4 @@ pub use backend::{Backend, Entry, Location, State};
 pub use custody::{Caller, Custody};
 pub use error::StoreError;
 pub use sealed::SealedFiles;
-pub use server::{ClientCas, Keyd, KeydSettings, TlsListen};
+pub use server::{ClientCas, Keyd, KeydLimits, KeydSettings, TlsListen};

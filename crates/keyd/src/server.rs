@@ -19,23 +19,43 @@ use sealtls_pki::identity::PeerIdentity;
 use sealtls_pki::inspect::CertFacts;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::authorize::Peer;
 use crate::custody::{Caller, Custody};
 
-/// Requests a connection may have on blocking threads at once; reading
-/// pauses beyond it.
-const MAX_SLOW_IN_FLIGHT: usize = 64;
-/// Connections served at once; more are told BUSY.
-const MAX_CONNECTIONS: usize = 4096;
 /// Time a TLS client has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Responses written in one go.
+/// Responses written in one go; a connection stops answering (and so
+/// reading) until they are written.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What keyd allows each client, so that one that floods, stalls or never
+/// reads its answers cannot exhaust it (docs/custody-protocol.md, "Limits").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeydLimits {
+    /// Connections served at once; more are told BUSY and closed.
+    pub connections: usize,
+    /// Requests of one connection on blocking threads or answered but not
+    /// yet written; reading pauses beyond it.
+    pub in_flight: usize,
+    /// Time a started frame has to arrive whole.
+    pub frame_timeout: Duration,
+    /// Time a new connection has to send its first byte.
+    pub idle_timeout: Duration,
+}
+
+impl Default for KeydLimits {
+    fn default() -> Self {
+        Self { connections: 1024, in_flight: 64, frame_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60) }
+    }
+}
 
 /// The crypto provider of keyd's TLS listener: aws-lc-rs, made once.
 fn provider() -> Arc<CryptoProvider> {
@@ -98,6 +118,7 @@ pub struct Keyd {
     unix: UnixSocket,
     tls: Option<Tls>,
     own_uid: u32,
+    limits: KeydLimits,
 }
 
 fn setup_failure(e: impl std::fmt::Display) -> Failure {
@@ -134,7 +155,13 @@ impl Keyd {
             }
         };
         let own_uid = rustix::process::geteuid().as_raw();
-        Ok(Self { custody: Arc::new(custody), unix, tls, own_uid })
+        Ok(Self { custody: Arc::new(custody), unix, tls, own_uid, limits: KeydLimits::default() })
+    }
+
+    /// Serves with these limits instead of the defaults.
+    pub fn with_limits(mut self, limits: KeydLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The Unix socket's path.
@@ -149,7 +176,8 @@ impl Keyd {
 
     /// Serves until `shutdown` resolves, then closes every connection and removes the socket.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let limits = self.limits;
+        let slots = Arc::new(Semaphore::new(limits.connections));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -169,14 +197,19 @@ impl Keyd {
                                 Caller { admin: false, who: "unknown local user".into(), peer: Peer::Unknown }
                             }
                         };
-                        spawn_connection(&mut conns, &slots, stream, caller, self.custody.clone());
+                        spawn_connection(&mut conns, &slots, stream, caller, self.custody.clone(), limits);
                     }
                     Err(e) => pause("unix", e).await,
                 },
                 accepted = accept_tcp(self.tls.as_ref()) => match accepted {
                     Ok((tcp, peer)) => {
                         let tls = self.tls.as_ref().expect("accepted on the TLS listener");
-                        let (acceptor, admin, custody, slots) = (tls.acceptor.clone(), tls.admin.clone(), self.custody.clone(), slots.clone());
+                        let (acceptor, admin, custody) = (tls.acceptor.clone(), tls.admin.clone(), self.custody.clone());
+                        // The slot is taken before the handshake, so that handshakes count too.
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            warn!(%peer, limit = limits.connections, "TLS connection refused: keyd serves at most this many connections");
+                            continue;
+                        };
                         conns.spawn(async move {
                             let _ = tcp.set_nodelay(true);
                             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -186,8 +219,7 @@ impl Keyd {
                             };
                             let caller = tls_caller(stream.get_ref().1, admin.as_deref(), peer);
                             info!(%peer, caller = %caller.who, admin = caller.admin, "TLS client connected");
-                            let Ok(permit) = slots.try_acquire_owned() else { return busy(stream).await };
-                            serve(stream, caller, custody).await;
+                            serve(stream, caller, custody, limits).await;
                             drop(permit);
                         });
                     }
@@ -225,123 +257,202 @@ fn tls_caller(conn: &rustls::ServerConnection, admin: Option<&dyn ClientCertVeri
     Caller { admin: is_admin, who: format!("{subject} at {peer}"), peer: identity }
 }
 
-fn spawn_connection<S>(conns: &mut JoinSet<()>, slots: &Arc<Semaphore>, stream: S, caller: Caller, custody: Arc<Custody>)
-where
+fn spawn_connection<S>(
+    conns: &mut JoinSet<()>,
+    slots: &Arc<Semaphore>,
+    stream: S,
+    caller: Caller,
+    custody: Arc<Custody>,
+    limits: KeydLimits,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let Ok(permit) = slots.clone().try_acquire_owned() else {
-        conns.spawn(busy(stream));
+        conns.spawn(busy(stream, caller, limits.connections));
         return;
     };
     conns.spawn(async move {
-        serve(stream, caller, custody).await;
+        serve(stream, caller, custody, limits).await;
         drop(permit);
     });
 }
 
-async fn busy<S: AsyncWrite + Unpin>(mut stream: S) {
-    warn!("connection refused: {MAX_CONNECTIONS} connections are open");
+async fn busy<S: AsyncWrite + Unpin>(mut stream: S, caller: Caller, limit: usize) {
+    warn!(caller = %caller.who, "connection refused: {limit} connections are open");
     let mut out = Vec::new();
-    Response::refusal(ErrorCode::Busy, &format!("keyd serves at most {MAX_CONNECTIONS} connections"), "retry later").encode(0, &mut out);
+    Response::refusal(ErrorCode::Busy, &format!("keyd serves at most {limit} connections"), "retry later").encode(0, &mut out);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
 }
 
+/// How far `answer` got with the buffered frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// No whole frame is left: read more.
+    NeedMore,
+    /// The answers fill a write batch: write them, then go on.
+    OutputFull,
+    /// A slow request waits for one in flight to be written.
+    WaitingSlot,
+    /// Bytes that are not a frame: the connection closes.
+    Close,
+}
+
 /// Answers one connection's requests until it closes or sends bytes that
-/// are not frames. Quick answers are written by this task in one batch per
-/// read; slow ones come back from blocking threads through a channel.
-async fn serve<S>(stream: S, caller: Caller, custody: Arc<Custody>)
+/// are not frames. Quick answers are written by this task in batches;
+/// slow ones come back from blocking threads through a channel, each
+/// holding one of the connection's `in_flight` slots until it is written.
+/// While answers wait to be written, or every slot is taken, the
+/// connection is not read: a client that does not read its answers stops
+/// being read, and keyd holds at most a read chunk, a frame and a write
+/// batch for it.
+async fn serve<S>(stream: S, caller: Caller, custody: Arc<Custody>, limits: KeydLimits)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (slow_tx, mut slow_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let slow = Arc::new(Semaphore::new(MAX_SLOW_IN_FLIGHT));
+    let (slow_tx, mut slow_rx) = mpsc::unbounded_channel::<(Vec<u8>, OwnedSemaphorePermit)>();
+    // At least one, or a slow request would wait for a slot forever.
+    let in_flight = limits.in_flight.max(1);
+    let slow = Arc::new(Semaphore::new(in_flight));
     let caller = Arc::new(caller);
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut reading = true;
+    let opened = Instant::now();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut written: Vec<OwnedSemaphorePermit> = Vec::new();
+    // When the first byte of the frame still incomplete in `buf` arrived.
+    let mut partial_since: Option<Instant> = None;
+    let (mut heard, mut eof, mut failed) = (false, false, false);
     loop {
-        buf.reserve(64 * 1024);
-        let mut out = Vec::new();
-        tokio::select! {
-            read = rd.read_buf(&mut buf), if reading => match read {
-                Ok(0) => reading = false,
-                Ok(_) => reading = answer(&mut buf, &mut out, &custody, &caller, &slow, &slow_tx).await,
-                Err(e) => {
-                    debug!(caller = %caller.who, error = %e, "read failed");
-                    reading = false;
-                }
-            },
-            Some(answer) = slow_rx.recv() => out = answer,
+        let before = buf.len();
+        let step = if failed { Step::NeedMore } else { answer(&mut buf, &mut out, &custody, &caller, &slow, &slow_tx) };
+        if buf.len() < before {
+            // A frame completed: the time limit is for the next one.
+            partial_since = None;
+        }
+        if step == Step::Close {
+            failed = true;
         }
         while out.len() < WRITE_BATCH {
-            let Ok(more) = slow_rx.try_recv() else { break };
+            let Ok((more, slot)) = slow_rx.try_recv() else { break };
             out.extend_from_slice(&more);
+            written.push(slot);
         }
-        if !out.is_empty() && wr.write_all(&out).await.is_err() {
+        if !out.is_empty() {
+            if wr.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+            written.clear();
+        }
+        if step == Step::OutputFull {
+            continue;
+        }
+        let pending = step == Step::WaitingSlot;
+        if (failed || (eof && !pending)) && slow.available_permits() == in_flight {
             break;
         }
-        if !reading && slow.available_permits() == MAX_SLOW_IN_FLIGHT && slow_rx.is_empty() {
-            break;
+        partial_since = match (buf.is_empty() || pending, partial_since) {
+            (true, _) => None,
+            (false, Some(t)) => Some(t),
+            (false, None) => Some(Instant::now()),
+        };
+        let can_read = !eof && !failed && !pending;
+        let deadline = match partial_since {
+            Some(t) => t + limits.frame_timeout,
+            None if !heard => opened + limits.idle_timeout,
+            None => Instant::now() + Duration::from_secs(86_400 * 365),
+        };
+        buf.reserve(READ_CHUNK);
+        tokio::select! {
+            read = rd.read_buf(&mut buf), if can_read => match read {
+                Ok(0) => eof = true,
+                Ok(_) => heard = true,
+                Err(e) => {
+                    debug!(caller = %caller.who, error = %e, "read failed");
+                    eof = true;
+                }
+            },
+            Some((answer, slot)) = slow_rx.recv() => {
+                out = answer;
+                written.push(slot);
+            }
+            _ = tokio::time::sleep_until(deadline), if can_read => {
+                if heard {
+                    warn!(caller = %caller.who, timeout = ?limits.frame_timeout, "a request frame did not arrive whole in time; closing the connection");
+                } else {
+                    info!(caller = %caller.who, timeout = ?limits.idle_timeout, "the connection sent nothing in time; closing it");
+                }
+                failed = true;
+                buf.clear();
+            }
         }
     }
     let _ = wr.shutdown().await;
 }
 
-/// Answers the complete frames in `buf` into `out`, handing slow requests
-/// to blocking threads. Returns false when the connection must close.
-async fn answer(
+/// Answers the whole frames in `buf` into `out`, handing slow requests to
+/// blocking threads, until the frames run out, `out` holds a write batch or
+/// the connection's slots are all taken.
+fn answer(
     buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     custody: &Arc<Custody>,
     caller: &Arc<Caller>,
     slow: &Arc<Semaphore>,
-    slow_tx: &mpsc::UnboundedSender<Vec<u8>>,
-) -> bool {
+    slow_tx: &mpsc::UnboundedSender<(Vec<u8>, OwnedSemaphorePermit)>,
+) -> Step {
     let mut used = 0;
-    let keep_open = loop {
+    let step = loop {
+        if out.len() >= WRITE_BATCH {
+            break Step::OutputFull;
+        }
         let (frame, n) = match decode_frame(&buf[used..]) {
             Ok(Some(f)) => f,
-            Ok(None) => break true,
+            Ok(None) => break Step::NeedMore,
             Err(e) => {
                 warn!(caller = %caller.who, error = %e, "not a custody frame; closing the connection");
                 Response::refusal(ErrorCode::BadRequest, &e.to_string(), "the connection is closed").encode(0, out);
-                break false;
+                break Step::Close;
             }
         };
-        used += n;
         let id = frame.id;
         let request = match Request::decode(&frame) {
             Ok(r) => r,
             Err(BodyError::UnknownKind(k)) => {
+                used += n;
                 Response::error(ErrorCode::UnknownOperation, format!("operation 0x{k:02x} is not defined in protocol version 1"))
                     .encode(id, out);
                 continue;
             }
-            Err(BodyError::BadValue("scheme", n)) => {
-                Response::error(ErrorCode::UnsupportedScheme, format!("signature scheme 0x{n:04x} is not one of the protocol's"))
+            Err(BodyError::BadValue("scheme", s)) => {
+                used += n;
+                Response::error(ErrorCode::UnsupportedScheme, format!("signature scheme 0x{s:04x} is not one of the protocol's"))
                     .encode(id, out);
                 continue;
             }
             Err(e) => {
+                used += n;
                 Response::error(ErrorCode::BadRequest, format!("{} request: {e}", frame.kind)).encode(id, out);
                 continue;
             }
         };
         if custody.is_quick(&request) {
+            used += n;
             custody.handle(request, caller).encode(id, out);
             continue;
         }
-        let Ok(permit) = slow.clone().acquire_owned().await else { break false };
+        // The frame stays in `buf` until a slot is free.
+        let Ok(slot) = slow.clone().try_acquire_owned() else { break Step::WaitingSlot };
+        used += n;
         let (custody, caller, tx) = (custody.clone(), caller.clone(), slow_tx.clone());
         tokio::task::spawn_blocking(move || {
             let mut answer = Vec::new();
             custody.handle(request, &caller).encode(id, &mut answer);
-            let _ = tx.send(answer);
-            drop(permit);
+            let _ = tx.send((answer, slot));
         });
     };
     buf.drain(..used);
-    // A frame above the limit is refused above, so an open connection buffers at most one frame.
-    debug_assert!(!keep_open || buf.len() <= HEADER_LEN + MAX_BODY);
-    keep_open
+    // A frame above the limit is refused above, so `buf` holds at most one frame beyond what is paused.
+    debug_assert!(step != Step::NeedMore || buf.len() <= HEADER_LEN + MAX_BODY);
+    step
 }

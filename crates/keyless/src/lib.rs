@@ -7,4 +7,4 @@ pub mod client;
 pub mod resolver;
 
 pub use client::{KeydClient, KeydEndpoint, KeydError};
-pub use resolver::{client_identity, Keyless};
+pub use resolver::{client_identity, Keyless, KeylessLimits};

@@ -13,7 +13,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{AlertDescription, SignatureScheme};
 use sealtls_custody_proto::{ChainInfo, ErrorCode, KeyId, Request, Response, Scheme, Selector};
 use sealtls_endpoint::gate::{HelloGate, Refusal};
-use sealtls_keyless::{KeydClient, KeydEndpoint, Keyless};
+use sealtls_keyless::{KeydClient, KeydEndpoint, Keyless, KeylessLimits};
 
 /// A P-256 key and a self-signed certificate for `name`.
 struct Leaf {
@@ -193,4 +193,182 @@ async fn the_resolved_key_signs_through_keyd_by_key_id() {
     keyd.next().await.answer(Response::error(ErrorCode::SigningFailed, "token failed"));
     let err = finished(signing).await.unwrap_err().to_string();
     assert!(err.contains("www.example.com") && err.contains("token failed"), "{err}");
+}
+
+/// CHAIN requests the fake keyd was sent, by name.
+type Asked = Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
+/// A keyd that knows `good.example` and the wildcard `*.wild.example`
+/// (one key), and no other name; it counts the CHAIN requests per name.
+fn answering_keyd(mut keyd: FakeKeyd) -> (Asked, tokio::task::JoinHandle<()>) {
+    let asked = Asked::default();
+    let (good, wild) = (leaf("good.example"), leaf("*.wild.example"));
+    let counts = asked.clone();
+    let task = tokio::spawn(async move {
+        while let Some(r) = keyd.recv().await {
+            let Request::Chain(Selector::Domain(name)) = &r.request else { panic!("unexpected {:?}", r.request) };
+            *counts.lock().unwrap().entry(name.clone()).or_default() += 1;
+            if name == "good.example" {
+                r.answer(chain("good.example", &good, 1, 1));
+            } else if name.ends_with(".wild.example") {
+                r.answer(chain("*.wild.example", &wild, 2, 1));
+            } else {
+                r.answer(Response::error(ErrorCode::KeyNotFound, "no key is installed"));
+            }
+        }
+    });
+    (asked, task)
+}
+
+fn limited(dir: &tempfile::TempDir, limits: KeylessLimits) -> (FakeKeyd, Arc<KeydClient>, Keyless) {
+    let path = dir.path().join("keyd.sock");
+    let keyd = FakeKeyd::start(&path);
+    let client = KeydClient::new(KeydEndpoint::Unix(path), 1, Duration::from_secs(30));
+    let keyless = Keyless::with_limits(client.clone(), Duration::from_secs(3600), limits);
+    (keyd, client, keyless)
+}
+
+/// Runs the gate for every name, `batch` at a time, and returns the outcomes.
+async fn check_all(keyless: &Keyless, names: &[String], batch: usize) -> Vec<Result<(), Refusal>> {
+    let mut outcomes = Vec::new();
+    for chunk in names.chunks(batch) {
+        let gates: Vec<_> = chunk.iter().map(|n| check(keyless, Some(n))).collect();
+        for gate in gates {
+            outcomes.push(finished(gate).await);
+        }
+    }
+    outcomes
+}
+
+/// A deterministic stream of pseudo-random numbers.
+fn randoms(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x >> 33
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_names_asks_keyd_once_per_name_and_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = KeylessLimits { cache: 256, miss_ttl: Duration::from_secs(30), in_flight: 64 };
+    let (keyd, _client, keyless) = limited(&dir, limits);
+    let (asked, responder) = answering_keyd(keyd);
+
+    // 2,000 hellos for 200 unknown names in random order: one CHAIN request per name.
+    let mut next = randoms(7);
+    let hellos: Vec<String> = (0..2000).map(|_| format!("n{}.unknown.example", next() % 200)).collect();
+    for outcome in check_all(&keyless, &hellos, 50).await {
+        assert_eq!(outcome.unwrap_err().alert, AlertDescription::UnrecognisedName);
+    }
+    {
+        let asked = asked.lock().unwrap();
+        assert_eq!(asked.len(), 200);
+        assert!(asked.values().all(|&n| n == 1), "a miss was asked again within its TTL");
+    }
+    assert_eq!(keyless.remembered_misses(), 200);
+    assert_eq!(keyless.cached_names(), 0);
+
+    // After the miss TTL keyd is asked again.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(31)).await;
+    tokio::time::resume();
+    let again = "n1.unknown.example".to_string();
+    check_all(&keyless, std::slice::from_ref(&again), 1).await;
+    assert_eq!(asked.lock().unwrap()[&again], 2);
+
+    // 2,000 distinct names: each asked once, and the misses kept stay within the bound.
+    let distinct: Vec<String> = (0..2000).map(|i| format!("d{i}-{}.unknown.example", next())).collect();
+    for outcome in check_all(&keyless, &distinct, 50).await {
+        assert_eq!(outcome.unwrap_err().alert, AlertDescription::UnrecognisedName);
+    }
+    assert!(distinct.iter().all(|n| asked.lock().unwrap()[n] == 1));
+    assert!(keyless.remembered_misses() <= 256, "{} misses kept", keyless.remembered_misses());
+    responder.abort();
+}
+
+#[tokio::test]
+async fn many_names_under_a_wildcard_keep_the_cache_at_its_bound_and_share_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = KeylessLimits { cache: 256, ..KeylessLimits::default() };
+    let (keyd, _client, keyless) = limited(&dir, limits);
+    let (asked, responder) = answering_keyd(keyd);
+
+    let mut next = randoms(11);
+    let names: Vec<String> = (0..2000).map(|i| format!("h{i}-{}.wild.example", next())).collect();
+    for chunk in names.chunks(50) {
+        for outcome in check_all(&keyless, chunk, 50).await {
+            outcome.unwrap();
+        }
+        assert!(keyless.cached_names() <= 256, "{} names cached", keyless.cached_names());
+        // A name in use keeps resolving, from the cache.
+        finished(check(&keyless, Some("good.example"))).await.unwrap();
+        assert!(resolve(&keyless, "good.example").is_some());
+    }
+    assert_eq!(keyless.cached_names(), 256);
+    assert_eq!(asked.lock().unwrap()["good.example"], 1);
+    assert!(names.iter().all(|n| asked.lock().unwrap()[n] == 1));
+
+    // The names under the wildcard share one chain; the oldest ones were dropped.
+    let (a, b) = (resolve(&keyless, &names[1999]).unwrap(), resolve(&keyless, &names[1990]).unwrap());
+    assert!(Arc::ptr_eq(&a, &b), "each name holds its own copy of the chain");
+    assert!(resolve(&keyless, &names[0]).is_none());
+    responder.abort();
+}
+
+#[tokio::test]
+async fn concurrent_hellos_for_one_name_make_one_chain_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut keyd, client, keyless) = setup(&dir, Duration::from_secs(3600));
+    let www = leaf("www.example.com");
+
+    let gates: Vec<_> = (0..20).map(|_| check(&keyless, Some("www.example.com"))).collect();
+    let r = chain_request(&mut keyd, "www.example.com").await;
+    // Every hello has reached the gate before keyd answers.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    r.answer(chain("www.example.com", &www, 1, 1));
+    for gate in gates {
+        finished(gate).await.unwrap();
+    }
+    nothing_else_was_asked(&mut keyd, &client).await;
+
+    // The same for a name keyd does not know.
+    let gates: Vec<_> = (0..20).map(|_| check(&keyless, Some("nope.example.com"))).collect();
+    chain_request(&mut keyd, "nope.example.com").await.answer(Response::error(ErrorCode::KeyNotFound, "no key"));
+    for gate in gates {
+        assert_eq!(finished(gate).await.unwrap_err().alert, AlertDescription::UnrecognisedName);
+    }
+    nothing_else_was_asked(&mut keyd, &client).await;
+}
+
+#[tokio::test]
+async fn names_beyond_the_lookup_limit_are_refused_with_handshake_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = KeylessLimits { in_flight: 2, ..KeylessLimits::default() };
+    let (mut keyd, client, keyless) = limited(&dir, limits);
+    let www = leaf("www.example.com");
+
+    let (a, b) = (check(&keyless, Some("a.example.com")), check(&keyless, Some("b.example.com")));
+    let (ra, rb) = (keyd.next().await, keyd.next().await);
+    // Two lookups are under way: a third name is refused at once, without asking keyd.
+    let refusal = finished(check(&keyless, Some("c.example.com"))).await.unwrap_err();
+    assert_eq!(refusal.alert, AlertDescription::HandshakeFailure);
+    assert!(refusal.reason.contains("already being looked up"), "{}", refusal.reason);
+    // A hello for a name under way waits for its lookup instead.
+    let a2 = check(&keyless, Some("a.example.com"));
+    nothing_else_was_asked(&mut keyd, &client).await;
+
+    ra.answer(chain("a.example.com", &www, 1, 1));
+    rb.answer(Response::error(ErrorCode::KeyNotFound, "no key"));
+    finished(a).await.unwrap();
+    finished(a2).await.unwrap();
+    assert_eq!(finished(b).await.unwrap_err().alert, AlertDescription::UnrecognisedName);
+
+    // With the lookups done, the refused name is looked up.
+    let c = check(&keyless, Some("c.example.com"));
+    chain_request(&mut keyd, "c.example.com").await.answer(chain("c.example.com", &www, 1, 1));
+    finished(c).await.unwrap();
 }

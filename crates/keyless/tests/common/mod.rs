@@ -74,6 +74,11 @@ impl FakeKeyd {
         tokio::time::timeout(PROMPTLY, self.incoming.recv()).await.expect("no request reached the fake keyd").expect("fake keyd stopped")
     }
 
+    /// The next request, from any connection, however long it takes.
+    pub(crate) async fn recv(&mut self) -> Option<Incoming> {
+        self.incoming.recv().await
+    }
+
     /// Stops listening and drops every connection, as a keyd that exits.
     pub(crate) async fn stop(self) {
         self.accept.abort();
