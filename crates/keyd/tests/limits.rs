@@ -30,7 +30,7 @@ impl Running {
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let cert = rcgen::CertificateParams::new(vec![domain.to_string()]).unwrap().self_signed(&key).unwrap();
             let put = Request::Put { domain: domain.into(), key: Zeroizing::new(key.serialize_der()), chain: vec![cert.der().to_vec()] };
-            let admin = Caller { admin: true, who: "the test".into() };
+            let admin = Caller { admin: true, who: "the test".into(), peer: sealtls_keyd::Peer::Unknown };
             assert!(matches!(custody.handle(put, &admin), Response::Stored(_)));
         }
         let settings = KeydSettings { socket: dir.path().join("keyd.sock"), tls: None, admin_ca: None };
