@@ -232,12 +232,20 @@ pub async fn provision(socket: &Path, domain: &str, key: &Path, cert: &Path) -> 
     Ok(())
 }
 
-/// In keyd started by `up`: exit (by SIGTERM) when `up` goes away, however it ends.
+/// In keyd started by `up`: stop (as on SIGTERM) when `up` goes away, however it
+/// ends. Its parent is checked every second: a parent-death signal would follow
+/// the thread that started keyd, and `up`'s threads come and go.
 pub fn exit_with_parent() {
     let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
-    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
-        // `up` was gone before the death signal was armed.
+    let parent_alive = move || rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) == Some(parent);
+    if !parent_alive() {
         std::process::exit(0);
     }
+    std::thread::spawn(move || {
+        while parent_alive() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // Nothing is logged: standard error was a pipe to `up`, and is broken now.
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
+    });
 }

@@ -666,6 +666,48 @@ fn up_restarts_keyd_when_it_dies() {
     assert!(!Path::new(&format!("/proc/{again}")).exists(), "keyd {again} outlived up");
 }
 
+/// keyd that keeps dying is restarted 5 times within a minute, then `up` gives up and exits non-zero;
+/// keyd that outlives a killed `up` stops by itself.
+#[test]
+fn up_gives_up_on_keyd_that_keeps_dying() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (mut child, _banner, stderr, _keyless) = up_on_free_ports(d, "echo-localhost");
+    for round in 1..=6 {
+        let keyd = process_tree(child.id()).into_iter().find(|p| is_keyd(*p)).expect("keyd runs below up");
+        assert!(std::process::Command::new("kill").args(["-KILL", &keyd.to_string()]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while round < 6 && stderr.lock().unwrap().matches("keyd restarted").count() < round {
+            assert!(Instant::now() < deadline, "keyd was not restarted ({round}):\n{}", stderr.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "up did not give up:\n{}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let log = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("keyd exited (signal: 9 (SIGKILL)) after 5 restarts within 60 s"), "{log}");
+
+    // SIGKILL leaves up no chance to stop keyd: keyd notices and stops within seconds.
+    let d2 = tempfile::tempdir().unwrap();
+    let (mut child, _banner, stderr, _keyless) = up_on_free_ports(d2.path(), "echo-localhost");
+    let keyd = process_tree(child.id()).into_iter().find(|p| is_keyd(*p)).expect("keyd runs below up");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{keyd}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "keyd {keyd} outlived a killed up:\n{}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// When keyd cannot start, `up` says so with keyd's own words and starts nothing.
 #[test]
 fn up_fails_with_keyds_words_when_keyd_cannot_start() {
