@@ -460,8 +460,10 @@ pub const DEV_CONFIG: &str = r#"# sealtls configuration. Paths are relative to t
 # (a file holding srv_key inline must be mode 0600).
 
 [tls]
-srv_cert_file = "localhost.pem"
-srv_key_file = "localhost.key"
+# The echo server's own certificate: keyd holds localhost.key (for the
+# keyless server), and no TLS process holds a key keyd holds.
+srv_cert_file = "echo-localhost.pem"
+srv_key_file = "echo-localhost.key"
 ca_cert_file = "ca.pem"
 # Accept server certificates the way BitVisor does in `client connect`
 # (signature chain and validity only): needed for the guide's openssl certificates.
@@ -549,7 +551,7 @@ mod tests {
     #[test]
     fn dev_config_is_valid_toml_with_known_keys() {
         let raw: RawConfig = toml::from_str(DEV_CONFIG).unwrap();
-        assert_eq!(raw.tls.srv_cert_file.as_deref(), Some(Path::new("localhost.pem")));
+        assert_eq!(raw.tls.srv_cert_file.as_deref(), Some(Path::new("echo-localhost.pem")));
     }
 
     proptest::proptest! {

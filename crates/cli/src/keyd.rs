@@ -173,6 +173,7 @@ pub async fn bind(custody: Custody, args: &KeydArgs) -> Result<Keyd, Failure> {
 }
 
 pub async fn keyd(args: KeydArgs) -> Result<(), Failure> {
+    crate::keyd_child::exit_with_parent();
     let shutdown = shutdown_signal();
     let daemon = bind(open_custody(&args)?, &args).await?;
     match daemon.tls_addr() {

@@ -5,6 +5,7 @@ mod config;
 mod endpoints;
 mod identity;
 mod keyd;
+mod keyd_child;
 mod offload;
 mod pki;
 mod services;

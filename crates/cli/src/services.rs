@@ -9,21 +9,17 @@ use std::time::Duration;
 
 use clap::Args;
 use sealtls_console::{check_listen, Console, ConsoleOptions, EchoServers, ServerSpec};
-use sealtls_custody_proto::{Request, Response};
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Server, ServerOptions};
 use sealtls_endpoint::settings::{ServerSettings, ServerTls};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
-use sealtls_failure::{Failure, FailureClass, CHECK_FILE};
-use sealtls_keyd::Caller;
+use sealtls_failure::{Failure, FailureClass};
 use sealtls_keyless::{KeydClient, KeydEndpoint, Keyless};
 use sealtls_offload_daemon::OffloadSettings;
 use tokio::sync::watch;
 use tracing::info;
-use zeroize::Zeroizing;
 
 use crate::config::{ConsoleSection, EchoSection};
-use crate::keyd::KeydArgs;
 
 type ServiceFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -113,29 +109,6 @@ pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>) -> Resul
     let daemon = crate::offload::bind(settings)?;
     let address = Address::Unix(daemon.socket().to_owned());
     Ok(Service { name: "TLS offload daemon", address, task: Box::pin(daemon.run(stopped(stop))) })
-}
-
-/// keyd, with `domain`'s key and chain from the given files installed
-/// (through the PUT operation) unless it already has one.
-pub async fn keyd(args: &KeydArgs, install: Option<(&str, &Path, &Path)>, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
-    let custody = crate::keyd::open_custody(args)?;
-    if let Some((domain, key, cert)) = install {
-        let admin = Caller { admin: true, who: "sealtls up".into(), peer: sealtls_keyd::Peer::Unknown };
-        if custody.handle(Request::Has(domain.into()), &admin) == Response::Found(false) {
-            let key = Zeroizing::new(sealtls_pki::load_key(key).map_err(Failure::config)?.secret_der().to_vec());
-            let chain = sealtls_pki::load_certs(cert).map_err(Failure::config)?.iter().map(|c| c.to_vec()).collect();
-            if let Response::Error { message, .. } = custody.handle(Request::Put { domain: domain.into(), key, chain }, &admin) {
-                let (what, fix) = sealtls_custody_proto::message_parts(&message);
-                return Err(Failure::new(FailureClass::Config, what, fix.unwrap_or(CHECK_FILE)));
-            }
-        }
-    }
-    let daemon = crate::keyd::bind(custody, args).await?;
-    Ok(Service {
-        name: "keyd (key custody)",
-        address: Address::Unix(daemon.socket().to_owned()),
-        task: Box::pin(daemon.run(stopped(stop))),
-    })
 }
 
 /// A TLS echo server whose certificates and signatures come from keyd.

@@ -4,14 +4,15 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use sealtls_console::EchoServers;
-use sealtls_failure::Failure;
+use sealtls_failure::{Failure, FailureClass, CHECK_FILE};
 use sealtls_pki::files::write_atomic;
 use sealtls_pki::issue::{default_ca_name, init_ca, issue_leaf, KeyType, LeafKind, DEFAULT_LEAF_DAYS};
-use tokio::sync::watch;
-use tracing::info;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
 
 use crate::config::{locate, Config, DEFAULT_NAME, DEV_CONFIG};
 use crate::keyd::KeydArgs;
+use crate::keyd_child::{provision, KeydSpec};
 use crate::services::{self, run_until_signal, Address, ConsoleFlags};
 use crate::signals::shutdown_signal;
 
@@ -44,16 +45,66 @@ pub fn ensure_dev_data(dir: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Creates the development PKI in `dir` (a CA, `localhost` and `client`)
-/// unless already there: keyd is given `localhost`'s key.
+/// The development server leaf whose key keyd holds (for the keyless server).
+pub const KEYD_LEAF: &str = "localhost";
+/// The development server leaf of the echo server and the console: a key of
+/// their own, so that no TLS process holds a key that keyd holds.
+pub const ECHO_LEAF: &str = "echo-localhost";
+
+/// Creates the development PKI in `dir` unless already there: a CA,
+/// `localhost` (whose key keyd is given), `echo-localhost` (the echo
+/// server's) and `client`. A directory made before `echo-localhost`
+/// existed gets it added.
 fn ensure_dev_pki(dir: &Path) -> Result<(), Failure> {
     if !dir.join("ca.pem").exists() {
         info!(dir = %dir.display(), "creating a development PKI");
         init_ca(dir, &default_ca_name(), KeyType::EcdsaP256, 3650, false).map_err(Failure::config)?;
-        issue_leaf(dir, LeafKind::Server, "localhost", &[], KeyType::EcdsaP256, DEFAULT_LEAF_DAYS, false).map_err(Failure::config)?;
+        issue_keyd_leaf(dir)?;
         issue_leaf(dir, LeafKind::Client, "client", &[], KeyType::EcdsaP256, DEFAULT_LEAF_DAYS, false).map_err(Failure::config)?;
     }
+    if !dir.join(format!("{ECHO_LEAF}.pem")).exists() && dir.join("ca.key").exists() {
+        info!(dir = %dir.display(), leaf = ECHO_LEAF, "issuing the echo server's own certificate");
+        let sans = ["localhost", "127.0.0.1", "::1"].map(String::from);
+        issue_leaf(dir, LeafKind::Server, ECHO_LEAF, &sans, KeyType::EcdsaP256, DEFAULT_LEAF_DAYS, false).map_err(Failure::config)?;
+    }
     Ok(())
+}
+
+/// Issues `localhost` in a short-lived `sealtls pki issue` process, so
+/// that the key keyd will hold is never in `up`'s memory.
+fn issue_keyd_leaf(dir: &Path) -> Result<(), Failure> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::new(FailureClass::Config, format!("cannot find this program: {e}"), "run sealtls from its file"))?;
+    let out = std::process::Command::new(exe)
+        .args(["pki", "issue", "server", "--name", KEYD_LEAF, "--dir"])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Failure::new(FailureClass::Config, format!("cannot run sealtls pki issue: {e}"), "check the sealtls binary"))?;
+    if !out.status.success() {
+        return Err(Failure::new(
+            FailureClass::Config,
+            format!("issuing {KEYD_LEAF} in {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim()),
+            CHECK_FILE,
+        ));
+    }
+    Ok(())
+}
+
+/// Warns when the echo server serves with the certificate (and so the key)
+/// keyd is given: a configuration written before `echo-localhost` existed.
+fn warn_shared_key(config: &Config, config_path: &Path, data_dir: &Path) {
+    let Some(server) = &config.material.server else { return };
+    let Ok(keyd_chain) = sealtls_pki::load_certs(&data_dir.join(format!("{KEYD_LEAF}.pem"))) else { return };
+    if server.cert.first().map(|c| c.as_ref()) == keyd_chain.first().map(|c| c.as_ref()) {
+        warn!(
+            config = %config_path.display(),
+            "the echo server and keyd share the {KEYD_LEAF} key, so this process holds a key keyd holds; \
+             fix: in [tls] set srv_cert_file = \"{ECHO_LEAF}.pem\" and srv_key_file = \"{ECHO_LEAF}.key\" \
+             (issued in {})",
+            data_dir.display()
+        );
+    }
 }
 
 /// A path as a shell word: as it is when it needs no quoting, else in single quotes.
@@ -103,28 +154,54 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         }
     };
     let config = load(Some(&path))?;
+    warn_shared_key(&config, &path, &args.data_dir);
     let console_section = args.console.apply(config.console.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let servers = EchoServers::new(config.material.clone());
     let device_key = args.device_key.clone().unwrap_or_else(sealtls_keyd::device::default_path);
-    let mut keyd = KeydArgs::sealed(args.data_dir.join("keyd"), Some(device_key.clone()));
-    keyd.socket = config.keyd_socket.clone();
+    let mut keyd_args = KeydArgs::sealed(args.data_dir.join("keyd"), Some(device_key.clone()));
+    keyd_args.socket = config.keyd_socket.clone();
+    let keyd_socket = keyd_args.socket();
+    let spec = KeydSpec { data_dir: keyd_args.data_dir, device_key: device_key.clone(), socket: keyd_socket.clone() };
+    // keyd first, in its own process: nothing else starts if it cannot.
+    let keyd = spec.start().await?;
+    let (dev_key, dev_cert) = (args.data_dir.join(format!("{KEYD_LEAF}.key")), args.data_dir.join(format!("{KEYD_LEAF}.pem")));
+    if let Err(f) = provision(&keyd_socket, KEYD_LEAF, &dev_key, &dev_cert).await {
+        keyd.stop().await;
+        return Err(f);
+    }
+    let servers = EchoServers::new(config.material.clone());
     let keyless_listen = args.keyless_listen.unwrap_or(config.keyless.listen);
-    let (dev_key, dev_cert) = (args.data_dir.join("localhost.key"), args.data_dir.join("localhost.pem"));
     let started = async {
         Ok::<_, Failure>(vec![
             services::echo(&servers, &config.echo, stop_rx.clone()).await?,
             services::console(&servers, &console_section, stop_rx.clone()).await?,
             services::offload(&config.offload, stop_rx.clone())?,
-            services::keyd(&keyd, Some(("localhost", &dev_key, &dev_cert)), stop_rx.clone()).await?,
-            services::keyless(keyless_listen, &keyd.socket(), stop_rx.clone()).await?,
+            services::keyless(keyless_listen, &keyd_socket, stop_rx.clone()).await?,
         ])
     };
-    let list = match started.await {
+    let mut list = match started.await {
         Ok(list) => list,
         Err(f) => {
             servers.stop_all().await;
+            keyd.stop().await;
             return Err(f);
+        }
+    };
+    let (failed_tx, failed_rx) = oneshot::channel();
+    let keyd_service = services::Service {
+        name: "keyd (key custody)",
+        address: Address::Unix(keyd_socket.clone()),
+        task: Box::pin(keyd.supervise(spec, stop_rx.clone(), failed_tx)),
+    };
+    list.insert(3, keyd_service);
+    let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let until = {
+        let failure = failure.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                Ok(f) = failed_rx => *failure.lock().expect("failure lock") = Some(f),
+            }
         }
     };
 
@@ -175,8 +252,12 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     println!("  openssl s_client -connect {keyless} -servername localhost -CAfile {ca}");
     println!("  {me} key ls --keyd unix:{}", shell_word(keyd_socket));
     println!("stop with Ctrl-C");
-    run_until_signal(list, shutdown, stop_tx, &servers).await;
-    Ok(())
+    run_until_signal(list, until, stop_tx, &servers).await;
+    let failed = failure.lock().expect("failure lock").take();
+    match failed {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
 }
 
 #[derive(Args)]

@@ -268,6 +268,12 @@ const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// `sealtls up ARGS` in `dir` with sealtls not on PATH, once its banner is out.
 fn up(dir: &Path, args: &[&str]) -> (std::process::Child, String) {
+    let (child, banner, _) = up_logged(dir, args);
+    (child, banner)
+}
+
+/// [`up`], and its standard error as it grows.
+fn up_logged(dir: &Path, args: &[&str]) -> (std::process::Child, String, std::sync::Arc<std::sync::Mutex<String>>) {
     let mut child = sealtls()
         .arg("up")
         .args(args)
@@ -294,7 +300,7 @@ fn up(dir: &Path, args: &[&str]) -> (std::process::Child, String) {
             Err(_) => panic!("sealtls up did not come up: {banner}\n{}", stderr.lock().unwrap()),
         }
     }
-    (child, banner)
+    (child, banner, stderr)
 }
 
 /// SIGTERM, then a clean exit 0.
@@ -318,7 +324,7 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
     let d = tmp.path();
     let (echo, console, keyless) = (free_port(), free_port(), free_port());
     let config = format!(
-        "[tls]\nsrv_cert_file = \"sealtls-data/localhost.pem\"\nsrv_key_file = \"sealtls-data/localhost.key\"\nca_cert_file = \"sealtls-data/ca.pem\"\n\
+        "[tls]\nsrv_cert_file = \"sealtls-data/echo-localhost.pem\"\nsrv_key_file = \"sealtls-data/echo-localhost.key\"\nca_cert_file = \"sealtls-data/ca.pem\"\n\
          [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n[keyd]\nsocket = \"keyd.sock\"\n"
     );
     write_mode(&d.join("sealtls.toml"), &config, 0o644);
@@ -341,7 +347,7 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
     let data = d.join("sealtls-data");
     {
         use std::os::unix::fs::PermissionsExt;
-        for key in ["ca.key", "localhost.key", "client.key"] {
+        for key in ["ca.key", "localhost.key", "echo-localhost.key", "client.key"] {
             assert_eq!(std::fs::metadata(data.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{key}");
         }
     }
@@ -458,6 +464,281 @@ fn up_with_no_config_serves_on_the_documented_ports() {
         "-verify_return_error",
     ]));
     assert!(text(&o).contains("Verify return code: 0 (ok)"), "{}", text(&o));
+    stop_up(child);
+}
+
+/// `up` on free ports with a fresh data directory, the echo server serving with `leaf`
+/// (from the data directory) and the device secret in `d`: (child, banner, stderr, keyless port).
+fn up_on_free_ports(d: &Path, leaf: &str) -> (std::process::Child, String, std::sync::Arc<std::sync::Mutex<String>>, u16) {
+    let (echo, console, keyless) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "[tls]\nsrv_cert_file = \"sealtls-data/{leaf}.pem\"\nsrv_key_file = \"sealtls-data/{leaf}.key\"\nca_cert_file = \"sealtls-data/ca.pem\"\n\
+         [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n"
+    );
+    write_mode(&d.join("sealtls.toml"), &config, 0o644);
+    let device = d.join("secret/device.key");
+    let (child, banner, stderr) = up_logged(d, &["--device-key", device.to_str().unwrap()]);
+    (child, banner, stderr, keyless)
+}
+
+/// `openssl s_client` to the keyless server: whether it verified `localhost`'s chain.
+fn keyless_handshake(d: &Path, port: u16) -> (bool, String) {
+    let o = run(std::process::Command::new("openssl").current_dir(d).args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        "localhost",
+        "-CAfile",
+        "sealtls-data/ca.pem",
+        "-verify_return_error",
+    ]));
+    let t = text(&o);
+    (o.status.success() && t.contains("Verify return code: 0 (ok)"), t)
+}
+
+/// `pid` and every process below it (from /proc/*/stat).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let ppid = stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+fn is_keyd(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline.split(|b| *b == 0).nth(1) == Some(b"keyd")
+}
+
+/// The readable parts of `pid`'s memory whose pages are in memory or in swap: readable
+/// regions from /proc/PID/maps, cut to runs of pages that /proc/PID/pagemap marks present
+/// or swapped (other pages read as zeros, and allocators reserve gigabytes of those).
+fn resident_regions(pid: u32) -> Vec<(u64, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PAGE: u64 = 4096;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut runs = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (range, perms) = (fields.next().unwrap(), fields.next().unwrap());
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (u64::from_str_radix(start, 16).unwrap(), u64::from_str_radix(end, 16).unwrap());
+        let mut entries = vec![0u8; ((end - start) / PAGE * 8) as usize];
+        if pagemap.seek(SeekFrom::Start(start / PAGE * 8)).is_err() || pagemap.read_exact(&mut entries).is_err() {
+            // No page information: read all of it.
+            runs.push((start, end));
+            continue;
+        }
+        let mut run: Option<u64> = None;
+        for (i, e) in entries.chunks_exact(8).enumerate() {
+            let page = start + i as u64 * PAGE;
+            let in_use = u64::from_le_bytes(e.try_into().unwrap()) >> 62 != 0;
+            match (in_use, run) {
+                (true, None) => run = Some(page),
+                (false, Some(from)) => {
+                    runs.push((from, page));
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        runs.extend(run.map(|from| (from, end)));
+    }
+    runs
+}
+
+/// Which of `needles` occur in the readable memory of `pid` (/proc/PID/maps, pagemap and mem;
+/// regions that cannot be read are skipped), and how many bytes were read.
+fn scan_memory(pid: u32, needles: &[&[u8]]) -> (Vec<bool>, usize) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let longest = needles.iter().map(|n| n.len()).max().unwrap();
+    let mut found = vec![false; needles.len()];
+    let mut read = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, end) in resident_regions(pid) {
+        let mut at = start;
+        while at < end {
+            let want = ((end - at) as usize).min(buf.len());
+            if mem.seek(SeekFrom::Start(at)).is_err() {
+                break;
+            }
+            let Ok(n) = mem.read(&mut buf[..want]) else { break };
+            if n == 0 {
+                break;
+            }
+            read += n;
+            let chunk = &buf[..n];
+            for (i, needle) in needles.iter().enumerate() {
+                if !found[i] {
+                    found[i] = chunk.windows(needle.len()).any(|w| w[0] == needle[0] && w == *needle);
+                }
+            }
+            // Step back so that a needle across two reads is seen.
+            at += if n as u64 == end - at { n as u64 } else { (n - longest.min(n - 1)) as u64 };
+        }
+    }
+    (found, read)
+}
+
+/// The TLS processes of `up` never hold the key keyd signs with: no process of
+/// up's tree but keyd has `localhost`'s private scalar (either byte order) or its
+/// PKCS#8 DER anywhere in readable memory; keyd does (the positive control).
+#[test]
+fn up_keeps_keyds_key_out_of_every_other_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (child, banner, stderr, keyless) = up_on_free_ports(d, "echo-localhost");
+    let (ok, t) = keyless_handshake(d, keyless);
+    assert!(ok, "{t}");
+    let echo = banner.lines().find(|l| l.trim_start().starts_with("TLS echo server")).unwrap().split_whitespace().last().unwrap();
+    let o = run(sealtls().current_dir(d).args(["connect", echo, "--ca", "sealtls-data/ca.pem", "--server-name", "localhost"]));
+    assert!(o.status.success(), "{}", text(&o));
+
+    let key = d.join("sealtls-data/localhost.key");
+    let der = run(std::process::Command::new("openssl").args(["pkey", "-outform", "DER", "-in"]).arg(&key)).stdout;
+    let at = der.windows(5).position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20]).expect("an ECPrivateKey in the PKCS#8 key") + 5;
+    let scalar = der[at..at + 32].to_vec();
+    let reversed: Vec<u8> = scalar.iter().rev().copied().collect();
+    let needles: [&[u8]; 3] = [&scalar, &reversed, &der];
+
+    let tree = process_tree(child.id());
+    let keyd: Vec<u32> = tree.iter().copied().filter(|p| is_keyd(*p)).collect();
+    assert_eq!(keyd.len(), 1, "one keyd below up {}: {tree:?}\n{}", child.id(), stderr.lock().unwrap());
+    for pid in &tree {
+        let (found, read) = scan_memory(*pid, &needles);
+        assert!(read > 0, "nothing of process {pid} could be read");
+        if *pid == keyd[0] {
+            assert!(found.iter().any(|f| *f), "keyd ({pid}) should hold the key it signs with ({read} bytes read)");
+        } else {
+            assert_eq!(found, [false; 3], "process {pid} of up's tree holds localhost's key (scalar, reversed, DER)");
+        }
+    }
+    assert!(tree.len() >= 2 && !stderr.lock().unwrap().contains("share the localhost key"));
+    stop_up(child);
+}
+
+/// keyd killed under `up` is restarted, with a log line, and the keyless server serves again.
+#[test]
+fn up_restarts_keyd_when_it_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (child, _banner, stderr, keyless) = up_on_free_ports(d, "echo-localhost");
+    let keyd = process_tree(child.id()).into_iter().find(|p| is_keyd(*p)).expect("keyd runs below up");
+    assert!(std::process::Command::new("kill").args(["-KILL", &keyd.to_string()]).status().unwrap().success());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stderr.lock().unwrap().contains("keyd restarted") {
+        assert!(Instant::now() < deadline, "keyd was not restarted:\n{}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = stderr.lock().unwrap().clone();
+    assert!(log.contains("keyd exited; restarting it") && log.contains("SIGKILL"), "{log}");
+    let again = process_tree(child.id()).into_iter().find(|p| is_keyd(*p)).expect("keyd runs again");
+    assert_ne!(again, keyd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, t) = keyless_handshake(d, keyless);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the keyless server does not serve after keyd's restart: {t}\n{}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop_up(child);
+    assert!(!Path::new(&format!("/proc/{again}")).exists(), "keyd {again} outlived up");
+}
+
+/// keyd that keeps dying is restarted 5 times within a minute, then `up` gives up and exits non-zero;
+/// keyd that outlives a killed `up` stops by itself.
+#[test]
+fn up_gives_up_on_keyd_that_keeps_dying() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (mut child, _banner, stderr, _keyless) = up_on_free_ports(d, "echo-localhost");
+    for round in 1..=6 {
+        let keyd = process_tree(child.id()).into_iter().find(|p| is_keyd(*p)).expect("keyd runs below up");
+        assert!(std::process::Command::new("kill").args(["-KILL", &keyd.to_string()]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while round < 6 && stderr.lock().unwrap().matches("keyd restarted").count() < round {
+            assert!(Instant::now() < deadline, "keyd was not restarted ({round}):\n{}", stderr.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "up did not give up:\n{}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let log = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("keyd exited (signal: 9 (SIGKILL)) after 5 restarts within 60 s"), "{log}");
+
+    // SIGKILL leaves up no chance to stop keyd: keyd notices and stops within seconds.
+    let d2 = tempfile::tempdir().unwrap();
+    let (mut child, _banner, stderr, _keyless) = up_on_free_ports(d2.path(), "echo-localhost");
+    let keyd = process_tree(child.id()).into_iter().find(|p| is_keyd(*p)).expect("keyd runs below up");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{keyd}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "keyd {keyd} outlived a killed up:\n{}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// When keyd cannot start, `up` says so with keyd's own words and starts nothing.
+#[test]
+fn up_fails_with_keyds_words_when_keyd_cannot_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let device = d.join("device.key");
+    write_mode(&device, &"7".repeat(64), 0o644);
+    let (echo, keyless) = (free_port(), free_port());
+    let config = format!(
+        "[echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:0\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n"
+    );
+    write_mode(&d.join("sealtls.toml"), &config, 0o644);
+    let o = run(sealtls().current_dir(d).env("PATH", SYSTEM_PATH).args(["up", "--device-key", device.to_str().unwrap()]));
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{t}");
+    assert!(t.contains("keyd exited") && t.contains("keyd's standard error ended with:") && t.contains("device.key"), "{t}");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", echo)).is_ok(), "nothing else started: {t}");
+}
+
+/// A configuration from before the echo server had its own key (it serves `localhost`'s,
+/// which keyd holds) still works, with a warning that says how to fix it.
+#[test]
+fn up_warns_when_the_echo_server_shares_keyds_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (child, banner, stderr, keyless) = up_on_free_ports(d, "localhost");
+    let log = stderr.lock().unwrap().clone();
+    assert!(log.contains("the echo server and keyd share the localhost key") && log.contains("echo-localhost.key"), "{log}");
+    assert!(d.join("sealtls-data/echo-localhost.pem").exists(), "{banner}");
+    let (ok, t) = keyless_handshake(d, keyless);
+    assert!(ok, "{t}");
     stop_up(child);
 }
 
