@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use rustls::pki_types::ServerName;
-use sealtls_endpoint::client::{handshake, host_of, tcp_connect};
+use sealtls_endpoint::client::{handshake, host_of, server_name_for, tcp_connect};
 use sealtls_endpoint::explain::{explain, Side};
 use sealtls_endpoint::forward::{relay, TargetStream};
 use sealtls_endpoint::identity::Rules;
@@ -159,17 +159,7 @@ impl Listener {
 
 impl TunnelArgs {
     async fn remote(&self) -> Result<Remote, Failure> {
-        let name_text = match &self.server_name {
-            Some(n) => n.clone(),
-            None => host_of(&self.target)?.to_owned(),
-        };
-        let name = ServerName::try_from(name_text.clone()).map_err(|_| {
-            Failure::new(
-                FailureClass::Usage,
-                format!("`{name_text}` is not a valid server name"),
-                "give a DNS name or an IP address with --server-name",
-            )
-        })?;
+        let (name_text, name) = server_name_for(&self.target, self.server_name.as_deref())?;
         let identity = match (&self.cert, &self.key, self.keyless.client()?) {
             (Some(cert), Some(key), _) => Some(identity_from_files(cert, key)?),
             (_, _, Some(client)) => {

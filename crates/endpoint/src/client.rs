@@ -67,6 +67,20 @@ fn unresolved(target: &str, why: &dyn std::fmt::Display) -> Failure {
     Failure::new(FailureClass::Network, format!("cannot resolve {host}: {why}"), "check the name, or use an address")
 }
 
+/// The name to verify the server against: `server_name` when given, else
+/// the host part of `target`; as text and as rustls takes it.
+pub fn server_name_for(target: &str, server_name: Option<&str>) -> Result<(String, ServerName<'static>), Failure> {
+    let text = server_name.map_or_else(|| host_of(target).map(str::to_owned), |n| Ok(n.to_owned()))?;
+    let name = ServerName::try_from(text.clone()).map_err(|_| {
+        Failure::new(
+            FailureClass::Usage,
+            format!("`{text}` is not a valid server name"),
+            "give a DNS name or an IP address with --server-name",
+        )
+    })?;
+    Ok((text, name))
+}
+
 /// Opens a TCP connection to `target` (`HOST:PORT`, names resolved, each
 /// address tried in turn) within `timeout`, explaining a failure.
 pub async fn tcp_connect(target: &str, timeout: Duration) -> Result<TcpStream, Failure> {
@@ -135,14 +149,7 @@ fn no_server_name(target: &str, alert: AlertDescription) -> Failure {
 /// waits briefly for its verdict on our answer, which arrives after the
 /// client considers the handshake done.
 pub async fn connect(target: &str, server_name: Option<&str>, settings: &ClientSettings, timeout: Duration) -> Result<Connected, Failure> {
-    let name_text = server_name.map_or_else(|| host_of(target).map(str::to_owned), |n| Ok(n.to_owned()))?;
-    let name = ServerName::try_from(name_text.clone()).map_err(|_| {
-        Failure::new(
-            FailureClass::Usage,
-            format!("`{name_text}` is not a valid server name"),
-            "give a DNS name or an IP address with --server-name",
-        )
-    })?;
+    let (name_text, name) = server_name_for(target, server_name)?;
     let (config, seen) = settings.config().map_err(Failure::config)?;
     let tcp = tcp_connect(target, timeout).await?;
     let mut stream = handshake(tcp, name, config, &seen, target, timeout).await?;
