@@ -27,6 +27,15 @@ pub enum BackendKind {
     Pkcs11,
 }
 
+/// What seals the store key of a sealed-file store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SealKind {
+    /// A key derived from the device secret file (--device-key).
+    File,
+    /// A key made by keyd and sealed by the TPM (--tpm), kept in the data directory only as the TPM's sealed blob.
+    Tpm,
+}
+
 #[derive(Args, Clone)]
 pub struct KeydArgs {
     /// Data directory (mode 0700): sealed keys, and the socket unless --socket.
@@ -56,6 +65,15 @@ pub struct KeydArgs {
     /// Where keys are kept.
     #[arg(long, value_enum, default_value = "sealed-file")]
     pub backend: BackendKind,
+    /// What seals the store key (with --backend sealed-file).
+    #[arg(long, value_enum, default_value = "file")]
+    pub seal: SealKind,
+    /// The TPM for --seal tpm, as a tpm2-tss TCTI (swtpm:host=127.0.0.1,port=P for a software TPM).
+    #[arg(long, value_name = "TCTI", default_value = sealtls_keyd::tpm::DEFAULT_TCTI)]
+    pub tpm: String,
+    /// With --seal tpm: bind the store key to these PCRs of the SHA-256 bank (e.g. 0,7); the store opens only while they hold the values they had when it was sealed.
+    #[arg(long, value_name = "PCRS", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(0..24))]
+    pub tpm_pcrs: Vec<u8>,
     /// Device secret for sealed files (default /etc/sealtls/device.key for root, else ~/.config/sealtls/device.key).
     #[arg(long)]
     pub device_key: Option<PathBuf>,
@@ -83,6 +101,9 @@ impl KeydArgs {
             admin_ca: None,
             authorize: None,
             backend: BackendKind::SealedFile,
+            seal: SealKind::File,
+            tpm: sealtls_keyd::tpm::DEFAULT_TCTI.into(),
+            tpm_pcrs: Vec::new(),
             device_key,
             module: PathBuf::new(),
             token: None,
@@ -114,10 +135,19 @@ fn read_pin(path: &Path) -> Result<zeroize::Zeroizing<String>, Failure> {
 /// Opens the store `args` name and loads its keys.
 pub fn open_custody(args: &KeydArgs) -> Result<Custody, Failure> {
     let backend: Box<dyn sealtls_keyd::Backend> = match args.backend {
-        BackendKind::SealedFile => {
-            let device_key = args.device_key.clone().unwrap_or_else(sealtls_keyd::device::default_path);
-            Box::new(SealedFiles::open(&args.data_dir, &device_key).map_err(Failure::config)?)
-        }
+        BackendKind::SealedFile => match args.seal {
+            SealKind::File => {
+                let device_key = args.device_key.clone().unwrap_or_else(sealtls_keyd::device::default_path);
+                Box::new(SealedFiles::open(&args.data_dir, &device_key).map_err(Failure::config)?)
+            }
+            SealKind::Tpm => {
+                let mut pcrs = args.tpm_pcrs.clone();
+                pcrs.sort_unstable();
+                pcrs.dedup();
+                let seal = sealtls_keyd::tpm::TpmSeal { tcti: args.tpm.clone(), pcrs };
+                Box::new(SealedFiles::open_tpm(&args.data_dir, &seal).map_err(Failure::config)?)
+            }
+        },
         BackendKind::Pkcs11 => {
             let token = args.token.clone().ok_or_else(|| {
                 Failure::new(

@@ -56,6 +56,16 @@ pub enum StoreError {
     /// No key under that name.
     #[error("no key is installed for {0}")]
     NotFound(String),
+    /// The TPM sealing the store key refused or could not be reached.
+    #[error("TPM {tcti}: {problem}")]
+    Tpm {
+        /// The TCTI used to reach it.
+        tcti: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
     /// The PKCS#11 token failed.
     #[error("PKCS#11 token: {0}")]
     Token(String),
@@ -64,7 +74,7 @@ pub enum StoreError {
 impl Remedy for StoreError {
     fn fix(&self) -> Option<String> {
         match self {
-            Self::DeviceSecret { fix, .. } => Some(fix.clone()),
+            Self::DeviceSecret { fix, .. } | Self::Tpm { fix, .. } => Some(fix.clone()),
             Self::ExposedDir { path, .. } => Some(format!("fix it with `chmod 700 {}`", path.display())),
             Self::ForeignStore { .. } => Some(
                 "run keyd where the data directory was made (or restore that machine's device secret), \

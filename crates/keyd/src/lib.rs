@@ -13,6 +13,7 @@ pub mod pkcs11;
 pub mod record;
 pub mod sealed;
 pub mod server;
+pub mod tpm;
 pub mod uri;
 
 pub use authorize::{Grants, Peer};

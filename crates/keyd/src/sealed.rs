@@ -25,6 +25,7 @@ use crate::device;
 use crate::error::StoreError;
 use crate::keys::{check_chain, KeyInfo, MemoryKey};
 use crate::record;
+use crate::tpm::{self, TpmSeal};
 
 const ENTRY_MAGIC: &[u8; 4] = b"STKS";
 const CHECK_MAGIC: &[u8; 4] = b"STKC";
@@ -167,16 +168,51 @@ impl SealedFiles {
     pub fn open(data_dir: &Path, device_key: &Path) -> Result<Self, StoreError> {
         device::ensure_data_dir(data_dir)?;
         device::check_data_dir(data_dir)?;
+        let blob = tpm::blob_path(data_dir);
+        if blob.exists() {
+            return Err(StoreError::refused(
+                format!("data directory {} was sealed by a TPM ({} exists), not under a device secret", data_dir.display(), blob.display()),
+                "start keyd with --seal tpm (and the --tpm and --tpm-pcrs it was made with)",
+            ));
+        }
         let secret = device::load_or_create(device_key)?;
         let store = device::store_key(&secret);
         drop(secret);
+        Self::open_with(data_dir, store, || StoreError::ForeignStore { dir: data_dir.to_owned(), secret: device_key.to_owned() })
+    }
+
+    /// Opens (creating on first use) the store in `data_dir` under a store
+    /// key the TPM seals (see [`tpm`]). Refuses a directory whose key
+    /// another TPM sealed, or whose PCR policy is no longer met.
+    pub fn open_tpm(data_dir: &Path, seal: &TpmSeal) -> Result<Self, StoreError> {
+        device::ensure_data_dir(data_dir)?;
+        device::check_data_dir(data_dir)?;
+        if !tpm::blob_path(data_dir).exists() && data_dir.join("store.check").exists() {
+            return Err(StoreError::refused(
+                format!("data directory {} was sealed under a device secret (--seal file), not by a TPM", data_dir.display()),
+                "start keyd with --seal file, or re-provision the keys into an empty --data-dir with --seal tpm",
+            ));
+        }
+        let store = seal.store_key(data_dir)?;
+        Self::open_with(data_dir, store, || {
+            StoreError::refused(
+                format!(
+                    "data directory {}: its keys were not sealed under the key in {} (the file was replaced)",
+                    data_dir.display(),
+                    tpm::blob_path(data_dir).display()
+                ),
+                "restore the original file, or re-provision the keys into an empty --data-dir",
+            )
+        })
+    }
+
+    fn open_with(data_dir: &Path, store: LessSafeKey, foreign: impl Fn() -> StoreError) -> Result<Self, StoreError> {
         let keys_dir = data_dir.join("keys");
         if !keys_dir.exists() {
             use std::os::unix::fs::DirBuilderExt;
             fs::DirBuilder::new().mode(0o700).create(&keys_dir).map_err(|e| StoreError::io(&keys_dir, "create the keys directory", e))?;
         }
         let check = data_dir.join("store.check");
-        let foreign = || StoreError::ForeignStore { dir: data_dir.to_owned(), secret: device_key.to_owned() };
         match fs::read(&check) {
             Ok(bytes) => {
                 let ok = bytes.len() > 5 + NONCE_LEN && bytes[..4] == *CHECK_MAGIC && bytes[4] == VERSION && {
