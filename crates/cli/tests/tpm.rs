@@ -1,6 +1,7 @@
 //! `sealtls keyd --seal tpm`: the store key sealed by a software TPM
 //! (swtpm), each test with its own swtpm on free ports: keys survive a
 //! restart; another TPM, a damaged blob or a changed PCR is refused.
+#![cfg(feature = "tpm")]
 mod common;
 
 use std::path::{Path, PathBuf};

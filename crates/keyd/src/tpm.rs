@@ -10,25 +10,42 @@
 //!   | public (u16 len + marshalled TPMT_PUBLIC) | private (u16 len + TPM2B_PRIVATE buffer)
 //! ```
 use std::path::{Path, PathBuf};
+#[cfg(feature = "tpm")]
 use std::str::FromStr;
 
-use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
+use aws_lc_rs::aead::LessSafeKey;
+#[cfg(feature = "tpm")]
+use aws_lc_rs::aead::{UnboundKey, AES_256_GCM};
+#[cfg(feature = "tpm")]
 use sealtls_pki::files::write_atomic;
+#[cfg(feature = "tpm")]
 use tss_esapi::attributes::ObjectAttributesBuilder;
+#[cfg(feature = "tpm")]
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+#[cfg(feature = "tpm")]
 use tss_esapi::constants::SessionType;
+#[cfg(feature = "tpm")]
 use tss_esapi::handles::KeyHandle;
+#[cfg(feature = "tpm")]
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+#[cfg(feature = "tpm")]
 use tss_esapi::interface_types::ecc::EccCurve;
+#[cfg(feature = "tpm")]
 use tss_esapi::interface_types::resource_handles::Hierarchy;
+#[cfg(feature = "tpm")]
 use tss_esapi::interface_types::session_handles::PolicySession;
+#[cfg(feature = "tpm")]
 use tss_esapi::structures::{
     Digest, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder,
     PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
 };
+#[cfg(feature = "tpm")]
 use tss_esapi::tcti_ldr::TctiNameConf;
+#[cfg(feature = "tpm")]
 use tss_esapi::traits::{Marshall, UnMarshall};
+#[cfg(feature = "tpm")]
 use tss_esapi::{Context, Error as TssError};
+#[cfg(feature = "tpm")]
 use zeroize::Zeroizing;
 
 use crate::error::StoreError;
@@ -40,6 +57,7 @@ pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 
 const MAGIC: &[u8; 4] = b"STPM";
 const VERSION: u8 = 1;
+#[cfg(feature = "tpm")]
 const KEY_LEN: usize = 32;
 
 /// Which TPM seals the store key, and to which PCRs.
@@ -56,6 +74,7 @@ pub fn blob_path(data_dir: &Path) -> PathBuf {
     data_dir.join(BLOB_FILE)
 }
 
+#[cfg(feature = "tpm")]
 impl TpmSeal {
     fn err(&self, problem: impl Into<String>, fix: impl Into<String>) -> StoreError {
         StoreError::Tpm { tcti: self.tcti.clone(), problem: problem.into(), fix: fix.into() }
@@ -263,11 +282,26 @@ impl TpmSeal {
     }
 }
 
+/// Without TPM support built in, `--seal tpm` says how to get it.
+#[cfg(not(feature = "tpm"))]
+impl TpmSeal {
+    /// The store key: never, in a build without TPM support.
+    pub fn store_key(&self, _data_dir: &Path) -> Result<LessSafeKey, StoreError> {
+        Err(StoreError::Tpm {
+            tcti: self.tcti.clone(),
+            problem: "this sealtls was built without TPM support".into(),
+            fix: "rebuild with `cargo build --release --features tpm` (needs Debian's libtss2-dev and pkg-config)".into(),
+        })
+    }
+}
+
+#[cfg(feature = "tpm")]
 fn join(pcrs: &[u8]) -> String {
     pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// Splits a blob into its PCRs, public and private parts.
+#[cfg_attr(not(feature = "tpm"), allow(dead_code))]
 fn parse(blob: &[u8]) -> Option<(Vec<u8>, &[u8], &[u8])> {
     let rest = blob.strip_prefix(MAGIC.as_slice())?;
     let (&version, rest) = rest.split_first()?;
