@@ -506,3 +506,42 @@ fn a_certificate_without_subject_alt_name_is_refused_with_how_to_reissue() {
         "{t}"
     );
 }
+
+/// keyd's connection limits come from its flags: with `--max-connections 1` a
+/// second connection is answered BUSY and closed, and with `--first-byte-timeout 1`
+/// a connection that sends nothing is closed after a second.
+#[test]
+fn keyd_connection_limits_come_from_its_flags() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let kd =
+        keyd(&dir.path().join("keyd"), &dir.path().join("secret/device.key"), &["--max-connections", "1", "--first-byte-timeout", "1"]);
+    let opened = Instant::now();
+    let mut silent = UnixStream::connect(&kd.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = UnixStream::connect(&kd.addr).unwrap();
+    second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    second.read_to_end(&mut answer).unwrap();
+    assert!(String::from_utf8_lossy(&answer).contains("keyd serves at most 1 connections"), "{answer:?}");
+    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    silent.read_to_end(&mut rest).unwrap();
+    let waited = opened.elapsed();
+    assert!(rest.is_empty() && waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?} {rest:?}");
+    let log = kd.wait_log("the connection sent nothing in time");
+    assert!(log.contains("the connection sent nothing in time") && log.contains("connection refused: 1 connections are open"), "{log}");
+    let o = run(sealtls().args(["keyd", "--help"]));
+    for flag in [
+        "--max-connections <N>",
+        "[default: 1024]",
+        "--max-in-flight <N>",
+        "[default: 64]",
+        "--frame-timeout <SECS>",
+        "--first-byte-timeout <SECS>",
+    ] {
+        assert!(text(&o).contains(flag), "{flag}: {}", text(&o));
+    }
+}
