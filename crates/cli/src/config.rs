@@ -101,6 +101,16 @@ struct RawKeyless {
 #[serde(deny_unknown_fields)]
 struct RawKeyd {
     socket: Option<PathBuf>,
+    authorize: Option<PathBuf>,
+}
+
+/// `[keyd] authorize`: the grant file `up` starts keyd with.
+#[derive(Clone, Debug)]
+pub struct KeydAuthorize {
+    /// The file, relative paths taken from the configuration file's directory.
+    pub path: PathBuf,
+    /// How many [[grant]] tables it holds (0: every caller may sign for every domain).
+    pub grants: usize,
 }
 
 /// The keyless TLS server of `sealtls up`.
@@ -167,6 +177,8 @@ pub struct Config {
     pub keyless: KeylessSection,
     /// `[keyd] socket`: keyd's Unix socket for `sealtls up`; `None` for DATA_DIR/keyd/keyd.sock.
     pub keyd_socket: Option<PathBuf>,
+    /// `[keyd] authorize`: the grants keyd started by `sealtls up` enforces; `None` for none.
+    pub keyd_authorize: Option<KeydAuthorize>,
 }
 
 /// Why a configuration was refused. Each message names the file and the
@@ -222,7 +234,7 @@ impl Remedy for ConfigError {
     }
 }
 
-const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check; [keyless] listen; [keyd] socket";
+const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check; [keyless] listen; [keyd] socket, authorize";
 
 /// Finds the configuration: `explicit`, else `./sealtls.toml`, else
 /// `DATA_DIR/sealtls.toml`, when they exist.
@@ -447,7 +459,20 @@ impl Config {
             listen: l.parsed("keyless", "listen", raw.keyless.listen.as_deref(), DEFAULT_KEYLESS_LISTEN, Listen::parse)?.0,
         };
         let keyd_socket = raw.keyd.socket.as_deref().map(|s| dir.join(s));
-        Ok(Self { material: Arc::new(material), echo, console, offload, keyless, keyd_socket })
+        let keyd_authorize = match raw.keyd.authorize.as_deref().map(|f| dir.join(f)) {
+            Some(path) => {
+                let grants = sealtls_keyd::Grants::load(&path).map_err(|detail| ConfigError::Value {
+                    path: l.name(),
+                    table: "keyd",
+                    key: "authorize",
+                    value: path.display().to_string(),
+                    detail: Box::new(detail),
+                })?;
+                Some(KeydAuthorize { path, grants: grants.grants.len() })
+            }
+            None => None,
+        };
+        Ok(Self { material: Arc::new(material), echo, console, offload, keyless, keyd_socket, keyd_authorize })
     }
 }
 
@@ -496,6 +521,7 @@ listen = "127.0.0.1:1443"
 
 [keyd]
 # socket = "keyd/keyd.sock" # mode 0660; default: DATA_DIR/keyd/keyd.sock
+# authorize = "grants.toml" # [[grant]] tables: who may sign for which domains; default: anyone who can open the socket
 "#;
 
 #[cfg(test)]
@@ -526,6 +552,18 @@ mod tests {
         assert_eq!(Config::load(&p).unwrap_or_else(|e| panic!("{e}")).keyless.listen.to_string(), "127.0.0.1:2443");
         let p = write(dir.path(), "s.toml", "[keyd]\nsocket = \"k/keyd.sock\"\n", 0o600);
         assert_eq!(Config::load(&p).unwrap_or_else(|e| panic!("{e}")).keyd_socket, Some(dir.path().join("k/keyd.sock")));
+        write(dir.path(), "grants.toml", "[[grant]]\nuid = 0\ndomains = [\"other.example\"]\n", 0o600);
+        let p = write(dir.path(), "g.toml", "[keyd]\nauthorize = \"grants.toml\"\n", 0o600);
+        let a = Config::load(&p).unwrap_or_else(|e| panic!("{e}")).keyd_authorize.unwrap();
+        assert_eq!((a.path, a.grants), (dir.path().join("grants.toml"), 1));
+        let p = write(dir.path(), "g2.toml", "[keyd]\nauthorize = \"missing.toml\"\n", 0o600);
+        let e = Config::load(&p).err().unwrap();
+        assert!(e.to_string().contains("[keyd] authorize") && e.to_string().contains("missing.toml"), "{e}");
+        assert!(e.fix().unwrap().contains("[[grant]]"), "{:?}", e.fix());
+        write(dir.path(), "bad-grants.toml", "[[grant]]\nuid = 0\n", 0o600);
+        let p = write(dir.path(), "g3.toml", "[keyd]\nauthorize = \"bad-grants.toml\"\n", 0o600);
+        let e = Config::load(&p).err().unwrap();
+        assert!(e.to_string().contains("[keyd] authorize") && e.to_string().contains("bad-grants.toml"), "{e}");
         let p = write(dir.path(), "bad.toml", "[keyless]\nlisten = \"somewhere\"\n", 0o600);
         let e = Config::load(&p).err().expect("refused").to_string();
         assert!(e.contains("bad.toml: [keyless] listen = \"somewhere\": not an address"), "{e}");
@@ -627,6 +665,14 @@ pub fn run(cmd: ConfigCommand) -> Result<(), Failure> {
     match &c.keyd_socket {
         Some(socket) => println!("  keyd (key custody)    {}", socket.display()),
         None => println!("  keyd (key custody)    DATA_DIR/keyd/keyd.sock"),
+    }
+    match &c.keyd_authorize {
+        Some(a) if a.grants == 0 => {
+            println!("  keyd grants           {}: no [[grant]] tables", a.path.display());
+            warnings.push(format!("[keyd] authorize: {} holds no grants: every caller may sign for every domain", a.path.display()));
+        }
+        Some(a) => println!("  keyd grants           {}: {} grant(s); other callers may not sign", a.path.display(), a.grants),
+        None => println!("  keyd grants           none: any caller that can open the socket may sign for every domain"),
     }
     println!("  keyless TLS server    {}  keys and certificates in keyd", c.keyless.listen);
     for w in &warnings {

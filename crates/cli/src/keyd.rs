@@ -11,7 +11,7 @@ use sealtls_custody_proto::{message_parts, ErrorCode, ListEntry, Request, Respon
 use sealtls_endpoint::provider;
 use sealtls_endpoint::settings::Anchors;
 use sealtls_failure::{Failure, FailureClass, CHECK_FILE};
-use sealtls_keyd::{ClientCas, Custody, Grants, Keyd, KeydSettings, SealedFiles, TlsListen};
+use sealtls_keyd::{ClientCas, Custody, Grants, Keyd, KeydLimits, KeydSettings, SealedFiles, TlsListen};
 use sealtls_keyless::{KeydClient, KeydEndpoint, KeydError};
 use tracing::{info, warn};
 
@@ -86,6 +86,18 @@ pub struct KeydArgs {
     /// File holding the token's user PIN (mode 0600; with --backend pkcs11).
     #[arg(long)]
     pub pin_file: Option<PathBuf>,
+    /// Connections served at once; more are answered BUSY and closed.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Requests of one connection being signed or not yet written back; reading pauses beyond it.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+    /// Seconds a started request frame has to arrive whole.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub frame_timeout: u64,
+    /// Seconds a new connection has to send its first byte.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_byte_timeout: u64,
 }
 
 impl KeydArgs {
@@ -108,6 +120,20 @@ impl KeydArgs {
             module: PathBuf::new(),
             token: None,
             pin_file: None,
+            max_connections: 1024,
+            max_in_flight: 64,
+            frame_timeout: 10,
+            first_byte_timeout: 60,
+        }
+    }
+
+    /// The connection limits the flags give.
+    pub fn limits(&self) -> KeydLimits {
+        KeydLimits {
+            connections: self.max_connections as usize,
+            in_flight: self.max_in_flight as usize,
+            frame_timeout: Duration::from_secs(self.frame_timeout),
+            idle_timeout: Duration::from_secs(self.first_byte_timeout),
         }
     }
 
@@ -199,7 +225,7 @@ pub async fn bind(custody: Custody, args: &KeydArgs) -> Result<Keyd, Failure> {
         None => warn!("no --authorize grants: any connected edge may sign for any domain"),
     }
     let settings = KeydSettings { socket: args.socket(), tls, admin_ca };
-    Keyd::bind(custody, settings).await
+    Ok(Keyd::bind(custody, settings).await?.with_limits(args.limits()))
 }
 
 pub async fn keyd(args: KeydArgs) -> Result<(), Failure> {

@@ -38,6 +38,8 @@ pub struct KeydSpec {
     pub data_dir: PathBuf,
     pub device_key: PathBuf,
     pub socket: PathBuf,
+    /// keyd's `--authorize` grant file, if any.
+    pub authorize: Option<PathBuf>,
 }
 
 /// A keyd that answered PING.
@@ -81,14 +83,11 @@ fn not_up(what: String, tail: &Tail) -> Failure {
 impl KeydSpec {
     fn command(&self) -> Result<Command, Failure> {
         let mut c = Command::new(this_program()?);
-        c.arg("keyd")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--device-key")
-            .arg(&self.device_key)
-            .arg("--socket")
-            .arg(&self.socket)
-            .env(PARENT_ENV, std::process::id().to_string())
+        c.arg("keyd").arg("--data-dir").arg(&self.data_dir).arg("--device-key").arg(&self.device_key).arg("--socket").arg(&self.socket);
+        if let Some(grants) = &self.authorize {
+            c.arg("--authorize").arg(grants);
+        }
+        c.env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -161,7 +161,12 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let mut keyd_args = KeydArgs::sealed(args.data_dir.join("keyd"), Some(device_key.clone()));
     keyd_args.socket = config.keyd_socket.clone();
     let keyd_socket = keyd_args.socket();
-    let spec = KeydSpec { data_dir: keyd_args.data_dir, device_key: device_key.clone(), socket: keyd_socket.clone() };
+    let spec = KeydSpec {
+        data_dir: keyd_args.data_dir,
+        device_key: device_key.clone(),
+        socket: keyd_socket.clone(),
+        authorize: config.keyd_authorize.as_ref().map(|a| a.path.clone()),
+    };
     // keyd first, in its own process: nothing else starts if it cannot.
     let keyd = spec.start().await?;
     let (dev_key, dev_cert) = (args.data_dir.join(format!("{KEYD_LEAF}.key")), args.data_dir.join(format!("{KEYD_LEAF}.pem")));

@@ -470,10 +470,19 @@ fn up_with_no_config_serves_on_the_documented_ports() {
 /// `up` on free ports with a fresh data directory, the echo server serving with `leaf`
 /// (from the data directory) and the device secret in `d`: (child, banner, stderr, keyless port).
 fn up_on_free_ports(d: &Path, leaf: &str) -> (std::process::Child, String, std::sync::Arc<std::sync::Mutex<String>>, u16) {
+    up_on_free_ports_with(d, leaf, "")
+}
+
+/// [`up_on_free_ports`] with `extra` appended to the configuration.
+fn up_on_free_ports_with(
+    d: &Path,
+    leaf: &str,
+    extra: &str,
+) -> (std::process::Child, String, std::sync::Arc<std::sync::Mutex<String>>, u16) {
     let (echo, console, keyless) = (free_port(), free_port(), free_port());
     let config = format!(
         "[tls]\nsrv_cert_file = \"sealtls-data/{leaf}.pem\"\nsrv_key_file = \"sealtls-data/{leaf}.key\"\nca_cert_file = \"sealtls-data/ca.pem\"\n\
-         [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n"
+         [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n{extra}"
     );
     write_mode(&d.join("sealtls.toml"), &config, 0o644);
     let device = d.join("secret/device.key");
@@ -632,6 +641,37 @@ fn up_keeps_keyds_key_out_of_every_other_process() {
         }
     }
     assert!(tree.len() >= 2 && !stderr.lock().unwrap().contains("share the localhost key"));
+    stop_up(child);
+}
+
+/// `[keyd] authorize` reaches the keyd `up` starts: with a grant giving up's
+/// user only `other.example`, `up` still installs the development key (provisioning
+/// is not limited by grants), but the keyless server cannot sign for `localhost`:
+/// the client gets alert 40 and keyd's log names the refusal.
+#[test]
+fn up_passes_keyd_grants_from_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let uid = rustix::process::geteuid().as_raw();
+    write_mode(&d.join("grants.toml"), &format!("[[grant]]\nuid = {uid}\ndomains = [\"other.example\"]\n"), 0o644);
+    let (child, _banner, stderr, keyless) = up_on_free_ports_with(d, "echo-localhost", "[keyd]\nauthorize = \"grants.toml\"\n");
+    let o = run(sealtls().current_dir(d).args(["config", "check", "sealtls.toml"]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("keyd grants           ./grants.toml: 1 grant(s)"), "{}", text(&o));
+    let (ok, t) = keyless_handshake(d, keyless);
+    assert!(!ok && t.contains("alert number 40"), "localhost should be refused with alert 40: {t}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = stderr.lock().unwrap().clone();
+        let refusal = log.lines().any(|l| l.starts_with("keyd: ") && l.contains("refused (FORBIDDEN)") && l.contains("localhost"));
+        if refusal {
+            assert!(log.contains("development key installed in keyd"), "{log}");
+            assert!(log.lines().any(|l| l.starts_with("keyd: ") && l.contains("grants.toml") && l.contains("grants=1")), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no keyd: line names the refusal:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop_up(child);
 }
 
