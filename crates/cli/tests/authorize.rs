@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{p, run, sealtls, text, write_mode, Server};
+use common::{logged_port, p, run, sealtls, text, write_mode, Server};
 
 fn ok(args: &[&str]) {
     let o = run(sealtls().args(args));
@@ -101,18 +101,7 @@ fn each_caller_signs_only_for_the_domains_it_is_granted() {
     );
     let kd = Server::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(kd.wait_log("signing is limited").contains("grants=2"), "{}", kd.log());
-    let tls_port = kd
-        .wait_log("tls_listen=")
-        .split("tls_listen=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let tls_port = logged_port(&kd.wait_log("tls_listen="), "tls_listen");
     // Provisioning is not a grant matter: root is still an admin.
     for name in ["a.example", "b.example"] {
         let o = run(sealtls().args([

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{p, run, sealtls, text, write_mode, Server};
+use common::{logged_port, p, run, sealtls, text, write_mode, Server};
 
 /// A CA with server certificates for a.test and b.test.
 fn pki(dir: &Path) -> PathBuf {
@@ -326,18 +326,7 @@ fn over_tls_an_edge_may_sign_but_only_an_admin_may_provision() {
             &p(d, "admins/ca.pem"),
         ],
     );
-    let tls_port = kd
-        .wait_log("tls_listen=")
-        .split("tls_listen=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let tls_port = logged_port(&kd.wait_log("tls_listen="), "tls_listen");
     let remote = format!("tls://localhost:{tls_port}");
     let as_who = |who: &str, args: &[&str]| {
         run(sealtls().arg("key").args(args).args([

@@ -323,3 +323,13 @@ impl Drop for OpensslServer {
         let _ = self.child.wait();
     }
 }
+
+/// The port of the first `FIELD=HOST:PORT` in a log.
+pub fn logged_port(log: &str, field: &str) -> String {
+    log.split(&format!("{field}="))
+        .nth(1)
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|addr| addr.rsplit(':').next())
+        .unwrap_or_else(|| panic!("no {field}= in the log:\n{log}"))
+        .to_string()
+}
