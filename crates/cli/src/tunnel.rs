@@ -14,15 +14,13 @@ use sealtls_endpoint::client::{handshake, host_of, server_name_for, tcp_connect}
 use sealtls_endpoint::explain::{explain, Side};
 use sealtls_endpoint::forward::{relay, TargetStream};
 use sealtls_endpoint::identity::Rules;
-use sealtls_endpoint::net::bind;
+use sealtls_endpoint::net::{accept_until, bind};
 use sealtls_endpoint::session::SessionInfo;
 use sealtls_endpoint::settings::ClientSettings;
 use sealtls_endpoint::TlsVersions;
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_listen::UnixSocket;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::acl::VerifyFlags;
@@ -214,33 +212,16 @@ pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     };
     let verify = remote.rules.as_ref().map_or("chain and name".to_owned(), |r| format!("chain, name and {r}"));
     info!(listen = %local, target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
-    let slots = Arc::new(Semaphore::new(args.max_connections.max(1)));
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((local, from)) => {
-                let remote = remote.clone();
-                connections.spawn(async move {
-                    carry(local, from, &remote).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        while connections.try_join_next().is_some() {}
-    }
+    let mut connections = accept_until(
+        || listener.accept(),
+        args.max_connections,
+        shutdown,
+        |(local, from)| {
+            let remote = remote.clone();
+            async move { carry(local, from, &remote).await }
+        },
+    )
+    .await;
     if let Listener::Unix(socket) = &listener {
         socket.remove();
     }

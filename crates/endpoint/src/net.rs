@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 /// rustls pulls at most 4 KiB per read; while bulk data flows, a buffer of
 /// this size under it turns four or more syscalls per 16 KiB record into one
@@ -313,6 +315,48 @@ impl TrafficBuffer {
 thread_local! {
     /// Where a [`TrafficBuffer`] that waits for data reads into.
     static SCRATCH: std::cell::RefCell<[u8; SMALL_READ]> = const { std::cell::RefCell::new([0; SMALL_READ]) };
+}
+
+/// Accepts connections until `shutdown` completes and runs `serve` on each
+/// as a task of its own, at most `limit` at once: while all are busy, new
+/// connections wait in the listen backlog. A failed accept (out of
+/// descriptors, a connection reset before it was taken) is logged and the
+/// loop goes on. Returns the tasks still running, for the caller to close.
+pub async fn accept_until<C, A, F, S, T>(mut accept: A, limit: usize, shutdown: impl Future<Output = ()>, mut serve: S) -> JoinSet<()>
+where
+    A: FnMut() -> F,
+    F: Future<Output = std::io::Result<C>>,
+    S: FnMut(C) -> T,
+    T: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limit.max(1)));
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = accept() => a,
+        };
+        match accepted {
+            Ok(connection) => {
+                let task = serve(connection);
+                tasks.spawn(async move {
+                    task.await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks
 }
 
 pub use sealtls_listen::bind;

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
@@ -19,7 +18,7 @@ use rustls::AlertDescription;
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
 use crate::forward::{relay, Forward};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
-use crate::net::{buffered, Buffered, TrafficBuffer};
+use crate::net::{accept_until, buffered, Buffered, TrafficBuffer};
 use crate::proxy_protocol::{self, ProxyProtocol, TlsFacts};
 use crate::session::SessionInfo;
 use crate::settings::ServerTls;
@@ -124,37 +123,19 @@ impl Server {
     /// Accepts connections until `shutdown` completes, then gives open
     /// sessions the grace period and closes the rest.
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let slots = Arc::new(Semaphore::new(self.options.max_connections));
-        let mut sessions = JoinSet::new();
         let (closing_tx, closing) = watch::channel(false);
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            };
-            let accepted = tokio::select! {
-                _ = &mut shutdown => break,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    let server = self.clone();
-                    let closing = closing.clone();
-                    sessions.spawn(async move {
-                        server.handle(tcp, peer, closing).await;
-                        drop(permit);
-                    });
-                }
-                // Out of descriptors or a connection reset before accept: keep serving.
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            while sessions.try_join_next().is_some() {}
-        }
+        let mut sessions = accept_until(
+            || listener.accept(),
+            self.options.max_connections,
+            shutdown,
+            |(tcp, peer)| {
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let server = self.clone();
+                let closing = closing.clone();
+                async move { server.handle(tcp, peer, closing).await }
+            },
+        )
+        .await;
         drop(listener);
         // Open sessions send close_notify after the chunk in flight.
         let _ = closing_tx.send(true);
