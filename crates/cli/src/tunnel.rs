@@ -216,9 +216,12 @@ pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
         || listener.accept(),
         args.max_connections,
         shutdown,
-        |(local, from)| {
+        |(local, from), slot| {
             let remote = remote.clone();
-            async move { carry(local, from, &remote).await }
+            async move {
+                carry(local, from, &remote).await;
+                drop(slot);
+            }
         },
     )
     .await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// rustls pulls at most 4 KiB per read; while bulk data flows, a buffer of
@@ -319,14 +319,16 @@ thread_local! {
 
 /// Accepts connections until `shutdown` completes and runs `serve` on each
 /// as a task of its own, at most `limit` at once: while all are busy, new
-/// connections wait in the listen backlog. A failed accept (out of
+/// connections wait in the listen backlog. `serve` gets the connection's
+/// slot, to hold until it is done; its future is spawned as it is (wrapping
+/// it would store it twice in every task). A failed accept (out of
 /// descriptors, a connection reset before it was taken) is logged and the
 /// loop goes on. Returns the tasks still running, for the caller to close.
 pub async fn accept_until<C, A, F, S, T>(mut accept: A, limit: usize, shutdown: impl Future<Output = ()>, mut serve: S) -> JoinSet<()>
 where
     A: FnMut() -> F,
     F: Future<Output = std::io::Result<C>>,
-    S: FnMut(C) -> T,
+    S: FnMut(C, OwnedSemaphorePermit) -> T,
     T: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limit.max(1)));
@@ -343,11 +345,7 @@ where
         };
         match accepted {
             Ok(connection) => {
-                let task = serve(connection);
-                tasks.spawn(async move {
-                    task.await;
-                    drop(permit);
-                });
+                tasks.spawn(serve(connection, permit));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

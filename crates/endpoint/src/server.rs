@@ -128,11 +128,14 @@ impl Server {
             || listener.accept(),
             self.options.max_connections,
             shutdown,
-            |(tcp, peer)| {
+            |(tcp, peer), slot| {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 let server = self.clone();
                 let closing = closing.clone();
-                async move { server.handle(tcp, peer, closing).await }
+                async move {
+                    server.handle(tcp, peer, closing).await;
+                    drop(slot);
+                }
             },
         )
         .await;
