@@ -139,7 +139,7 @@ pub fn server_tls(
     let settings = ServerSettings { identity, client_ca, client_auth, versions };
     let tls = ServerTls::new(settings).map_err(Failure::config)?;
     Ok(match (keyless, &files.cert, &files.key) {
-        (Some(k), _, _) => tls.with_gate(Arc::new(k)),
+        (Some(k), _, _) => keyless_tls(tls, k),
         // The files were checked above; an ECDSA key also serves TLS 1.2
         // clients that offer its curve only with another hash.
         (None, Some(cert), Some(key)) => {
@@ -147,6 +147,13 @@ pub fn server_tls(
         }
         (None, _, _) => tls,
     })
+}
+
+/// A server whose names are checked with keyd before the handshake and
+/// whose signatures keyd makes, on a bounded set of blocking threads.
+pub fn keyless_tls(tls: ServerTls, keyless: Keyless) -> ServerTls {
+    let threads = keyless.limits().signing_threads;
+    tls.with_gate(Arc::new(keyless)).with_signing_threads(threads)
 }
 
 /// One certificate for every client, checked for what clients will refuse.
@@ -179,13 +186,20 @@ pub struct KeylessFlags {
     /// Seconds a name keyd does not know is refused (unrecognized_name) without asking keyd again.
     #[arg(long, value_name = "SECS", default_value_t = KeylessLimits::default().miss_ttl.as_secs())]
     keyless_miss_ttl: u64,
+    /// Handshakes waiting for keyd's signature at once, each on a blocking thread; more wait their turn.
+    #[arg(long, value_name = "N", default_value_t = KeylessLimits::default().signing_threads, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    keyless_signing_threads: usize,
 }
 
 impl KeylessFlags {
     /// The keyless resolver, if --keyd was given.
     pub fn keyless(&self) -> Result<Option<Keyless>, Failure> {
-        let limits =
-            KeylessLimits { cache: self.keyless_cache, miss_ttl: Duration::from_secs(self.keyless_miss_ttl), ..KeylessLimits::default() };
+        let limits = KeylessLimits {
+            cache: self.keyless_cache,
+            miss_ttl: Duration::from_secs(self.keyless_miss_ttl),
+            signing_threads: self.keyless_signing_threads,
+            ..KeylessLimits::default()
+        };
         Ok(self.client()?.map(|client| Keyless::with_limits(client, KEYLESS_REFRESH, limits)))
     }
 

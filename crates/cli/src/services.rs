@@ -121,7 +121,7 @@ pub async fn keyless(listen: SocketAddr, keyd_socket: &Path, stop: watch::Receiv
         client_auth: ClientAuthMode::None,
         versions: TlsVersions::Any,
     };
-    let tls = ServerTls::new(settings).map_err(Failure::config)?.with_gate(Arc::new(keyless));
+    let tls = crate::endpoints::keyless_tls(ServerTls::new(settings).map_err(Failure::config)?, keyless);
     let listener = bind(listen).await?;
     let address =
         listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;

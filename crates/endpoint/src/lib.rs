@@ -13,6 +13,7 @@ pub mod proxy_protocol;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod signing;
 pub mod tls12_ecdsa;
 pub mod transfer;
 pub mod verify;

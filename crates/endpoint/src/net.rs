@@ -91,6 +91,14 @@ impl Buffered {
         &self.replay
     }
 
+    /// Takes the looked-at bytes not yet handed out, for a caller that feeds
+    /// them to rustls itself; reads then continue from the socket.
+    pub fn take_peeked(&mut self) -> Vec<u8> {
+        let mut rest = std::mem::take(&mut self.replay);
+        rest.drain(..std::mem::take(&mut self.replayed));
+        rest
+    }
+
     /// The connection's activity clock, for idle limits.
     pub fn activity(&self) -> Arc<Activity> {
         self.activity.clone()

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use rustls::AlertDescription;
+use rustls::server::ServerConnection;
+use rustls::{AlertDescription, ServerConfig};
 
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
 use crate::forward::{relay, Forward};
@@ -22,6 +23,7 @@ use crate::net::{accept_until, buffered, Buffered, TrafficBuffer};
 use crate::proxy_protocol::{self, ProxyProtocol, TlsFacts};
 use crate::session::SessionInfo;
 use crate::settings::ServerTls;
+use crate::signing::SigningThreads;
 use crate::verify::Observation;
 
 /// What the server does with application data.
@@ -177,6 +179,9 @@ impl Server {
                 return Opened::Refused(hello.server_name, refusal, io);
             }
         }
+        if let Some(threads) = self.tls.signing_threads() {
+            return first_flight_on_signing_thread(io, self.tls.for_connection(seen, Some(&hello)), threads).await;
+        }
         accept(io, Some(&hello)).await.into()
     }
 
@@ -282,6 +287,47 @@ impl From<Result<tokio_rustls::server::TlsStream<Buffered>, (std::io::Error, Buf
     fn from(r: Result<tokio_rustls::server::TlsStream<Buffered>, (std::io::Error, Buffered)>) -> Self {
         r.map_or_else(|(e, io)| Self::Failed(e, Some(io)), Self::Stream)
     }
+}
+
+/// Processes the ClientHello, which makes the server flight and its
+/// signature, on one of the signing threads, then hands the connection to
+/// tokio-rustls for the rest of the handshake.
+async fn first_flight_on_signing_thread(mut io: Buffered, config: Arc<ServerConfig>, threads: &SigningThreads) -> Opened {
+    let hello = io.take_peeked();
+    let made = {
+        let config = config.clone();
+        threads
+            .run(move || match ServerConnection::new(config) {
+                Ok(mut conn) => {
+                    let fed = feed(&mut conn, &hello);
+                    (Some(conn), fed)
+                }
+                Err(e) => (None, Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+            })
+            .await
+    };
+    match made {
+        Some((Some(conn), Ok(()))) => TlsAcceptor::from(config).accept_with(io, move |fresh| *fresh = conn).into_fallible().await.into(),
+        Some((conn, fed)) => {
+            // rustls queued its alert; it goes out before the close.
+            let mut alert = Vec::new();
+            if let Some(mut conn) = conn {
+                while conn.wants_write() && conn.write_tls(&mut alert).is_ok() {}
+            }
+            let _ = io.write_all(&alert).await;
+            Opened::Failed(fed.err().unwrap_or_else(|| std::io::Error::other("no connection")), Some(io))
+        }
+        None => Opened::Failed(std::io::Error::other("no signing thread could take the handshake"), Some(io)),
+    }
+}
+
+/// Gives rustls the bytes read before the handshake, processing as they go.
+fn feed(conn: &mut ServerConnection, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        conn.read_tls(&mut bytes)?;
+        conn.process_new_packets().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    }
+    Ok(())
 }
 
 /// The alert a handshake error calls for when rustls sent none: a client

@@ -17,6 +17,7 @@ use crate::crypto::provider;
 use crate::gate::HelloInfo;
 use crate::identity::Rules;
 use crate::legacy::LegacyLeafVerifier;
+use crate::signing::SigningThreads;
 use crate::tls12_ecdsa::{needs_other_hash, Tls12EcdsaKey};
 use crate::verify::{ExplainingClientVerifier, ExplainingServerVerifier, Observation, RecordingClientCert, TicketWatch};
 
@@ -239,6 +240,8 @@ pub struct ServerTls {
     /// A key for TLS 1.2 clients whose ECDSA schemes name another hash, and
     /// the scheme of the key's own hash.
     tls12_ecdsa: Option<(Arc<CertifiedKey>, SignatureScheme)>,
+    /// The threads that make first flights for a key that waits to sign.
+    signing_threads: Option<Arc<SigningThreads>>,
 }
 
 impl ServerTls {
@@ -272,6 +275,7 @@ impl ServerTls {
             client_rules: None,
             gate: None,
             tls12_ecdsa: None,
+            signing_threads: None,
         })
     }
 
@@ -306,6 +310,21 @@ impl ServerTls {
     pub fn with_alpn(mut self, protocols: Vec<Vec<u8>>) -> Self {
         Arc::make_mut(&mut self.base).alpn_protocols = protocols;
         self
+    }
+
+    /// For keys that block while they sign (keyd answers over a socket):
+    /// the server flight that carries the signature is made on one of at
+    /// most `threads` blocking threads instead of a runtime worker, so a
+    /// burst of handshakes neither stalls the workers nor starts a thread
+    /// each. Needs a gate, which reads the ClientHello first.
+    pub fn with_signing_threads(mut self, threads: usize) -> Self {
+        self.signing_threads = Some(Arc::new(SigningThreads::new(threads)));
+        self
+    }
+
+    /// The threads set by [`Self::with_signing_threads`].
+    pub fn signing_threads(&self) -> Option<&Arc<SigningThreads>> {
+        self.signing_threads.as_ref()
     }
 
     /// The ClientHello check, if any.

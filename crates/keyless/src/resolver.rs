@@ -43,11 +43,14 @@ pub struct KeylessLimits {
     /// Names looked up in keyd at once; a new name beyond it is refused with
     /// `handshake_failure`.
     pub in_flight: usize,
+    /// Handshakes whose signature is awaited at once: each holds a blocking
+    /// thread while keyd signs (see `ServerTls::with_signing_threads`).
+    pub signing_threads: usize,
 }
 
 impl Default for KeylessLimits {
     fn default() -> Self {
-        Self { cache: 10_000, miss_ttl: Duration::from_secs(30), in_flight: 64 }
+        Self { cache: 10_000, miss_ttl: Duration::from_secs(30), in_flight: 64, signing_threads: 32 }
     }
 }
 

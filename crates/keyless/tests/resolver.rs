@@ -252,7 +252,7 @@ fn randoms(seed: u64) -> impl FnMut() -> u64 {
 #[tokio::test]
 async fn a_flood_of_unknown_names_asks_keyd_once_per_name_and_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let limits = KeylessLimits { cache: 256, miss_ttl: Duration::from_secs(30), in_flight: 64 };
+    let limits = KeylessLimits { cache: 256, miss_ttl: Duration::from_secs(30), in_flight: 64, ..KeylessLimits::default() };
     let (keyd, _client, keyless) = limited(&dir, limits);
     let (asked, responder) = answering_keyd(keyd);
 

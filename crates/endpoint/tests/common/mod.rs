@@ -78,7 +78,8 @@ pub(crate) async fn serve(identity: Identity, setup: Setup<'_>) -> SocketAddr {
     };
     let mut tls = ServerTls::new(settings).unwrap().with_tls12_ecdsa(identity.0, &identity.1);
     if let Some(gate) = setup.gate {
-        tls = tls.with_gate(gate);
+        // A gated server stands for a keyless one: first flights on signing threads.
+        tls = tls.with_gate(gate).with_signing_threads(2);
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
