@@ -16,7 +16,7 @@ use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, Server
 use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 use sealtls_failure::{Failure, FailureClass};
-use sealtls_keyless::{KeydClient, Keyless, KeylessLimits};
+use sealtls_keyless::{KeydClient, KeydFleet, Keyless, KeylessLimits};
 use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -166,8 +166,13 @@ fn single(identity: Arc<CertifiedKey>, origin: Option<&Path>) -> Arc<dyn Resolve
 #[derive(Args, Clone)]
 pub struct KeylessFlags {
     /// Take certificates and signatures from keyd (unix:PATH or tls://HOST:PORT) instead of --cert/--key.
+    /// Repeat it for several keyds holding the same keys: requests go to healthy ones, and one that
+    /// fails is retried on another.
     #[arg(long, conflicts_with_all = ["cert", "key"])]
-    keyd: Option<String>,
+    keyd: Vec<String>,
+    /// Milliseconds between PINGs to each keyd; a keyd found down gets no requests until it answers.
+    #[arg(long, value_name = "MS", default_value_t = sealtls_keyless::DEFAULT_HEALTH_INTERVAL.as_millis() as u64, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(50..))]
+    keyd_health_ms: u64,
     /// CA that issued keyd's certificate (with tls://).
     #[arg(long)]
     keyd_ca: Option<PathBuf>,
@@ -200,15 +205,25 @@ impl KeylessFlags {
             signing_threads: self.keyless_signing_threads,
             ..KeylessLimits::default()
         };
-        Ok(self.client()?.map(|client| Keyless::with_limits(client, KEYLESS_REFRESH, limits)))
+        Ok(self.fleet()?.map(|keyds| Keyless::with_limits(keyds, KEYLESS_REFRESH, limits)))
     }
 
-    /// The keyd client, if --keyd was given.
-    pub fn client(&self) -> Result<Option<Arc<KeydClient>>, Failure> {
-        let Some(spec) = &self.keyd else { return Ok(None) };
-        let flags = KeydFlags { keyd: spec.clone(), keyd_ca: self.keyd_ca.clone() };
-        let endpoint = flags.endpoint(self.keyd_cert.as_deref().zip(self.keyd_key.as_deref()), "--keyd-cert FILE --keyd-key FILE")?;
-        Ok(Some(KeydClient::new(endpoint, self.keyd_pool, Duration::from_secs(5))))
+    /// The keyds, if --keyd was given.
+    pub fn fleet(&self) -> Result<Option<Arc<KeydFleet>>, Failure> {
+        if self.keyd.is_empty() {
+            return Ok(None);
+        }
+        let clients = self
+            .keyd
+            .iter()
+            .map(|spec| {
+                let flags = KeydFlags { keyd: spec.clone(), keyd_ca: self.keyd_ca.clone() };
+                let endpoint =
+                    flags.endpoint(self.keyd_cert.as_deref().zip(self.keyd_key.as_deref()), "--keyd-cert FILE --keyd-key FILE")?;
+                Ok(KeydClient::new(endpoint, self.keyd_pool, Duration::from_secs(5)))
+            })
+            .collect::<Result<Vec<_>, Failure>>()?;
+        Ok(Some(KeydFleet::new(clients, Duration::from_millis(self.keyd_health_ms))))
     }
 }
 

@@ -294,8 +294,12 @@ fn key_der(path: &Path) -> Result<rustls_pki_types::PrivateKeyDer<'static>, Fail
 
 #[derive(Args, Clone)]
 pub struct AdminFlags {
-    #[command(flatten)]
-    keyd: KeydFlags,
+    /// keyd as unix:PATH or tls://HOST:PORT; repeat it to run the command on every keyd of a fleet.
+    #[arg(long, default_value = "unix:sealtls-data/keyd/keyd.sock")]
+    keyd: Vec<String>,
+    /// CA that issued keyd's TLS certificate (with tls://).
+    #[arg(long)]
+    keyd_ca: Option<PathBuf>,
     /// Admin client certificate (with tls://), issued by keyd's --admin-ca.
     #[arg(long, requires = "admin_key")]
     admin_cert: Option<PathBuf>,
@@ -350,17 +354,70 @@ pub enum KeyCommand {
         /// Write the CSR here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// With several --keyd: they share one PKCS#11 token, so the key is generated once, by the first.
+        #[arg(long)]
+        shared_token: bool,
         #[command(flatten)]
         admin: AdminFlags,
     },
 }
 
 impl AdminFlags {
-    fn client(&self) -> Result<Arc<KeydClient>, Failure> {
+    /// Each keyd named, with a client for it.
+    fn clients(&self) -> Result<Vec<(String, Arc<KeydClient>)>, Failure> {
         let identity = self.admin_cert.as_deref().zip(self.admin_key.as_deref());
-        let endpoint = self.keyd.endpoint(identity, "--admin-cert FILE --admin-key FILE")?;
-        Ok(KeydClient::new(endpoint, 1, Duration::from_secs(60)))
+        self.keyd
+            .iter()
+            .map(|spec| {
+                let flags = KeydFlags { keyd: spec.clone(), keyd_ca: self.keyd_ca.clone() };
+                let endpoint = flags.endpoint(identity, "--admin-cert FILE --admin-key FILE")?;
+                Ok((spec.clone(), KeydClient::new(endpoint, 1, Duration::from_secs(60))))
+            })
+            .collect()
     }
+}
+
+/// Sends `request` to every keyd at once; each answers for itself, in the order given.
+async fn on_each(clients: &[(String, Arc<KeydClient>)], request: &Request) -> Vec<(String, Result<Response, Failure>)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (name, client)) in clients.iter().enumerate() {
+        let (name, client, request) = (name.clone(), client.clone(), request.clone());
+        set.spawn(async move { (i, name, call(&client, request).await) });
+    }
+    let mut results = Vec::with_capacity(clients.len());
+    while let Some(Ok(done)) = set.join_next().await {
+        results.push(done);
+    }
+    results.sort_by_key(|(i, _, _)| *i);
+    results.into_iter().map(|(_, name, r)| (name, r)).collect()
+}
+
+/// Prints each keyd's outcome on its own line; fails if any failed.
+fn report_each(
+    results: Vec<(String, Result<Response, Failure>)>,
+    done: impl Fn(Response) -> Result<String, Failure>,
+) -> Result<(), Failure> {
+    let total = results.len();
+    let mut failed = Vec::new();
+    for (name, result) in results {
+        match result.and_then(&done) {
+            Ok(line) if total == 1 => println!("{line}"),
+            Ok(line) => println!("{name}: {line}"),
+            Err(f) if total == 1 => return Err(f),
+            Err(f) => {
+                println!("{name}: failed: {}", f.what);
+                failed.push(name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        FailureClass::Network,
+        format!("{} of {total} keyds failed: {}", failed.len(), failed.join(", ")),
+        "see each keyd's line above; run the command again for those keyds once they are fixed",
+    ))
 }
 
 /// A keyd failure in words, with the exit code of its kind.
@@ -423,31 +480,56 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
                 Some(path) => zeroize::Zeroizing::new(sealtls_pki::load_key(path).map_err(Failure::config)?.secret_der().to_vec()),
                 None => zeroize::Zeroizing::new(Vec::new()),
             };
+            // Each keyd seals the key under its own device secret or TPM.
             let request = Request::Put { domain: domain.clone(), key, chain: chain.iter().map(|c| c.to_vec()).collect() };
-            match call(&*admin.client()?, request).await? {
-                Response::Stored(id) if admin.json => println!("{}", serde_json::json!({"domain": domain, "key_id": id.to_string()})),
-                Response::Stored(id) => println!("Installed {domain} (key id {id})"),
-                r => return Err(unexpected(r)),
-            }
+            report_each(on_each(&admin.clients()?, &request).await, |r| match r {
+                Response::Stored(id) if admin.json => Ok(serde_json::json!({"domain": domain, "key_id": id.to_string()}).to_string()),
+                Response::Stored(id) => Ok(format!("Installed {domain} (key id {id})")),
+                r => Err(unexpected(r)),
+            })?;
         }
-        KeyCommand::Has { domain, admin } => match call(&*admin.client()?, Request::Has(domain)).await? {
-            Response::Found(true) => println!("Key found"),
-            Response::Found(false) => {
-                println!("Key not found");
+        KeyCommand::Has { domain, admin } => {
+            let results = on_each(&admin.clients()?, &Request::Has(domain)).await;
+            let all = results.iter().all(|(_, r)| matches!(r, Ok(Response::Found(true))));
+            report_each(results, |r| match r {
+                Response::Found(true) => Ok("Key found".into()),
+                Response::Found(false) => Ok("Key not found".into()),
+                r => Err(unexpected(r)),
+            })?;
+            if !all {
                 std::process::exit(1);
             }
-            r => return Err(unexpected(r)),
-        },
-        KeyCommand::Rm { domain, admin } => match call(&*admin.client()?, Request::Remove(domain.clone())).await? {
-            Response::Removed => println!("Removed {domain}"),
-            r => return Err(unexpected(r)),
-        },
-        KeyCommand::Ls { admin } => match call(&*admin.client()?, Request::List).await? {
-            Response::List(entries) => print_list(&entries, admin.json),
-            r => return Err(unexpected(r)),
-        },
-        KeyCommand::Gen { domain, key_type, out, admin } => {
-            match call(&*admin.client()?, Request::Generate { domain: domain.clone(), key_type }).await? {
+        }
+        KeyCommand::Rm { domain, admin } => {
+            report_each(on_each(&admin.clients()?, &Request::Remove(domain.clone())).await, |r| match r {
+                Response::Removed => Ok(format!("Removed {domain}")),
+                r => Err(unexpected(r)),
+            })?;
+        }
+        KeyCommand::Ls { admin } => {
+            let clients = admin.clients()?;
+            let mut results = on_each(&clients, &Request::List).await;
+            if results.len() == 1 {
+                match results.remove(0).1? {
+                    Response::List(entries) => print_list(&entries, admin.json),
+                    r => return Err(unexpected(r)),
+                }
+            } else {
+                print_fleet_list(results, admin.json)?;
+            }
+        }
+        KeyCommand::Gen { domain, key_type, out, shared_token, admin } => {
+            if admin.keyd.len() > 1 && !shared_token {
+                return Err(Failure::new(
+                    FailureClass::Usage,
+                    format!("`key gen` on {} keyds would make {} different keys for {domain}", admin.keyd.len(), admin.keyd.len()),
+                    "generate on one keyd and copy nothing: put a key made outside with `key put ... --keyd A --keyd B`; \
+                     or, if these keyds share one PKCS#11 token, pass --shared-token",
+                ));
+            }
+            // With a shared token the first keyd makes the key; the others see it on the token.
+            let client = admin.clients()?.remove(0).1;
+            match call(&client, Request::Generate { domain: domain.clone(), key_type }).await? {
                 Response::Csr(der) => {
                     let pem = pem_csr(&der);
                     match out {
@@ -465,6 +547,62 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `key ls` on several keyds: per domain, which keyds hold it and whether
+/// they hold the same key and certificate expiry.
+fn print_fleet_list(results: Vec<(String, Result<Response, Failure>)>, json: bool) -> Result<(), Failure> {
+    let mut domains: std::collections::BTreeMap<String, Vec<(String, ListEntry)>> = Default::default();
+    let mut down = Vec::new();
+    let total = results.len();
+    for (name, result) in results {
+        match result {
+            Ok(Response::List(entries)) => {
+                for e in entries {
+                    domains.entry(e.domain.clone()).or_default().push((name.clone(), e));
+                }
+            }
+            Ok(r) => return Err(unexpected(r)),
+            Err(f) => down.push((name, f.what)),
+        }
+    }
+    let agree =
+        |held: &[(String, ListEntry)]| held.windows(2).all(|w| w[0].1.key_id == w[1].1.key_id && w[0].1.not_after == w[1].1.not_after);
+    if json {
+        let rows: Vec<_> = domains
+            .iter()
+            .map(|(domain, held)| {
+                serde_json::json!({
+                    "domain": domain,
+                    "held_by": held.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                    "agree": agree(held),
+                    "keys": held.iter().map(|(n, e)| serde_json::json!({"keyd": n, "key_id": e.key_id.to_string(), "not_after": e.not_after, "status": e.status})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let unreachable: Vec<_> = down.iter().map(|(n, why)| serde_json::json!({"keyd": n, "error": why})).collect();
+        println!("{}", serde_json::json!({"domains": rows, "unreachable": unreachable}));
+    } else {
+        println!("{:<32} {:<12} {:<22} {:<8} HELD BY", "DOMAIN", "KEY", "EXPIRES", "AGREE");
+        for (domain, held) in &domains {
+            let first = &held[0].1;
+            let names: Vec<_> = held.iter().map(|(n, _)| n.as_str()).collect();
+            let agrees = if agree(held) { "yes" } else { "NO" };
+            let count = format!("{}/{total}: {}", held.len(), names.join(", "));
+            println!("{:<32} {:<12} {:<22} {:<8} {count}", domain, first.key_type, expiry(first.not_after), agrees);
+        }
+        for (name, why) in &down {
+            println!("{name}: failed: {why}");
+        }
+    }
+    if down.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        FailureClass::Network,
+        format!("{} of {total} keyds did not answer: {}", down.len(), down.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")),
+        "start them, or leave them out of --keyd",
+    ))
 }
 
 fn pem_csr(der: &[u8]) -> String {

@@ -14,7 +14,7 @@ use sealtls_endpoint::server::{Server, ServerOptions};
 use sealtls_endpoint::settings::{ServerSettings, ServerTls};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 use sealtls_failure::{Failure, FailureClass};
-use sealtls_keyless::{KeydClient, KeydEndpoint, Keyless};
+use sealtls_keyless::{KeydClient, KeydEndpoint, KeydFleet, Keyless};
 use sealtls_offload_daemon::OffloadSettings;
 use tokio::sync::watch;
 use tracing::info;
@@ -114,7 +114,7 @@ pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>) -> Resul
 /// A TLS echo server whose certificates and signatures come from keyd.
 pub async fn keyless(listen: SocketAddr, keyd_socket: &Path, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
     let client = KeydClient::new(KeydEndpoint::Unix(keyd_socket.to_owned()), 4, Duration::from_secs(5));
-    let keyless = Keyless::new(client, crate::endpoints::KEYLESS_REFRESH);
+    let keyless = Keyless::new(KeydFleet::single(client), crate::endpoints::KEYLESS_REFRESH);
     let settings = ServerSettings {
         identity: Arc::new(keyless.clone()),
         client_ca: None,

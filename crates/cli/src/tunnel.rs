@@ -158,7 +158,7 @@ impl Listener {
 impl TunnelArgs {
     async fn remote(&self) -> Result<Remote, Failure> {
         let (name_text, name) = server_name_for(&self.target, self.server_name.as_deref())?;
-        let identity = match (&self.cert, &self.key, self.keyless.client()?) {
+        let identity = match (&self.cert, &self.key, self.keyless.fleet()?) {
             (Some(cert), Some(key), _) => Some(identity_from_files(cert, key)?),
             (_, _, Some(client)) => {
                 let key_name = self.keyd_name.as_deref().ok_or_else(|| {

@@ -8,52 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::custody::{key, keyd, pki, put, s_client, served};
 use common::{logged_port, p, run, sealtls, text, write_mode, Server};
-
-/// A CA with server certificates for a.test and b.test.
-fn pki(dir: &Path) -> PathBuf {
-    let d = dir.join("pki");
-    let ds = d.to_str().unwrap();
-    for args in [
-        vec!["pki", "init", "--dir", ds],
-        vec!["pki", "issue", "server", "--dir", ds, "--name", "a.test"],
-        vec!["pki", "issue", "server", "--dir", ds, "--name", "b.test"],
-    ] {
-        let o = run(sealtls().args(&args));
-        assert!(o.status.success(), "{}", text(&o));
-    }
-    d
-}
-
-/// `sealtls keyd` on a sealed-file store; `addr` is its socket.
-fn keyd(data: &Path, device: &Path, extra: &[&str]) -> Server {
-    Server::spawn(&[&["keyd", "--data-dir", data.to_str().unwrap(), "--device-key", device.to_str().unwrap()], extra].concat())
-}
-
-fn key(socket: &str, args: &[&str]) -> Output {
-    run(sealtls().arg("key").args(args).args(["--keyd", &format!("unix:{socket}")]))
-}
-
-fn put(socket: &str, pki: &Path, domain: &str) {
-    let o = key(socket, &["put", domain, &p(pki, &format!("{domain}.key")), "--cert", &p(pki, &format!("{domain}.pem"))]);
-    assert!(o.status.success() && text(&o).contains(&format!("Installed {domain}")), "{}", text(&o));
-}
-
-/// openssl s_client against `port`, with SNI `name` (none for `None`), verifying against `ca`.
-fn s_client(port: &str, name: Option<&str>, ca: &Path, version: &str) -> String {
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-CAfile", ca.to_str().unwrap(), "-verify_return_error", version]);
-    match name {
-        Some(n) => cmd.args(["-servername", n]),
-        None => cmd.arg("-noservername"),
-    };
-    text(&run(&mut cmd))
-}
-
-fn served(out: &str, name: &str) -> bool {
-    (out.contains(&format!("subject=CN = {name}")) || out.contains(&format!("subject=CN={name}")))
-        && out.contains("Verify return code: 0 (ok)")
-}
 
 /// Both names served over 1.3 and 1.2 with their own certificate; an
 /// unknown name gets unrecognized_name, no SNI gets handshake_failure,
@@ -379,14 +335,16 @@ fn a_running_server_recovers_when_keyd_comes_back() {
     let kd = keyd(&data, &device, &[]);
     put(&kd.addr, &pki, "a.test");
     let socket = kd.addr.clone();
-    let mut server = Server::start(&["--keyd", &format!("unix:{socket}")]);
+    let mut server = Server::start(&["--keyd", &format!("unix:{socket}"), "--keyd-health-ms", "100"]);
     let ca = pki.join("ca.pem");
     assert!(served(&s_client(server.port(), Some("a.test"), &ca, "-tls1_3"), "a.test"));
     drop(kd);
     let out = s_client(server.port(), Some("a.test"), &ca, "-tls1_3");
     assert!(!out.contains("subject="), "served without keyd: {out}");
     assert!(server.wait_log("unreachable").contains("unreachable"), "{}", server.log());
+    // Taken back at its next PING (every 100 ms here).
     let _kd = keyd(&data, &device, &[]);
+    assert!(server.wait_log("keyd answers again").contains("keyd answers again"), "{}", server.log());
     assert!(served(&s_client(server.port(), Some("a.test"), &ca, "-tls1_3"), "a.test"));
     assert!(served(&s_client(server.port(), Some("a.test"), &ca, "-tls1_2"), "a.test"));
     server.assert_alive();

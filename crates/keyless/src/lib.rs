@@ -4,7 +4,9 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod fleet;
 pub mod resolver;
 
 pub use client::{KeydClient, KeydEndpoint, KeydError};
+pub use fleet::{KeydFleet, MemberHealth, DEFAULT_HEALTH_INTERVAL};
 pub use resolver::{client_identity, Keyless, KeylessLimits};

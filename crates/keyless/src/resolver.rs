@@ -29,7 +29,8 @@ use sealtls_pki::inspect::CertFacts;
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
-use crate::client::{KeydClient, KeydError};
+use crate::client::KeydError;
+use crate::fleet::KeydFleet;
 
 /// How much the resolver keeps and asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +111,7 @@ struct Cached {
 type Pending = watch::Receiver<Option<Result<(), Refusal>>>;
 
 struct Inner {
-    client: Arc<KeydClient>,
+    keyds: Arc<KeydFleet>,
     refresh_after: Duration,
     limits: KeylessLimits,
     by_name: Mutex<Lru<String, Arc<Cached>>>,
@@ -131,7 +132,7 @@ pub struct Keyless(Arc<Inner>);
 
 impl std::fmt::Debug for Keyless {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keyless({})", self.0.client.endpoint())
+        write!(f, "Keyless({})", self.0.keyds.endpoints())
     }
 }
 
@@ -153,14 +154,14 @@ impl Keyless {
     /// Serves what `client`'s keyd holds, with the default [`KeylessLimits`];
     /// a cached chain is checked again in the background once it is older
     /// than `refresh_after`.
-    pub fn new(client: Arc<KeydClient>, refresh_after: Duration) -> Self {
-        Self::with_limits(client, refresh_after, KeylessLimits::default())
+    pub fn new(keyds: Arc<KeydFleet>, refresh_after: Duration) -> Self {
+        Self::with_limits(keyds, refresh_after, KeylessLimits::default())
     }
 
     /// As [`Keyless::new`], with these limits.
-    pub fn with_limits(client: Arc<KeydClient>, refresh_after: Duration, limits: KeylessLimits) -> Self {
+    pub fn with_limits(keyds: Arc<KeydFleet>, refresh_after: Duration, limits: KeylessLimits) -> Self {
         Self(Arc::new(Inner {
-            client,
+            keyds,
             refresh_after,
             limits,
             by_name: Mutex::new(Lru::new(limits.cache)),
@@ -193,7 +194,7 @@ impl Keyless {
         if let Some(key) = self.0.shared.lock().expect("share lock").get(&id).and_then(Weak::upgrade) {
             return Ok(key);
         }
-        let key = remote_certified(&self.0.client, info)?;
+        let key = remote_certified(&self.0.keyds, info)?;
         let mut shared = self.0.shared.lock().expect("share lock");
         shared.insert(id, Arc::downgrade(&key));
         // Live chains are at most one per cached name; forget the others now and then.
@@ -205,7 +206,7 @@ impl Keyless {
 
     /// Asks keyd for `name`'s chain.
     async fn fetch(&self, name: &str) -> Result<Arc<Cached>, Refusal> {
-        let info = match self.0.client.call(&Request::Chain(Selector::Domain(name.to_string()))).await {
+        let info = match self.0.keyds.call(&Request::Chain(Selector::Domain(name.to_string()))).await {
             Ok(Response::Chain(info)) => info,
             Ok(other) => return Err(refusal(AlertDescription::HandshakeFailure, format!("keyd answered CHAIN with {other:?}"))),
             Err(KeydError::Refused { code: ErrorCode::KeyNotFound, message }) => {
@@ -302,7 +303,7 @@ impl Keyless {
     fn refresh(&self, name: String, cached: Arc<Cached>) {
         let this = self.clone();
         tokio::spawn(async move {
-            match this.0.client.call(&Request::Chain(Selector::Domain(name.clone()))).await {
+            match this.0.keyds.call(&Request::Chain(Selector::Domain(name.clone()))).await {
                 Ok(Response::Chain(info)) if info.generation == cached.generation => {
                     *cached.fetched.lock().expect("time lock") = Instant::now()
                 }
@@ -325,7 +326,7 @@ impl Keyless {
 }
 
 /// A chain from keyd with a signing key that stays there.
-fn remote_certified(client: &Arc<KeydClient>, info: &ChainInfo) -> Result<Arc<CertifiedKey>, String> {
+fn remote_certified(keyds: &Arc<KeydFleet>, info: &ChainInfo) -> Result<Arc<CertifiedKey>, String> {
     let certs: Vec<CertificateDer<'static>> = info.certs.iter().map(|c| CertificateDer::from(c.clone())).collect();
     let facts = certs.first().and_then(|c| CertFacts::from_der(c).ok()).ok_or("keyd sent a chain whose leaf does not parse")?;
     let family = Family::from_description(&facts.key);
@@ -333,7 +334,7 @@ fn remote_certified(client: &Arc<KeydClient>, info: &ChainInfo) -> Result<Arc<Ce
     if schemes.is_empty() {
         return Err(format!("keyd holds a {} key, which TLS cannot sign with", facts.key));
     }
-    let key = RemoteKey { client: client.clone(), key_id: info.key_id, algorithm, schemes, spki: facts.spki, domain: info.domain.clone() };
+    let key = RemoteKey { keyds: keyds.clone(), key_id: info.key_id, algorithm, schemes, spki: facts.spki, domain: info.domain.clone() };
     Ok(Arc::new(CertifiedKey::new(certs, Arc::new(key))))
 }
 
@@ -342,9 +343,9 @@ fn remote_certified(client: &Arc<KeydClient>, info: &ChainInfo) -> Result<Arc<Ce
 /// (as the server side's does). Offer it as a client's certificate, e.g.
 /// through the endpoint's `ClientSettings::identity`; signing needs a
 /// multi-thread tokio runtime.
-pub async fn client_identity(client: Arc<KeydClient>, name: &str) -> Result<Arc<CertifiedKey>, String> {
-    match client.call(&Request::Chain(Selector::Domain(name.to_string()))).await {
-        Ok(Response::Chain(info)) => remote_certified(&client, &info).map_err(|e| format!("{name}: {e}")),
+pub async fn client_identity(keyds: Arc<KeydFleet>, name: &str) -> Result<Arc<CertifiedKey>, String> {
+    match keyds.call(&Request::Chain(Selector::Domain(name.to_string()))).await {
+        Ok(Response::Chain(info)) => remote_certified(&keyds, &info).map_err(|e| format!("{name}: {e}")),
         Ok(other) => Err(format!("keyd answered CHAIN with {other:?}")),
         Err(KeydError::Refused { code: ErrorCode::KeyNotFound, message }) => Err(format!("keyd has no key named {name}: {message}")),
         Err(e) => Err(e.to_string()),
@@ -357,6 +358,11 @@ impl HelloGate for Keyless {
             let Some(name) = server_name else {
                 return Err(refusal(AlertDescription::HandshakeFailure, "the client sent no server name (SNI); keys are picked by name, so the client must send one (openssl s_client -servername NAME)"));
             };
+            // A handshake that could not be signed would end without an alert
+            // (rustls sends none for a signer's error): refuse it now.
+            if let Some(down) = self.0.keyds.all_down() {
+                return Err(refusal(AlertDescription::HandshakeFailure, down.to_string()));
+            }
             self.resolve_name(name.to_ascii_lowercase()).await
         })
     }
@@ -371,7 +377,7 @@ impl ResolvesServerCert for Keyless {
 
 /// A key that stays in keyd.
 struct RemoteKey {
-    client: Arc<KeydClient>,
+    keyds: Arc<KeydFleet>,
     key_id: KeyId,
     algorithm: SignatureAlgorithm,
     schemes: &'static [Scheme],
@@ -388,7 +394,7 @@ impl std::fmt::Debug for RemoteKey {
 impl SigningKey for RemoteKey {
     fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
         let scheme = self.schemes.iter().copied().find(|s| offered.contains(&SignatureScheme::from(*s as u16)))?;
-        Some(Box::new(RemoteSigner { client: self.client.clone(), key_id: self.key_id, scheme, domain: self.domain.clone() }))
+        Some(Box::new(RemoteSigner { keyds: self.keyds.clone(), key_id: self.key_id, scheme, domain: self.domain.clone() }))
     }
 
     fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
@@ -401,7 +407,7 @@ impl SigningKey for RemoteKey {
 }
 
 struct RemoteSigner {
-    client: Arc<KeydClient>,
+    keyds: Arc<KeydFleet>,
     key_id: KeyId,
     scheme: Scheme,
     domain: String,
@@ -416,7 +422,7 @@ impl std::fmt::Debug for RemoteSigner {
 impl Signer for RemoteSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
         let request = Request::Sign { key: Selector::KeyId(self.key_id), scheme: self.scheme, message: message.to_vec() };
-        match self.client.call_blocking(&request) {
+        match self.keyds.call_blocking(&request) {
             Ok(Response::Signature(sig)) => Ok(sig),
             Ok(other) => Err(rustls::Error::General(format!("keyd answered SIGN with {other:?}"))),
             Err(e) => {

@@ -13,7 +13,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{AlertDescription, SignatureScheme};
 use sealtls_custody_proto::{ChainInfo, ErrorCode, KeyId, Request, Response, Scheme, Selector};
 use sealtls_endpoint::gate::{HelloGate, Refusal};
-use sealtls_keyless::{KeydClient, KeydEndpoint, Keyless, KeylessLimits};
+use sealtls_keyless::{KeydClient, KeydEndpoint, KeydFleet, Keyless, KeylessLimits};
 
 /// A P-256 key and a self-signed certificate for `name`.
 struct Leaf {
@@ -35,7 +35,7 @@ fn setup(dir: &tempfile::TempDir, refresh_after: Duration) -> (FakeKeyd, Arc<Key
     let path = dir.path().join("keyd.sock");
     let keyd = FakeKeyd::start(&path);
     let client = KeydClient::new(KeydEndpoint::Unix(path), 1, Duration::from_secs(30));
-    let keyless = Keyless::new(client.clone(), refresh_after);
+    let keyless = Keyless::new(KeydFleet::single(client.clone()), refresh_after);
     (keyd, client, keyless)
 }
 
@@ -224,7 +224,7 @@ fn limited(dir: &tempfile::TempDir, limits: KeylessLimits) -> (FakeKeyd, Arc<Key
     let path = dir.path().join("keyd.sock");
     let keyd = FakeKeyd::start(&path);
     let client = KeydClient::new(KeydEndpoint::Unix(path), 1, Duration::from_secs(30));
-    let keyless = Keyless::with_limits(client.clone(), Duration::from_secs(3600), limits);
+    let keyless = Keyless::with_limits(KeydFleet::single(client.clone()), Duration::from_secs(3600), limits);
     (keyd, client, keyless)
 }
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the CLI tests: running the binary with time limits,
 //! daemons on ephemeral ports, and the seed guides' certificate recipes.
 #![allow(dead_code)]
+pub mod custody;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
