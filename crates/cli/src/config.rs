@@ -707,6 +707,10 @@ listen = "127.0.0.1:1443"
 [keyd]
 # socket = "keyd/keyd.sock" # mode 0660; default: DATA_DIR/keyd/keyd.sock
 # authorize = "grants.toml" # [[grant]] tables: who may sign for which domains; default: anyone who can open the socket
+# seal = "tpm"              # file (default: the device secret) or tpm; backend = "pkcs11" for a token
+
+# More TLS servers and proxies ([[serve]]), tunnels ([[tunnel]]) and every
+# other field, with its default: examples/sealtls.toml in the sealtls sources.
 "#;
 
 #[cfg(test)]

@@ -296,3 +296,35 @@ pub fn exit_with_parent() {
         let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, FromArgMatches};
+
+    use super::*;
+
+    /// The flags `up` gives its keyd parse back into the same settings.
+    #[test]
+    fn keyd_flags_say_what_the_spec_holds() {
+        let parse = |flags: Vec<OsString>| {
+            let cmd = KeydArgs::augment_args(clap::Command::new("keyd").no_binary_name(true));
+            KeydArgs::from_arg_matches(&cmd.get_matches_from(flags)).unwrap()
+        };
+        let mut args = parse(vec![]);
+        args.data_dir = "d".into();
+        args.seal = SealKind::Tpm;
+        args.tpm = "swtpm:host=127.0.0.1,port=2321".into();
+        args.tpm_pcrs = vec![0, 7];
+        args.max_in_flight = 7;
+        args.authorize = Some("grants.toml".into());
+        let back = parse(KeydSpec { args: args.clone() }.flags());
+        assert_eq!(back.socket(), PathBuf::from("d/keyd.sock"));
+        assert_eq!((back.seal, &back.tpm, back.tpm_pcrs, back.max_in_flight), (SealKind::Tpm, &args.tpm, vec![0, 7], 7));
+        assert_eq!(back.authorize, args.authorize);
+        args.backend = BackendKind::Pkcs11;
+        args.token = Some("t".into());
+        args.pin_file = Some("pin".into());
+        let back = parse(KeydSpec { args }.flags());
+        assert_eq!((back.backend, back.token, back.pin_file), (BackendKind::Pkcs11, Some("t".into()), Some("pin".into())));
+    }
+}

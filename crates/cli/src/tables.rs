@@ -565,3 +565,43 @@ pub fn distinct_addresses(path: &str, used: &[Used]) -> Result<(), ConfigError> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_default_to_what_the_flags_default_to() {
+        let serve: ServeArgs = flag_defaults(&[]);
+        assert_eq!((serve.handshake_timeout, serve.idle_timeout, serve.max_connections, serve.connect_timeout), (10, 300, 10_000, 10));
+        assert_eq!((serve.mode, serve.tls, serve.max_conn_lifetime), (Mode::Echo, TlsVersions::Any, 0));
+        let tunnel: TunnelArgs = flag_defaults(&["--listen", "127.0.0.1:0", "--target", "localhost:1", "--ca", "ca.pem"]);
+        assert_eq!((tunnel.connect_timeout, tunnel.idle_timeout, tunnel.max_connections), (10, 300, 1000));
+    }
+
+    #[test]
+    fn addresses_collide_on_one_port_of_one_or_every_ip_and_on_one_path() {
+        let tcp = |s: &str| Address::Tcp(s.parse().unwrap());
+        assert!(collide(&tcp("127.0.0.1:80"), &tcp("127.0.0.1:80")));
+        assert!(collide(&tcp("0.0.0.0:80"), &tcp("127.0.0.1:80")));
+        assert!(collide(&tcp("127.0.0.1:80"), &tcp("[::]:80")));
+        assert!(!collide(&tcp("127.0.0.1:80"), &tcp("127.0.0.2:80")));
+        assert!(!collide(&tcp("127.0.0.1:80"), &tcp("127.0.0.1:81")));
+        assert!(!collide(&tcp("127.0.0.1:0"), &tcp("127.0.0.1:0")));
+        let unix = |s: &str| Address::Unix(s.into());
+        assert!(collide(&unix("/run/a.sock"), &unix("/run/a.sock")));
+        assert!(!collide(&unix("/run/a.sock"), &unix("/run/b.sock")));
+        let used = [("[echo]".to_owned(), "listen", tcp("127.0.0.1:80")), ("[[serve]] #1".to_owned(), "listen", tcp("0.0.0.0:80"))];
+        let e = distinct_addresses("f.toml", &used).unwrap_err();
+        assert_eq!(e.to_string(), "f.toml: [[serve]] #1 listen = \"0.0.0.0:80\": [echo] listen already uses 127.0.0.1:80");
+    }
+
+    #[test]
+    fn a_target_must_be_on_this_machine_unless_allowed() {
+        check_local_target("127.0.0.1:80", false).unwrap();
+        check_local_target("[::1]:80", false).unwrap();
+        let p = check_local_target("192.0.2.1:80", false).unwrap_err();
+        assert!(p.what.contains("not on this machine") && p.fix.unwrap().contains("unsafe_target = true"));
+        check_local_target("192.0.2.1:80", true).unwrap();
+    }
+}
