@@ -183,17 +183,42 @@ fn up_args<'a>(data: &'a str, config: &'a str, device: &'a str) -> Vec<&'a str> 
     vec!["--data-dir", data, "--config", config, "--device-key", device]
 }
 
+/// `up` runs the two [[serve]] tables, a keyless [[serve]] signing through
+/// up's own keyd, and a [[tunnel]] carrying plain connections as alice to
+/// the first table.
 #[test]
-fn up_runs_every_serve_table_beside_its_own_services() {
+fn up_runs_every_serve_and_tunnel_table_beside_its_own_services() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     pki(d);
     let (config, echo, proxy) = two_serves(d, &tcp_echo());
+    let (keyless, tunnel) = (free_port(), free_port());
+    let mut body = std::fs::read_to_string(&config).unwrap();
+    body.push_str(&format!(
+        "[[serve]]\nlisten = \"127.0.0.1:{keyless}\"\nkeyd = \"unix:keyd.sock\"\n\
+         [[tunnel]]\nlisten = \"127.0.0.1:{tunnel}\"\ntarget = \"localhost:{echo}\"\nca_file = \"ca.pem\"\ncert_file = \"alice.pem\"\nkey_file = \"alice.key\"\n"
+    ));
+    write_mode(&config, &body, 0o600);
     let (data, device) = (p(d, "data"), p(d, "secret/device.key"));
     let up = Up::start(d, &up_args(&data, config.to_str().unwrap(), &device));
-    assert!(up.banner.contains(&format!("{:<20} 127.0.0.1:{echo}", "TLS server")), "{}", up.banner);
-    assert!(up.banner.contains(&format!("{:<20} 127.0.0.1:{proxy}", "TLS proxy")), "{}", up.banner);
+    for (name, port) in [("TLS server", echo), ("TLS proxy", proxy), ("TLS server", keyless), ("TLS tunnel", tunnel)] {
+        assert!(up.banner.contains(&format!("{name:<20} 127.0.0.1:{port}")), "{}", up.banner);
+    }
     both_tables_serve(d, echo, proxy);
+
+    // The keyless table: up's development certificate, signed for by up's keyd.
+    let out = text(&run(Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{keyless}"), "-servername", "localhost"])
+        .args(["-CAfile", &p(d, "data/ca.pem"), "-verify_return_error"])));
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+
+    // The tunnel: plain bytes in, through TLS as alice (whom [[serve]] #1 lets in), echoed back.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", tunnel)).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    plain.write_all(b"through the tunnel\n").unwrap();
+    let mut back = [0u8; 19];
+    plain.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"through the tunnel\n");
     up.stop();
 }
 
