@@ -40,7 +40,8 @@ pub struct ServerFiles {
     /// CA certificates whose client certificates are accepted; overrides [tls] ca_cert.
     #[arg(long, visible_alias = "ca-certificate")]
     pub ca: Option<PathBuf>,
-    /// Take what the flags do not give from this file's [tls] table.
+    /// Take what the flags do not give from this file's [tls] table; without --cert or --keyd,
+    /// run every [[serve]] table of the file instead, when it has any.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }

@@ -300,7 +300,9 @@ fn serve_table(t: &str, r: &RawServe, ctx: &Ctx<'_>) -> Result<ServeTable, Confi
     if let Some(v) = ctx.parsed(t, "tls", r.tls.as_deref(), TlsVersions::parse)? {
         a.tls = v;
     }
-    let mode = ctx.parsed(t, "mode", r.mode.as_deref(), |m| Mode::from_str(m).map_err(|e| Problem::new(e, "mode = \"echo\"")))?;
+    let mode = ctx.parsed(t, "mode", r.mode.as_deref(), |m| {
+        Mode::from_str(m).map_err(|e| Problem::new(e, "write mode = \"echo\", \"sink\" or \"handshake\""))
+    })?;
     a.target = ctx.parsed(t, "target", r.target.as_deref(), |s| {
         let target = Target::from_str(s).map_err(|e| Problem::new(e, "write target = \"127.0.0.1:PORT\" or \"unix:PATH\""))?;
         Ok(match target {
@@ -320,7 +322,7 @@ fn serve_table(t: &str, r: &RawServe, ctx: &Ctx<'_>) -> Result<ServeTable, Confi
         check_local_target(addr, r.unsafe_target).map_err(|p| ctx.err(t, format!("target = {addr:?}"), p))?;
     }
     a.proxy_protocol = ctx.parsed(t, "proxy_protocol", r.proxy_protocol.as_deref(), |s| {
-        ProxyProtocol::from_str(s).map_err(|e| Problem::new(e, "proxy_protocol = \"v2\""))
+        ProxyProtocol::from_str(s).map_err(|e| Problem::new(e, "write proxy_protocol = \"v2\""))
     })?;
     if a.target.is_none() {
         for (key, given) in [("unsafe_target", r.unsafe_target), ("proxy_protocol", r.proxy_protocol.is_some())] {
