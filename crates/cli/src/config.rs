@@ -13,12 +13,20 @@ use sealtls_console::TlsMaterial;
 use sealtls_endpoint::settings::{certified_key, Anchors, SetupError};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 use sealtls_failure::{Failure, Problem, Remedy};
+use sealtls_keyless::KeylessLimits;
 use sealtls_offload_daemon::{Allow, OffloadSettings, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CLIENTS};
 use sealtls_pki::files::check_secret_mode;
 use sealtls_pki::load::read_limited;
 use sealtls_pki::{load_certs_pem, load_key_pem, LoadError};
 use serde::Deserialize;
 use zeroize::Zeroizing;
+
+use crate::keyd::{BackendKind, KeydArgs, SealKind};
+use crate::services::Address;
+use crate::tables::{
+    self, distinct_addresses, flag_defaults, serve_tables, tunnel_tables, Ctx, RawServe, RawStatus, RawTunnel, ServeTable, StatusSection,
+    TunnelTable, Used,
+};
 
 /// The name looked for in the working directory.
 pub const DEFAULT_NAME: &str = "sealtls.toml";
@@ -38,6 +46,11 @@ struct RawConfig {
     keyless: RawKeyless,
     #[serde(default)]
     keyd: RawKeyd,
+    #[serde(default)]
+    serve: Vec<RawServe>,
+    #[serde(default)]
+    tunnel: Vec<RawTunnel>,
+    status: Option<RawStatus>,
 }
 
 #[derive(Deserialize, Default)]
@@ -95,6 +108,8 @@ struct RawOffload {
 #[serde(deny_unknown_fields)]
 struct RawKeyless {
     listen: Option<String>,
+    cache: Option<usize>,
+    miss_ttl_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -102,6 +117,17 @@ struct RawKeyless {
 struct RawKeyd {
     socket: Option<PathBuf>,
     authorize: Option<PathBuf>,
+    backend: Option<String>,
+    seal: Option<String>,
+    tpm: Option<String>,
+    tpm_pcrs: Option<Vec<u8>>,
+    module: Option<PathBuf>,
+    token: Option<String>,
+    pin_file: Option<PathBuf>,
+    max_connections: Option<u32>,
+    max_in_flight: Option<u32>,
+    frame_timeout_secs: Option<u64>,
+    first_byte_timeout_secs: Option<u64>,
 }
 
 /// `[keyd] authorize`: the grant file `up` starts keyd with.
@@ -118,6 +144,8 @@ pub struct KeydAuthorize {
 pub struct KeylessSection {
     /// Listen address.
     pub listen: SocketAddr,
+    /// `cache` and `miss_ttl_secs`, as `serve --keyless-cache` and `--keyless-miss-ttl`.
+    pub limits: KeylessLimits,
 }
 
 /// Where `up`'s keyless TLS server listens unless told otherwise.
@@ -179,6 +207,15 @@ pub struct Config {
     pub keyd_socket: Option<PathBuf>,
     /// `[keyd] authorize`: the grants keyd started by `sealtls up` enforces; `None` for none.
     pub keyd_authorize: Option<KeydAuthorize>,
+    /// `[keyd]`'s store, seal and limits as `sealtls keyd` flags; `up` fills in the
+    /// data directory, device secret, socket and grants.
+    pub keyd: KeydArgs,
+    /// `[[serve]]` tables, in file order.
+    pub serve: Vec<ServeTable>,
+    /// `[[tunnel]]` tables, in file order.
+    pub tunnel: Vec<TunnelTable>,
+    /// `[status]`, when given.
+    pub status: Option<StatusSection>,
 }
 
 /// Why a configuration was refused. Each message names the file and the
@@ -212,6 +249,9 @@ pub enum ConfigError {
     /// A value that does not parse.
     #[error("{path}: [{table}] {key} = \"{value}\": {detail}")]
     Value { path: String, table: &'static str, key: &'static str, value: String, detail: Box<Problem> },
+    /// A field of a table (`[[serve]] #2`, `[keyd]`) that cannot be used; `key` may carry its value.
+    #[error("{path}: {table} {key}: {detail}")]
+    Field { path: String, table: String, key: String, detail: Box<Problem> },
 }
 
 impl Remedy for ConfigError {
@@ -230,11 +270,12 @@ impl Remedy for ConfigError {
             Self::ExposedInline { path, .. } => Some(format!("fix it with `chmod 600 {path}`")),
             Self::Token { detail, .. } => detail.fix(),
             Self::Value { detail, .. } => detail.fix(),
+            Self::Field { detail, .. } => detail.fix(),
         }
     }
 }
 
-const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check; [keyless] listen; [keyd] socket, authorize";
+const KEYS_FIX: &str = "the keys are: [tls] srv_cert, srv_key, ca_cert, cli_cert, cli_key (each also as *_file), legacy_v1_leaf; [echo] listen, client_auth, tls; [console] listen, allow_remote, token_file; [offload] socket, trust, max_clients, allow_uid, allow_gid, buffer_size, connect_timeout_secs, handshake_timeout_secs, client_timeout_secs, hostname_check; [keyless] listen, cache, miss_ttl_secs; [keyd] socket, authorize, backend, seal, tpm, tpm_pcrs, module, token, pin_file, max_connections, max_in_flight, frame_timeout_secs, first_byte_timeout_secs; [[serve]] and [[tunnel]]: see examples/sealtls.toml; [status] listen, unsafe_status";
 
 /// Finds the configuration: `explicit`, else `./sealtls.toml`, else
 /// `DATA_DIR/sealtls.toml`, when they exist.
@@ -398,6 +439,10 @@ impl Config {
             let line = e.span().map_or(0, |s| bytes[..s.start.min(bytes.len())].iter().filter(|&&b| b == b'\n').count() + 1);
             let message = e.message().trim().to_owned();
             let fix = if message.starts_with("unknown field") { KEYS_FIX } else { "correct the TOML at that line" };
+            let message = match table_at(text, line) {
+                Some(table) => format!("{table}: {message}"),
+                None => message,
+            };
             ConfigError::Syntax { path: name.clone(), line, message, fix }
         })?;
         use std::os::unix::fs::PermissionsExt;
@@ -455,8 +500,18 @@ impl Config {
             name_check: o.hostname_check.unwrap_or(true),
             answer_timeout: Duration::from_secs(o.client_timeout_secs.unwrap_or(10)),
         };
+        let defaults = KeylessLimits::default();
         let keyless = KeylessSection {
             listen: l.parsed("keyless", "listen", raw.keyless.listen.as_deref(), DEFAULT_KEYLESS_LISTEN, Listen::parse)?.0,
+            limits: KeylessLimits {
+                cache: match raw.keyless.cache {
+                    Some(0) => return Err(field(&l, "[keyless]", "cache = 0", Problem::new("keeps no chain", "give at least 1"))),
+                    Some(n) => n,
+                    None => defaults.cache,
+                },
+                miss_ttl: raw.keyless.miss_ttl_secs.map_or(defaults.miss_ttl, Duration::from_secs),
+                ..defaults
+            },
         };
         let keyd_socket = raw.keyd.socket.as_deref().map(|s| dir.join(s));
         let keyd_authorize = match raw.keyd.authorize.as_deref().map(|f| dir.join(f)) {
@@ -472,8 +527,138 @@ impl Config {
             }
             None => None,
         };
-        Ok(Self { material: Arc::new(material), echo, console, offload, keyless, keyd_socket, keyd_authorize })
+        let keyd = keyd_store(&raw.keyd, &l)?;
+        let name = l.name();
+        let ctx = Ctx { path: &name, dir, material: &material };
+        let serve = serve_tables(&raw.serve, &ctx)?;
+        let tunnel = tunnel_tables(&raw.tunnel, &ctx)?;
+        let status = raw.status.as_ref().map(|s| tables::status(s, &ctx)).transpose()?;
+        let mut used: Vec<Used> = vec![
+            ("[echo]".into(), "listen", Address::Tcp(echo.listen)),
+            ("[console]".into(), "listen", Address::Tcp(console.listen)),
+            ("[keyless]".into(), "listen", Address::Tcp(keyless.listen)),
+            ("[offload]".into(), "socket", Address::Unix(offload.socket.clone())),
+        ];
+        used.extend(keyd_socket.iter().map(|s| ("[keyd]".into(), "socket", Address::Unix(s.clone()))));
+        used.extend(serve.iter().map(|t| (t.label.clone(), "listen", Address::Tcp(t.args.listen))));
+        used.extend(tunnel.iter().map(|t| (t.label.clone(), "listen", Address::from(&t.args.listen))));
+        used.extend(status.iter().map(|s| ("[status]".into(), "listen", Address::from(&s.listen))));
+        distinct_addresses(&name, &used)?;
+        Ok(Self { material: Arc::new(material), echo, console, offload, keyless, keyd_socket, keyd_authorize, keyd, serve, tunnel, status })
     }
+}
+
+fn field(l: &Loader<'_>, table: &str, key: &str, detail: Problem) -> ConfigError {
+    ConfigError::Field { path: l.name(), table: table.into(), key: key.into(), detail: Box::new(detail) }
+}
+
+/// `[keyd]`'s store, seal and limits, on top of the defaults `sealtls keyd --help` states.
+fn keyd_store(raw: &RawKeyd, l: &Loader<'_>) -> Result<KeydArgs, ConfigError> {
+    let t = "[keyd]";
+    let mut k: KeydArgs = flag_defaults(&[]);
+    if let Some(b) = &raw.backend {
+        k.backend = match b.as_str() {
+            "sealed" | "sealed-file" => BackendKind::SealedFile,
+            "pkcs11" => BackendKind::Pkcs11,
+            _ => {
+                return Err(field(
+                    l,
+                    t,
+                    &format!("backend = {b:?}"),
+                    Problem::new("is not a backend", "write backend = \"sealed\" or \"pkcs11\""),
+                ))
+            }
+        };
+    }
+    if let Some(s) = &raw.seal {
+        k.seal = match s.as_str() {
+            "file" => SealKind::File,
+            "tpm" => SealKind::Tpm,
+            _ => return Err(field(l, t, &format!("seal = {s:?}"), Problem::new("is not a seal", "write seal = \"file\" or \"tpm\""))),
+        };
+    }
+    if k.backend == BackendKind::Pkcs11 && raw.seal.is_some() {
+        return Err(field(l, t, "seal", Problem::new("applies to backend = \"sealed\" only", "remove seal, or the pkcs11 backend")));
+    }
+    if k.seal != SealKind::Tpm && (raw.tpm.is_some() || raw.tpm_pcrs.is_some()) {
+        return Err(field(l, t, "tpm", Problem::new("is given without seal = \"tpm\"", "add seal = \"tpm\", or remove tpm and tpm_pcrs")));
+    }
+    if let Some(tcti) = &raw.tpm {
+        k.tpm = tcti.clone();
+    }
+    if let Some(pcrs) = &raw.tpm_pcrs {
+        if let Some(bad) = pcrs.iter().find(|p| **p >= 24) {
+            return Err(field(
+                l,
+                t,
+                &format!("tpm_pcrs = [{bad}]"),
+                Problem::new("is not a PCR", "give PCR numbers from 0 to 23, e.g. tpm_pcrs = [0, 7]"),
+            ));
+        }
+        k.tpm_pcrs = pcrs.clone();
+    }
+    if k.backend == BackendKind::Pkcs11 {
+        if raw.token.is_none() || raw.pin_file.is_none() {
+            return Err(field(
+                l,
+                t,
+                "token",
+                Problem::new(
+                    "and pin_file are needed with backend = \"pkcs11\"",
+                    "add token = \"LABEL\" and pin_file = \"FILE\" (mode 0600)",
+                ),
+            ));
+        }
+    } else if raw.module.is_some() || raw.token.is_some() || raw.pin_file.is_some() {
+        return Err(field(
+            l,
+            t,
+            "token",
+            Problem::new("module, token and pin_file are given without backend = \"pkcs11\"", "add backend = \"pkcs11\", or remove them"),
+        ));
+    }
+    if let Some(m) = &raw.module {
+        k.module = l.dir.join(m);
+    }
+    k.token = raw.token.clone();
+    k.pin_file = raw.pin_file.as_deref().map(|p| l.dir.join(p));
+    for (key, value, slot) in
+        [("max_connections", raw.max_connections, &mut k.max_connections), ("max_in_flight", raw.max_in_flight, &mut k.max_in_flight)]
+    {
+        match value {
+            Some(0) => return Err(field(l, t, &format!("{key} = 0"), Problem::new("lets nothing through", "give at least 1"))),
+            Some(n) => *slot = n,
+            None => {}
+        }
+    }
+    for (key, value, slot) in [
+        ("frame_timeout_secs", raw.frame_timeout_secs, &mut k.frame_timeout),
+        ("first_byte_timeout_secs", raw.first_byte_timeout_secs, &mut k.first_byte_timeout),
+    ] {
+        match value {
+            Some(0) => return Err(field(l, t, &format!("{key} = 0"), Problem::new("allows no time", "give at least 1"))),
+            Some(n) => *slot = n,
+            None => {}
+        }
+    }
+    Ok(k)
+}
+
+/// The table a line of a TOML file is in: `[keyd]`, or `[[serve]] #2` for the second `[[serve]]`.
+fn table_at(text: &str, line: usize) -> Option<String> {
+    let mut counts = std::collections::HashMap::new();
+    let mut table = None;
+    for l in text.lines().take(line) {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let n = counts.entry(name.trim().to_owned()).or_insert(0);
+            *n += 1;
+            table = Some(format!("[[{}]] #{n}", name.trim()));
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = Some(format!("[{}]", name.trim()));
+        }
+    }
+    table
 }
 
 /// The configuration `sealtls up` writes next to its development PKI.
@@ -522,6 +707,10 @@ listen = "127.0.0.1:1443"
 [keyd]
 # socket = "keyd/keyd.sock" # mode 0660; default: DATA_DIR/keyd/keyd.sock
 # authorize = "grants.toml" # [[grant]] tables: who may sign for which domains; default: anyone who can open the socket
+# seal = "tpm"              # file (default: the device secret) or tpm; backend = "pkcs11" for a token
+
+# More TLS servers and proxies ([[serve]]), tunnels ([[tunnel]]) and every
+# other field, with its default: examples/sealtls.toml in the sealtls sources.
 "#;
 
 #[cfg(test)]
@@ -613,7 +802,8 @@ pub enum ConfigCommand {
     },
 }
 
-fn describe_chain(chain: &[CertificateDer<'_>]) -> String {
+/// A certificate chain in one line: the leaf's subject, key, names, expiry and days left.
+pub fn describe_chain(chain: &[CertificateDer<'_>]) -> String {
     let Some(leaf) = chain.first().and_then(|c| sealtls_pki::inspect::CertFacts::from_der(c).ok()) else {
         return "unreadable".into();
     };
@@ -674,7 +864,45 @@ pub fn run(cmd: ConfigCommand) -> Result<(), Failure> {
         Some(a) => println!("  keyd grants           {}: {} grant(s); other callers may not sign", a.path.display(), a.grants),
         None => println!("  keyd grants           none: any caller that can open the socket may sign for every domain"),
     }
-    println!("  keyless TLS server    {}  keys and certificates in keyd", c.keyless.listen);
+    let store = match (c.keyd.backend, c.keyd.seal) {
+        (BackendKind::Pkcs11, _) => {
+            format!("PKCS#11 token {} ({})", c.keyd.token.as_deref().unwrap_or("?"), c.keyd.module.display())
+        }
+        (_, SealKind::File) => "sealed files, store key from the device secret".into(),
+        (_, SealKind::Tpm) if c.keyd.tpm_pcrs.is_empty() => format!("sealed files, store key sealed by the TPM {}", c.keyd.tpm),
+        (_, SealKind::Tpm) => format!("sealed files, store key sealed by the TPM {} to PCRs {:?}", c.keyd.tpm, c.keyd.tpm_pcrs),
+    };
+    println!("  keyd store            {store}");
+    let k = &c.keyd;
+    println!(
+        "  keyd limits           {} connections, {} in flight each, frame {} s, first byte {} s",
+        k.max_connections, k.max_in_flight, k.frame_timeout, k.first_byte_timeout
+    );
+    let l = &c.keyless.limits;
+    println!(
+        "  keyless TLS server    {}  keys and certificates in keyd; {} names cached, unknown names refused for {} s",
+        c.keyless.listen,
+        l.cache,
+        l.miss_ttl.as_secs()
+    );
+    for table in &c.serve {
+        let kind = if table.args.target.is_some() { "TLS proxy" } else { "TLS server" };
+        println!("  {:<21} {}  {kind}", table.label, table.args.listen);
+        for (what, line) in &table.summary {
+            println!("    {what:<19} {line}");
+        }
+    }
+    for table in &c.tunnel {
+        println!("  {:<21} {}  TLS tunnel", table.label, table.args.listen);
+        for (what, line) in &table.summary {
+            println!("    {what:<19} {line}");
+        }
+    }
+    match &c.status {
+        Some(s) if s.unsafe_status => println!("  [status]              {}  (not loopback allowed: unsafe_status)", s.listen),
+        Some(s) => println!("  [status]              {}", s.listen),
+        None => {}
+    }
     for w in &warnings {
         println!("warning: {w}");
     }

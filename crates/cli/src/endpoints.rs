@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use sealtls_console::TlsMaterial;
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::forward::{Forward, Target};
 use sealtls_endpoint::net::bind;
@@ -39,62 +40,63 @@ pub struct ServerFiles {
     /// CA certificates whose client certificates are accepted; overrides [tls] ca_cert.
     #[arg(long, visible_alias = "ca-certificate")]
     pub ca: Option<PathBuf>,
-    /// Take what the flags do not give from this file's [tls] table.
+    /// Take what the flags do not give from this file's [tls] table; without --cert or --keyd,
+    /// run every [[serve]] table of the file instead, when it has any.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:4433")]
-    listen: SocketAddr,
+    pub listen: SocketAddr,
     /// Port to listen on (overrides the port of --listen).
     #[arg(short = 'p', long)]
-    port: Option<u16>,
+    pub port: Option<u16>,
     #[command(flatten)]
-    files: ServerFiles,
+    pub files: ServerFiles,
     #[command(flatten)]
-    keyless: KeylessFlags,
+    pub keyless: KeylessFlags,
     #[command(flatten)]
-    allow: AllowFlags,
+    pub allow: AllowFlags,
     /// Client certificates: none, optional or required (default: required with --ca).
     #[arg(long)]
-    client_auth: Option<ClientAuthMode>,
+    pub client_auth: Option<ClientAuthMode>,
     /// TLS versions: 1.2, 1.3 or any.
     #[arg(long, default_value = "any")]
-    tls: TlsVersions,
+    pub tls: TlsVersions,
     /// echo (bytes go back), handshake (close after the handshake) or sink (discard).
     #[arg(long, default_value = "echo")]
-    mode: Mode,
+    pub mode: Mode,
     /// Forward each session to HOST:PORT or unix:PATH (a TLS termination proxy) instead of --mode.
     #[arg(long, conflicts_with = "mode")]
-    target: Option<Target>,
+    pub target: Option<Target>,
     /// Allow a --target that is not on this machine (forwarded bytes cross the network in the clear).
     #[arg(long, requires = "target")]
-    unsafe_target: bool,
+    pub unsafe_target: bool,
     /// Send the --target a PROXY protocol header first: v2 (binary, with the SNI, ALPN, TLS version,
     /// cipher and client certificate CN as TLVs); v1 is not offered.
     #[arg(long, requires = "target", value_name = "v2")]
-    proxy_protocol: Option<ProxyProtocol>,
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Application protocols offered to clients (ALPN), most preferred first, e.g. h2,http/1.1.
     #[arg(long, value_delimiter = ',', value_name = "PROTOCOLS")]
-    alpn: Vec<String>,
+    pub alpn: Vec<String>,
     /// Seconds connecting to the --target may take.
     #[arg(long, default_value_t = 10)]
-    connect_timeout: u64,
+    pub connect_timeout: u64,
     /// Seconds a session may last however busy it is (0: no limit).
     #[arg(long, default_value_t = 0)]
-    max_conn_lifetime: u64,
+    pub max_conn_lifetime: u64,
     /// Sessions served at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 10_000)]
-    max_connections: usize,
+    pub max_connections: usize,
     /// Seconds a handshake may take before the connection is closed.
     #[arg(long, default_value_t = 10)]
-    handshake_timeout: u64,
+    pub handshake_timeout: u64,
     /// Seconds a session may move no byte in either direction before it is closed (0: never).
     #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
-    idle_timeout: u64,
+    pub idle_timeout: u64,
 }
 
 /// Warns at start about a leaf that clients will refuse, with the remedy.
@@ -108,17 +110,16 @@ fn warn_about_leaf(chain: &[rustls_pki_types::CertificateDer<'_>], origin: &Path
     }
 }
 
-/// Builds a server's TLS from files, and from the config for what the
-/// flags do not give. With `keyless`, certificates and signatures come
-/// from keyd instead of files.
+/// Builds a server's TLS from files, and from `material` (a config's
+/// `[tls]`) for what the flags do not give. With `keyless`, certificates
+/// and signatures come from keyd instead of files.
 pub fn server_tls(
     files: &ServerFiles,
+    material: Option<&TlsMaterial>,
     client_auth: Option<ClientAuthMode>,
     versions: TlsVersions,
     keyless: Option<Keyless>,
 ) -> Result<ServerTls, Failure> {
-    let config = files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
-    let material = config.as_ref().map(|c| &c.material);
     let identity: Arc<dyn ResolvesServerCert> = match (&keyless, &files.cert, &files.key, material.and_then(|m| m.server.clone())) {
         (Some(k), _, _, _) => Arc::new(k.clone()),
         (None, Some(cert), Some(key), _) => single(identity_from_files(cert, key)?, Some(cert)),
@@ -169,31 +170,31 @@ pub struct KeylessFlags {
     /// Repeat it for several keyds holding the same keys: requests go to healthy ones, and one that
     /// fails is retried on another.
     #[arg(long, conflicts_with_all = ["cert", "key"])]
-    keyd: Vec<String>,
+    pub keyd: Vec<String>,
     /// Milliseconds between PINGs to each keyd; a keyd found down gets no requests until it answers.
     #[arg(long, value_name = "MS", default_value_t = sealtls_keyless::DEFAULT_HEALTH_INTERVAL.as_millis() as u64, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(50..))]
-    keyd_health_ms: u64,
+    pub keyd_health_ms: u64,
     /// CA that issued keyd's certificate (with tls://).
     #[arg(long)]
-    keyd_ca: Option<PathBuf>,
+    pub keyd_ca: Option<PathBuf>,
     /// This server's client certificate for keyd (with tls://).
     #[arg(long, requires = "keyd_key")]
-    keyd_cert: Option<PathBuf>,
+    pub keyd_cert: Option<PathBuf>,
     /// Its private key.
     #[arg(long, requires = "keyd_cert")]
-    keyd_key: Option<PathBuf>,
+    pub keyd_key: Option<PathBuf>,
     /// Connections to keyd; requests are pipelined over them.
     #[arg(long, default_value_t = 4)]
-    keyd_pool: usize,
+    pub keyd_pool: usize,
     /// Server names whose chains are kept from keyd; the least recently used is dropped beyond it.
     #[arg(long, value_name = "N", default_value_t = KeylessLimits::default().cache, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    keyless_cache: usize,
+    pub keyless_cache: usize,
     /// Seconds a name keyd does not know is refused (unrecognized_name) without asking keyd again.
     #[arg(long, value_name = "SECS", default_value_t = KeylessLimits::default().miss_ttl.as_secs())]
-    keyless_miss_ttl: u64,
+    pub keyless_miss_ttl: u64,
     /// Handshakes waiting for keyd's signature at once, each on a blocking thread; more wait their turn.
     #[arg(long, value_name = "N", default_value_t = KeylessLimits::default().signing_threads, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
-    keyless_signing_threads: usize,
+    pub keyless_signing_threads: usize,
 }
 
 impl KeylessFlags {
@@ -230,9 +231,54 @@ impl KeylessFlags {
 /// How old a cached chain may get before keyd is asked whether it changed.
 pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
 
+/// `sealtls serve`: the server the flags describe or, with `--config F` and
+/// no certificate flags, every `[[serve]]` table of F.
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    let tls = server_tls(&args.files, args.client_auth, args.tls, args.keyless.keyless()?)?;
+    let config = args.files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
+    let flags_give_certificate = args.files.cert.is_some() || !args.keyless.keyd.is_empty();
+    let prepared = match &config {
+        Some(c) if !flags_give_certificate && !c.serve.is_empty() => {
+            let mut all = Vec::new();
+            for table in &c.serve {
+                all.push(prepare_serve(&table.args, table.material(&c.material), &table.label).await?);
+            }
+            all
+        }
+        _ => vec![prepare_serve(&args, config.as_ref().map(|c| &*c.material), "").await?],
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running: Vec<_> = prepared.into_iter().map(|p| tokio::spawn(p.run(crate::services::stopped(stop_rx.clone())))).collect();
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for r in running {
+        let _ = r.await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// A TLS server bound to its address, not yet serving.
+pub struct PreparedServe {
+    /// Where it listens.
+    pub local: SocketAddr,
+    listener: tokio::net::TcpListener,
+    server: Arc<Server>,
+}
+
+impl PreparedServe {
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        self.server.run(self.listener, shutdown).await;
+    }
+}
+
+/// Checks what `args` describe, builds the TLS configuration and binds the
+/// listener: everything that can fail happens here. `material` is a
+/// config's `[tls]`; `name` (a config table such as `[[serve]] #1`, or
+/// empty for the flags) goes into the log lines.
+pub async fn prepare_serve(args: &ServeArgs, material: Option<&TlsMaterial>, name: &str) -> Result<PreparedServe, Failure> {
+    let tls = server_tls(&args.files, material, args.client_auth, args.tls, args.keyless.keyless()?)?;
     if let Some(bad) = args.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
         return Err(Failure::new(
             FailureClass::Usage,
@@ -245,15 +291,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let tls = tls.with_client_rules(rules.clone()).map_err(|e| Failure::from_error(FailureClass::Usage, &e, "give --ca FILE"))?;
     if tls.client_auth() == ClientAuthMode::Required {
         match rules.is_empty() || rules.allows_all() {
-            true => info!("client certificates: any certificate the --ca CAs issued is let in (no --allow-cn/-dns/-uri/-spki-sha256 rule)"),
-            false => info!(allow = %rules, "client certificates: only those matching an --allow rule are let in"),
+            true => info!(
+                name,
+                "client certificates: any certificate the --ca CAs issued is let in (no --allow-cn/-dns/-uri/-spki-sha256 rule)"
+            ),
+            false => info!(name, allow = %rules, "client certificates: only those matching an --allow rule are let in"),
         }
     }
-    let forward = match args.target {
+    let forward = match &args.target {
         Some(target) => {
             target.check_local(args.unsafe_target).await?;
             Some(Arc::new(Forward {
-                target,
+                target: target.clone(),
                 connect_timeout: Duration::from_secs(args.connect_timeout),
                 proxy_protocol: args.proxy_protocol,
             }))
@@ -278,14 +327,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     match &forward {
         Some(f) => {
             let proxy_protocol = f.proxy_protocol.map_or("none".into(), |p| p.to_string());
-            info!(listen = %local, target = %f.target, tls = %args.tls, %proxy_protocol, "forwarding")
+            info!(listen = %local, name, target = %f.target, tls = %args.tls, %proxy_protocol, "forwarding")
         }
-        None => info!(listen = %local, mode = ?args.mode, tls = %args.tls, "serving"),
+        None => info!(listen = %local, name, mode = ?args.mode, tls = %args.tls, "serving"),
     }
-    let server = Server::new(tls, options);
-    server.run(listener, shutdown).await;
-    info!("stopped");
-    Ok(())
+    Ok(PreparedServe { local, listener, server: Server::new(tls, options) })
 }
 
 /// Whom the client trusts and who it is.

@@ -101,32 +101,6 @@ pub struct KeydArgs {
 }
 
 impl KeydArgs {
-    /// A sealed-file keyd in `data_dir`, Unix socket only.
-    pub fn sealed(data_dir: PathBuf, device_key: Option<PathBuf>) -> Self {
-        Self {
-            data_dir,
-            socket: None,
-            listen_tls: None,
-            tls_cert: None,
-            tls_key: None,
-            client_ca: None,
-            admin_ca: None,
-            authorize: None,
-            backend: BackendKind::SealedFile,
-            seal: SealKind::File,
-            tpm: sealtls_keyd::tpm::DEFAULT_TCTI.into(),
-            tpm_pcrs: Vec::new(),
-            device_key,
-            module: PathBuf::new(),
-            token: None,
-            pin_file: None,
-            max_connections: 1024,
-            max_in_flight: 64,
-            frame_timeout: 10,
-            first_byte_timeout: 60,
-        }
-    }
-
     /// The connection limits the flags give.
     pub fn limits(&self) -> KeydLimits {
         KeydLimits {

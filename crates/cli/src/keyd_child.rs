@@ -4,11 +4,13 @@
 //! stopped with SIGTERM, then SIGKILL after [`GRACE`]. Its output goes to
 //! `up`'s standard error, each line prefixed with `keyd: `.
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::ValueEnum;
 use sealtls_custody_proto::{Request, Response};
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_keyless::{KeydClient, KeydEndpoint};
@@ -17,6 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::keyd::{BackendKind, KeydArgs, SealKind};
 use crate::services::stopped;
 
 /// How long keyd has to answer PING after being started.
@@ -32,14 +35,11 @@ const TAIL_LINES: usize = 20;
 /// Set in keyd's environment to `up`'s pid: keyd then exits when `up` does.
 const PARENT_ENV: &str = "SEALTLS_KEYD_PARENT";
 
-/// What keyd is started with.
+/// What keyd is started with: its flags, as `sealtls keyd` takes them.
 #[derive(Clone)]
 pub struct KeydSpec {
-    pub data_dir: PathBuf,
-    pub device_key: PathBuf,
-    pub socket: PathBuf,
-    /// keyd's `--authorize` grant file, if any.
-    pub authorize: Option<PathBuf>,
+    /// Every flag keyd is given; its socket is `args.socket()`.
+    pub args: KeydArgs,
 }
 
 /// A keyd that answered PING.
@@ -80,13 +80,61 @@ fn not_up(what: String, tail: &Tail) -> Failure {
     Failure::new(FailureClass::Config, what, "fix what keyd reports, or run `sealtls keyd` with the same flags to see it alone")
 }
 
+/// A value-enum flag value as written on the command line.
+fn flag_value(v: impl ValueEnum) -> String {
+    v.to_possible_value().expect("every value has a name").get_name().to_owned()
+}
+
 impl KeydSpec {
+    /// keyd's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.args.socket()
+    }
+
+    /// The flags of `sealtls keyd` that give `args`.
+    fn flags(&self) -> Vec<OsString> {
+        let a = &self.args;
+        let mut f: Vec<OsString> = Vec::new();
+        let mut flag = |name: &str, value: OsString| f.extend([OsString::from(name), value]);
+        flag("--data-dir", a.data_dir.clone().into());
+        flag("--socket", a.socket().into());
+        if let Some(device_key) = &a.device_key {
+            flag("--device-key", device_key.clone().into());
+        }
+        if let Some(grants) = &a.authorize {
+            flag("--authorize", grants.clone().into());
+        }
+        flag("--backend", flag_value(a.backend).into());
+        match a.backend {
+            BackendKind::SealedFile => {
+                flag("--seal", flag_value(a.seal).into());
+                if a.seal == SealKind::Tpm {
+                    flag("--tpm", a.tpm.clone().into());
+                    if !a.tpm_pcrs.is_empty() {
+                        flag("--tpm-pcrs", a.tpm_pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(",").into());
+                    }
+                }
+            }
+            BackendKind::Pkcs11 => {
+                flag("--module", a.module.clone().into());
+                if let Some(token) = &a.token {
+                    flag("--token", token.into());
+                }
+                if let Some(pin) = &a.pin_file {
+                    flag("--pin-file", pin.clone().into());
+                }
+            }
+        }
+        flag("--max-connections", a.max_connections.to_string().into());
+        flag("--max-in-flight", a.max_in_flight.to_string().into());
+        flag("--frame-timeout", a.frame_timeout.to_string().into());
+        flag("--first-byte-timeout", a.first_byte_timeout.to_string().into());
+        f
+    }
+
     fn command(&self) -> Result<Command, Failure> {
         let mut c = Command::new(this_program()?);
-        c.arg("keyd").arg("--data-dir").arg(&self.data_dir).arg("--device-key").arg(&self.device_key).arg("--socket").arg(&self.socket);
-        if let Some(grants) = &self.authorize {
-            c.arg("--authorize").arg(grants);
-        }
+        c.arg("keyd").args(self.flags());
         c.env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -109,22 +157,22 @@ impl KeydSpec {
         if let Some(err) = child.stderr.take() {
             forward(err, tail.clone());
         }
-        let client = KeydClient::new(KeydEndpoint::Unix(self.socket.clone()), 1, Duration::from_secs(2));
+        let client = KeydClient::new(KeydEndpoint::Unix(self.socket()), 1, Duration::from_secs(2));
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 // Let the last lines of its output arrive.
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                return Err(not_up(format!("keyd exited ({status}) before answering on {}", self.socket.display()), &tail));
+                return Err(not_up(format!("keyd exited ({status}) before answering on {}", self.socket().display()), &tail));
             }
             if let Ok(Response::Pong(_)) = client.call(&Request::Ping(b"sealtls up".to_vec())).await {
-                info!(pid = child.id().unwrap_or(0), socket = %self.socket.display(), "keyd is up");
+                info!(pid = child.id().unwrap_or(0), socket = %self.socket().display(), "keyd is up");
                 return Ok(Running { child });
             }
             if Instant::now() > deadline {
                 terminate(&mut child).await;
                 return Err(not_up(
-                    format!("keyd did not answer PING on {} within {} s", self.socket.display(), READY_TIMEOUT.as_secs()),
+                    format!("keyd did not answer PING on {} within {} s", self.socket().display(), READY_TIMEOUT.as_secs()),
                     &tail,
                 ));
             }
@@ -247,4 +295,36 @@ pub fn exit_with_parent() {
         // Nothing is logged: standard error was a pipe to `up`, and is broken now.
         let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, FromArgMatches};
+
+    use super::*;
+
+    /// The flags `up` gives its keyd parse back into the same settings.
+    #[test]
+    fn keyd_flags_say_what_the_spec_holds() {
+        let parse = |flags: Vec<OsString>| {
+            let cmd = KeydArgs::augment_args(clap::Command::new("keyd").no_binary_name(true));
+            KeydArgs::from_arg_matches(&cmd.get_matches_from(flags)).unwrap()
+        };
+        let mut args = parse(vec![]);
+        args.data_dir = "d".into();
+        args.seal = SealKind::Tpm;
+        args.tpm = "swtpm:host=127.0.0.1,port=2321".into();
+        args.tpm_pcrs = vec![0, 7];
+        args.max_in_flight = 7;
+        args.authorize = Some("grants.toml".into());
+        let back = parse(KeydSpec { args: args.clone() }.flags());
+        assert_eq!(back.socket(), PathBuf::from("d/keyd.sock"));
+        assert_eq!((back.seal, &back.tpm, back.tpm_pcrs, back.max_in_flight), (SealKind::Tpm, &args.tpm, vec![0, 7], 7));
+        assert_eq!(back.authorize, args.authorize);
+        args.backend = BackendKind::Pkcs11;
+        args.token = Some("t".into());
+        args.pin_file = Some("pin".into());
+        let back = parse(KeydSpec { args }.flags());
+        assert_eq!((back.backend, back.token, back.pin_file), (BackendKind::Pkcs11, Some("t".into()), Some("pin".into())));
+    }
 }

@@ -8,10 +8,13 @@ mod keyd;
 mod keyd_child;
 mod offload;
 mod pki;
+mod port_owner;
 mod services;
 mod signals;
+mod tables;
 mod tunnel;
 mod up;
+mod up_lock;
 
 use std::process::ExitCode;
 

@@ -8,18 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use sealtls_console::{check_listen, Console, ConsoleOptions, EchoServers, ServerSpec};
+use sealtls_console::{check_listen, Console, ConsoleOptions, EchoServers, ServerSpec, TlsMaterial};
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Server, ServerOptions};
 use sealtls_endpoint::settings::{ServerSettings, ServerTls};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 use sealtls_failure::{Failure, FailureClass};
-use sealtls_keyless::{KeydClient, KeydEndpoint, KeydFleet, Keyless};
+use sealtls_keyless::{KeydClient, KeydEndpoint, KeydFleet, Keyless, KeylessLimits};
 use sealtls_offload_daemon::OffloadSettings;
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::{ConsoleSection, EchoSection};
+use crate::endpoints::prepare_serve;
+use crate::tables::{ServeTable, TunnelTable};
 
 type ServiceFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -112,9 +114,14 @@ pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>) -> Resul
 }
 
 /// A TLS echo server whose certificates and signatures come from keyd.
-pub async fn keyless(listen: SocketAddr, keyd_socket: &Path, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+pub async fn keyless(
+    listen: SocketAddr,
+    keyd_socket: &Path,
+    limits: KeylessLimits,
+    stop: watch::Receiver<bool>,
+) -> Result<Service, Failure> {
     let client = KeydClient::new(KeydEndpoint::Unix(keyd_socket.to_owned()), 4, Duration::from_secs(5));
-    let keyless = Keyless::new(KeydFleet::single(client), crate::endpoints::KEYLESS_REFRESH);
+    let keyless = Keyless::with_limits(KeydFleet::single(client), crate::endpoints::KEYLESS_REFRESH, limits);
     let settings = ServerSettings {
         identity: Arc::new(keyless.clone()),
         client_ca: None,
@@ -127,6 +134,20 @@ pub async fn keyless(listen: SocketAddr, keyd_socket: &Path, stop: watch::Receiv
         listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
     let server = Server::new(tls, ServerOptions::default());
     Ok(Service { name: "keyless TLS server", address: Address::Tcp(address), task: Box::pin(server.run(listener, stopped(stop))) })
+}
+
+/// A `[[serve]]` table: a TLS server or proxy.
+pub async fn serve_table(table: &ServeTable, material: &TlsMaterial, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+    let prepared = prepare_serve(&table.args, table.material(material), &table.label).await?;
+    let name = if table.args.target.is_some() { "TLS proxy" } else { "TLS server" };
+    Ok(Service { name, address: Address::Tcp(prepared.local), task: Box::pin(prepared.run(stopped(stop))) })
+}
+
+/// A `[[tunnel]]` table.
+pub async fn tunnel_table(table: &TunnelTable, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+    let prepared = crate::tunnel::prepare(&table.args, &table.label).await?;
+    let address = Address::from(&prepared.local);
+    Ok(Service { name: "TLS tunnel", address, task: Box::pin(prepared.run(stopped(stop))) })
 }
 
 /// Runs `services` until `shutdown` (Ctrl-C or SIGTERM), then stops them and the echo servers.

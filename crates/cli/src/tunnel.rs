@@ -60,7 +60,7 @@ impl fmt::Display for Listen {
 impl Listen {
     /// Refuses an address off loopback unless `unsafe_listen`: whoever can
     /// connect speaks to the remote with this tunnel's identity.
-    fn check_local(&self, unsafe_listen: bool) -> Result<(), Failure> {
+    pub fn check_local(&self, unsafe_listen: bool) -> Result<(), Failure> {
         match self {
             Self::Tcp(addr) if !addr.ip().is_loopback() && !unsafe_listen => Err(Failure::new(
                 FailureClass::Usage,
@@ -74,51 +74,51 @@ impl Listen {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct TunnelArgs {
     /// Where local programs connect: 127.0.0.1:PORT or unix:PATH.
     #[arg(long)]
-    listen: Listen,
+    pub listen: Listen,
     /// The TLS server to carry connections to, HOST:PORT.
     #[arg(long)]
-    target: String,
+    pub target: String,
     /// CA certificates to trust for the target.
     #[arg(long, visible_alias = "ca-certificate")]
-    ca: PathBuf,
+    pub ca: PathBuf,
     /// Our certificate chain, for a target that asks for one.
     #[arg(long, visible_alias = "certificate", requires = "key")]
-    cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
     /// Our private key (mode 0600).
     #[arg(long, visible_alias = "private-key", requires = "cert")]
-    key: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     #[command(flatten)]
-    keyless: KeylessFlags,
+    pub keyless: KeylessFlags,
     /// With --keyd: the name our client certificate and key are kept under in keyd.
     #[arg(long, value_name = "NAME", requires = "keyd")]
-    keyd_name: Option<String>,
+    pub keyd_name: Option<String>,
     /// Name to verify the target's certificate against (default: the host of --target).
     #[arg(long)]
-    server_name: Option<String>,
+    pub server_name: Option<String>,
     /// ALPN protocols to offer, comma-separated (e.g. h2,http/1.1).
     #[arg(long, value_delimiter = ',')]
-    alpn: Vec<String>,
+    pub alpn: Vec<String>,
     /// TLS versions: 1.2, 1.3 or any.
     #[arg(long, default_value = "any")]
-    tls: TlsVersions,
+    pub tls: TlsVersions,
     #[command(flatten)]
-    verify: VerifyFlags,
+    pub verify: VerifyFlags,
     /// Allow a --listen address that is not loopback.
     #[arg(long)]
-    unsafe_listen: bool,
+    pub unsafe_listen: bool,
     /// Seconds connecting to the target and the handshake may take.
     #[arg(long, default_value_t = 10)]
-    connect_timeout: u64,
+    pub connect_timeout: u64,
     /// Seconds a connection may move no byte in either direction before it is closed (0: never).
     #[arg(long, default_value_t = 300)]
-    idle_timeout: u64,
+    pub idle_timeout: u64,
     /// Connections carried at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 1000)]
-    max_connections: usize,
+    pub max_connections: usize,
 }
 
 /// What every carried connection needs.
@@ -199,6 +199,23 @@ impl TunnelArgs {
 
 pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
+    prepare(&args, "").await?.run(shutdown).await;
+    Ok(())
+}
+
+/// A tunnel with its listener bound and its remote checked, not yet carrying.
+pub struct PreparedTunnel {
+    /// Where local programs connect (the bound port when 0 was asked for).
+    pub local: Listen,
+    listener: Listener,
+    remote: Arc<Remote>,
+    max_connections: usize,
+}
+
+/// Checks what `args` describe, loads the identity and trust, and binds the
+/// listener: everything that can fail happens here. `name` (a config table
+/// such as `[[tunnel]] #1`, or empty for the flags) goes into the log lines.
+pub async fn prepare(args: &TunnelArgs, name: &str) -> Result<PreparedTunnel, Failure> {
     args.listen.check_local(args.unsafe_listen)?;
     host_of(&args.target)?;
     let remote = Arc::new(args.remote().await?);
@@ -207,30 +224,37 @@ pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
         Listen::Unix(path) => Listener::Unix(UnixSocket::bind(path, "tunnel")?),
     };
     let local = match &listener {
-        Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| args.listen.to_string()),
-        Listener::Unix(_) => args.listen.to_string(),
+        Listener::Tcp(l) => l.local_addr().map(Listen::Tcp).unwrap_or_else(|_| args.listen.clone()),
+        Listener::Unix(_) => args.listen.clone(),
     };
     let verify = remote.rules.as_ref().map_or("chain and name".to_owned(), |r| format!("chain, name and {r}"));
-    info!(listen = %local, target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
-    let mut connections = accept_until(
-        || listener.accept(),
-        args.max_connections,
-        shutdown,
-        |(local, from), slot| {
-            let remote = remote.clone();
-            async move {
-                carry(local, from, &remote).await;
-                drop(slot);
-            }
-        },
-    )
-    .await;
-    if let Listener::Unix(socket) = &listener {
-        socket.remove();
+    info!(listen = %local, name, target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
+    Ok(PreparedTunnel { local, listener, remote, max_connections: args.max_connections })
+}
+
+impl PreparedTunnel {
+    /// Carries connections until `shutdown`, then lets the open ones finish.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Self { listener, remote, max_connections, .. } = self;
+        let mut connections = accept_until(
+            || listener.accept(),
+            max_connections,
+            shutdown,
+            |(local, from), slot| {
+                let remote = remote.clone();
+                async move {
+                    carry(local, from, &remote).await;
+                    drop(slot);
+                }
+            },
+        )
+        .await;
+        if let Listener::Unix(socket) = &listener {
+            socket.remove();
+        }
+        connections.shutdown().await;
+        info!("stopped");
     }
-    connections.shutdown().await;
-    info!("stopped");
-    Ok(())
 }
 
 /// Carries one local connection to the remote; one log line when it ends.

@@ -1,5 +1,6 @@
 //! `sealtls up`: the whole stack on loopback, from a development data
 //! directory made on first run, and `sealtls console`: the console alone.
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -11,10 +12,12 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::config::{locate, Config, DEFAULT_NAME, DEV_CONFIG};
-use crate::keyd::KeydArgs;
+use crate::keyd::{BackendKind, SealKind};
 use crate::keyd_child::{provision, KeydSpec};
+use crate::port_owner::listener_of;
 use crate::services::{self, run_until_signal, Address, ConsoleFlags};
 use crate::signals::shutdown_signal;
+use crate::tunnel::Listen;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -33,6 +36,12 @@ pub struct UpArgs {
     /// keyd's device secret (default /etc/sealtls/device.key for root, else ~/.config/sealtls/device.key).
     #[arg(long)]
     device_key: Option<PathBuf>,
+    /// What seals keyd's store key: file or tpm [default: the config's [keyd] seal, else file].
+    #[arg(long, value_enum)]
+    keyd_seal: Option<SealKind>,
+    /// The TPM for --keyd-seal tpm, as a tpm2-tss TCTI [default: the config's [keyd] tpm, else device:/dev/tpmrm0].
+    #[arg(long, value_name = "TCTI")]
+    tpm: Option<String>,
 }
 
 /// Creates the development PKI and its config in `dir` unless already there.
@@ -140,8 +149,28 @@ fn load(path: Option<&Path>) -> Result<Config, Failure> {
     }
 }
 
+/// Refuses to start when a TCP address `up` needs is held by a process
+/// this user can see, naming it; otherwise binding reports what it finds.
+fn check_ports_free(needed: &[(String, SocketAddr)], config: &Path) -> Result<(), Failure> {
+    for (what, addr) in needed.iter().filter(|(_, a)| a.port() != 0) {
+        let Some((pid, command)) = listener_of(*addr) else { continue };
+        let holder = if command.contains("sealtls") && command.split_whitespace().any(|w| w == "up") {
+            format!("another sealtls up (pid {pid}: {command})")
+        } else {
+            format!("process {pid} ({command})")
+        };
+        return Err(Failure::new(
+            FailureClass::Network,
+            format!("{what} {addr} is already in use by {holder}"),
+            format!("stop pid {pid}, or give {what} another address in {}", config.display()),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
+    let _lock = crate::up_lock::acquire(&args.data_dir)?;
     let path = match locate(args.config.as_deref(), &args.data_dir) {
         Some(p) => {
             // keyd is given the development key even when the config is elsewhere.
@@ -156,17 +185,30 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let config = load(Some(&path))?;
     warn_shared_key(&config, &path, &args.data_dir);
     let console_section = args.console.apply(config.console.clone())?;
+    let keyless_listen = args.keyless_listen.unwrap_or(config.keyless.listen);
+    let mut needed = vec![
+        ("[echo] listen".to_owned(), config.echo.listen),
+        ("[console] listen".to_owned(), console_section.listen),
+        ("[keyless] listen".to_owned(), keyless_listen),
+    ];
+    needed.extend(config.serve.iter().map(|t| (format!("{} listen", t.label), t.args.listen)));
+    needed.extend(config.tunnel.iter().filter_map(|t| match t.args.listen {
+        Listen::Tcp(a) => Some((format!("{} listen", t.label), a)),
+        Listen::Unix(_) => None,
+    }));
+    check_ports_free(&needed, &path)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let device_key = args.device_key.clone().unwrap_or_else(sealtls_keyd::device::default_path);
-    let mut keyd_args = KeydArgs::sealed(args.data_dir.join("keyd"), Some(device_key.clone()));
+    let mut keyd_args = config.keyd.clone();
+    keyd_args.data_dir = args.data_dir.join("keyd");
     keyd_args.socket = config.keyd_socket.clone();
+    keyd_args.authorize = config.keyd_authorize.as_ref().map(|a| a.path.clone());
+    keyd_args.seal = args.keyd_seal.unwrap_or(keyd_args.seal);
+    keyd_args.tpm = args.tpm.clone().unwrap_or(keyd_args.tpm);
+    let sealed_by_file = keyd_args.backend == BackendKind::SealedFile && keyd_args.seal == SealKind::File;
+    keyd_args.device_key = sealed_by_file.then(|| device_key.clone());
     let keyd_socket = keyd_args.socket();
-    let spec = KeydSpec {
-        data_dir: keyd_args.data_dir,
-        device_key: device_key.clone(),
-        socket: keyd_socket.clone(),
-        authorize: config.keyd_authorize.as_ref().map(|a| a.path.clone()),
-    };
+    let spec = KeydSpec { args: keyd_args };
     // keyd first, in its own process: nothing else starts if it cannot.
     let keyd = spec.start().await?;
     let (dev_key, dev_cert) = (args.data_dir.join(format!("{KEYD_LEAF}.key")), args.data_dir.join(format!("{KEYD_LEAF}.pem")));
@@ -175,14 +217,20 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         return Err(f);
     }
     let servers = EchoServers::new(config.material.clone());
-    let keyless_listen = args.keyless_listen.unwrap_or(config.keyless.listen);
     let started = async {
-        Ok::<_, Failure>(vec![
+        let mut list = vec![
             services::echo(&servers, &config.echo, stop_rx.clone()).await?,
             services::console(&servers, &console_section, stop_rx.clone()).await?,
             services::offload(&config.offload, stop_rx.clone())?,
-            services::keyless(keyless_listen, &keyd_socket, stop_rx.clone()).await?,
-        ])
+            services::keyless(keyless_listen, &keyd_socket, config.keyless.limits, stop_rx.clone()).await?,
+        ];
+        for table in &config.serve {
+            list.push(services::serve_table(table, &config.material, stop_rx.clone()).await?);
+        }
+        for table in &config.tunnel {
+            list.push(services::tunnel_table(table, stop_rx.clone()).await?);
+        }
+        Ok::<_, Failure>(list)
     };
     let mut list = match started.await {
         Ok(list) => list,
@@ -232,12 +280,14 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         if args.data_dir.join("client.pem").exists() { format!(" --cert {d}/client.pem --key {d}/client.key") } else { String::new() };
     let ca = shell_word(Path::new(ca));
     println!("files outside {}:", args.data_dir.display());
-    println!(
-        "  {:<20} {} (keyd's keys in {}/keyd are sealed under it; kept apart so that a copy of the data directory cannot be opened without it)",
-        "keyd device secret",
-        device_key.display(),
-        args.data_dir.display()
-    );
+    if sealed_by_file {
+        println!(
+            "  {:<20} {} (keyd's keys in {}/keyd are sealed under it; kept apart so that a copy of the data directory cannot be opened without it)",
+            "keyd device secret",
+            device_key.display(),
+            args.data_dir.display()
+        );
+    }
     if !path.starts_with(&args.data_dir) {
         println!("  {:<20} {}", "configuration", path.display());
     }

@@ -305,10 +305,14 @@ fn over_tls_an_edge_may_sign_but_only_an_admin_may_provision() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(kd.wait_log("admin operation done").contains("CN=admin1"), "{}", kd.log());
 
-    // The edge's certificate is good for signing: a server on it serves a.test.
+    // The edge's certificate is good for signing: a server on it serves a.test,
+    // reaching keyd through a forwarder whose connections the test can cut.
+    let cut = Forwarder::start(&format!("127.0.0.1:{tls_port}"));
     let server = Server::start(&[
         "--keyd",
-        &remote,
+        &format!("tls://localhost:{}", cut.port),
+        "--keyd-pool",
+        "1",
         "--keyd-ca",
         &p(d, "edges/ca.pem"),
         "--keyd-cert",
@@ -317,6 +321,19 @@ fn over_tls_an_edge_may_sign_but_only_an_admin_may_provision() {
         &p(d, "edges/edge1.key"),
     ]);
     assert!(served(&s_client(server.port(), Some("a.test"), &pki.join("ca.pem"), "-tls1_3"), "a.test"));
+    let edge_connects = |log: &str| log.lines().filter(|l| l.contains("TLS client connected") && l.contains("CN=edge1")).count();
+    assert!(kd.log().lines().any(|l| l.contains("CN=edge1") && l.contains("resumed=false")), "{}", kd.log());
+    // The edge's connection to keyd breaks: it reconnects with a resumed session.
+    let before = edge_connects(&kd.log());
+    cut.cut();
+    assert!(served(&s_client(server.port(), Some("a.test"), &pki.join("ca.pem"), "-tls1_3"), "a.test"), "{}", server.log());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while edge_connects(&kd.log()) == before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reconnect =
+        kd.log().lines().filter(|l| l.contains("TLS client connected") && l.contains("CN=edge1")).nth(before).map(str::to_owned);
+    assert!(reconnect.as_deref().is_some_and(|l| l.contains("resumed=true")), "reconnect: {reconnect:?}\n{}", kd.log());
 
     // Over the Unix socket, another user may reach keyd but not provision.
     std::fs::set_permissions(&kd.addr, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -653,4 +670,42 @@ fn a_flood_of_random_names_keeps_the_servers_memory_flat() {
     }
     let out = s_client(server.port(), Some("last.flood.test"), &ca, "-tls1_3");
     assert!(served(&out, "flood"), "{out}");
+}
+
+/// A TCP forwarder to `upstream` whose open connections can be cut, as a
+/// network failure would.
+struct Forwarder {
+    port: u16,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Forwarder {
+    fn start(upstream: &str) -> Forwarder {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (upstream, kept) = (upstream.to_owned(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+                let mut kept = kept.lock().unwrap();
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                kept.extend([client, server]);
+            }
+        });
+        Forwarder { port, open }
+    }
+
+    /// Closes every connection made so far.
+    fn cut(&self) {
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }

@@ -95,7 +95,8 @@ impl Target {
     }
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
+/// Whether `ip` is this machine's: loopback, including IPv4 loopback mapped into IPv6.
+pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),

@@ -218,7 +218,8 @@ impl Keyd {
                                 Err(_) => return warn!(%peer, "TLS client did not finish its handshake in time"),
                             };
                             let caller = tls_caller(stream.get_ref().1, admin.as_deref(), peer);
-                            info!(%peer, caller = %caller.who, admin = caller.admin, "TLS client connected");
+                            let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                            info!(%peer, caller = %caller.who, admin = caller.admin, resumed, "TLS client connected");
                             serve(stream, caller, custody, limits).await;
                             drop(permit);
                         });

@@ -75,7 +75,9 @@ fn is_down(e: &KeydError) -> bool {
 }
 
 impl KeydFleet {
-    /// A fleet of these keyds (at least one), each checked every `interval`.
+    /// A fleet of these keyds (at least one), each checked every `interval`
+    /// (zero: never; a keyd found down then gets requests again only when
+    /// every keyd is down).
     pub fn new(clients: Vec<Arc<KeydClient>>, interval: Duration) -> Arc<Self> {
         assert!(!clients.is_empty(), "a keyd fleet needs at least one keyd");
         let members = clients
@@ -157,6 +159,10 @@ impl KeydFleet {
     /// Why no request can be served now, when every keyd was found down
     /// (until one answers a PING again).
     pub fn all_down(&self) -> Option<KeydError> {
+        // Without PINGs nothing would find a keyd back: requests must try.
+        if self.interval.is_zero() {
+            return None;
+        }
         let any_up = self.members.iter().any(|m| m.healthy.load(Ordering::Relaxed));
         (!any_up).then(|| self.none_healthy())
     }

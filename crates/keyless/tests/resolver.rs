@@ -31,11 +31,17 @@ fn chain(domain: &str, leaf: &Leaf, key_id: u8, generation: u64) -> Response {
     Response::Chain(ChainInfo { domain: domain.into(), key_id: KeyId([key_id; 32]), generation, certs: vec![leaf.cert.clone()] })
 }
 
+/// A fleet of this one keyd, without health checks: the fake keyd sees
+/// exactly the requests the resolver makes.
+fn unwatched(client: Arc<KeydClient>) -> Arc<KeydFleet> {
+    KeydFleet::new(vec![client], Duration::ZERO)
+}
+
 fn setup(dir: &tempfile::TempDir, refresh_after: Duration) -> (FakeKeyd, Arc<KeydClient>, Keyless) {
     let path = dir.path().join("keyd.sock");
     let keyd = FakeKeyd::start(&path);
     let client = KeydClient::new(KeydEndpoint::Unix(path), 1, Duration::from_secs(30));
-    let keyless = Keyless::new(KeydFleet::single(client.clone()), refresh_after);
+    let keyless = Keyless::new(unwatched(client.clone()), refresh_after);
     (keyd, client, keyless)
 }
 
@@ -224,7 +230,7 @@ fn limited(dir: &tempfile::TempDir, limits: KeylessLimits) -> (FakeKeyd, Arc<Key
     let path = dir.path().join("keyd.sock");
     let keyd = FakeKeyd::start(&path);
     let client = KeydClient::new(KeydEndpoint::Unix(path), 1, Duration::from_secs(30));
-    let keyless = Keyless::with_limits(KeydFleet::single(client.clone()), Duration::from_secs(3600), limits);
+    let keyless = Keyless::with_limits(unwatched(client.clone()), Duration::from_secs(3600), limits);
     (keyd, client, keyless)
 }
 

@@ -335,3 +335,50 @@ pub fn logged_port(log: &str, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field}= in the log:\n{log}"))
         .to_string()
 }
+
+/// `swtpm socket` on free loopback ports with its state in a temporary directory, killed on drop.
+pub struct Swtpm {
+    child: Child,
+    pub port: u16,
+    _state: tempfile::TempDir,
+}
+
+impl Swtpm {
+    pub fn start() -> Swtpm {
+        let state = tempfile::tempdir().unwrap();
+        // The swtpm TCTI finds the control channel on the next port.
+        let (port, ctrl) = loop {
+            let port = free_port();
+            if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                break (port, port + 1);
+            }
+        };
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate", &format!("dir={}", state.path().display())])
+            .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
+            .args(["--ctrl", &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1")])
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("swtpm (apt-get install swtpm)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Swtpm { child, port, _state: state }
+    }
+
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
