@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{client_config, fail, free_port, handshake_rate, start, wait_ready, BenchArgs, Contender, Peer};
+use super::{client_config, fail, failover, free_port, handshake_rate, start, wait_ready, BenchArgs, Contender, Peer};
 
 /// Requests in flight in the signing test.
 const SIGN_WINDOW: usize = 256;
@@ -38,9 +38,11 @@ fn exe() -> Result<PathBuf, Failure> {
     std::env::current_exe().map_err(|e| fail(e.to_string()))
 }
 
-/// Starts keyd on `dir`'s store, optionally on one CPU, with a mutual-TLS listener.
-async fn start_keyd(dir: &Path, cpu: Option<usize>) -> Result<(Peer, PathBuf, SocketAddr), Failure> {
-    let socket = dir.join("keyd.sock");
+/// Starts keyd on the store `dir/NAME` (its own device secret), optionally
+/// on one CPU, with a mutual-TLS listener.
+async fn start_keyd(dir: &Path, name: &str, cpu: Option<usize>) -> Result<(Peer, PathBuf, SocketAddr), Failure> {
+    let store = dir.join(name);
+    let socket = store.join("keyd.sock");
     let tls = free_port()?;
     let mut cmd = match cpu {
         Some(c) => {
@@ -50,7 +52,13 @@ async fn start_keyd(dir: &Path, cpu: Option<usize>) -> Result<(Peer, PathBuf, So
         }
         None => Command::new(exe()?),
     };
-    cmd.arg("keyd").arg("--data-dir").arg(dir.join("keyd")).arg("--device-key").arg(dir.join("device.key")).arg("--socket").arg(&socket);
+    cmd.arg("keyd")
+        .arg("--data-dir")
+        .arg(store.join("data"))
+        .arg("--device-key")
+        .arg(store.join("device.key"))
+        .arg("--socket")
+        .arg(&socket);
     cmd.args(["--listen-tls", &tls.to_string()])
         .arg("--tls-cert")
         .arg(dir.join("localhost.pem"))
@@ -67,6 +75,24 @@ async fn start_keyd(dir: &Path, cpu: Option<usize>) -> Result<(Peer, PathBuf, So
     let peer = Peer(child);
     wait_ready(tls).await?;
     Ok((peer, socket, tls))
+}
+
+/// Installs the bench key in the keyd at `socket`.
+async fn put_key(socket: &Path, key_der: &[u8], chain: &[Vec<u8>]) -> Result<KeyId, Failure> {
+    let admin = KeydClient::new(KeydEndpoint::Unix(socket.to_owned()), 1, Duration::from_secs(10));
+    let put = Request::Put { domain: "localhost".into(), key: zeroize::Zeroizing::new(key_der.to_vec()), chain: chain.to_vec() };
+    match admin.call(&put).await {
+        Ok(Response::Stored(id)) => Ok(id),
+        _ => Err(fail("keyd did not take the bench key".into())),
+    }
+}
+
+/// `--keyd` flags for an edge reaching keyds over mutual TLS at `ports`.
+fn remote_flags(dir: &Path, ports: &[u16]) -> Vec<String> {
+    let d = |f: &str| dir.join(f).display().to_string();
+    let mut flags: Vec<String> = ports.iter().flat_map(|p| ["--keyd".into(), format!("tls://localhost:{p}")]).collect();
+    flags.extend(["--keyd-ca".into(), d("ca.pem"), "--keyd-cert".into(), d("edge.pem"), "--keyd-key".into(), d("edge.key")]);
+    flags
 }
 
 /// `sealtls serve --keyd ...` on a free port.
@@ -186,10 +212,8 @@ pub async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
 
     // 1. Signatures per second, keyd alone on CPU 0.
     {
-        let (_keyd, socket, _) = start_keyd(dir, Some(0)).await?;
-        let admin = KeydClient::new(KeydEndpoint::Unix(socket.clone()), 1, Duration::from_secs(10));
-        let put = Request::Put { domain: "localhost".into(), key: zeroize::Zeroizing::new(key_der.secret_der().to_vec()), chain };
-        let Ok(Response::Stored(id)) = admin.call(&put).await else { return Err(fail("keyd did not take the bench key".into())) };
+        let (_keyd, socket, _) = start_keyd(dir, "keyd-a", Some(0)).await?;
+        let id = put_key(&socket, key_der.secret_der(), &chain).await?;
         let seconds = args.seconds;
         let keyd_rate = tokio::task::spawn_blocking(move || keyd_sign_rate(socket, id, seconds)).await.map_err(|e| fail(e.to_string()))?;
         let der = key_der.secret_der().to_vec();
@@ -204,7 +228,7 @@ pub async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
     }
 
     // 2. Full handshakes: keyless with keyd local, the key in-process, openssl s_server.
-    let (_keyd, socket, keyd_tls) = start_keyd(dir, None).await?;
+    let (keyd_a, socket, keyd_tls) = start_keyd(dir, "keyd-a", None).await?;
     let rate = |addr: SocketAddr, concurrency: usize| {
         let config = config.clone();
         async move {
@@ -246,18 +270,7 @@ pub async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
     };
     let proxy = delaying_proxy(keyd_tls).await?;
     let remote64 = {
-        let d = |f: &str| dir.join(f).display().to_string();
-        let flags = [
-            "--keyd".into(),
-            format!("tls://localhost:{}", proxy.port()),
-            "--keyd-ca".into(),
-            d("ca.pem"),
-            "--keyd-cert".into(),
-            d("edge.pem"),
-            "--keyd-key".into(),
-            d("edge.key"),
-        ];
-        let (_server, addr) = start_keyless(&flags).await?;
+        let (_server, addr) = start_keyless(&remote_flags(dir, &[proxy.port()])).await?;
         rate(addr, REMOTE_CONCURRENCY).await
     };
     rows.push(Row {
@@ -268,6 +281,54 @@ pub async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
         ratio: remote64 / local64,
     });
 
+    // 4. A second keyd with the same key: what it costs while healthy, locally and 1 ms away.
+    let (keyd_b, socket_b, keyd_b_tls) = start_keyd(dir, "keyd-b", None).await?;
+    put_key(&socket_b, key_der.secret_der(), &chain).await?;
+    let both_local = ["--keyd".into(), format!("unix:{}", socket.display()), "--keyd".into(), format!("unix:{}", socket_b.display())];
+    let two_local = {
+        let (_server, addr) = start_keyless(&both_local).await?;
+        rate(addr, args.concurrency).await
+    };
+    rows.push(Row {
+        metric: "TLS 1.3 handshakes/s, two local keyds".into(),
+        value: two_local,
+        against: "one local keyd".into(),
+        reference: keyless_local,
+        ratio: two_local / keyless_local,
+    });
+    let proxy_b = delaying_proxy(keyd_b_tls).await?;
+    let two_remote = {
+        let (_server, addr) = start_keyless(&remote_flags(dir, &[proxy.port(), proxy_b.port()])).await?;
+        rate(addr, REMOTE_CONCURRENCY).await
+    };
+    rows.push(Row {
+        metric: "handshakes/s, two keyds 1 ms away (mTLS), 64 conc.".into(),
+        value: two_remote,
+        against: "one keyd local, 64 conc.".into(),
+        reference: local64,
+        ratio: two_remote / local64,
+    });
+
+    // 5. One of two keyds SIGKILLed under load: handshakes per 100 ms around it.
+    let timeline = {
+        let (_server, addr) = start_keyless(&both_local).await?;
+        handshake_rate(addr, config.clone(), 1, args.concurrency).await;
+        let total = Duration::from_secs(args.seconds.max(3));
+        failover::run(addr, config.clone(), args.concurrency, total, total / 3, keyd_a).await
+    };
+    drop(keyd_b);
+    let failed: u64 = timeline.failed.iter().sum();
+    rows.push(Row {
+        metric: "failed handshakes around a keyd SIGKILL".into(),
+        value: failed as f64,
+        against: "handshakes that succeeded".into(),
+        reference: timeline.ok.iter().sum::<u64>() as f64,
+        ratio: failed as f64 / timeline.ok.iter().sum::<u64>().max(1) as f64,
+    });
+    if let Some(file) = &args.chart {
+        failover::png_chart(&timeline, file)?;
+    }
+
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
     } else {
@@ -276,6 +337,14 @@ pub async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
             println!("{:<48} {:>10.0}   {:<26} {:>10.0} {:>7.2}x", r.metric, r.value, r.against, r.reference, r.ratio);
         }
         println!("(handshakes: TLS 1.3, ECDSA P-256, X25519, no resumption, {} concurrent unless noted; gokeyless publishes about 10,000 signatures/s per core)", args.concurrency);
+        println!();
+        print!("{}", failover::text_chart(&timeline));
+        println!(
+            "failures went on for {} ms after the kill; the slowest handshake took {} ms{}",
+            timeline.failure_window().as_millis(),
+            timeline.slowest_ms,
+            args.chart.as_ref().map(|f| format!("; chart written to {}", f.display())).unwrap_or_default()
+        );
     }
     Ok(())
 }

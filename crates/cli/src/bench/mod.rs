@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+mod failover;
 mod keyless;
 mod offload;
 pub mod proxy;
@@ -55,6 +56,9 @@ pub struct BenchArgs {
     /// The sealtls binary whose `serve --target` the proxy test measures (default: this one), to compare builds.
     #[arg(long)]
     server_binary: Option<std::path::PathBuf>,
+    /// Also draw the keyless failover timeline into this PNG file.
+    #[arg(long, value_name = "FILE")]
+    chart: Option<std::path::PathBuf>,
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
@@ -74,6 +78,13 @@ pub(crate) fn fail(what: String) -> Failure {
 
 /// A server process that is killed when dropped.
 pub(crate) struct Peer(Child);
+
+impl Peer {
+    /// Kills it at once (SIGKILL), as a crash would; it is reaped on drop.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.0.kill();
+    }
+}
 
 impl Drop for Peer {
     fn drop(&mut self) {
