@@ -7,17 +7,21 @@ use std::time::Duration;
 use clap::Args;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls_pki_types::CertificateDer;
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::forward::{Forward, Target};
+use sealtls_endpoint::metrics::ServerMetrics;
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::proxy_protocol::ProxyProtocol;
-use sealtls_endpoint::server::{Mode, Server, ServerOptions, DEFAULT_IDLE_TIMEOUT};
+use sealtls_endpoint::server::{Mode, Server, ServerOptions, ServerStats, DEFAULT_IDLE_TIMEOUT};
 use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, ServerTls};
 use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_keyless::{KeydClient, Keyless, KeylessLimits};
 use sealtls_pki::{load_certs, load_key};
+use sealtls_status::prometheus_client::registry::Registry;
+use sealtls_status::Listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -26,6 +30,7 @@ use crate::config::Config;
 use crate::identity::{anchors, identity_from_files};
 use crate::keyd::KeydFlags;
 use crate::signals::shutdown_signal;
+use crate::status::{KeydPing, StatusFlags};
 
 /// The server's identity and trust, by file.
 #[derive(Args, Clone)]
@@ -95,6 +100,8 @@ pub struct ServeArgs {
     /// Seconds a session may move no byte in either direction before it is closed (0: never).
     #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
+    #[command(flatten)]
+    status: StatusFlags,
 }
 
 /// Warns at start about a leaf that clients will refuse, with the remedy.
@@ -201,9 +208,45 @@ impl KeylessFlags {
 /// How old a cached chain may get before keyd is asked whether it changed.
 pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
 
+/// What the status page shows of a server that serves from files or the
+/// config: its leaf and the CAs of its client certificates.
+fn served_from_files(files: &ServerFiles) -> Result<(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>), Failure> {
+    let config = files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
+    let material = config.as_ref().map(|c| &c.material);
+    let chain = match (&files.cert, material.and_then(|m| m.server.as_ref())) {
+        (Some(cert), _) => load_certs(cert).map_err(Failure::config)?,
+        (None, Some(from_config)) => from_config.cert.clone(),
+        (None, None) => Vec::new(),
+    };
+    let anchors = match (&files.ca, material.and_then(|m| m.ca.as_ref())) {
+        (Some(ca), _) => load_certs(ca).map_err(Failure::config)?,
+        (None, Some(from_config)) => from_config.certs.clone(),
+        (None, None) => Vec::new(),
+    };
+    Ok((crate::status::leaf(&chain), anchors))
+}
+
+/// The status page's name for what a server does.
+fn mode_name(mode: Mode, forward: Option<&Forward>, keyless: bool) -> String {
+    match (forward, keyless, mode) {
+        (Some(f), _, _) => format!("target {}", f.target),
+        (None, true, _) => "keyless".into(),
+        (None, false, Mode::Echo) => "echo".into(),
+        (None, false, Mode::Sink) => "sink".into(),
+        (None, false, Mode::Handshake) => "handshake".into(),
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    let tls = server_tls(&args.files, args.client_auth, args.tls, args.keyless.keyless()?)?;
+    let keyless = args.keyless.keyless()?;
+    let mut registry = Registry::default();
+    let metrics = ServerMetrics::new();
+    metrics.register(&mut registry);
+    if let Some(k) = &keyless {
+        k.client().metrics().register(&mut registry);
+    }
+    let tls = server_tls(&args.files, args.client_auth, args.tls, keyless.clone())?;
     if let Some(bad) = args.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
         return Err(Failure::new(
             FailureClass::Usage,
@@ -244,6 +287,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_connections: args.max_connections.max(1),
         max_lifetime: (args.max_conn_lifetime > 0).then(|| Duration::from_secs(args.max_conn_lifetime)),
         forward: forward.clone(),
+        metrics: metrics.listener(local.to_string()),
         ..Default::default()
     };
     match &forward {
@@ -254,9 +298,45 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => info!(listen = %local, mode = ?args.mode, tls = %args.tls, "serving"),
     }
     let server = Server::new(tls, options);
+    let page = args.status.bind(registry).await?;
+    let listener_status = match (&page, &keyless) {
+        (None, _) => None,
+        (Some(_), Some(k)) => {
+            let cache = k.clone();
+            Some(
+                Listener::new(local, "keyless")
+                    .with_certificates(move || cache.cached_leaves())
+                    .with_keyd(Arc::new(KeydPing(k.client().clone()))),
+            )
+        }
+        (Some(_), None) => {
+            let (leaf, anchors) = served_from_files(&args.files)?;
+            Some(
+                Listener::new(local, mode_name(args.mode, forward.as_deref(), false))
+                    .with_certificates(move || leaf.clone())
+                    .with_anchors(&anchors),
+            )
+        }
+    };
+    let stats = server.clone();
+    let listeners = listener_status.map(|l| l.with_counts(move || counts(&stats.stats))).into_iter().collect();
+    let (_status, _running) = crate::status::start(page, listeners);
     server.run(listener, shutdown).await;
     info!("stopped");
     Ok(())
+}
+
+/// A server's lifetime counters, for the status page.
+fn counts(stats: &ServerStats) -> Vec<(&'static str, u64)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    vec![
+        ("accepted", stats.accepted.load(Relaxed)),
+        ("handshakes", stats.handshakes.load(Relaxed)),
+        ("handshakes_failed", stats.failed.load(Relaxed)),
+        ("open", stats.open.load(Relaxed)),
+        ("bytes_in", stats.bytes_in.load(Relaxed)),
+        ("bytes_out", stats.bytes_out.load(Relaxed)),
+    ]
 }
 
 /// Whom the client trusts and who it is.

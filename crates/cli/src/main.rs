@@ -10,6 +10,7 @@ mod offload;
 mod pki;
 mod services;
 mod signals;
+mod status;
 mod tunnel;
 mod up;
 

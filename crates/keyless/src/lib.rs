@@ -4,7 +4,9 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod metrics;
 pub mod resolver;
 
 pub use client::{KeydClient, KeydEndpoint, KeydError};
+pub use metrics::KeylessMetrics;
 pub use resolver::{client_identity, Keyless, KeylessLimits};

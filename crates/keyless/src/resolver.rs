@@ -94,6 +94,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
     fn len(&self) -> usize {
         self.entries.len()
     }
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|(v, _)| v)
+    }
 }
 
 struct Cached {
@@ -168,6 +171,11 @@ impl Keyless {
         }))
     }
 
+    /// The keyd client it signs through.
+    pub fn client(&self) -> &Arc<KeydClient> {
+        &self.0.client
+    }
+
     /// The limits it keeps.
     pub fn limits(&self) -> KeylessLimits {
         self.0.limits
@@ -176,6 +184,16 @@ impl Keyless {
     /// How many server names have a cached chain.
     pub fn cached_names(&self) -> usize {
         self.0.by_name.lock().expect("cache lock").len()
+    }
+
+    /// The leaf certificates of the cached chains, each once (names under
+    /// one wildcard share a chain).
+    pub fn cached_leaves(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        let cache = self.0.by_name.lock().expect("cache lock");
+        let mut leaves: Vec<_> = cache.values().filter_map(|c| c.key.cert.first().cloned()).collect();
+        leaves.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        leaves.dedup();
+        leaves
     }
 
     /// How many names keyd does not know are remembered (expired ones
