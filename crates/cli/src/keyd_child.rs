@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use sealtls_custody_proto::{Request, Response};
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_keyless::{KeydClient, KeydEndpoint};
+use sealtls_status::StatusAddr;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
@@ -40,6 +41,9 @@ pub struct KeydSpec {
     pub socket: PathBuf,
     /// keyd's `--authorize` grant file, if any.
     pub authorize: Option<PathBuf>,
+    /// keyd's own `--status` address, if any (and whether it may be off loopback).
+    pub status: Option<StatusAddr>,
+    pub unsafe_status: bool,
 }
 
 /// A keyd that answered PING.
@@ -86,6 +90,12 @@ impl KeydSpec {
         c.arg("keyd").arg("--data-dir").arg(&self.data_dir).arg("--device-key").arg(&self.device_key).arg("--socket").arg(&self.socket);
         if let Some(grants) = &self.authorize {
             c.arg("--authorize").arg(grants);
+        }
+        if let Some(status) = &self.status {
+            c.arg("--status").arg(status.to_string());
+            if self.unsafe_status {
+                c.arg("--unsafe-status");
+            }
         }
         c.env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())

@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::{ConsoleSection, EchoSection};
+use crate::status::{KeydPing, Shown};
+use sealtls_status::Listener;
 
 type ServiceFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -59,9 +61,18 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// The echo server from `[echo]`, registered with `servers` so that the
 /// console lists it and can stop it.
-pub async fn echo(servers: &Arc<EchoServers>, echo: &EchoSection, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+pub async fn echo(
+    servers: &Arc<EchoServers>,
+    echo: &EchoSection,
+    stop: watch::Receiver<bool>,
+    shown: &mut Shown,
+) -> Result<Service, Failure> {
     let spec = ServerSpec { addr: echo.listen, client_auth: echo.client_auth, versions: echo.versions, started_by: "sealtls up".into() };
     let address = servers.start(spec).await?;
+    let material = servers.material();
+    let leaf = material.server.as_ref().map_or_else(Vec::new, |k| crate::status::leaf(&k.cert));
+    let anchors = material.ca.as_ref().map_or_else(Vec::new, |a| a.certs.clone());
+    shown.listeners.push(Listener::new(address, "echo").with_certificates(move || leaf.clone()).with_anchors(&anchors));
     Ok(Service { name: "TLS echo server", address: Address::Tcp(address), task: Box::pin(stopped(stop)) })
 }
 
@@ -105,15 +116,18 @@ pub async fn console(servers: &Arc<EchoServers>, section: &ConsoleSection, stop:
 }
 
 /// The TLS offload daemon from `[offload]`.
-pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>, shown: &mut Shown) -> Result<Service, Failure> {
     let daemon = crate::offload::bind(settings)?;
     let address = Address::Unix(daemon.socket().to_owned());
+    daemon.metrics().register(&mut shown.registry);
+    shown.listeners.push(Listener::new(format!("unix:{address}"), "offload").with_anchors(&settings.trust.certs));
     Ok(Service { name: "TLS offload daemon", address, task: Box::pin(daemon.run(stopped(stop))) })
 }
 
 /// A TLS echo server whose certificates and signatures come from keyd.
-pub async fn keyless(listen: SocketAddr, keyd_socket: &Path, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+pub async fn keyless(listen: SocketAddr, keyd_socket: &Path, stop: watch::Receiver<bool>, shown: &mut Shown) -> Result<Service, Failure> {
     let client = KeydClient::new(KeydEndpoint::Unix(keyd_socket.to_owned()), 4, Duration::from_secs(5));
+    client.metrics().register(&mut shown.registry);
     let keyless = Keyless::new(client, crate::endpoints::KEYLESS_REFRESH);
     let settings = ServerSettings {
         identity: Arc::new(keyless.clone()),
@@ -121,11 +135,13 @@ pub async fn keyless(listen: SocketAddr, keyd_socket: &Path, stop: watch::Receiv
         client_auth: ClientAuthMode::None,
         versions: TlsVersions::Any,
     };
-    let tls = ServerTls::new(settings).map_err(Failure::config)?.with_gate(Arc::new(keyless));
+    let tls = ServerTls::new(settings).map_err(Failure::config)?.with_gate(Arc::new(keyless.clone()));
     let listener = bind(listen).await?;
     let address =
         listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
-    let server = Server::new(tls, ServerOptions::default());
+    let server = Server::new(tls, ServerOptions { metrics: shown.servers.listener(address.to_string()), ..Default::default() });
+    let probe = Arc::new(KeydPing(keyless.client().clone()));
+    shown.listeners.push(Listener::new(address, "keyless").with_certificates(move || keyless.cached_leaves()).with_keyd(probe));
     Ok(Service { name: "keyless TLS server", address: Address::Tcp(address), task: Box::pin(server.run(listener, stopped(stop))) })
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use rustls_pki_types::CertificateDer;
+use sealtls_endpoint::metrics::ServerMetrics;
 use sealtls_failure::Failure;
 use sealtls_keyless::KeydClient;
 use sealtls_status::prometheus_client::registry::Registry;
@@ -81,4 +82,24 @@ impl KeydProbe for KeydPing {
 /// The first certificate of a chain, for the status page.
 pub fn leaf(chain: &[CertificateDer<'static>]) -> Vec<CertificateDer<'static>> {
     chain.first().cloned().into_iter().collect()
+}
+
+/// What `up` shows on its one status page: the metrics of all its services
+/// and their listeners.
+pub struct Shown {
+    /// Every service's metrics.
+    pub registry: Registry,
+    /// The families of the TLS servers (echo, keyless), labelled by listener.
+    pub servers: Arc<ServerMetrics>,
+    /// The listeners, in the order the services started.
+    pub listeners: Vec<Listener>,
+}
+
+impl Default for Shown {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let servers = ServerMetrics::new();
+        servers.register(&mut registry);
+        Self { registry, servers, listeners: Vec::new() }
+    }
 }

@@ -27,6 +27,10 @@ use crate::acl::VerifyFlags;
 use crate::endpoints::KeylessFlags;
 use crate::identity::{anchors, identity_from_files};
 use crate::signals::shutdown_signal;
+use crate::status::StatusFlags;
+use sealtls_pki::load_certs;
+use sealtls_status::prometheus_client::registry::Registry;
+use sealtls_status::Listener as StatusListener;
 
 /// Where the tunnel takes local connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +123,8 @@ pub struct TunnelArgs {
     /// Connections carried at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 1000)]
     max_connections: usize,
+    #[command(flatten)]
+    status: StatusFlags,
 }
 
 /// What every carried connection needs.
@@ -212,6 +218,13 @@ pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     };
     let verify = remote.rules.as_ref().map_or("chain and name".to_owned(), |r| format!("chain, name and {r}"));
     info!(listen = %local, target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
+    let page = args.status.bind(Registry::default()).await?;
+    let anchors = match &page {
+        Some(_) => load_certs(&args.ca).map_err(Failure::config)?,
+        None => Vec::new(),
+    };
+    let shown = StatusListener::new(&local, "tunnel").with_anchors(&anchors);
+    let (_status, _running) = crate::status::start(page, vec![shown]);
     let mut connections = accept_until(
         || listener.accept(),
         args.max_connections,

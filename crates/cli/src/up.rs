@@ -15,6 +15,10 @@ use crate::keyd::KeydArgs;
 use crate::keyd_child::{provision, KeydSpec};
 use crate::services::{self, run_until_signal, Address, ConsoleFlags};
 use crate::signals::shutdown_signal;
+use crate::status::{KeydPing, Shown, StatusFlags};
+use sealtls_keyless::{KeydClient, KeydEndpoint};
+use sealtls_status::{Listener, StatusAddr};
+use std::sync::Arc;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -33,6 +37,11 @@ pub struct UpArgs {
     /// keyd's device secret (default /etc/sealtls/device.key for root, else ~/.config/sealtls/device.key).
     #[arg(long)]
     device_key: Option<PathBuf>,
+    #[command(flatten)]
+    status: StatusFlags,
+    /// Give the keyd child process a status listener of its own on IP:PORT (loopback) or unix:PATH [default: none].
+    #[arg(long, value_name = "ADDR")]
+    keyd_status: Option<StatusAddr>,
 }
 
 /// Creates the development PKI and its config in `dir` unless already there.
@@ -166,6 +175,8 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         device_key: device_key.clone(),
         socket: keyd_socket.clone(),
         authorize: config.keyd_authorize.as_ref().map(|a| a.path.clone()),
+        status: args.keyd_status.clone(),
+        unsafe_status: args.status.unsafe_status,
     };
     // keyd first, in its own process: nothing else starts if it cannot.
     let keyd = spec.start().await?;
@@ -174,18 +185,21 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         keyd.stop().await;
         return Err(f);
     }
-    let servers = EchoServers::new(config.material.clone());
+    let mut shown = Shown::default();
+    let servers = EchoServers::with_metrics(config.material.clone(), shown.servers.clone());
     let keyless_listen = args.keyless_listen.unwrap_or(config.keyless.listen);
     let started = async {
-        Ok::<_, Failure>(vec![
-            services::echo(&servers, &config.echo, stop_rx.clone()).await?,
+        let list = vec![
+            services::echo(&servers, &config.echo, stop_rx.clone(), &mut shown).await?,
             services::console(&servers, &console_section, stop_rx.clone()).await?,
-            services::offload(&config.offload, stop_rx.clone())?,
-            services::keyless(keyless_listen, &keyd_socket, stop_rx.clone()).await?,
-        ])
+            services::offload(&config.offload, stop_rx.clone(), &mut shown)?,
+            services::keyless(keyless_listen, &keyd_socket, stop_rx.clone(), &mut shown).await?,
+        ];
+        let page = args.status.bind(std::mem::take(&mut shown.registry)).await?;
+        Ok::<_, Failure>((list, page))
     };
-    let mut list = match started.await {
-        Ok(list) => list,
+    let (mut list, page) = match started.await {
+        Ok(started) => started,
         Err(f) => {
             servers.stop_all().await;
             keyd.stop().await;
@@ -257,6 +271,10 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     println!("  openssl s_client -connect {keyless} -servername localhost -CAfile {ca}");
     println!("  {me} key ls --keyd unix:{}", shell_word(keyd_socket));
     println!("stop with Ctrl-C");
+    shown.listeners.push(Listener::new(console, "console"));
+    let keyd_probe = KeydClient::new(KeydEndpoint::Unix(keyd_socket.clone()), 1, std::time::Duration::from_secs(2));
+    shown.listeners.push(Listener::new(format!("unix:{}", keyd_socket.display()), "keyd").with_keyd(Arc::new(KeydPing(keyd_probe))));
+    let (_status, _running) = crate::status::start(page, shown.listeners);
     run_until_signal(list, until, stop_tx, &servers).await;
     let failed = failure.lock().expect("failure lock").take();
     match failed {
