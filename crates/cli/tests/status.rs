@@ -108,6 +108,12 @@ fn s_client(port: &str, pki: &Path, client: &str, servername: &str) -> String {
     ])))
 }
 
+/// The SHA-256 fingerprint of a certificate file, as openssl prints it (upper-case hex with colons).
+fn fingerprint(pem: &Path) -> String {
+    let out = text(&run(Command::new("openssl").args(["x509", "-in", pem.to_str().unwrap(), "-noout", "-fingerprint", "-sha256"])));
+    out.trim().rsplit('=').next().unwrap().to_uppercase()
+}
+
 #[test]
 fn metrics_count_handshakes_and_refusals_and_status_shows_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,10 +168,7 @@ fn metrics_count_handshakes_and_refusals_and_status_shows_the_certificate() {
     assert_eq!(listeners[0]["address"], l);
     assert_eq!(listeners[0]["mode"], "echo");
     let cert = &listeners[0]["certificates"][0];
-    let fingerprint =
-        text(&run(Command::new("openssl").args(["x509", "-in", &p(&pki, "localhost.pem"), "-noout", "-fingerprint", "-sha256"])));
-    let fingerprint = fingerprint.trim().rsplit('=').next().unwrap();
-    assert_eq!(cert["sha256"].as_str().unwrap().to_uppercase(), fingerprint.to_uppercase(), "{body}");
+    assert_eq!(cert["sha256"].as_str().unwrap().to_uppercase(), fingerprint(&pki.join("localhost.pem")), "{body}");
     assert_eq!(cert["subject"], "CN=localhost");
     assert!(cert["sans"].as_array().unwrap().iter().any(|n| n == "DNS:localhost"), "{body}");
     assert!((364..=365).contains(&cert["days_left"].as_i64().unwrap()), "{body}");
@@ -251,4 +254,58 @@ fn keyless_health_follows_keyd_and_keyd_counts_its_signatures() {
     let kd = keyd(dir.path(), &[]);
     assert_eq!(kd.addr, socket);
     assert_eq!(health_becomes(&status, 200), "ok\n");
+}
+
+/// `up --status` shows every service on one page; `--keyd-status` gives its keyd child its own.
+#[test]
+fn up_shows_all_its_services_on_one_status_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (echo, console, keyless) = (common::free_port(), common::free_port(), common::free_port());
+    let config = format!(
+        "[tls]\nsrv_cert_file = \"sealtls-data/echo-localhost.pem\"\nsrv_key_file = \"sealtls-data/echo-localhost.key\"\nca_cert_file = \"sealtls-data/ca.pem\"\n\
+         [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n[keyd]\nsocket = \"keyd.sock\"\n"
+    );
+    std::fs::write(d.join("sealtls.toml"), config).unwrap();
+    let keyd_status = d.join("keyd-status.sock");
+    let mut up = sealtls()
+        .current_dir(d)
+        .args(["up", "--device-key", d.join("device.key").to_str().unwrap(), "--status", "127.0.0.1:0"])
+        .args(["--keyd-status", &format!("unix:{}", keyd_status.display())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = common::collect(up.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let text = log.lock().unwrap().clone();
+        if let Some(line) = text.lines().find(|l| l.contains("status listen=127.0.0.1:")) {
+            break logged_port(line, "status listen");
+        }
+        assert!(Instant::now() < deadline && up.try_wait().unwrap().is_none(), "up did not start its status listener:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (code, body) = get(&status, "/_status");
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let modes: Vec<&str> = report["listeners"].as_array().unwrap().iter().map(|l| l["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["echo", "offload", "keyless", "console", "keyd"], "{body}");
+    assert_eq!(report["listeners"][0]["address"], format!("127.0.0.1:{echo}"));
+    let served = report["listeners"][0]["certificates"][0]["sha256"].as_str().unwrap().to_uppercase();
+    assert_eq!(served, fingerprint(&d.join("sealtls-data/echo-localhost.pem")), "{body}");
+    assert_eq!(health_becomes(&status, 200), "ok\n");
+    let s = samples(&get(&status, "/metrics").1);
+    assert_eq!(value(&s, "sealtls_offload_slots_in_use", &[]), 0.0, "{s:#?}");
+    assert!(s.iter().any(|x| x["name"] == "sealtls_keyless_requests_in_flight"), "{s:#?}");
+
+    // keyd's own page, on its Unix socket: up provisioned the development key through it.
+    let o =
+        run(Command::new("curl").args(["-s", "--max-time", "10", "--unix-socket", keyd_status.to_str().unwrap(), "http://keyd/metrics"]));
+    let s = samples(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(value(&s, "sealtls_keyd_requests_total", &[("operation", "PUT"), ("result", "ok")]), 1.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_keyd_keys", &[("state", "usable")]), 1.0, "{s:#?}");
+    let _ = up.kill();
+    let _ = up.wait();
 }
