@@ -199,6 +199,14 @@ fn a_status_address_off_loopback_is_refused_without_the_flag() {
     assert!(text(&o).contains("fix: use 127.0.0.1:PORT or unix:PATH") && text(&o).contains("--unsafe-status"), "{}", text(&o));
     let o = run(sealtls().args(["serve", "--unsafe-status"]));
     assert_eq!(o.status.code(), Some(2), "--unsafe-status needs --status: {}", text(&o));
+    for command in ["serve", "tunnel", "offload", "keyd", "up"] {
+        let help = text(&run(sealtls().args([command, "--help"])));
+        assert!(
+            help.contains("--status <ADDR>") && help.contains("[default: none]") && help.contains("--unsafe-status"),
+            "{command}: {help}"
+        );
+    }
+    assert!(text(&run(sealtls().args(["up", "--help"]))).contains("--keyd-status <ADDR>"));
 }
 
 fn keyd(dir: &Path, extra: &[&str]) -> Server {

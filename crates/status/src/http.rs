@@ -19,18 +19,34 @@ use tracing::{info, warn};
 use crate::addr::Bound;
 use crate::report::Status;
 
-/// Connections served at once; more are closed as they arrive.
-const MAX_CONNECTIONS: usize = 32;
-/// A client must send its request headers within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A connection is closed after this long, whatever it is doing.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+/// How much a status client may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more are closed as they arrive.
+    pub connections: usize,
+    /// A client must send its request headers within this time.
+    pub header_timeout: Duration,
+    /// A connection is closed after this long, whatever it is doing.
+    pub connection_timeout: Duration,
+}
 
-/// Serves the status endpoints on `bound` until `shutdown` completes; logs
-/// `status listen=ADDR` first. Runs as tasks of the caller's runtime.
+impl Default for Limits {
+    fn default() -> Self {
+        Self { connections: 32, header_timeout: Duration::from_secs(5), connection_timeout: Duration::from_secs(15) }
+    }
+}
+
+/// Serves the status endpoints on `bound` with the default [`Limits`] until
+/// `shutdown` completes; logs `status listen=ADDR` first. Runs as tasks of
+/// the caller's runtime.
 pub async fn serve(status: Arc<Status>, bound: Bound, shutdown: impl Future<Output = ()>) {
+    serve_with(status, bound, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with these limits.
+pub async fn serve_with(status: Arc<Status>, bound: Bound, limits: Limits, shutdown: impl Future<Output = ()>) {
     info!(listen = %bound.address(), "status");
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limit = Arc::new(Semaphore::new(limits.connections));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -48,14 +64,14 @@ pub async fn serve(status: Arc<Status>, bound: Bound, shutdown: impl Future<Outp
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(limit = MAX_CONNECTIONS, "status: connection refused, too many open");
+            warn!(limit = limits.connections, "status: connection refused, too many open");
             continue;
         };
         let status = status.clone();
         connections.spawn(async move {
             match conn {
-                Conn::Tcp(io) => serve_connection(status, io).await,
-                Conn::Unix(io) => serve_connection(status, io).await,
+                Conn::Tcp(io) => serve_connection(status, io, limits).await,
+                Conn::Unix(io) => serve_connection(status, io, limits).await,
             }
             drop(permit);
         });
@@ -76,17 +92,17 @@ async fn accept(bound: &Bound) -> std::io::Result<Conn> {
     }
 }
 
-async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(status: Arc<Status>, io: I) {
+async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(status: Arc<Status>, io: I, limits: Limits) {
     let service = hyper::service::service_fn(move |request| {
         let status = status.clone();
         async move { Ok::<_, Infallible>(respond(&status, request).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
         .keep_alive(false)
         .serve_connection(TokioIo::new(io), service);
-    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+    let _ = tokio::time::timeout(limits.connection_timeout, connection).await;
 }
 
 fn text(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -118,5 +134,69 @@ async fn respond(status: &Status, request: Request<Incoming>) -> Response<Full<B
             problems => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, problems.join("\n") + "\n"),
         },
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found: try /metrics, /_status or /_health\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use prometheus_client::registry::Registry;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::addr::{bind, StatusAddr};
+    use crate::report::Listener;
+
+    async fn start(limits: Limits) -> (Arc<Status>, String) {
+        let bound = bind(&StatusAddr::Tcp("127.0.0.1:0".parse().unwrap()), false).await.unwrap();
+        let addr = bound.address();
+        let status = Status::new("test", Registry::default());
+        tokio::spawn(serve_with(status.clone(), bound, limits, std::future::pending()));
+        (status, addr)
+    }
+
+    /// The whole answer to one request, the connection closed by the server.
+    async fn get(addr: &str, path: &str) -> String {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out)).await.unwrap().unwrap();
+        out
+    }
+
+    /// Whether the server closes `tcp` within `limit`.
+    async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        matches!(tokio::time::timeout(limit, tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn health_names_a_stopped_listener() {
+        let (status, addr) = start(Limits::default()).await;
+        let running = status.add(Listener::new("127.0.0.1:4433", "echo"));
+        assert!(get(&addr, "/_health").await.starts_with("HTTP/1.1 200"));
+        running.stop("the listener failed");
+        let answer = get(&addr, "/_health").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("127.0.0.1:4433 (echo) is down: the listener failed"), "{answer}");
+        assert!(get(&addr, "/_status").await.contains("\"up\": false"));
+    }
+
+    #[tokio::test]
+    async fn silent_and_excess_connections_are_closed() {
+        let limits = Limits { connections: 1, header_timeout: Duration::from_millis(200), connection_timeout: Duration::from_secs(1) };
+        let (_status, addr) = start(limits).await;
+        let started = Instant::now();
+        let mut silent = TcpStream::connect(&addr).await.unwrap();
+        // The one slot is taken: a second connection is closed at once.
+        let mut excess = TcpStream::connect(&addr).await.unwrap();
+        assert!(closed_within(&mut excess, Duration::from_millis(500)).await, "the connection over the limit stayed open");
+        assert!(closed_within(&mut silent, Duration::from_secs(3)).await, "a client that sends nothing was kept");
+        // Closed by the header timeout, not the connection's time limit.
+        assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+        // Its slot is free again.
+        assert!(get(&addr, "/metrics").await.starts_with("HTTP/1.1 200"));
     }
 }

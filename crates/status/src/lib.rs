@@ -13,6 +13,6 @@ mod report;
 
 pub use addr::{bind, Bound, StatusAddr};
 pub use certs::{Anchor, Certificate};
-pub use http::serve;
+pub use http::{serve, serve_with, Limits};
 pub use prometheus_client;
 pub use report::{Check, KeydProbe, Listener, Running, Status};
