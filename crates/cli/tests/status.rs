@@ -304,7 +304,20 @@ fn up_shows_all_its_services_on_one_status_page() {
     let served = report["listeners"][0]["certificates"][0]["sha256"].as_str().unwrap().to_uppercase();
     assert_eq!(served, fingerprint(&d.join("sealtls-data/echo-localhost.pem")), "{body}");
     assert_eq!(health_becomes(&status, 200), "ok\n");
-    let s = samples(&get(&status, "/metrics").1);
+    // One connection to the echo server through the offload daemon, counted by both.
+    let o =
+        run(sealtls().current_dir(d).args(["offload-client", "--socket", "offload.sock", &format!("localhost:{echo}"), "--send", "hi"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let echo_listener = format!("127.0.0.1:{echo}");
+    let s = scrape_until(&status, |s| {
+        value(s, "sealtls_tls_connections_open", &[("listener", &echo_listener)]) == 0.0
+            && value(s, "sealtls_offload_slots_in_use", &[]) == 0.0
+    });
+    assert_eq!(value(&s, "sealtls_tls_handshakes_total", &[("listener", &echo_listener), ("result", "ok")]), 1.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_received_bytes_total", &[("listener", &echo_listener)]), 3.0, "{s:#?}");
+    for op in ["connect", "handshake"] {
+        assert_eq!(value(&s, "sealtls_offload_operations_total", &[("operation", op), ("code", "OS_SUCCESS")]), 1.0, "{op}: {s:#?}");
+    }
     assert_eq!(value(&s, "sealtls_offload_slots_in_use", &[]), 0.0, "{s:#?}");
     assert!(s.iter().any(|x| x["name"] == "sealtls_keyless_requests_in_flight"), "{s:#?}");
 
