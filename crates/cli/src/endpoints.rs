@@ -226,14 +226,13 @@ fn served_from_files(files: &ServerFiles) -> Result<(Vec<CertificateDer<'static>
     Ok((crate::status::leaf(&chain), anchors))
 }
 
-/// The status page's name for what a server does.
-fn mode_name(mode: Mode, forward: Option<&Forward>, keyless: bool) -> String {
-    match (forward, keyless, mode) {
-        (Some(f), _, _) => format!("target {}", f.target),
-        (None, true, _) => "keyless".into(),
-        (None, false, Mode::Echo) => "echo".into(),
-        (None, false, Mode::Sink) => "sink".into(),
-        (None, false, Mode::Handshake) => "handshake".into(),
+/// The status page's name for what a server with its own certificate does.
+fn mode_name(mode: Mode, forward: Option<&Forward>) -> String {
+    match (forward, mode) {
+        (Some(f), _) => format!("target {}", f.target),
+        (None, Mode::Echo) => "echo".into(),
+        (None, Mode::Sink) => "sink".into(),
+        (None, Mode::Handshake) => "handshake".into(),
     }
 }
 
@@ -312,7 +311,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         (Some(_), None) => {
             let (leaf, anchors) = served_from_files(&args.files)?;
             Some(
-                Listener::new(local, mode_name(args.mode, forward.as_deref(), false))
+                Listener::new(local, mode_name(args.mode, forward.as_deref()))
                     .with_certificates(move || leaf.clone())
                     .with_anchors(&anchors),
             )
