@@ -7,18 +7,22 @@ use std::time::Duration;
 use clap::Args;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls_pki_types::CertificateDer;
 use sealtls_console::TlsMaterial;
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::forward::{Forward, Target};
+use sealtls_endpoint::metrics::ServerMetrics;
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::proxy_protocol::ProxyProtocol;
-use sealtls_endpoint::server::{Mode, Server, ServerOptions, DEFAULT_IDLE_TIMEOUT};
+use sealtls_endpoint::server::{Mode, Server, ServerOptions, ServerStats, DEFAULT_IDLE_TIMEOUT};
 use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, ServerTls};
 use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_keyless::{KeydClient, KeydFleet, Keyless, KeylessLimits};
 use sealtls_pki::{load_certs, load_key};
+use sealtls_status::prometheus_client::registry::Registry;
+use sealtls_status::Listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -27,6 +31,7 @@ use crate::config::Config;
 use crate::identity::{anchors, identity_from_files};
 use crate::keyd::KeydFlags;
 use crate::signals::shutdown_signal;
+use crate::status::{KeydFleetHealth, StatusFlags};
 
 /// The server's identity and trust, by file.
 #[derive(Args, Clone)]
@@ -97,6 +102,8 @@ pub struct ServeArgs {
     /// Seconds a session may move no byte in either direction before it is closed (0: never).
     #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout: u64,
+    #[command(flatten)]
+    pub status: StatusFlags,
 }
 
 /// Warns at start about a leaf that clients will refuse, with the remedy.
@@ -231,22 +238,60 @@ impl KeylessFlags {
 /// How old a cached chain may get before keyd is asked whether it changed.
 pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
 
+/// What the status page shows of a server that serves from files or the
+/// config: its leaf and the CAs of its client certificates.
+fn served_from_files(
+    files: &ServerFiles,
+    material: Option<&TlsMaterial>,
+) -> Result<(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>), Failure> {
+    let chain = match (&files.cert, material.and_then(|m| m.server.as_ref())) {
+        (Some(cert), _) => load_certs(cert).map_err(Failure::config)?,
+        (None, Some(from_config)) => from_config.cert.clone(),
+        (None, None) => Vec::new(),
+    };
+    let anchors = match (&files.ca, material.and_then(|m| m.ca.as_ref())) {
+        (Some(ca), _) => load_certs(ca).map_err(Failure::config)?,
+        (None, Some(from_config)) => from_config.certs.clone(),
+        (None, None) => Vec::new(),
+    };
+    Ok((crate::status::leaf(&chain), anchors))
+}
+
+/// The status page's name for what a server with its own certificate does.
+fn mode_name(mode: Mode, forward: Option<&Forward>) -> String {
+    match (forward, mode) {
+        (Some(f), _) => format!("target {}", f.target),
+        (None, Mode::Echo) => "echo".into(),
+        (None, Mode::Sink) => "sink".into(),
+        (None, Mode::Handshake) => "handshake".into(),
+    }
+}
+
 /// `sealtls serve`: the server the flags describe or, with `--config F` and
-/// no certificate flags, every `[[serve]]` table of F.
+/// no certificate flags, every `[[serve]]` table of F; one status page for all.
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
     let config = args.files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
     let flags_give_certificate = args.files.cert.is_some() || !args.keyless.keyd.is_empty();
+    let metrics = ServerMetrics::new();
     let prepared = match &config {
         Some(c) if !flags_give_certificate && !c.serve.is_empty() => {
             let mut all = Vec::new();
             for table in &c.serve {
-                all.push(prepare_serve(&table.args, table.material(&c.material), &table.label).await?);
+                all.push(prepare_serve(&table.args, table.material(&c.material), &table.label, &metrics).await?);
             }
             all
         }
-        _ => vec![prepare_serve(&args, config.as_ref().map(|c| &*c.material), "").await?],
+        _ => vec![prepare_serve(&args, config.as_ref().map(|c| &*c.material), "", &metrics).await?],
     };
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    for p in &prepared {
+        p.show(&mut registry);
+    }
+    let page = args.status.bind(registry).await?;
+    let shown = if page.is_some() { prepared.iter().map(PreparedServe::status_listener).collect() } else { Vec::new() };
+    let (_status, _running) = crate::status::start(page, shown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let running: Vec<_> = prepared.into_iter().map(|p| tokio::spawn(p.run(crate::services::stopped(stop_rx.clone())))).collect();
     shutdown.await;
@@ -264,6 +309,11 @@ pub struct PreparedServe {
     pub local: SocketAddr,
     listener: tokio::net::TcpListener,
     server: Arc<Server>,
+    keyless: Option<Keyless>,
+    /// Its mode, leaf and client CAs, for the status page.
+    mode: String,
+    leaf: Vec<CertificateDer<'static>>,
+    anchors: Vec<CertificateDer<'static>>,
 }
 
 impl PreparedServe {
@@ -271,14 +321,45 @@ impl PreparedServe {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         self.server.run(self.listener, shutdown).await;
     }
+
+    /// Adds its keyds' metrics, if it signs through keyd.
+    pub fn show(&self, registry: &mut Registry) {
+        if let Some(k) = &self.keyless {
+            k.keyds().register(registry);
+        }
+    }
+
+    /// How the status page describes it.
+    pub fn status_listener(&self) -> Listener {
+        let listener = match &self.keyless {
+            Some(k) => {
+                let cache = k.clone();
+                Listener::new(self.local, "keyless")
+                    .with_certificates(move || cache.cached_leaves())
+                    .with_keyd(Arc::new(KeydFleetHealth(k.keyds().clone())))
+            }
+            None => {
+                let leaf = self.leaf.clone();
+                Listener::new(self.local, self.mode.clone()).with_certificates(move || leaf.clone()).with_anchors(&self.anchors)
+            }
+        };
+        let stats = self.server.clone();
+        listener.with_counts(move || counts(&stats.stats))
+    }
 }
 
 /// Checks what `args` describe, builds the TLS configuration and binds the
 /// listener: everything that can fail happens here. `material` is a
 /// config's `[tls]`; `name` (a config table such as `[[serve]] #1`, or
-/// empty for the flags) goes into the log lines.
-pub async fn prepare_serve(args: &ServeArgs, material: Option<&TlsMaterial>, name: &str) -> Result<PreparedServe, Failure> {
-    let tls = server_tls(&args.files, material, args.client_auth, args.tls, args.keyless.keyless()?)?;
+/// empty for the flags) goes into the log lines; `metrics` counts its handshakes.
+pub async fn prepare_serve(
+    args: &ServeArgs,
+    material: Option<&TlsMaterial>,
+    name: &str,
+    metrics: &Arc<ServerMetrics>,
+) -> Result<PreparedServe, Failure> {
+    let keyless = args.keyless.keyless()?;
+    let tls = server_tls(&args.files, material, args.client_auth, args.tls, keyless.clone())?;
     if let Some(bad) = args.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
         return Err(Failure::new(
             FailureClass::Usage,
@@ -322,6 +403,7 @@ pub async fn prepare_serve(args: &ServeArgs, material: Option<&TlsMaterial>, nam
         max_connections: args.max_connections.max(1),
         max_lifetime: (args.max_conn_lifetime > 0).then(|| Duration::from_secs(args.max_conn_lifetime)),
         forward: forward.clone(),
+        metrics: metrics.listener(local.to_string()),
         ..Default::default()
     };
     match &forward {
@@ -331,7 +413,22 @@ pub async fn prepare_serve(args: &ServeArgs, material: Option<&TlsMaterial>, nam
         }
         None => info!(listen = %local, name, mode = ?args.mode, tls = %args.tls, "serving"),
     }
-    Ok(PreparedServe { local, listener, server: Server::new(tls, options) })
+    let (leaf, anchors) = if keyless.is_some() { (Vec::new(), Vec::new()) } else { served_from_files(&args.files, material)? };
+    let mode = mode_name(args.mode, forward.as_deref());
+    Ok(PreparedServe { local, listener, server: Server::new(tls, options), keyless, mode, leaf, anchors })
+}
+
+/// A server's lifetime counters, for the status page.
+fn counts(stats: &ServerStats) -> Vec<(&'static str, u64)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    vec![
+        ("accepted", stats.accepted.load(Relaxed)),
+        ("handshakes", stats.handshakes.load(Relaxed)),
+        ("handshakes_failed", stats.failed.load(Relaxed)),
+        ("open", stats.open.load(Relaxed)),
+        ("bytes_in", stats.bytes_in.load(Relaxed)),
+        ("bytes_out", stats.bytes_out.load(Relaxed)),
+    ]
 }
 
 /// Whom the client trusts and who it is.

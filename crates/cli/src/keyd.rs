@@ -17,6 +17,10 @@ use tracing::{info, warn};
 
 use crate::identity::{anchors, identity_from_files};
 use crate::signals::shutdown_signal;
+use crate::status::StatusFlags;
+use sealtls_pki::load_certs;
+use sealtls_status::prometheus_client::registry::Registry;
+use sealtls_status::Listener;
 
 /// Where keyd keeps its keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -98,6 +102,8 @@ pub struct KeydArgs {
     /// Seconds a new connection has to send its first byte.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub first_byte_timeout: u64,
+    #[command(flatten)]
+    pub status: StatusFlags,
 }
 
 impl KeydArgs {
@@ -210,6 +216,16 @@ pub async fn keyd(args: KeydArgs) -> Result<(), Failure> {
         Some(tls) => info!(listen = %daemon.socket().display(), tls_listen = %tls, "keyd ready"),
         None => info!(listen = %daemon.socket().display(), "keyd ready"),
     }
+    let mut registry = Registry::default();
+    daemon.custody().register(&mut registry);
+    let page = args.status.bind(registry).await?;
+    let mut listeners = vec![Listener::new(format!("unix:{}", daemon.socket().display()), "keyd")];
+    if let (Some(addr), Some(cert), Some(ca)) = (daemon.tls_addr(), &args.tls_cert, &args.client_ca) {
+        let leaf = crate::status::leaf(&load_certs(cert).map_err(Failure::config)?);
+        let anchors = load_certs(ca).map_err(Failure::config)?;
+        listeners.push(Listener::new(addr, "keyd").with_certificates(move || leaf.clone()).with_anchors(&anchors));
+    }
+    let (_status, _running) = crate::status::start(page, listeners);
     daemon.run(shutdown).await;
     Ok(())
 }

@@ -129,6 +129,12 @@ impl KeydSpec {
         flag("--max-in-flight", a.max_in_flight.to_string().into());
         flag("--frame-timeout", a.frame_timeout.to_string().into());
         flag("--first-byte-timeout", a.first_byte_timeout.to_string().into());
+        if let Some(status) = &a.status.status {
+            flag("--status", status.to_string().into());
+            if a.status.unsafe_status {
+                f.push("--unsafe-status".into());
+            }
+        }
         f
     }
 

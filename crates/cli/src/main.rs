@@ -11,6 +11,7 @@ mod pki;
 mod port_owner;
 mod services;
 mod signals;
+mod status;
 mod tables;
 mod tunnel;
 mod up;

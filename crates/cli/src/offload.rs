@@ -13,6 +13,9 @@ use tracing::info;
 use crate::config::{load_trust, Config};
 use crate::endpoints::send_line;
 use crate::signals::shutdown_signal;
+use crate::status::StatusFlags;
+use sealtls_status::prometheus_client::registry::Registry;
+use sealtls_status::Listener;
 
 #[derive(Args)]
 pub struct OffloadArgs {
@@ -51,6 +54,8 @@ pub struct OffloadArgs {
     /// Configuration file with an [offload] table.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    status: StatusFlags,
 }
 
 impl OffloadArgs {
@@ -103,7 +108,13 @@ pub fn bind(settings: &OffloadSettings) -> Result<Daemon, Failure> {
 
 pub async fn offload(args: OffloadArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    let daemon = bind(&args.settings()?)?;
+    let settings = args.settings()?;
+    let daemon = bind(&settings)?;
+    let mut registry = Registry::default();
+    daemon.metrics().register(&mut registry);
+    let page = args.status.bind(registry).await?;
+    let listener = Listener::new(format!("unix:{}", daemon.socket().display()), "offload").with_anchors(&settings.trust.certs);
+    let (_status, _running) = crate::status::start(page, vec![listener]);
     daemon.run(shutdown).await;
     info!("stopped");
     Ok(())

@@ -21,7 +21,9 @@ use tracing::info;
 
 use crate::config::{ConsoleSection, EchoSection};
 use crate::endpoints::prepare_serve;
+use crate::status::{KeydFleetHealth, Shown};
 use crate::tables::{ServeTable, TunnelTable};
+use sealtls_status::Listener;
 
 type ServiceFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -61,9 +63,18 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// The echo server from `[echo]`, registered with `servers` so that the
 /// console lists it and can stop it.
-pub async fn echo(servers: &Arc<EchoServers>, echo: &EchoSection, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+pub async fn echo(
+    servers: &Arc<EchoServers>,
+    echo: &EchoSection,
+    stop: watch::Receiver<bool>,
+    shown: &mut Shown,
+) -> Result<Service, Failure> {
     let spec = ServerSpec { addr: echo.listen, client_auth: echo.client_auth, versions: echo.versions, started_by: "sealtls up".into() };
     let address = servers.start(spec).await?;
+    let material = servers.material();
+    let leaf = material.server.as_ref().map_or_else(Vec::new, |k| crate::status::leaf(&k.cert));
+    let anchors = material.ca.as_ref().map_or_else(Vec::new, |a| a.certs.clone());
+    shown.listeners.push(Listener::new(address, "echo").with_certificates(move || leaf.clone()).with_anchors(&anchors));
     Ok(Service { name: "TLS echo server", address: Address::Tcp(address), task: Box::pin(stopped(stop)) })
 }
 
@@ -107,9 +118,11 @@ pub async fn console(servers: &Arc<EchoServers>, section: &ConsoleSection, stop:
 }
 
 /// The TLS offload daemon from `[offload]`.
-pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
+pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>, shown: &mut Shown) -> Result<Service, Failure> {
     let daemon = crate::offload::bind(settings)?;
     let address = Address::Unix(daemon.socket().to_owned());
+    daemon.metrics().register(&mut shown.registry);
+    shown.listeners.push(Listener::new(format!("unix:{address}"), "offload").with_anchors(&settings.trust.certs));
     Ok(Service { name: "TLS offload daemon", address, task: Box::pin(daemon.run(stopped(stop))) })
 }
 
@@ -119,26 +132,38 @@ pub async fn keyless(
     keyd_socket: &Path,
     limits: KeylessLimits,
     stop: watch::Receiver<bool>,
+    shown: &mut Shown,
 ) -> Result<Service, Failure> {
     let client = KeydClient::new(KeydEndpoint::Unix(keyd_socket.to_owned()), 4, Duration::from_secs(5));
-    let keyless = Keyless::with_limits(KeydFleet::single(client), crate::endpoints::KEYLESS_REFRESH, limits);
+    let keyds = KeydFleet::single(client);
+    keyds.register(&mut shown.registry);
+    let keyless = Keyless::with_limits(keyds, crate::endpoints::KEYLESS_REFRESH, limits);
     let settings = ServerSettings {
         identity: Arc::new(keyless.clone()),
         client_ca: None,
         client_auth: ClientAuthMode::None,
         versions: TlsVersions::Any,
     };
-    let tls = crate::endpoints::keyless_tls(ServerTls::new(settings).map_err(Failure::config)?, keyless);
+    let tls = crate::endpoints::keyless_tls(ServerTls::new(settings).map_err(Failure::config)?, keyless.clone());
     let listener = bind(listen).await?;
     let address =
         listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, format!("cannot read the bound address: {e}"), "retry"))?;
-    let server = Server::new(tls, ServerOptions::default());
+    let server = Server::new(tls, ServerOptions { metrics: shown.servers.listener(address.to_string()), ..Default::default() });
+    let probe = Arc::new(KeydFleetHealth(keyless.keyds().clone()));
+    shown.listeners.push(Listener::new(address, "keyless").with_certificates(move || keyless.cached_leaves()).with_keyd(probe));
     Ok(Service { name: "keyless TLS server", address: Address::Tcp(address), task: Box::pin(server.run(listener, stopped(stop))) })
 }
 
 /// A `[[serve]]` table: a TLS server or proxy.
-pub async fn serve_table(table: &ServeTable, material: &TlsMaterial, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
-    let prepared = prepare_serve(&table.args, table.material(material), &table.label).await?;
+pub async fn serve_table(
+    table: &ServeTable,
+    material: &TlsMaterial,
+    stop: watch::Receiver<bool>,
+    shown: &mut Shown,
+) -> Result<Service, Failure> {
+    let prepared = prepare_serve(&table.args, table.material(material), &table.label, &shown.servers).await?;
+    prepared.show(&mut shown.registry);
+    shown.listeners.push(prepared.status_listener());
     let name = if table.args.target.is_some() { "TLS proxy" } else { "TLS server" };
     Ok(Service { name, address: Address::Tcp(prepared.local), task: Box::pin(prepared.run(stopped(stop))) })
 }

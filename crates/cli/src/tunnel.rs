@@ -27,6 +27,10 @@ use crate::acl::VerifyFlags;
 use crate::endpoints::KeylessFlags;
 use crate::identity::{anchors, identity_from_files};
 use crate::signals::shutdown_signal;
+use crate::status::StatusFlags;
+use sealtls_pki::load_certs;
+use sealtls_status::prometheus_client::registry::Registry;
+use sealtls_status::Listener as StatusListener;
 
 /// Where the tunnel takes local connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +123,8 @@ pub struct TunnelArgs {
     /// Connections carried at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 1000)]
     pub max_connections: usize,
+    #[command(flatten)]
+    pub status: StatusFlags,
 }
 
 /// What every carried connection needs.
@@ -199,7 +205,15 @@ impl TunnelArgs {
 
 pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    prepare(&args, "").await?.run(shutdown).await;
+    let prepared = prepare(&args, "").await?;
+    let page = args.status.bind(Registry::default()).await?;
+    let anchors = match &page {
+        Some(_) => load_certs(&args.ca).map_err(Failure::config)?,
+        None => Vec::new(),
+    };
+    let shown = StatusListener::new(&prepared.local, "tunnel").with_anchors(&anchors);
+    let (_status, _running) = crate::status::start(page, vec![shown]);
+    prepared.run(shutdown).await;
     Ok(())
 }
 

@@ -17,7 +17,11 @@ use crate::keyd_child::{provision, KeydSpec};
 use crate::port_owner::listener_of;
 use crate::services::{self, run_until_signal, Address, ConsoleFlags};
 use crate::signals::shutdown_signal;
+use crate::status::{KeydPing, Shown, StatusFlags};
 use crate::tunnel::Listen;
+use sealtls_keyless::{KeydClient, KeydEndpoint};
+use sealtls_status::{Listener, StatusAddr};
+use std::sync::Arc;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -42,6 +46,11 @@ pub struct UpArgs {
     /// The TPM for --keyd-seal tpm, as a tpm2-tss TCTI [default: the config's [keyd] tpm, else device:/dev/tpmrm0].
     #[arg(long, value_name = "TCTI")]
     tpm: Option<String>,
+    #[command(flatten)]
+    status: StatusFlags,
+    /// Give the keyd child process a status listener of its own on IP:PORT (loopback) or unix:PATH [default: none].
+    #[arg(long, value_name = "ADDR")]
+    keyd_status: Option<StatusAddr>,
 }
 
 /// Creates the development PKI and its config in `dir` unless already there.
@@ -208,6 +217,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let sealed_by_file = keyd_args.backend == BackendKind::SealedFile && keyd_args.seal == SealKind::File;
     keyd_args.device_key = sealed_by_file.then(|| device_key.clone());
     let keyd_socket = keyd_args.socket();
+    keyd_args.status = StatusFlags { status: args.keyd_status.clone(), unsafe_status: args.status.unsafe_status };
     let spec = KeydSpec { args: keyd_args };
     // keyd first, in its own process: nothing else starts if it cannot.
     let keyd = spec.start().await?;
@@ -216,24 +226,26 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         keyd.stop().await;
         return Err(f);
     }
-    let servers = EchoServers::new(config.material.clone());
+    let mut shown = Shown::default();
+    let servers = EchoServers::with_metrics(config.material.clone(), shown.servers.clone());
     let started = async {
         let mut list = vec![
-            services::echo(&servers, &config.echo, stop_rx.clone()).await?,
+            services::echo(&servers, &config.echo, stop_rx.clone(), &mut shown).await?,
             services::console(&servers, &console_section, stop_rx.clone()).await?,
-            services::offload(&config.offload, stop_rx.clone())?,
-            services::keyless(keyless_listen, &keyd_socket, config.keyless.limits, stop_rx.clone()).await?,
+            services::offload(&config.offload, stop_rx.clone(), &mut shown)?,
+            services::keyless(keyless_listen, &keyd_socket, config.keyless.limits, stop_rx.clone(), &mut shown).await?,
         ];
         for table in &config.serve {
-            list.push(services::serve_table(table, &config.material, stop_rx.clone()).await?);
+            list.push(services::serve_table(table, &config.material, stop_rx.clone(), &mut shown).await?);
         }
         for table in &config.tunnel {
             list.push(services::tunnel_table(table, stop_rx.clone()).await?);
         }
-        Ok::<_, Failure>(list)
+        let page = args.status.bind(std::mem::take(&mut shown.registry)).await?;
+        Ok::<_, Failure>((list, page))
     };
-    let mut list = match started.await {
-        Ok(list) => list,
+    let (mut list, page) = match started.await {
+        Ok(started) => started,
         Err(f) => {
             servers.stop_all().await;
             keyd.stop().await;
@@ -307,6 +319,10 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     println!("  openssl s_client -connect {keyless} -servername localhost -CAfile {ca}");
     println!("  {me} key ls --keyd unix:{}", shell_word(keyd_socket));
     println!("stop with Ctrl-C");
+    shown.listeners.push(Listener::new(console, "console"));
+    let keyd_probe = KeydClient::new(KeydEndpoint::Unix(keyd_socket.clone()), 1, std::time::Duration::from_secs(2));
+    shown.listeners.push(Listener::new(format!("unix:{}", keyd_socket.display()), "keyd").with_keyd(Arc::new(KeydPing(keyd_probe))));
+    let (_status, _running) = crate::status::start(page, shown.listeners);
     run_until_signal(list, until, stop_tx, &servers).await;
     let failed = failure.lock().expect("failure lock").take();
     match failed {

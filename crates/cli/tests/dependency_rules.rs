@@ -17,6 +17,7 @@ const RULES: &[(&str, Option<&[&str]>)] = &[
     ("sealtls-keyless", Some(&["sealtls-failure", "sealtls-listen", "sealtls-pki", "sealtls-endpoint", "sealtls-custody-proto"])),
     ("sealtls-offload-daemon", Some(&["sealtls-failure", "sealtls-listen", "sealtls-pki", "sealtls-endpoint", "sealtls-offload-proto"])),
     ("sealtls-offload", Some(&["sealtls-failure", "sealtls-offload-proto"])),
+    ("sealtls-status", Some(&["sealtls-failure", "sealtls-listen", "sealtls-pki"])),
     ("sealtls", None),
 ];
 
@@ -28,6 +29,8 @@ const NEVER: &[(&str, &str)] = &[
     ("sealtls-keyd", "sealtls-offload-daemon"),
     ("sealtls-keyd", "sealtls-offload"),
     ("sealtls-keyd", "sealtls-offload-proto"),
+    ("sealtls-keyd", "sealtls-status"),
+    ("sealtls-status", "sealtls-endpoint"),
     ("sealtls-custody-proto", "sealtls-endpoint"),
     ("sealtls-custody-proto", "sealtls-listen"),
     ("sealtls-offload-proto", "sealtls-endpoint"),

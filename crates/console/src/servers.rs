@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use sealtls_endpoint::metrics::ServerMetrics;
 use sealtls_endpoint::net::bind;
 use sealtls_endpoint::server::{Mode, Server, ServerOptions};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
@@ -67,12 +68,18 @@ pub struct ServerStatus {
 pub struct EchoServers {
     material: Arc<TlsMaterial>,
     running: Mutex<BTreeMap<u16, Running>>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl EchoServers {
     /// No servers yet; they will use `material`.
     pub fn new(material: Arc<TlsMaterial>) -> Arc<Self> {
-        Arc::new(Self { material, running: Mutex::new(BTreeMap::new()) })
+        Self::with_metrics(material, ServerMetrics::new())
+    }
+
+    /// As [`EchoServers::new`], each server counted in `metrics` under its address.
+    pub fn with_metrics(material: Arc<TlsMaterial>, metrics: Arc<ServerMetrics>) -> Arc<Self> {
+        Arc::new(Self { material, running: Mutex::new(BTreeMap::new()), metrics })
     }
 
     /// The configuration the servers use.
@@ -111,7 +118,8 @@ impl EchoServers {
         // On refusal the listener is dropped, unused.
         let mut running = self.running.lock().expect("not poisoned");
         Self::check_room(&running, addr.port())?;
-        let server = Server::new(tls, ServerOptions { mode: Mode::Echo, ..Default::default() });
+        let metrics = self.metrics.listener(addr.to_string());
+        let server = Server::new(tls, ServerOptions { mode: Mode::Echo, metrics, ..Default::default() });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.clone().run(listener, async {
             let _ = stopped.await;

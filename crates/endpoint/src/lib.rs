@@ -8,6 +8,7 @@ pub mod forward;
 pub mod gate;
 pub mod identity;
 pub mod legacy;
+pub mod metrics;
 pub mod net;
 pub mod proxy_protocol;
 pub mod server;

@@ -19,6 +19,7 @@ use rustls::{AlertDescription, ServerConfig};
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
 use crate::forward::{relay, Forward};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
+use crate::metrics::{HandshakeFailure, ListenerMetrics};
 use crate::net::{accept_until, buffered, Buffered, TrafficBuffer};
 use crate::proxy_protocol::{self, ProxyProtocol, TlsFacts};
 use crate::session::SessionInfo;
@@ -92,6 +93,8 @@ pub struct ServerOptions {
     pub forward: Option<Arc<Forward>>,
     /// A session is closed after this long, however busy (`None`: no limit).
     pub max_lifetime: Option<Duration>,
+    /// Where handshakes, sessions and bytes are counted for Prometheus.
+    pub metrics: ListenerMetrics,
 }
 
 impl Default for ServerOptions {
@@ -104,6 +107,7 @@ impl Default for ServerOptions {
             grace: Duration::from_secs(2),
             forward: None,
             max_lifetime: None,
+            metrics: ListenerMetrics::default(),
         }
     }
 }
@@ -194,6 +198,10 @@ impl Server {
             Ok(Opened::Failed(e, io)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let why = explain(&e, &seen, Side::Server, &peer.to_string());
+                self.options.metrics.handshake_failed(match seen.mismatch() {
+                    Some(_) => HandshakeFailure::AccessDenied,
+                    None => HandshakeFailure::Class(why.class),
+                });
                 warn!(%peer, reason = %why.what, fix = %why.fix, "handshake failed");
                 if let Some(mut io) = io {
                     // rustls sends its alert itself; an error found before
@@ -207,6 +215,7 @@ impl Server {
             }
             Ok(Opened::Refused(name, refusal, io)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.options.metrics.handshake_failed(HandshakeFailure::ServerName);
                 let alert = alert_name(refusal.alert);
                 warn!(%peer, server_name = name.as_deref().unwrap_or("(none)"), %alert, reason = %refusal.reason, "handshake refused");
                 io.close_lingering().await;
@@ -214,16 +223,19 @@ impl Server {
             }
             Err(_) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.options.metrics.handshake_failed(HandshakeFailure::Timeout);
                 warn!(%peer, reason = "no complete handshake within the time limit", timeout_s = self.options.handshake_timeout.as_secs(), "handshake failed");
                 return;
             }
         };
         self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         let info = SessionInfo::of(stream.get_ref().1);
+        self.options.metrics.handshake_ok(&info, started.elapsed());
         let alpn = stream.get_ref().1.alpn_protocol().map_or("none".into(), String::from_utf8_lossy);
         info!(%peer, version = %info.version, suite = %info.suite, group = %info.group, %alpn, client = %info.peer_subject(), "session started");
-        let mut counts = Counts { stats: &self.stats, closing, bytes_in: 0, bytes_out: 0 };
+        let mut counts = Counts { stats: &self.stats, metrics: &self.options.metrics, closing, bytes_in: 0, bytes_out: 0 };
         self.stats.open.fetch_add(1, Ordering::Relaxed);
+        let open = self.options.metrics.session();
         let activity = stream.get_ref().0.activity();
         let work = async {
             match (&self.options.forward, self.options.mode) {
@@ -248,6 +260,7 @@ impl Server {
             }
         };
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        drop(open);
         let ms = started.elapsed().as_millis() as u64;
         match result {
             None => {
@@ -350,6 +363,7 @@ fn unsent_alert(err: &std::io::Error) -> Option<AlertDescription> {
 /// One session's byte counts, also added to the server's as they happen.
 struct Counts<'a> {
     stats: &'a ServerStats,
+    metrics: &'a ListenerMetrics,
     closing: watch::Receiver<bool>,
     bytes_in: u64,
     bytes_out: u64,
@@ -359,10 +373,12 @@ impl Counts<'_> {
     fn received(&mut self, n: usize) {
         self.bytes_in += n as u64;
         self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.bytes_in.inc_by(n as u64);
     }
     fn sent(&mut self, n: usize) {
         self.bytes_out += n as u64;
         self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.bytes_out.inc_by(n as u64);
     }
 }
 

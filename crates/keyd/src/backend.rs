@@ -62,6 +62,8 @@ impl std::fmt::Display for Location {
 pub trait Backend: Send + Sync {
     /// For logs: "sealed files in DIR", "PKCS#11 token T".
     fn describe(&self) -> String;
+    /// The kind of store, for metrics: `sealed-file`, `tpm` or `pkcs11`.
+    fn kind(&self) -> &'static str;
     /// Every entry, usable or not.
     fn load(&self) -> Result<Vec<Entry>, StoreError>;
     /// Installs `key` with `chain` (already checked to match) for `domain`, replacing what was there.

@@ -17,6 +17,7 @@ use crate::authorize::{Decision, Grants, Peer};
 use crate::backend::{Backend, Entry, Location, State};
 use crate::error::StoreError;
 use crate::keys::{MemoryKey, SignError};
+use crate::metrics::KeydMetrics;
 use crate::uri::Pkcs11Uri;
 
 /// Who sent a request, as the listener established it.
@@ -74,6 +75,7 @@ pub struct Custody {
     grants: Option<Grants>,
     /// Requests refused because no grant allowed them.
     forbidden: AtomicU64,
+    metrics: KeydMetrics,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -113,6 +115,7 @@ impl Custody {
             generation: AtomicU64::new(Self::first_generation()),
             grants: None,
             forbidden: AtomicU64::new(0),
+            metrics: KeydMetrics::default(),
         };
         for entry in custody.backend.load()? {
             custody.install(entry);
@@ -145,6 +148,22 @@ impl Custody {
     fn install(&self, entry: Entry) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         self.table.write().expect("table lock").insert(Arc::new(Installed { entry, generation }));
+    }
+
+    /// What this keyd counts.
+    pub fn metrics(&self) -> &KeydMetrics {
+        &self.metrics
+    }
+
+    /// The kind of store: `sealed-file`, `tpm` or `pkcs11`.
+    pub fn store_kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    /// Each domain with a certificate, and its leaf's notAfter (Unix seconds).
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let table = self.table.read().expect("table lock");
+        table.domains.sorted().into_iter().filter_map(|(_, e)| Some((e.entry.domain.clone(), e.entry.not_after?))).collect()
     }
 
     /// What backs the keys, for logs.
@@ -191,6 +210,13 @@ impl Custody {
 
     /// Answers one request.
     pub fn handle(&self, request: Request, caller: &Caller) -> Response {
+        let op = request.op();
+        let response = self.answer(request, caller);
+        self.metrics.answered(op, &response);
+        response
+    }
+
+    fn answer(&self, request: Request, caller: &Caller) -> Response {
         let op = request.op();
         if op.is_admin() && !caller.admin {
             warn!(op = op.name(), caller = %caller.who, "refused: not an admin");
@@ -285,8 +311,12 @@ impl Custody {
             Err(r) => return r,
         };
         let State::Ready(signer) = &installed.entry.state else { return unavailable(&installed.entry) };
+        let started = std::time::Instant::now();
         match signer.sign(scheme, message) {
-            Ok(sig) => Response::Signature(sig),
+            Ok(sig) => {
+                self.metrics.signed(&installed.entry.key.description, started.elapsed());
+                Response::Signature(sig)
+            }
             Err(e @ SignError::SchemeMismatch { .. }) => error(ErrorCode::SchemeMismatch, format!("{}: {e}", installed.entry.domain)),
             Err(SignError::Failed(why)) => {
                 warn!(domain = %installed.entry.domain, "signing failed: {why}");

@@ -9,6 +9,7 @@ pub mod der;
 pub mod device;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod pkcs11;
 pub mod record;
 pub mod sealed;

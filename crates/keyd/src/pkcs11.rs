@@ -350,6 +350,10 @@ impl Backend for Token {
         format!("PKCS#11 token {:?}", self.label)
     }
 
+    fn kind(&self) -> &'static str {
+        "pkcs11"
+    }
+
     fn load(&self) -> Result<Vec<Entry>, StoreError> {
         let session = self.sessions.admin.lock().expect("session lock");
         Ok(self.chain_objects(&session, None)?.into_iter().filter_map(|h| self.load_one(&session, h)).collect())

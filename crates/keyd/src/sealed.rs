@@ -159,6 +159,8 @@ pub fn open_entry(store: &LessSafeKey, header: &Header<'_>) -> Result<Plain, Ent
 pub struct SealedFiles {
     keys_dir: PathBuf,
     store: LessSafeKey,
+    /// `sealed-file` or `tpm`: what seals the store key.
+    kind: &'static str,
 }
 
 impl SealedFiles {
@@ -178,7 +180,10 @@ impl SealedFiles {
         let secret = device::load_or_create(device_key)?;
         let store = device::store_key(&secret);
         drop(secret);
-        Self::open_with(data_dir, store, || StoreError::ForeignStore { dir: data_dir.to_owned(), secret: device_key.to_owned() })
+        Self::open_with(data_dir, store, "sealed-file", || StoreError::ForeignStore {
+            dir: data_dir.to_owned(),
+            secret: device_key.to_owned(),
+        })
     }
 
     /// Opens (creating on first use) the store in `data_dir` under a store
@@ -194,7 +199,7 @@ impl SealedFiles {
             ));
         }
         let store = seal.store_key(data_dir)?;
-        Self::open_with(data_dir, store, || {
+        Self::open_with(data_dir, store, "tpm", || {
             StoreError::refused(
                 format!(
                     "data directory {}: its keys were not sealed under the key in {} (the file was replaced)",
@@ -206,7 +211,7 @@ impl SealedFiles {
         })
     }
 
-    fn open_with(data_dir: &Path, store: LessSafeKey, foreign: impl Fn() -> StoreError) -> Result<Self, StoreError> {
+    fn open_with(data_dir: &Path, store: LessSafeKey, kind: &'static str, foreign: impl Fn() -> StoreError) -> Result<Self, StoreError> {
         let keys_dir = data_dir.join("keys");
         if !keys_dir.exists() {
             use std::os::unix::fs::DirBuilderExt;
@@ -235,7 +240,7 @@ impl SealedFiles {
             }
             Err(e) => return Err(StoreError::io(&check, "read", e)),
         }
-        Ok(Self { keys_dir, store })
+        Ok(Self { keys_dir, store, kind })
     }
 
     fn path_for(&self, domain: &str) -> PathBuf {
@@ -322,6 +327,10 @@ fn entry_files(dir: &Path) -> Result<impl Iterator<Item = PathBuf>, StoreError> 
 impl Backend for SealedFiles {
     fn describe(&self) -> String {
         format!("sealed files in {}", self.keys_dir.display())
+    }
+
+    fn kind(&self) -> &'static str {
+        self.kind
     }
 
     fn load(&self) -> Result<Vec<Entry>, StoreError> {

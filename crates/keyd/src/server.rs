@@ -158,6 +158,11 @@ impl Keyd {
         Ok(Self { custody: Arc::new(custody), unix, tls, own_uid, limits: KeydLimits::default() })
     }
 
+    /// The keys in custody, shared with the running daemon (for metrics).
+    pub fn custody(&self) -> &Arc<Custody> {
+        &self.custody
+    }
+
     /// Serves with these limits instead of the defaults.
     pub fn with_limits(mut self, limits: KeydLimits) -> Self {
         self.limits = limits;
@@ -268,6 +273,7 @@ fn spawn_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    custody.metrics().connected(caller.admin);
     let Ok(permit) = slots.clone().try_acquire_owned() else {
         conns.spawn(busy(stream, caller, limits.connections));
         return;

@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroize;
 
+use crate::metrics::KeylessMetrics;
+
 /// Where keyd listens.
 #[derive(Clone)]
 pub enum KeydEndpoint {
@@ -99,18 +101,39 @@ pub struct KeydClient {
     next_slot: AtomicUsize,
     next_id: AtomicU64,
     timeout: Duration,
+    metrics: KeylessMetrics,
 }
 
 impl KeydClient {
     /// A client with `pool` connections (at least one), each call answered within `timeout`.
     pub fn new(endpoint: KeydEndpoint, pool: usize, timeout: Duration) -> Arc<Self> {
         let slots = (0..pool.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect();
-        Arc::new(Self { endpoint, slots, next_slot: AtomicUsize::new(0), next_id: AtomicU64::new(1), timeout })
+        Arc::new(Self {
+            endpoint,
+            slots,
+            next_slot: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            timeout,
+            metrics: KeylessMetrics::default(),
+        })
     }
 
     /// Where keyd is.
     pub fn endpoint(&self) -> &KeydEndpoint {
         &self.endpoint
+    }
+
+    /// What this client counts, to be registered for Prometheus.
+    pub fn metrics(&self) -> &KeylessMetrics {
+        &self.metrics
+    }
+
+    /// Whether keyd answers a PING now (opening a connection if none is up).
+    pub async fn ping(&self) -> Result<(), KeydError> {
+        match self.call(&Request::Ping(b"health".to_vec())).await? {
+            Response::Pong(_) => Ok(()),
+            other => Err(self.unreachable(format!("keyd answered PING with {:?}", other.op()))),
+        }
     }
 
     fn unreachable(&self, detail: impl std::fmt::Display) -> KeydError {
@@ -173,6 +196,13 @@ impl KeydClient {
 
     /// Sends `request` and waits for its answer; error answers become [`KeydError::Refused`].
     pub async fn call(&self, request: &Request) -> Result<Response, KeydError> {
+        let call = self.metrics.start(matches!(request, Request::Sign { .. }));
+        let result = self.call_once(request).await;
+        call.end(&result);
+        result
+    }
+
+    async fn call_once(&self, request: &Request) -> Result<Response, KeydError> {
         let conn = tokio::time::timeout(self.timeout, self.conn())
             .await
             .map_err(|_| KeydError::Timeout(self.endpoint.to_string(), self.timeout))??;
@@ -189,6 +219,13 @@ impl KeydClient {
     /// worker (rustls's signer): the worker's other tasks move to another
     /// thread while this one waits.
     pub fn call_blocking(&self, request: &Request) -> Result<Response, KeydError> {
+        let call = self.metrics.start(matches!(request, Request::Sign { .. }));
+        let result = self.call_blocking_once(request);
+        call.end(&result);
+        result
+    }
+
+    fn call_blocking_once(&self, request: &Request) -> Result<Response, KeydError> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let handle = match Handle::try_current() {
             Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => h,

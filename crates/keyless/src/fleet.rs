@@ -5,10 +5,13 @@
 //! failed is taken back once it answers again.
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use sealtls_custody_proto::{Request, Response};
 use tracing::{info, warn};
 
@@ -23,7 +26,9 @@ struct Member {
     healthy: AtomicBool,
     outstanding: AtomicUsize,
     /// Requests that failed here and were retried on another keyd.
-    failovers: AtomicU64,
+    failovers: Counter,
+    /// 1 while healthy, for Prometheus.
+    up: Gauge,
     /// Why it was last found down.
     last_error: Mutex<String>,
 }
@@ -86,11 +91,17 @@ impl KeydFleet {
                 client,
                 healthy: AtomicBool::new(true),
                 outstanding: AtomicUsize::new(0),
-                failovers: AtomicU64::new(0),
+                failovers: Counter::default(),
+                up: Gauge::default(),
                 last_error: Mutex::new(String::new()),
             })
             .collect();
-        Arc::new(Self { members, interval, checker: OnceLock::new(), chains: Mutex::default() })
+        let fleet = Arc::new(Self { members, interval, checker: OnceLock::new(), chains: Mutex::default() });
+        for m in &fleet.members {
+            m.up.set(1);
+        }
+        fleet.watch();
+        fleet
     }
 
     /// A fleet of one.
@@ -103,6 +114,24 @@ impl KeydFleet {
         self.members.iter().map(|m| m.client.endpoint().to_string()).collect::<Vec<_>>().join(", ")
     }
 
+    /// Adds each keyd's client metrics and health, labelled `keyd="ENDPOINT"`.
+    pub fn register(&self, registry: &mut Registry) {
+        for m in &self.members {
+            let labelled = registry.sub_registry_with_label(("keyd".into(), m.client.endpoint().to_string().into()));
+            m.client.metrics().register(labelled);
+            labelled.register(
+                "sealtls_keyd_endpoint_up",
+                "1 while this keyd answers, 0 once a request or PING found it down",
+                m.up.clone(),
+            );
+            labelled.register(
+                "sealtls_keyd_endpoint_failovers",
+                "Requests that failed on this keyd and were retried on another",
+                m.failovers.clone(),
+            );
+        }
+    }
+
     /// Each keyd's health now.
     pub fn health(&self) -> Vec<MemberHealth> {
         self.members
@@ -111,7 +140,7 @@ impl KeydFleet {
                 endpoint: m.client.endpoint().to_string(),
                 healthy: m.healthy.load(Ordering::Relaxed),
                 outstanding: m.outstanding.load(Ordering::Relaxed),
-                failovers: m.failovers.load(Ordering::Relaxed),
+                failovers: m.failovers.get(),
                 last_error: m.last_error.lock().expect("error lock").clone(),
             })
             .collect()
@@ -142,6 +171,7 @@ impl KeydFleet {
     fn mark_down(&self, i: usize, e: &KeydError) {
         let m = &self.members[i];
         *m.last_error.lock().expect("error lock") = e.to_string();
+        m.up.set(0);
         if m.healthy.swap(false, Ordering::Relaxed) {
             let left = self.members.iter().filter(|m| m.healthy.load(Ordering::Relaxed)).count();
             warn!(keyd = %m.client.endpoint(), error = %e, healthy = left, of = self.members.len(), "keyd is down; requests go to the others until it answers PING again");
@@ -150,6 +180,7 @@ impl KeydFleet {
 
     fn mark_up(&self, i: usize) {
         let m = &self.members[i];
+        m.up.set(1);
         if !m.healthy.swap(true, Ordering::Relaxed) {
             let now = self.members.iter().filter(|m| m.healthy.load(Ordering::Relaxed)).count();
             info!(keyd = %m.client.endpoint(), healthy = now, of = self.members.len(), "keyd answers again; requests go to it");
@@ -208,7 +239,7 @@ impl KeydFleet {
             }
             Err(e) if is_down(&e) => {
                 self.mark_down(i, &e);
-                self.members[i].failovers.fetch_add(1, Ordering::Relaxed);
+                self.members[i].failovers.inc();
                 None
             }
             Err(e) => Some(Err(e)),

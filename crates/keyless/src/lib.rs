@@ -5,8 +5,10 @@
 
 pub mod client;
 pub mod fleet;
+pub mod metrics;
 pub mod resolver;
 
 pub use client::{KeydClient, KeydEndpoint, KeydError};
 pub use fleet::{KeydFleet, MemberHealth, DEFAULT_HEALTH_INTERVAL};
+pub use metrics::KeylessMetrics;
 pub use resolver::{client_identity, Keyless, KeylessLimits};

@@ -98,6 +98,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
     fn len(&self) -> usize {
         self.entries.len()
     }
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|(v, _)| v)
+    }
 }
 
 struct Cached {
@@ -172,6 +175,11 @@ impl Keyless {
         }))
     }
 
+    /// The keyds it asks.
+    pub fn keyds(&self) -> &Arc<KeydFleet> {
+        &self.0.keyds
+    }
+
     /// The limits it keeps.
     pub fn limits(&self) -> KeylessLimits {
         self.0.limits
@@ -180,6 +188,16 @@ impl Keyless {
     /// How many server names have a cached chain.
     pub fn cached_names(&self) -> usize {
         self.0.by_name.lock().expect("cache lock").len()
+    }
+
+    /// The leaf certificates of the cached chains, each once (names under
+    /// one wildcard share a chain).
+    pub fn cached_leaves(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        let cache = self.0.by_name.lock().expect("cache lock");
+        let mut leaves: Vec<_> = cache.values().filter_map(|c| c.key.cert.first().cloned()).collect();
+        leaves.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        leaves.dedup();
+        leaves
     }
 
     /// How many names keyd does not know are remembered (expired ones

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::metrics::OffloadMetrics;
 use crate::session::Session;
 use crate::shared::Shared;
 use crate::upstream::Dialer;
@@ -163,9 +164,19 @@ impl Daemon {
             name_check: settings.name_check,
         };
         let dialer = Arc::new(Dialer { tls, connect_timeout: settings.connect_timeout, handshake_timeout: settings.handshake_timeout });
-        let shared = Arc::new(Shared { dialer, buffer_size: settings.buffer_size, answer_timeout: settings.answer_timeout });
+        let shared = Arc::new(Shared {
+            dialer,
+            buffer_size: settings.buffer_size,
+            answer_timeout: settings.answer_timeout,
+            metrics: Default::default(),
+        });
         let badges = Arc::new(Badges(Mutex::new(vec![false; settings.max_clients])));
         Ok(Self { socket, allow: settings.allow, shared, badges })
+    }
+
+    /// What the daemon counts, to be registered for Prometheus.
+    pub fn metrics(&self) -> &OffloadMetrics {
+        &self.shared.metrics
     }
 
     /// The socket's path.
@@ -224,8 +235,10 @@ impl Daemon {
         info!(badge, uid, gid, pid, "client admitted");
         let session = Session::new(self.shared.clone(), badge);
         let stopped = stopped.clone();
+        let in_use = self.shared.metrics.slot();
         sessions.spawn(async move {
             session.run(stream, stopped).await;
+            drop(in_use);
             drop(guard);
             info!(badge, "slot freed");
         });

@@ -7,6 +7,7 @@
 //! connection, so a client that misbehaves only holds itself up.
 mod buffer;
 mod daemon;
+pub mod metrics;
 mod session;
 mod shared;
 mod upstream;

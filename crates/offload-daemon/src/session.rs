@@ -183,6 +183,12 @@ impl Session {
     }
 
     fn respond(&mut self, response: Response) {
+        match &response {
+            Response::Status { op, code } | Response::Text { op, code, .. } => self.shared.metrics.answered(*op, *code),
+            Response::Written { code, .. } => self.shared.metrics.answered(Op::Write, *code),
+            Response::Streaming { code, .. } => self.shared.metrics.answered(Op::Stream, *code),
+            _ => {}
+        }
         response.encode(&mut self.tx);
     }
 
@@ -217,11 +223,13 @@ impl Session {
             }
             Request::Read { size, wait } => {
                 if let Err(code) = self.slot.check_transfer(size as usize, self.shared.buffer_size) {
+                    self.shared.metrics.answered(Op::Read, code);
                     encode_read_response(&mut self.tx, code, &[]);
                 } else if !self.try_read(size as usize) {
                     if wait {
                         self.waiting = Some(Waiting::Read(size as usize));
                     } else {
+                        self.shared.metrics.answered(Op::Read, Code::WouldBlock);
                         encode_read_response(&mut self.tx, Code::WouldBlock, &[]);
                     }
                 }
@@ -421,6 +429,7 @@ impl Session {
             let inbound = tls.queues(capacity).0;
             if !inbound.is_empty() {
                 let n = size.min(inbound.data().len());
+                self.shared.metrics.answered(Op::Read, Code::Success);
                 encode_read_response(&mut self.tx, Code::Success, &inbound.data()[..n]);
                 inbound.consume(n);
                 return true;
@@ -428,6 +437,7 @@ impl Session {
         }
         match self.ended() {
             Some(code) => {
+                self.shared.metrics.answered(Op::Read, code);
                 encode_read_response(&mut self.tx, code, &[]);
                 true
             }
@@ -465,7 +475,10 @@ impl Session {
     fn interrupt_wait(&mut self) {
         self.answer_wait_if_ready();
         match self.waiting.take() {
-            Some(Waiting::Read(_)) => encode_read_response(&mut self.tx, Code::WouldBlock, &[]),
+            Some(Waiting::Read(_)) => {
+                self.shared.metrics.answered(Op::Read, Code::WouldBlock);
+                encode_read_response(&mut self.tx, Code::WouldBlock, &[])
+            }
             Some(Waiting::Events(_)) => self.respond(Response::Status { op: Op::Wait, code: Code::WouldBlock }),
             None => {}
         }

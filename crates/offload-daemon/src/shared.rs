@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::OffloadMetrics;
 use crate::upstream::Dialer;
 
 /// What every session shares.
@@ -10,6 +11,7 @@ pub(crate) struct Shared {
     pub dialer: Arc<Dialer>,
     pub buffer_size: usize,
     pub answer_timeout: Duration,
+    pub metrics: Arc<OffloadMetrics>,
 }
 
 impl Shared {

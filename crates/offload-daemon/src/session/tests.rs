@@ -68,7 +68,7 @@ impl Client {
             name_check: true,
         };
         let dialer = Arc::new(Dialer { tls, connect_timeout: PROMPTLY, handshake_timeout: PROMPTLY });
-        let shared = Arc::new(Shared { dialer, buffer_size: BUFFER, answer_timeout: PROMPTLY });
+        let shared = Arc::new(Shared { dialer, buffer_size: BUFFER, answer_timeout: PROMPTLY, metrics: Default::default() });
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(Session::new(shared, 101).run(theirs, stopped));

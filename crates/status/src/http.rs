@@ -1,0 +1,202 @@
+//! The HTTP side: hyper's HTTP/1 server with a header read timeout, a time
+//! limit per connection and a bounded number of connections.
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::prometheus_text;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::addr::Bound;
+use crate::report::Status;
+
+/// How much a status client may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more are closed as they arrive.
+    pub connections: usize,
+    /// A client must send its request headers within this time.
+    pub header_timeout: Duration,
+    /// A connection is closed after this long, whatever it is doing.
+    pub connection_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { connections: 32, header_timeout: Duration::from_secs(5), connection_timeout: Duration::from_secs(15) }
+    }
+}
+
+/// Serves the status endpoints on `bound` with the default [`Limits`] until
+/// `shutdown` completes; logs `status listen=ADDR` first. Runs as tasks of
+/// the caller's runtime.
+pub async fn serve(status: Arc<Status>, bound: Bound, shutdown: impl Future<Output = ()>) {
+    serve_with(status, bound, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with these limits.
+pub async fn serve_with(status: Arc<Status>, bound: Bound, limits: Limits, shutdown: impl Future<Output = ()>) {
+    info!(listen = %bound.address(), "status");
+    let limit = Arc::new(Semaphore::new(limits.connections));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = accept(&bound) => accepted,
+        };
+        let conn = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of descriptors, say: wait instead of spinning.
+                warn!(error = %e, "status: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(limit = limits.connections, "status: connection refused, too many open");
+            continue;
+        };
+        let status = status.clone();
+        connections.spawn(async move {
+            match conn {
+                Conn::Tcp(io) => serve_connection(status, io, limits).await,
+                Conn::Unix(io) => serve_connection(status, io, limits).await,
+            }
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.shutdown().await;
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(bound: &Bound) -> std::io::Result<Conn> {
+    match bound {
+        Bound::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+        Bound::Unix(s) => s.listener.accept().await.map(|(s, _)| Conn::Unix(s)),
+    }
+}
+
+async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(status: Arc<Status>, io: I, limits: Limits) {
+    let service = hyper::service::service_fn(move |request| {
+        let status = status.clone();
+        async move { Ok::<_, Infallible>(respond(&status, request).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = tokio::time::timeout(limits.connection_timeout, connection).await;
+}
+
+fn text(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+async fn respond(status: &Status, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET is served\n".into());
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let mut body = String::new();
+            match prometheus_text::encode(&mut body, &status.registry) {
+                Ok(()) => text(StatusCode::OK, prometheus_text::CONTENT_TYPE, body),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, "the metrics could not be encoded\n".into()),
+            }
+        }
+        "/_status" => {
+            let report = status.report().await;
+            text(StatusCode::OK, "application/json", format!("{report:#}\n"))
+        }
+        "/_health" => match status.problems().await {
+            problems if problems.is_empty() => text(StatusCode::OK, PLAIN, "ok\n".into()),
+            problems => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, problems.join("\n") + "\n"),
+        },
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found: try /metrics, /_status or /_health\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use prometheus_client::registry::Registry;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::addr::{bind, StatusAddr};
+    use crate::report::Listener;
+
+    async fn start(limits: Limits) -> (Arc<Status>, String) {
+        let bound = bind(&StatusAddr::Tcp("127.0.0.1:0".parse().unwrap()), false).await.unwrap();
+        let addr = bound.address();
+        let status = Status::new("test", Registry::default());
+        tokio::spawn(serve_with(status.clone(), bound, limits, std::future::pending()));
+        (status, addr)
+    }
+
+    /// The whole answer to one request, the connection closed by the server.
+    async fn get(addr: &str, path: &str) -> String {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out)).await.unwrap().unwrap();
+        out
+    }
+
+    /// Whether the server closes `tcp` within `limit`.
+    async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        matches!(tokio::time::timeout(limit, tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn health_names_a_stopped_listener() {
+        let (status, addr) = start(Limits::default()).await;
+        let running = status.add(Listener::new("127.0.0.1:4433", "echo"));
+        assert!(get(&addr, "/_health").await.starts_with("HTTP/1.1 200"));
+        running.stop("the listener failed");
+        let answer = get(&addr, "/_health").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("127.0.0.1:4433 (echo) is down: the listener failed"), "{answer}");
+        assert!(get(&addr, "/_status").await.contains("\"up\": false"));
+    }
+
+    #[tokio::test]
+    async fn silent_and_excess_connections_are_closed() {
+        let limits = Limits { connections: 1, header_timeout: Duration::from_millis(200), connection_timeout: Duration::from_secs(1) };
+        let (_status, addr) = start(limits).await;
+        let started = Instant::now();
+        let mut silent = TcpStream::connect(&addr).await.unwrap();
+        // The one slot is taken: a second connection is closed at once.
+        let mut excess = TcpStream::connect(&addr).await.unwrap();
+        assert!(closed_within(&mut excess, Duration::from_millis(500)).await, "the connection over the limit stayed open");
+        assert!(closed_within(&mut silent, Duration::from_secs(3)).await, "a client that sends nothing was kept");
+        // Closed by the header timeout, not the connection's time limit.
+        assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+        // Its slot is free again.
+        assert!(get(&addr, "/metrics").await.starts_with("HTTP/1.1 200"));
+    }
+}
