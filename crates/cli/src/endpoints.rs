@@ -1,7 +1,6 @@
 //! `sealtls serve`, `connect` and `send`.
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
@@ -9,7 +8,7 @@ use rustls::server::ResolvesServerCert;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::forward::{Forward, Target};
-use sealtls_endpoint::net::bind;
+use sealtls_endpoint::identity::Rules;
 use sealtls_endpoint::proxy_protocol::ProxyProtocol;
 use sealtls_endpoint::server::{Mode, Server, ServerOptions, DEFAULT_IDLE_TIMEOUT};
 use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, ServerTls};
@@ -17,6 +16,7 @@ use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_keyless::{KeydClient, Keyless, KeylessLimits};
+use sealtls_listen::ListenSpec;
 use sealtls_pki::{load_certs, load_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -25,6 +25,8 @@ use crate::acl::AllowFlags;
 use crate::config::Config;
 use crate::identity::{anchors, identity_from_files};
 use crate::keyd::KeydFlags;
+use crate::notify;
+use crate::reload::{change, config_files, describe_anchors, describe_cert, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 
 /// The server's identity and trust, by file.
@@ -46,10 +48,10 @@ pub struct ServerFiles {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: IP:PORT, or systemd[:NAME] for a TCP socket systemd passed (socket activation).
     #[arg(long, default_value = "127.0.0.1:4433")]
-    listen: SocketAddr,
-    /// Port to listen on (overrides the port of --listen).
+    listen: ListenSpec,
+    /// Port to listen on (overrides the port of an IP:PORT --listen).
     #[arg(short = 'p', long)]
     port: Option<u16>,
     #[command(flatten)]
@@ -58,6 +60,8 @@ pub struct ServeArgs {
     keyless: KeylessFlags,
     #[command(flatten)]
     allow: AllowFlags,
+    #[command(flatten)]
+    reload: ReloadFlags,
     /// Client certificates: none, optional or required (default: required with --ca).
     #[arg(long)]
     client_auth: Option<ClientAuthMode>,
@@ -108,6 +112,15 @@ fn warn_about_leaf(chain: &[rustls_pki_types::CertificateDer<'_>], origin: &Path
     }
 }
 
+/// What a server's TLS was built from, as reload lines show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The leaf certificate served from files (none with keyd).
+    pub leaf: Option<String>,
+    /// The CAs whose client certificates are accepted.
+    pub anchors: Option<String>,
+}
+
 /// Builds a server's TLS from files, and from the config for what the
 /// flags do not give. With `keyless`, certificates and signatures come
 /// from keyd instead of files.
@@ -116,13 +129,14 @@ pub fn server_tls(
     client_auth: Option<ClientAuthMode>,
     versions: TlsVersions,
     keyless: Option<Keyless>,
-) -> Result<ServerTls, Failure> {
+) -> Result<(ServerTls, Loaded), Failure> {
     let config = files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
     let material = config.as_ref().map(|c| &c.material);
+    let mut leaf = None;
     let identity: Arc<dyn ResolvesServerCert> = match (&keyless, &files.cert, &files.key, material.and_then(|m| m.server.clone())) {
         (Some(k), _, _, _) => Arc::new(k.clone()),
-        (None, Some(cert), Some(key), _) => single(identity_from_files(cert, key)?, Some(cert)),
-        (None, _, _, Some(from_config)) => single(from_config, None),
+        (None, Some(cert), Some(key), _) => single(identity_from_files(cert, key)?, Some(cert), &mut leaf),
+        (None, _, _, Some(from_config)) => single(from_config, None, &mut leaf),
         _ => {
             return Err(Failure::new(
                 FailureClass::Usage,
@@ -136,9 +150,10 @@ pub fn server_tls(
         None => material.and_then(|m| m.ca.clone()),
     };
     let client_auth = client_auth.unwrap_or(if client_ca.is_some() { ClientAuthMode::Required } else { ClientAuthMode::None });
+    let loaded = Loaded { leaf, anchors: client_ca.as_ref().map(|a| describe_anchors(&a.certs)) };
     let settings = ServerSettings { identity, client_ca, client_auth, versions };
     let tls = ServerTls::new(settings).map_err(Failure::config)?;
-    Ok(match (keyless, &files.cert, &files.key) {
+    let tls = match (keyless, &files.cert, &files.key) {
         (Some(k), _, _) => tls.with_gate(Arc::new(k)),
         // The files were checked above; an ECDSA key also serves TLS 1.2
         // clients that offer its curve only with another hash.
@@ -146,12 +161,15 @@ pub fn server_tls(
             tls.with_tls12_ecdsa(load_certs(cert).map_err(Failure::config)?, &*load_key(key).map_err(Failure::config)?)
         }
         (None, _, _) => tls,
-    })
+    };
+    Ok((tls, loaded))
 }
 
-/// One certificate for every client, checked for what clients will refuse.
-fn single(identity: Arc<CertifiedKey>, origin: Option<&Path>) -> Arc<dyn ResolvesServerCert> {
+/// One certificate for every client, checked for what clients will refuse;
+/// `leaf` gets its description.
+fn single(identity: Arc<CertifiedKey>, origin: Option<&Path>, leaf: &mut Option<String>) -> Arc<dyn ResolvesServerCert> {
     warn_about_leaf(&identity.cert, origin.unwrap_or(Path::new("[tls] srv_cert")));
+    *leaf = identity.cert.first().map(describe_cert);
     Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(identity)))
 }
 
@@ -201,9 +219,70 @@ impl KeylessFlags {
 /// How old a cached chain may get before keyd is asked whether it changed.
 pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
 
+/// Everything `serve` builds its TLS from, kept so that a reload builds
+/// it again the same way.
+struct ServeTls {
+    files: ServerFiles,
+    client_auth: Option<ClientAuthMode>,
+    versions: TlsVersions,
+    keyless: Option<Keyless>,
+    alpn: Vec<Vec<u8>>,
+    rules: Rules,
+}
+
+impl ServeTls {
+    fn build(&self) -> Result<(ServerTls, Loaded), Failure> {
+        let (tls, loaded) = server_tls(&self.files, self.client_auth, self.versions, self.keyless.clone())?;
+        let tls = if self.alpn.is_empty() { tls } else { tls.with_alpn(self.alpn.clone()) };
+        let tls = tls.with_client_rules(self.rules.clone()).map_err(|e| Failure::from_error(FailureClass::Usage, &e, "give --ca FILE"))?;
+        Ok((tls, loaded))
+    }
+}
+
+/// A running `serve`'s certificate and trust anchors, reloaded in place.
+struct ServeReload {
+    name: String,
+    tls: ServeTls,
+    server: Arc<Server>,
+    loaded: Mutex<Loaded>,
+}
+
+impl Reload for ServeReload {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let f = &self.tls.files;
+        let mut files: Vec<PathBuf> = [&f.cert, &f.key, &f.ca].into_iter().flatten().cloned().collect();
+        files.extend(f.config.as_deref().map(config_files).unwrap_or_default());
+        files
+    }
+
+    fn reload(&self) -> Result<Option<String>, Failure> {
+        let (tls, new) = self.tls.build()?;
+        let mut old = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if *old == new {
+            return Ok(None);
+        }
+        self.server.replace_tls(tls);
+        let changes: Vec<(&str, String)> = [
+            ("certificate", change("fingerprint", &old.leaf, &new.leaf)),
+            ("client CAs", change("fingerprints", &old.anchors, &new.anchors)),
+        ]
+        .into_iter()
+        .filter_map(|(what, c)| Some((what, c?)))
+        .collect();
+        *old = new;
+        let what: Vec<&str> = changes.iter().map(|(w, _)| *w).collect();
+        let details: Vec<String> = changes.iter().map(|(w, c)| if changes.len() > 1 { format!("{w}: {c}") } else { c.clone() }).collect();
+        Ok(Some(format!("reloaded {} for {}: {}", what.join(" and "), self.name, details.join("; "))))
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    let tls = server_tls(&args.files, args.client_auth, args.tls, args.keyless.keyless()?)?;
+    let reloader = Reloader::install(args.reload);
     if let Some(bad) = args.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
         return Err(Failure::new(
             FailureClass::Usage,
@@ -211,9 +290,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
             "give names separated by commas, e.g. --alpn h2,http/1.1",
         ));
     }
-    let tls = if args.alpn.is_empty() { tls } else { tls.with_alpn(args.alpn.iter().map(|p| p.clone().into_bytes()).collect()) };
     let rules = args.allow.rules();
-    let tls = tls.with_client_rules(rules.clone()).map_err(|e| Failure::from_error(FailureClass::Usage, &e, "give --ca FILE"))?;
+    let serve_tls = ServeTls {
+        files: args.files.clone(),
+        client_auth: args.client_auth,
+        versions: args.tls,
+        keyless: args.keyless.keyless()?,
+        alpn: args.alpn.iter().map(|p| p.clone().into_bytes()).collect(),
+        rules: rules.clone(),
+    };
+    let (tls, loaded) = serve_tls.build()?;
     if tls.client_auth() == ClientAuthMode::Required {
         match rules.is_empty() || rules.allows_all() {
             true => info!("client certificates: any certificate the --ca CAs issued is let in (no --allow-cn/-dns/-uri/-spki-sha256 rule)"),
@@ -231,11 +317,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         None => None,
     };
-    let mut addr = args.listen;
-    if let Some(port) = args.port {
+    let mut spec = args.listen;
+    if let (ListenSpec::Tcp(addr), Some(port)) = (&mut spec, args.port) {
         addr.set_port(port);
     }
-    let listener = bind(addr).await?;
+    let listener = spec.bind("serve").await?.into_tcp("serve")?;
     let local = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, e.to_string(), "retry"))?;
     let options = ServerOptions {
         mode: args.mode,
@@ -246,6 +332,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         forward: forward.clone(),
         ..Default::default()
     };
+    let server = Server::new(tls, options);
+    let part = ServeReload { name: format!("serve {local}"), tls: serve_tls, server: server.clone(), loaded: Mutex::new(loaded) };
+    let reloading = tokio::spawn(reloader.run(vec![Arc::new(part)]));
     match &forward {
         Some(f) => {
             let proxy_protocol = f.proxy_protocol.map_or("none".into(), |p| p.to_string());
@@ -253,8 +342,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         None => info!(listen = %local, mode = ?args.mode, tls = %args.tls, "serving"),
     }
-    let server = Server::new(tls, options);
-    server.run(listener, shutdown).await;
+    notify::ready();
+    server
+        .run(listener, async {
+            shutdown.await;
+            notify::stopping();
+        })
+        .await;
+    reloading.abort();
     info!("stopped");
     Ok(())
 }

@@ -6,8 +6,10 @@ mod endpoints;
 mod identity;
 mod keyd;
 mod keyd_child;
+mod notify;
 mod offload;
 mod pki;
+mod reload;
 mod services;
 mod signals;
 mod tunnel;
@@ -94,6 +96,8 @@ pub fn report(failure: &Failure) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: this takes the sockets systemd passed and clears their variables.
+    sealtls_listen::systemd::take_from_env();
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");

@@ -1,0 +1,117 @@
+//! Hot reload: on SIGHUP, or when a file in use changes (`--reload-interval`),
+//! each part of a service loads its files again. A part that loads swaps
+//! the new material in for new connections; one that does not keeps what
+//! it had. Each part logs one line: what changed, that nothing did, or why
+//! the new files were refused.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use rustls_pki_types::CertificateDer;
+use sealtls_failure::Failure;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::notify;
+
+/// Something a service reads from files and can read again.
+pub trait Reload: Send + Sync {
+    /// The service, for log lines (e.g. `serve 127.0.0.1:4433`).
+    fn name(&self) -> String;
+    /// The files whose change triggers a reload with `--reload-interval`.
+    fn files(&self) -> Vec<PathBuf>;
+    /// Loads the files again and swaps them in: `Some(what changed)`,
+    /// `None` when nothing did, or why the new files were refused (the
+    /// old material then stays in use).
+    fn reload(&self) -> Result<Option<String>, Failure>;
+}
+
+/// `--reload-interval`.
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct ReloadFlags {
+    /// Seconds between checks of the modification times of the files in use; a change reloads them as SIGHUP does (0: only on SIGHUP).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub reload_interval: u64,
+}
+
+/// The SIGHUP handler and the file watch, installed before the service
+/// announces its listeners so that no signal is lost (without a handler
+/// SIGHUP would end the process).
+pub struct Reloader {
+    hangup: Signal,
+    interval: Option<Duration>,
+}
+
+impl Reloader {
+    /// Installs the SIGHUP handler now.
+    pub fn install(flags: ReloadFlags) -> Self {
+        let hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
+        Self { hangup, interval: (flags.reload_interval > 0).then(|| Duration::from_secs(flags.reload_interval)) }
+    }
+
+    /// Reloads `parts` on every SIGHUP or file change, forever; the caller
+    /// drops this future when the service stops.
+    pub async fn run(mut self, parts: Vec<Arc<dyn Reload>>) {
+        let files = || parts.iter().flat_map(|p| p.files()).collect::<Vec<_>>();
+        let mut seen = stamps(&files());
+        let mut tick = self.interval.map(tokio::time::interval);
+        loop {
+            tokio::select! {
+                _ = self.hangup.recv() => {}
+                _ = async { tick.as_mut().expect("guarded").tick().await }, if tick.is_some() => {
+                    if stamps(&files()) == seen {
+                        continue;
+                    }
+                }
+            }
+            notify::reloading();
+            for part in &parts {
+                match part.reload() {
+                    Ok(Some(change)) => info!("{change}"),
+                    Ok(None) => info!("reload: nothing changed for {}", part.name()),
+                    Err(f) => warn!("reload refused for {}: {}; fix: {}; still serving what was loaded before", part.name(), f.what, f.fix),
+                }
+            }
+            seen = stamps(&files());
+            notify::ready();
+        }
+    }
+}
+
+/// Modification time and size of each file (`None` for one that cannot be read).
+fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+}
+
+/// A config file and the `[tls]` files it names, for the file watch.
+/// Unreadable or unparsable: the config file alone (the reload reports why).
+pub fn config_files(config: &Path) -> Vec<PathBuf> {
+    let mut files = vec![config.to_owned()];
+    let dir = config.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let table = std::fs::read_to_string(config).ok().and_then(|t| t.parse::<toml::Table>().ok());
+    if let Some(tls) = table.as_ref().and_then(|t| t.get("tls")).and_then(|t| t.as_table()) {
+        files.extend(tls.iter().filter(|(k, _)| k.ends_with("_file")).filter_map(|(_, v)| v.as_str()).map(|f| dir.join(f)));
+    }
+    files
+}
+
+/// A certificate as reload lines show it: its SHA-256 fingerprint (as
+/// `openssl x509 -fingerprint -sha256` prints it) and its expiry.
+pub fn describe_cert(cert: &CertificateDer<'_>) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
+    let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    let expires = sealtls_pki::inspect::CertFacts::from_der(cert).map_or_else(|_| "unknown".to_owned(), |f| f.not_after);
+    format!("{} (expires {expires})", hex.join(":"))
+}
+
+/// Trust anchors as reload lines show them: each one's fingerprint.
+pub fn describe_anchors(certs: &[CertificateDer<'_>]) -> String {
+    let each: Vec<String> = certs.iter().map(describe_cert).collect();
+    format!("[{}]", each.join(", "))
+}
+
+/// What changed between two descriptions of the same material, or nothing.
+pub fn change(what: &str, old: &Option<String>, new: &Option<String>) -> Option<String> {
+    (old != new).then(|| format!("{what} {} -> {}", old.as_deref().unwrap_or("none"), new.as_deref().unwrap_or("none")))
+}
