@@ -1,17 +1,21 @@
 //! `sealtls offload` (the TLS offload daemon) and `sealtls offload-client`
 //! (a person at a shell using it).
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
 use sealtls_failure::{Failure, FailureClass};
+use sealtls_listen::ListenSpec;
 use sealtls_offload::{Code, Error};
-use sealtls_offload_daemon::{Daemon, OffloadSettings};
+use sealtls_offload_daemon::{Daemon, OffloadSettings, TrustAnchors};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use crate::config::{load_trust, Config};
 use crate::endpoints::send_line;
+use crate::notify;
+use crate::reload::{change, config_files, describe_anchors, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 
 #[derive(Args)]
@@ -19,6 +23,11 @@ pub struct OffloadArgs {
     /// Unix socket to listen on, created with mode 0660 (default: [offload] socket of --config).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Listen on unix:PATH or on a Unix socket systemd passed (systemd[:NAME], socket activation) instead of --socket.
+    #[arg(long, conflicts_with = "socket", value_name = "unix:PATH|systemd[:NAME]")]
+    listen: Option<ListenSpec>,
+    #[command(flatten)]
+    reload: ReloadFlags,
     /// CA certificate (PEM) every server must chain to, or `system` for the
     /// operating system's CAs; repeat for more. Default: the config's.
     #[arg(long, value_name = "CA.pem|system")]
@@ -58,18 +67,19 @@ impl OffloadArgs {
     fn settings(&self) -> Result<OffloadSettings, Failure> {
         let config = match &self.config {
             Some(path) => Config::load(path).map_err(Failure::config)?,
-            None if self.socket.is_none() => {
+            None if self.socket.is_none() && self.listen.is_none() => {
                 return Err(Failure::new(
                     FailureClass::Usage,
                     "no socket given",
-                    "give --socket PATH (or --config FILE with an [offload] table)",
+                    "give --socket PATH, --listen systemd[:NAME] (or --config FILE with an [offload] table)",
                 ))
             }
             None => Config::defaults(),
         };
         let mut settings = config.offload;
-        if let Some(socket) = &self.socket {
-            settings.socket = socket.clone();
+        match (&self.socket, &self.listen) {
+            (Some(socket), _) | (None, Some(ListenSpec::Unix(socket))) => settings.socket = socket.clone(),
+            _ => {}
         }
         if !self.trust.is_empty() {
             settings.trust = load_trust(&self.trust).map_err(Failure::config)?;
@@ -88,8 +98,12 @@ impl OffloadArgs {
 }
 
 /// Binds the daemon described by `settings`, logging what it will do.
-pub fn bind(settings: &OffloadSettings) -> Result<Daemon, Failure> {
-    let daemon = Daemon::bind(settings.clone())?;
+/// Binds the daemon on its socket, or on `passed` (a socket systemd passed).
+pub fn bind(settings: &OffloadSettings, passed: Option<sealtls_listen::UnixSocket>) -> Result<Daemon, Failure> {
+    let daemon = match passed {
+        Some(socket) => Daemon::bind_on(settings.clone(), socket)?,
+        None => Daemon::bind(settings.clone())?,
+    };
     info!(
         listen = %daemon.socket().display(),
         trust = %settings.trust.origin,
@@ -101,10 +115,84 @@ pub fn bind(settings: &OffloadSettings) -> Result<Daemon, Failure> {
     Ok(daemon)
 }
 
+/// A running daemon's trust anchors, reloaded in place.
+pub struct OffloadReload {
+    /// How the daemon's settings were made (flags over the config file).
+    reread: Box<dyn Fn() -> Result<OffloadSettings, Failure> + Send + Sync>,
+    /// The files the trust anchors come from.
+    files: Vec<PathBuf>,
+    name: String,
+    trust: TrustAnchors,
+    loaded: Mutex<String>,
+}
+
+impl OffloadReload {
+    /// Reloads `daemon`'s anchors with `reread`, watching `files`.
+    pub fn new(daemon: &Daemon, files: Vec<PathBuf>, reread: Box<dyn Fn() -> Result<OffloadSettings, Failure> + Send + Sync>) -> Arc<Self> {
+        let trust = daemon.trust();
+        let loaded = Mutex::new(describe_anchors(&trust.current().certs));
+        Arc::new(Self { reread, files, name: format!("offload {}", daemon.socket().display()), trust, loaded })
+    }
+}
+
+impl Reload for OffloadReload {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        self.files.clone()
+    }
+
+    fn reload(&self) -> Result<Option<String>, Failure> {
+        let trust = (self.reread)()?.trust;
+        let new = describe_anchors(&trust.certs);
+        let mut old = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(changed) = change("fingerprints", &Some(old.clone()), &Some(new.clone())) else { return Ok(None) };
+        self.trust.replace(trust)?;
+        *old = new;
+        Ok(Some(format!("reloaded trust anchors for {}: {changed}", self.name)))
+    }
+}
+
+impl OffloadArgs {
+    /// The files the trust anchors come from: --trust files, else the config's.
+    fn trust_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.trust.iter().filter(|t| t.as_os_str() != "system").cloned().collect();
+        if self.trust.is_empty() {
+            files.extend(self.config.as_deref().map(config_files).unwrap_or_default());
+        }
+        files
+    }
+}
+
 pub async fn offload(args: OffloadArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    let daemon = bind(&args.settings()?)?;
-    daemon.run(shutdown).await;
+    let reloader = Reloader::install(args.reload);
+    let passed = match &args.listen {
+        Some(spec @ ListenSpec::Systemd(_)) => Some(spec.bind("offload").await?.into_unix("offload")?),
+        Some(ListenSpec::Tcp(addr)) => {
+            return Err(Failure::new(
+                FailureClass::Usage,
+                format!("--listen {addr}: the offload daemon listens on a Unix socket only"),
+                "give --listen unix:PATH, --listen systemd[:NAME] or --socket PATH",
+            ))
+        }
+        _ => None,
+    };
+    let daemon = bind(&args.settings()?, passed)?;
+    let files = args.trust_files();
+    let args = Arc::new(args);
+    let part = OffloadReload::new(&daemon, files, Box::new(move || args.settings()));
+    let reloading = tokio::spawn(reloader.run(vec![part]));
+    notify::ready();
+    daemon
+        .run(async {
+            shutdown.await;
+            notify::stopping();
+        })
+        .await;
+    reloading.abort();
     info!("stopped");
     Ok(())
 }

@@ -66,6 +66,9 @@ impl Reloader {
                 }
             }
             notify::reloading();
+            if parts.is_empty() {
+                info!("reload: nothing changed (this service reads nothing from files that could change)");
+            }
             for part in &parts {
                 match part.reload() {
                     Ok(Some(change)) => info!("{change}"),
@@ -84,14 +87,22 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
     files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
 }
 
-/// A config file and the `[tls]` files it names, for the file watch.
-/// Unreadable or unparsable: the config file alone (the reload reports why).
+/// A config file and the files it names (`[tls] *_file`, `[offload]
+/// trust`, `[console] token_file`), for the file watch. Unreadable or
+/// unparsable: the config file alone (the reload reports why).
 pub fn config_files(config: &Path) -> Vec<PathBuf> {
     let mut files = vec![config.to_owned()];
     let dir = config.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let table = std::fs::read_to_string(config).ok().and_then(|t| t.parse::<toml::Table>().ok());
-    if let Some(tls) = table.as_ref().and_then(|t| t.get("tls")).and_then(|t| t.as_table()) {
-        files.extend(tls.iter().filter(|(k, _)| k.ends_with("_file")).filter_map(|(_, v)| v.as_str()).map(|f| dir.join(f)));
+    let Some(table) = std::fs::read_to_string(config).ok().and_then(|t| t.parse::<toml::Table>().ok()) else { return files };
+    for (_, section) in table.iter().filter_map(|(name, v)| Some((name, v.as_table()?))) {
+        for (key, value) in section {
+            let named: Vec<&str> = match value {
+                toml::Value::String(s) if key.ends_with("_file") => vec![s],
+                toml::Value::Array(a) if key == "trust" => a.iter().filter_map(|v| v.as_str()).filter(|s| *s != "system").collect(),
+                _ => continue,
+            };
+            files.extend(named.into_iter().map(|f| dir.join(f)));
+        }
     }
     files
 }
@@ -105,8 +116,15 @@ pub fn describe_cert(cert: &CertificateDer<'_>) -> String {
     format!("{} (expires {expires})", hex.join(":"))
 }
 
-/// Trust anchors as reload lines show them: each one's fingerprint.
+/// Trust anchors as reload lines show them: each one's fingerprint, or
+/// for a large set (the system's) its size and one digest over them all.
 pub fn describe_anchors(certs: &[CertificateDer<'_>]) -> String {
+    if certs.len() > 4 {
+        let mut all = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        certs.iter().for_each(|c| all.update(c.as_ref()));
+        let hex: String = all.finish().as_ref().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        return format!("{} certificates (set digest {hex})", certs.len());
+    }
     let each: Vec<String> = certs.iter().map(describe_cert).collect();
     format!("[{}]", each.join(", "))
 }

@@ -106,7 +106,7 @@ pub async fn console(servers: &Arc<EchoServers>, section: &ConsoleSection, stop:
 
 /// The TLS offload daemon from `[offload]`.
 pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
-    let daemon = crate::offload::bind(settings)?;
+    let daemon = crate::offload::bind(settings, None)?;
     let address = Address::Unix(daemon.socket().to_owned());
     Ok(Service { name: "TLS offload daemon", address, task: Box::pin(daemon.run(stopped(stop))) })
 }

@@ -1,68 +1,38 @@
 //! `sealtls tunnel`: plain local connections carried over TLS to a remote
 //! server (ghostunnel's client mode). The remote is verified like
 //! `connect` verifies, and must also match the --verify-* rules if any.
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use rustls::pki_types::ServerName;
+use rustls::sign::CertifiedKey;
 use sealtls_endpoint::client::{handshake, host_of, server_name_for, tcp_connect};
 use sealtls_endpoint::explain::{explain, Side};
 use sealtls_endpoint::forward::{relay, TargetStream};
 use sealtls_endpoint::identity::Rules;
-use sealtls_endpoint::net::{accept_until, bind};
+use sealtls_endpoint::net::accept_until;
 use sealtls_endpoint::session::SessionInfo;
 use sealtls_endpoint::settings::ClientSettings;
 use sealtls_endpoint::TlsVersions;
 use sealtls_failure::{Failure, FailureClass};
-use sealtls_listen::UnixSocket;
-use tokio::net::TcpListener;
+use sealtls_listen::{ListenSpec, Listener};
 use tracing::{info, warn};
 
 use crate::acl::VerifyFlags;
 use crate::endpoints::KeylessFlags;
 use crate::identity::{anchors, identity_from_files};
+use crate::notify;
+use crate::reload::{change, describe_anchors, describe_cert, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 
-/// Where the tunnel takes local connections.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Listen {
-    /// `IP:PORT`.
-    Tcp(SocketAddr),
-    /// `unix:PATH`.
-    Unix(PathBuf),
-}
-
-impl FromStr for Listen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.strip_prefix("unix:") {
-            Some("") => Err("`unix:` needs a socket path, e.g. unix:/run/tunnel.sock".into()),
-            Some(path) => Ok(Self::Unix(path.into())),
-            None => s.parse().map(Self::Tcp).map_err(|_| format!("`{s}` is neither IP:PORT (e.g. 127.0.0.1:8080) nor unix:PATH")),
-        }
-    }
-}
-
-impl fmt::Display for Listen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp(addr) => write!(f, "{addr}"),
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-impl Listen {
-    /// Refuses an address off loopback unless `unsafe_listen`: whoever can
-    /// connect speaks to the remote with this tunnel's identity.
-    fn check_local(&self, unsafe_listen: bool) -> Result<(), Failure> {
-        match self {
-            Self::Tcp(addr) if !addr.ip().is_loopback() && !unsafe_listen => Err(Failure::new(
+/// Refuses an address off loopback unless `unsafe_listen`: whoever can
+/// connect speaks to the remote with this tunnel's identity. A socket
+/// systemd passes is the unit's choice.
+fn check_local(listen: &ListenSpec, unsafe_listen: bool) -> Result<(), Failure> {
+    match listen {
+            ListenSpec::Tcp(addr) if !addr.ip().is_loopback() && !unsafe_listen => Err(Failure::new(
                 FailureClass::Usage,
                 format!(
                     "--listen {addr} is not a loopback address: anyone who can reach it would reach the target through this tunnel, with its client certificate"
@@ -70,15 +40,14 @@ impl Listen {
                 "listen on 127.0.0.1:PORT, [::1]:PORT or unix:PATH, or pass --unsafe-listen if every host that can reach it may use the tunnel",
             )),
             _ => Ok(()),
-        }
     }
 }
 
 #[derive(Args)]
 pub struct TunnelArgs {
-    /// Where local programs connect: 127.0.0.1:PORT or unix:PATH.
+    /// Where local programs connect: 127.0.0.1:PORT, unix:PATH, or systemd[:NAME] for a socket systemd passed.
     #[arg(long)]
-    listen: Listen,
+    listen: ListenSpec,
     /// The TLS server to carry connections to, HOST:PORT.
     #[arg(long)]
     target: String,
@@ -119,6 +88,8 @@ pub struct TunnelArgs {
     /// Connections carried at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 1000)]
     max_connections: usize,
+    #[command(flatten)]
+    reload: ReloadFlags,
 }
 
 /// What every carried connection needs.
@@ -127,39 +98,54 @@ struct Remote {
     name: ServerName<'static>,
     /// `name` for messages.
     name_text: String,
-    settings: ClientSettings,
+    /// Read once per connection; a reload replaces it for new connections.
+    settings: RwLock<Arc<ClientSettings>>,
+    /// Our certificate from keyd (--keyd), kept across reloads.
+    keyd_identity: Option<Arc<CertifiedKey>>,
     rules: Option<Arc<Rules>>,
     alpn: Vec<Vec<u8>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
 
-enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixSocket),
-}
-
-impl Listener {
-    async fn accept(&self) -> std::io::Result<(TargetStream, String)> {
-        match self {
-            Self::Tcp(l) => {
-                let (tcp, peer) = l.accept().await?;
-                let _ = tcp.set_nodelay(true);
-                Ok((TargetStream::Tcp(tcp), peer.to_string()))
-            }
-            Self::Unix(l) => {
-                let (unix, _) = l.listener.accept().await?;
-                Ok((TargetStream::Unix(unix), "unix".to_owned()))
-            }
+async fn accept(listener: &Listener) -> std::io::Result<(TargetStream, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (tcp, peer) = l.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            Ok((TargetStream::Tcp(tcp), peer.to_string()))
+        }
+        Listener::Unix(l) => {
+            let (unix, _) = l.listener.accept().await?;
+            Ok((TargetStream::Unix(unix), "unix".to_owned()))
         }
     }
 }
 
+impl Remote {
+    fn settings(&self) -> Arc<ClientSettings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 impl TunnelArgs {
+    /// Our certificate and the trust anchors, from files (or our
+    /// certificate from keyd, fetched once at start), checked with the rules.
+    fn settings(&self, keyd_identity: Option<&Arc<CertifiedKey>>, rules: &Option<Arc<Rules>>) -> Result<ClientSettings, Failure> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(identity_from_files(cert, key)?),
+            _ => keyd_identity.cloned(),
+        };
+        let settings = ClientSettings { trust: anchors(&self.ca)?, identity, versions: self.tls, legacy_v1_leaf: false, name_check: true };
+        // Bad anchors are refused now rather than on the first connection.
+        settings.config_with_rules(rules.clone()).map_err(Failure::config)?;
+        Ok(settings)
+    }
+
     async fn remote(&self) -> Result<Remote, Failure> {
         let (name_text, name) = server_name_for(&self.target, self.server_name.as_deref())?;
-        let identity = match (&self.cert, &self.key, self.keyless.client()?) {
-            (Some(cert), Some(key), _) => Some(identity_from_files(cert, key)?),
+        let keyd_identity = match (&self.cert, &self.key, self.keyless.client()?) {
+            (Some(_), Some(_), _) => None,
             (_, _, Some(client)) => {
                 let key_name = self.keyd_name.as_deref().ok_or_else(|| {
                     Failure::new(
@@ -179,16 +165,15 @@ impl TunnelArgs {
             }
             _ => None,
         };
-        let settings = ClientSettings { trust: anchors(&self.ca)?, identity, versions: self.tls, legacy_v1_leaf: false, name_check: true };
         let rules = self.verify.rules();
         let rules = (!rules.is_empty()).then(|| Arc::new(rules));
-        // Bad anchors are refused now rather than on the first connection.
-        settings.config_with_rules(rules.clone()).map_err(Failure::config)?;
+        let settings = self.settings(keyd_identity.as_ref(), &rules)?;
         Ok(Remote {
             target: self.target.clone(),
             name,
             name_text,
-            settings,
+            settings: RwLock::new(Arc::new(settings)),
+            keyd_identity,
             rules,
             alpn: self.alpn.iter().filter(|p| !p.is_empty()).map(|p| p.as_bytes().to_vec()).collect(),
             connect_timeout: Duration::from_secs(self.connect_timeout),
@@ -197,25 +182,61 @@ impl TunnelArgs {
     }
 }
 
+/// What reload lines show of a tunnel's settings: our certificate and the CAs.
+fn describe(settings: &ClientSettings) -> (Option<String>, Option<String>) {
+    (settings.identity.as_ref().and_then(|i| i.cert.first()).map(describe_cert), Some(describe_anchors(&settings.trust.certs)))
+}
+
+/// A running tunnel's client certificate and trust anchors, reloaded in place.
+struct TunnelReload {
+    name: String,
+    args: TunnelArgs,
+    remote: Arc<Remote>,
+}
+
+impl Reload for TunnelReload {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        [Some(&self.args.ca), self.args.cert.as_ref(), self.args.key.as_ref()].into_iter().flatten().cloned().collect()
+    }
+
+    fn reload(&self) -> Result<Option<String>, Failure> {
+        let new = self.args.settings(self.remote.keyd_identity.as_ref(), &self.remote.rules)?;
+        let ((old_cert, old_ca), (new_cert, new_ca)) = (describe(&self.remote.settings()), describe(&new));
+        let changes: Vec<String> =
+            [change("client certificate", &old_cert, &new_cert), change("CAs", &old_ca, &new_ca)].into_iter().flatten().collect();
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        *self.remote.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        Ok(Some(format!("reloaded for {}: {}", self.name, changes.join("; "))))
+    }
+}
+
 pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
-    args.listen.check_local(args.unsafe_listen)?;
+    let reloader = Reloader::install(args.reload);
+    check_local(&args.listen, args.unsafe_listen)?;
     host_of(&args.target)?;
     let remote = Arc::new(args.remote().await?);
-    let listener = match &args.listen {
-        Listen::Tcp(addr) => Listener::Tcp(bind(*addr).await?),
-        Listen::Unix(path) => Listener::Unix(UnixSocket::bind(path, "tunnel")?),
-    };
-    let local = match &listener {
-        Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| args.listen.to_string()),
-        Listener::Unix(_) => args.listen.to_string(),
-    };
+    let listener = args.listen.bind("tunnel").await?;
+    let max_connections = args.max_connections;
+    let local = listener.local();
     let verify = remote.rules.as_ref().map_or("chain and name".to_owned(), |r| format!("chain, name and {r}"));
+    let part = TunnelReload { name: format!("tunnel {local}"), args, remote: remote.clone() };
+    let reloading = tokio::spawn(reloader.run(vec![Arc::new(part)]));
     info!(listen = %local, target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
+    notify::ready();
     let mut connections = accept_until(
-        || listener.accept(),
-        args.max_connections,
-        shutdown,
+        || accept(&listener),
+        max_connections,
+        async {
+            shutdown.await;
+            notify::stopping();
+        },
         |(local, from), slot| {
             let remote = remote.clone();
             async move {
@@ -229,6 +250,7 @@ pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
         socket.remove();
     }
     connections.shutdown().await;
+    reloading.abort();
     info!("stopped");
     Ok(())
 }
@@ -238,7 +260,7 @@ async fn carry(local: TargetStream, from: String, remote: &Remote) {
     let started = Instant::now();
     let target = remote.target.as_str();
     let opened = async {
-        let (config, seen) = remote.settings.config_with_rules(remote.rules.clone()).map_err(Failure::config)?;
+        let (config, seen) = remote.settings().config_with_rules(remote.rules.clone()).map_err(Failure::config)?;
         let config = if remote.alpn.is_empty() {
             config
         } else {
@@ -286,16 +308,12 @@ mod tests {
 
     #[test]
     fn listen_addresses_parse_and_only_loopback_is_safe() {
-        assert_eq!("unix:/run/t.sock".parse::<Listen>(), Ok(Listen::Unix("/run/t.sock".into())));
-        for bad in ["unix:", "localhost:80", "127.0.0.1", ""] {
-            assert!(bad.parse::<Listen>().is_err(), "{bad}");
+        for ok in ["127.0.0.1:8080", "[::1]:8080", "unix:/x", "systemd:tunnel"] {
+            check_local(&ok.parse().unwrap(), false).unwrap();
         }
-        for ok in ["127.0.0.1:8080", "[::1]:8080", "unix:/x"] {
-            ok.parse::<Listen>().unwrap().check_local(false).unwrap();
-        }
-        let far: Listen = "0.0.0.0:8080".parse().unwrap();
-        let f = far.check_local(false).unwrap_err();
+        let far: ListenSpec = "0.0.0.0:8080".parse().unwrap();
+        let f = check_local(&far, false).unwrap_err();
         assert!(f.fix.contains("--unsafe-listen") && f.class == FailureClass::Usage, "{f}");
-        far.check_local(true).unwrap();
+        check_local(&far, true).unwrap();
     }
 }
