@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::identity::{anchors, identity_from_files};
 use crate::keyd::KeydFlags;
 use crate::notify;
-use crate::reload::{change, config_files, describe_anchors, describe_cert, Reload, ReloadFlags, Reloader};
+use crate::reload::{config_files, describe_anchors, describe_cert, reload_line, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 
 /// The server's identity and trust, by file.
@@ -266,17 +266,15 @@ impl Reload for ServeReload {
             return Ok(None);
         }
         self.server.replace_tls(tls);
-        let changes: Vec<(&str, String)> = [
-            ("certificate", change("fingerprint", &old.leaf, &new.leaf)),
-            ("client CAs", change("fingerprints", &old.anchors, &new.anchors)),
-        ]
-        .into_iter()
-        .filter_map(|(what, c)| Some((what, c?)))
-        .collect();
+        let line = reload_line(
+            &self.name,
+            &[
+                ("certificate", "fingerprint", old.leaf.clone(), new.leaf.clone()),
+                ("client CAs", "fingerprints", old.anchors.clone(), new.anchors.clone()),
+            ],
+        );
         *old = new;
-        let what: Vec<&str> = changes.iter().map(|(w, _)| *w).collect();
-        let details: Vec<String> = changes.iter().map(|(w, c)| if changes.len() > 1 { format!("{w}: {c}") } else { c.clone() }).collect();
-        Ok(Some(format!("reloaded {} for {}: {}", what.join(" and "), self.name, details.join("; "))))
+        Ok(line)
     }
 }
 

@@ -12,6 +12,7 @@ mod pki;
 mod reload;
 mod services;
 mod signals;
+mod stack_reload;
 mod tunnel;
 mod up;
 

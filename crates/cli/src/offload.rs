@@ -15,7 +15,7 @@ use tracing::info;
 use crate::config::{load_trust, Config};
 use crate::endpoints::send_line;
 use crate::notify;
-use crate::reload::{change, config_files, describe_anchors, Reload, ReloadFlags, Reloader};
+use crate::reload::{config_files, describe_anchors, reload_line, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 
 #[derive(Args)]
@@ -148,10 +148,12 @@ impl Reload for OffloadReload {
         let trust = (self.reread)()?.trust;
         let new = describe_anchors(&trust.certs);
         let mut old = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(changed) = change("fingerprints", &Some(old.clone()), &Some(new.clone())) else { return Ok(None) };
+        let Some(line) = reload_line(&self.name, &[("trust anchors", "fingerprints", Some(old.clone()), Some(new.clone()))]) else {
+            return Ok(None);
+        };
         self.trust.replace(trust)?;
         *old = new;
-        Ok(Some(format!("reloaded trust anchors for {}: {changed}", self.name)))
+        Ok(Some(line))
     }
 }
 

@@ -133,3 +133,23 @@ pub fn describe_anchors(certs: &[CertificateDer<'_>]) -> String {
 pub fn change(what: &str, old: &Option<String>, new: &Option<String>) -> Option<String> {
     (old != new).then(|| format!("{what} {} -> {}", old.as_deref().unwrap_or("none"), new.as_deref().unwrap_or("none")))
 }
+
+/// Old and new descriptions of one kind of material: its name (e.g.
+/// `certificate`), how a description is labelled (e.g. `fingerprint`), old, new.
+pub type Compared<'a> = (&'a str, &'a str, Option<String>, Option<String>);
+
+/// The reload line for `name`: `reloaded certificate for NAME: fingerprint
+/// OLD -> NEW`, each changed kind named; `None` when nothing changed.
+pub fn reload_line(name: &str, compared: &[Compared<'_>]) -> Option<String> {
+    let changed: Vec<(&str, String)> =
+        compared.iter().filter_map(|(what, label, old, new)| Some((*what, change(label, old, new)?))).collect();
+    if changed.is_empty() {
+        return None;
+    }
+    let what: Vec<&str> = changed.iter().map(|(w, _)| *w).collect();
+    let details: Vec<String> = match changed.len() {
+        1 => vec![changed[0].1.clone()],
+        _ => changed.iter().map(|(w, c)| format!("{w}: {c}")).collect(),
+    };
+    Some(format!("reloaded {} for {name}: {}", what.join(" and "), details.join("; ")))
+}

@@ -24,7 +24,7 @@ use crate::acl::VerifyFlags;
 use crate::endpoints::KeylessFlags;
 use crate::identity::{anchors, identity_from_files};
 use crate::notify;
-use crate::reload::{change, describe_anchors, describe_cert, Reload, ReloadFlags, Reloader};
+use crate::reload::{describe_anchors, describe_cert, reload_line, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 
 /// Refuses an address off loopback unless `unsafe_listen`: whoever can
@@ -206,13 +206,12 @@ impl Reload for TunnelReload {
     fn reload(&self) -> Result<Option<String>, Failure> {
         let new = self.args.settings(self.remote.keyd_identity.as_ref(), &self.remote.rules)?;
         let ((old_cert, old_ca), (new_cert, new_ca)) = (describe(&self.remote.settings()), describe(&new));
-        let changes: Vec<String> =
-            [change("client certificate", &old_cert, &new_cert), change("CAs", &old_ca, &new_ca)].into_iter().flatten().collect();
-        if changes.is_empty() {
-            return Ok(None);
+        let line =
+            reload_line(&self.name, &[("client certificate", "fingerprint", old_cert, new_cert), ("CAs", "fingerprints", old_ca, new_ca)]);
+        if line.is_some() {
+            *self.remote.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         }
-        *self.remote.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        Ok(Some(format!("reloaded for {}: {}", self.name, changes.join("; "))))
+        Ok(line)
     }
 }
 

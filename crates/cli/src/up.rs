@@ -1,6 +1,8 @@
 //! `sealtls up`: the whole stack on loopback, from a development data
 //! directory made on first run, and `sealtls console`: the console alone.
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 
 use clap::Args;
 use sealtls_console::EchoServers;
@@ -13,8 +15,11 @@ use tracing::{info, warn};
 use crate::config::{locate, Config, DEFAULT_NAME, DEV_CONFIG};
 use crate::keyd::KeydArgs;
 use crate::keyd_child::{provision, KeydSpec};
+use crate::notify;
+use crate::reload::{Reload, ReloadFlags, Reloader};
 use crate::services::{self, run_until_signal, Address, ConsoleFlags};
 use crate::signals::shutdown_signal;
+use crate::stack_reload::{KeydForward, MaterialReload};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -33,6 +38,8 @@ pub struct UpArgs {
     /// keyd's device secret (default /etc/sealtls/device.key for root, else ~/.config/sealtls/device.key).
     #[arg(long)]
     device_key: Option<PathBuf>,
+    #[command(flatten)]
+    reload: ReloadFlags,
 }
 
 /// Creates the development PKI and its config in `dir` unless already there.
@@ -142,6 +149,7 @@ fn load(path: Option<&Path>) -> Result<Config, Failure> {
 
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
+    let reloader = Reloader::install(args.reload);
     let path = match locate(args.config.as_deref(), &args.data_dir) {
         Some(p) => {
             // keyd is given the development key even when the config is elsewhere.
@@ -193,11 +201,17 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         }
     };
     let (failed_tx, failed_rx) = oneshot::channel();
+    let keyd_pid = Arc::new(AtomicU32::new(keyd.pid()));
     let keyd_service = services::Service {
         name: "keyd (key custody)",
         address: Address::Unix(keyd_socket.clone()),
-        task: Box::pin(keyd.supervise(spec, stop_rx.clone(), failed_tx)),
+        task: Box::pin(keyd.supervise(spec, stop_rx.clone(), failed_tx, keyd_pid.clone())),
     };
+    let parts: Vec<Arc<dyn Reload>> = vec![
+        Arc::new(MaterialReload { name: format!("up {}", path.display()), config: path.clone(), servers: servers.clone() }),
+        Arc::new(KeydForward { pid: keyd_pid }),
+    ];
+    let reloading = tokio::spawn(reloader.run(parts));
     list.insert(3, keyd_service);
     let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
     let until = {
@@ -207,6 +221,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
                 () = shutdown => {}
                 Ok(f) = failed_rx => *failure.lock().expect("failure lock") = Some(f),
             }
+            notify::stopping();
         }
     };
 
@@ -256,8 +271,10 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     println!("  {me} offload-client --socket {} localhost:{} --send hello", shell_word(offload), echo.port());
     println!("  openssl s_client -connect {keyless} -servername localhost -CAfile {ca}");
     println!("  {me} key ls --keyd unix:{}", shell_word(keyd_socket));
-    println!("stop with Ctrl-C");
+    println!("stop with Ctrl-C; reload certificates and grants with SIGHUP (kill -HUP {})", std::process::id());
+    notify::ready();
     run_until_signal(list, until, stop_tx, &servers).await;
+    reloading.abort();
     let failed = failure.lock().expect("failure lock").take();
     match failed {
         Some(f) => Err(f),
@@ -275,17 +292,35 @@ pub struct ConsoleArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     console: ConsoleFlags,
+    #[command(flatten)]
+    reload: ReloadFlags,
 }
 
 pub async fn console(args: ConsoleArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
+    let reloader = Reloader::install(args.reload);
     let path = locate(args.config.as_deref(), &args.data_dir);
     let config = load(path.as_deref())?;
     let section = args.console.apply(config.console.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = EchoServers::new(config.material.clone());
     let service = services::console(&servers, &section, stop_rx).await?;
+    let parts: Vec<Arc<dyn Reload>> = match &path {
+        Some(config) => vec![Arc::new(MaterialReload {
+            name: format!("console {}", service.address),
+            config: config.clone(),
+            servers: servers.clone(),
+        })],
+        None => Vec::new(),
+    };
+    let reloading = tokio::spawn(reloader.run(parts));
     info!(listen = %service.address, config = %path.as_deref().map_or("none".into(), |p| p.display().to_string()), "console ready");
+    notify::ready();
+    let shutdown = async {
+        shutdown.await;
+        notify::stopping();
+    };
     run_until_signal(vec![service], shutdown, stop_tx, &servers).await;
+    reloading.abort();
     Ok(())
 }

@@ -262,3 +262,83 @@ fn a_client_of_a_new_ca_is_let_in_once_the_ca_file_is_replaced() {
     let after = hello();
     assert!(after.status.success() && String::from_utf8_lossy(&after.stdout).contains("hello"), "{}", text(&after));
 }
+
+/// Sends `line` through a plain connection to a tunnel; what came back.
+fn through_tunnel(tunnel: &Server, line: &str) -> String {
+    let mut s = std::net::TcpStream::connect(&tunnel.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(line.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = String::new();
+    let _ = s.read_to_string(&mut back);
+    back
+}
+
+#[test]
+fn a_tunnel_trusts_a_replaced_ca_file_after_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d);
+    let server = Server::start(&["--cert", &p(d, "localhost.pem"), "--key", &p(d, "localhost.key")]);
+    // The tunnel first trusts another CA, so the server is refused.
+    let ca = d.join("tunnel-ca.pem");
+    replace(&d.join("other/ca.pem"), &ca);
+    let tunnel = Server::spawn(&[
+        "tunnel",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        &server.addr,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--server-name",
+        "localhost",
+    ]);
+    assert_eq!(through_tunnel(&tunnel, "before"), "");
+    tunnel.wait_log("connection refused");
+
+    replace(&d.join("ca.pem"), &ca);
+    hup(&tunnel);
+    let line = nth_line(&tunnel, "reloaded CAs for tunnel", 1);
+    assert!(line.contains(&format!("fingerprints [{}", fingerprint(&d.join("other/ca.pem")))), "{line}");
+    assert!(line.contains(&format!("-> [{}", fingerprint(&d.join("ca.pem")))), "{line}");
+    assert_eq!(through_tunnel(&tunnel, "after"), "after");
+}
+
+#[test]
+fn the_offload_daemon_trusts_a_replaced_ca_file_after_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d);
+    let server = Server::start(&["--cert", &p(d, "localhost.pem"), "--key", &p(d, "localhost.key")]);
+    let trust = d.join("trust.pem");
+    replace(&d.join("other/ca.pem"), &trust);
+    let socket = d.join("offload.sock");
+    let daemon = Server::spawn(&["offload", "--socket", socket.to_str().unwrap(), "--trust", trust.to_str().unwrap()]);
+    let hello = || {
+        run(sealtls().args([
+            "offload-client",
+            "--socket",
+            socket.to_str().unwrap(),
+            &format!("localhost:{}", server.port()),
+            "--send",
+            "hello",
+        ]))
+    };
+    let before = hello();
+    assert!(!before.status.success(), "{}", text(&before));
+
+    replace(&d.join("ca.pem"), &trust);
+    hup(&daemon);
+    let line = nth_line(&daemon, "reloaded trust anchors for offload", 1);
+    assert!(line.contains(&fingerprint(&d.join("ca.pem"))), "{line}");
+    let after = hello();
+    assert!(after.status.success() && String::from_utf8_lossy(&after.stdout).contains("hello"), "{}", text(&after));
+
+    // An empty replacement is refused; the daemon keeps the CA it has.
+    write_file(&trust, b"");
+    hup(&daemon);
+    let line = nth_line(&daemon, "reload refused for offload", 1);
+    assert!(line.contains("fix:"), "{line}");
+    assert!(hello().status.success());
+}
