@@ -201,3 +201,68 @@ fn a_missing_systemd_socket_is_explained() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("systemd passed no sockets") && text(&o).contains("fix:"), "{}", text(&o));
 }
+
+/// Runs `args` under systemd-socket-activate on the Unix socket `socket`
+/// (named `name`), triggers it with a first connection, and waits for READY=1.
+fn activated_on_unix(d: &Path, notify: &Notify, socket: &Path, name: &str, args: &[&str]) -> (Child, Arc<Mutex<String>>) {
+    let mut child = Command::new("systemd-socket-activate")
+        .arg(format!("--listen={}", socket.display()))
+        .arg(format!("--fdname={name}"))
+        .args(["--setenv=RUST_LOG=info", &format!("--setenv=NOTIFY_SOCKET={}", notify.path.display())])
+        .arg(format!("--setenv=HOME={}", d.display()))
+        .arg(env!("CARGO_BIN_EXE_sealtls"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(Instant::now() < deadline, "systemd-socket-activate does not listen on {}: {}", socket.display(), log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    notify.expect("READY=1");
+    (child, log)
+}
+
+#[test]
+fn offload_and_keyd_take_unix_sockets_systemd_passes() {
+    if !have("systemd-socket-activate") {
+        eprintln!("skipped: systemd-socket-activate is not installed (Debian: apt-get install systemd)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dev_pki(d);
+    let server = common::Server::start(&["--cert", &p(d, "localhost.pem"), "--key", &p(d, "localhost.key")]);
+
+    let notify = Notify::bind(d);
+    let socket = d.join("offload.sock");
+    let (mut offload, log) =
+        activated_on_unix(d, &notify, &socket, "offload", &["offload", "--listen", "systemd:offload", "--trust", &p(d, "ca.pem")]);
+    let o = run(sealtls().args([
+        "offload-client",
+        "--socket",
+        socket.to_str().unwrap(),
+        &format!("localhost:{}", server.port()),
+        "--send",
+        "hi",
+    ]));
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hi"), "{}\n{}", text(&o), log.lock().unwrap());
+    signal(&offload, "TERM");
+    notify.expect("STOPPING=1");
+    assert!(wait_exit(&mut offload, &log).success(), "{}", log.lock().unwrap());
+
+    let socket = d.join("keyd.sock");
+    let keyd_args = ["keyd", "--data-dir", &p(d, "keyd"), "--device-key", &p(d, "device.key"), "--listen", "systemd:keyd"];
+    let (mut keyd, log) = activated_on_unix(d, &notify, &socket, "keyd", &keyd_args);
+    let o = run(sealtls().args(["key", "ls", "--keyd", &format!("unix:{}", socket.display())]));
+    assert!(o.status.success(), "{}\n{}", text(&o), log.lock().unwrap());
+    signal(&keyd, "TERM");
+    notify.expect("STOPPING=1");
+    assert!(wait_exit(&mut keyd, &log).success(), "{}", log.lock().unwrap());
+    // The socket is systemd's: keyd leaves it in place.
+    assert!(socket.exists());
+}
