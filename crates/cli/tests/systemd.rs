@@ -107,6 +107,19 @@ fn wait_exit(child: &mut Child, log: &Arc<Mutex<String>>) -> std::process::ExitS
     }
 }
 
+/// The log once it holds `needle`: a line written before READY=1 may still be in the pipe.
+fn logged(log: &Arc<Mutex<String>>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = log.lock().unwrap().clone();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no `{needle}` in the log: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn hello(dir: &Path, addr: &str) -> std::process::Output {
     run(sealtls().args(["connect", addr, "--ca", &p(dir, "ca.pem"), "--server-name", "localhost", "--send", "hello"]))
 }
@@ -128,8 +141,7 @@ fn ready_comes_once_the_port_is_bound_and_stopping_on_sigterm() {
     let log = collect(child.stderr.take().unwrap());
     notify.expect("READY=1");
     // The listener is announced before READY=1, and answers now.
-    let logged = log.lock().unwrap().clone();
-    let port = common::logged_port(&logged, "listen");
+    let port = common::logged_port(&logged(&log, "listen="), "listen");
     let o = hello(d, &format!("127.0.0.1:{port}"));
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hello"), "{}", text(&o));
 
@@ -179,8 +191,7 @@ fn serve_takes_the_socket_systemd_passes_by_name() {
     };
     drop(first);
     notify.expect("READY=1");
-    let logged = log.lock().unwrap().clone();
-    assert!(logged.contains(&format!("listen={addr}")), "{logged}");
+    logged(&log, &format!("listen={addr}"));
 
     // A TLS handshake through the passed socket (nothing else listens on the port).
     let o = hello(d, &addr);
