@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use rustls_pki_types::CertificateDer;
 use sealtls_failure::Failure;
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::signal::unix::Signal;
 use tracing::{info, warn};
 
 use crate::notify;
+use crate::signals::hangup_signal;
 
 /// Something a service reads from files and can read again.
 pub trait Reload: Send + Sync {
@@ -46,8 +47,7 @@ pub struct Reloader {
 impl Reloader {
     /// Installs the SIGHUP handler now.
     pub fn install(flags: ReloadFlags) -> Self {
-        let hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
-        Self { hangup, interval: (flags.reload_interval > 0).then(|| Duration::from_secs(flags.reload_interval)) }
+        Self { hangup: hangup_signal(), interval: (flags.reload_interval > 0).then(|| Duration::from_secs(flags.reload_interval)) }
     }
 
     /// Reloads `parts` on every SIGHUP or file change, forever; the caller
@@ -88,7 +88,7 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 }
 
 /// A config file and the files it names (`[tls] *_file`, `[offload]
-/// trust`, `[console] token_file`), for the file watch. Unreadable or
+/// trust`, `[console] token_file`, `[keyd] authorize`), for the file watch. Unreadable or
 /// unparsable: the config file alone (the reload reports why).
 pub fn config_files(config: &Path) -> Vec<PathBuf> {
     let mut files = vec![config.to_owned()];
@@ -97,7 +97,7 @@ pub fn config_files(config: &Path) -> Vec<PathBuf> {
     for (_, section) in table.iter().filter_map(|(name, v)| Some((name, v.as_table()?))) {
         for (key, value) in section {
             let named: Vec<&str> = match value {
-                toml::Value::String(s) if key.ends_with("_file") => vec![s],
+                toml::Value::String(s) if key.ends_with("_file") || key == "authorize" => vec![s],
                 toml::Value::Array(a) if key == "trust" => a.iter().filter_map(|v| v.as_str()).filter(|s| *s != "system").collect(),
                 _ => continue,
             };
@@ -152,4 +152,40 @@ pub fn reload_line(name: &str, compared: &[Compared<'_>]) -> Option<String> {
         _ => changed.iter().map(|(w, c)| format!("{w}: {c}")).collect(),
     };
     Some(format!("reloaded {} for {name}: {}", what.join(" and "), details.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_files_are_the_config_and_the_files_it_names_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sealtls.toml");
+        std::fs::write(
+            &config,
+            "[tls]\nsrv_cert_file = \"a.pem\"\nsrv_key = \"inline\"\n[offload]\ntrust = [\"system\", \"ca.pem\"]\n[keyd]\nauthorize = \"g.toml\"\n",
+        )
+        .unwrap();
+        let files: std::collections::BTreeSet<PathBuf> = config_files(&config).into_iter().collect();
+        let d = dir.path();
+        assert_eq!(files, [config.clone(), d.join("a.pem"), d.join("ca.pem"), d.join("g.toml")].into());
+        std::fs::write(&config, "not toml [").unwrap();
+        assert_eq!(config_files(&config), vec![config.clone()]);
+    }
+
+    #[test]
+    fn reload_lines_name_what_changed() {
+        let (a, b) = (Some("A".to_owned()), Some("B".to_owned()));
+        assert_eq!(reload_line("serve x", &[("certificate", "fingerprint", a.clone(), a.clone())]), None);
+        assert_eq!(
+            reload_line("serve x", &[("certificate", "fingerprint", a.clone(), b.clone()), ("CAs", "fingerprints", None, None)]).as_deref(),
+            Some("reloaded certificate for serve x: fingerprint A -> B")
+        );
+        assert_eq!(
+            reload_line("serve x", &[("certificate", "fingerprint", a.clone(), b.clone()), ("CAs", "fingerprints", None, b.clone())])
+                .as_deref(),
+            Some("reloaded certificate and CAs for serve x: certificate: fingerprint A -> B; CAs: fingerprints none -> B")
+        );
+    }
 }
