@@ -115,24 +115,13 @@ pub fn bind(settings: &OffloadSettings, passed: Option<sealtls_listen::UnixSocke
     Ok(daemon)
 }
 
-/// A running daemon's trust anchors, reloaded in place.
-pub struct OffloadReload {
-    /// How the daemon's settings were made (flags over the config file).
-    reread: Box<dyn Fn() -> Result<OffloadSettings, Failure> + Send + Sync>,
-    /// The files the trust anchors come from.
-    files: Vec<PathBuf>,
+/// A running daemon's trust anchors, reloaded in place from the same
+/// flags and config file as at start.
+struct OffloadReload {
+    args: OffloadArgs,
     name: String,
     trust: TrustAnchors,
     loaded: Mutex<String>,
-}
-
-impl OffloadReload {
-    /// Reloads `daemon`'s anchors with `reread`, watching `files`.
-    pub fn new(daemon: &Daemon, files: Vec<PathBuf>, reread: Box<dyn Fn() -> Result<OffloadSettings, Failure> + Send + Sync>) -> Arc<Self> {
-        let trust = daemon.trust();
-        let loaded = Mutex::new(describe_anchors(&trust.current().certs));
-        Arc::new(Self { reread, files, name: format!("offload {}", daemon.socket().display()), trust, loaded })
-    }
 }
 
 impl Reload for OffloadReload {
@@ -140,12 +129,18 @@ impl Reload for OffloadReload {
         self.name.clone()
     }
 
+    /// The --trust files, else the config's.
     fn files(&self) -> Vec<PathBuf> {
-        self.files.clone()
+        let args = &self.args;
+        let mut files: Vec<PathBuf> = args.trust.iter().filter(|t| t.as_os_str() != "system").cloned().collect();
+        if args.trust.is_empty() {
+            files.extend(args.config.as_deref().map(config_files).unwrap_or_default());
+        }
+        files
     }
 
     fn reload(&self) -> Result<Option<String>, Failure> {
-        let trust = (self.reread)()?.trust;
+        let trust = self.args.settings()?.trust;
         let new = describe_anchors(&trust.certs);
         let mut old = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         let Some(line) = reload_line(&self.name, &[("trust anchors", "fingerprints", Some(old.clone()), Some(new.clone()))]) else {
@@ -154,17 +149,6 @@ impl Reload for OffloadReload {
         self.trust.replace(trust)?;
         *old = new;
         Ok(Some(line))
-    }
-}
-
-impl OffloadArgs {
-    /// The files the trust anchors come from: --trust files, else the config's.
-    fn trust_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = self.trust.iter().filter(|t| t.as_os_str() != "system").cloned().collect();
-        if self.trust.is_empty() {
-            files.extend(self.config.as_deref().map(config_files).unwrap_or_default());
-        }
-        files
     }
 }
 
@@ -183,10 +167,10 @@ pub async fn offload(args: OffloadArgs) -> Result<(), Failure> {
         _ => None,
     };
     let daemon = bind(&args.settings()?, passed)?;
-    let files = args.trust_files();
-    let args = Arc::new(args);
-    let part = OffloadReload::new(&daemon, files, Box::new(move || args.settings()));
-    let reloading = tokio::spawn(reloader.run(vec![part]));
+    let trust = daemon.trust();
+    let loaded = Mutex::new(describe_anchors(&trust.current().certs));
+    let part = OffloadReload { args, name: format!("offload {}", daemon.socket().display()), trust, loaded };
+    let reloading = tokio::spawn(reloader.run(vec![Arc::new(part)]));
     notify::ready();
     daemon
         .run(async {
