@@ -1,9 +1,11 @@
 //! Running under systemd: the unit files pass `systemd-analyze verify`, and
 //! the test plays systemd's part for `serve`: a NOTIFY_SOCKET that receives
-//! READY=1, RELOADING=1 and STOPPING=1, and a listening socket passed by
+//! READY=1, RELOADING=1 and STOPPING=1, and listening sockets (TCP for
+//! `serve` and `tunnel`, Unix for `offload` and `keyd`) passed by
 //! `systemd-socket-activate` (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES).
 mod common;
 
+use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -276,4 +278,48 @@ fn offload_and_keyd_take_unix_sockets_systemd_passes() {
     assert!(wait_exit(&mut keyd, &log).success(), "{}", log.lock().unwrap());
     // The socket is systemd's: keyd leaves it in place.
     assert!(socket.exists());
+}
+
+#[test]
+fn tunnel_takes_the_socket_systemd_passes() {
+    if !have("systemd-socket-activate") {
+        eprintln!("skipped: systemd-socket-activate is not installed (Debian: apt-get install systemd)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dev_pki(d);
+    let server = common::Server::start(&["--cert", &p(d, "localhost.pem"), "--key", &p(d, "localhost.key")]);
+    let notify = Notify::bind(d);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["--listen", &addr, "--fdname=plain", "--setenv=RUST_LOG=info"])
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.path.display()))
+        .args([env!("CARGO_BIN_EXE_sealtls"), "tunnel", "--listen", "systemd:plain", "--target", &server.addr])
+        .args(["--ca", &p(d, "ca.pem"), "--server-name", "localhost"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect(child.stderr.take().unwrap());
+    // The first connection starts the tunnel, which then carries it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut first = loop {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("systemd-socket-activate does not listen on {addr}: {e}: {}", log.lock().unwrap()),
+        }
+    };
+    notify.expect("READY=1");
+    first.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    first.write_all(b"through systemd").unwrap();
+    first.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = String::new();
+    let _ = first.read_to_string(&mut back);
+    assert_eq!(back, "through systemd", "{}", log.lock().unwrap());
+    signal(&child, "TERM");
+    notify.expect("STOPPING=1");
+    assert!(wait_exit(&mut child, &log).success(), "{}", log.lock().unwrap());
 }
