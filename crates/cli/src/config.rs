@@ -540,7 +540,7 @@ impl Config {
             ("[offload]".into(), "socket", Address::Unix(offload.socket.clone())),
         ];
         used.extend(keyd_socket.iter().map(|s| ("[keyd]".into(), "socket", Address::Unix(s.clone()))));
-        used.extend(serve.iter().map(|t| (t.label.clone(), "listen", Address::Tcp(t.args.listen))));
+        used.extend(serve.iter().map(|t| (t.label.clone(), "listen", Address::from(&t.args.listen))));
         used.extend(tunnel.iter().map(|t| (t.label.clone(), "listen", Address::from(&t.args.listen))));
         used.extend(status.iter().map(|s| ("[status]".into(), "listen", Address::from(&s.listen))));
         distinct_addresses(&name, &used)?;

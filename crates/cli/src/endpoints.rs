@@ -1,7 +1,7 @@
 //! `sealtls serve`, `connect` and `send`.
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use clap::Args;
@@ -11,8 +11,8 @@ use rustls_pki_types::CertificateDer;
 use sealtls_console::TlsMaterial;
 use sealtls_endpoint::client::{connect as tls_connect, ClientSession, Connected};
 use sealtls_endpoint::forward::{Forward, Target};
+use sealtls_endpoint::identity::Rules;
 use sealtls_endpoint::metrics::ServerMetrics;
-use sealtls_endpoint::net::bind;
 use sealtls_endpoint::proxy_protocol::ProxyProtocol;
 use sealtls_endpoint::server::{Mode, Server, ServerOptions, ServerStats, DEFAULT_IDLE_TIMEOUT};
 use sealtls_endpoint::settings::{Anchors, ClientSettings, ServerSettings, ServerTls};
@@ -20,6 +20,7 @@ use sealtls_endpoint::transfer::{send_file, Expect};
 use sealtls_endpoint::{ClientAuthMode, TlsVersions};
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_keyless::{KeydClient, KeydFleet, Keyless, KeylessLimits};
+use sealtls_listen::ListenSpec;
 use sealtls_pki::{load_certs, load_key};
 use sealtls_status::prometheus_client::registry::Registry;
 use sealtls_status::Listener;
@@ -30,6 +31,8 @@ use crate::acl::AllowFlags;
 use crate::config::Config;
 use crate::identity::{anchors, identity_from_files};
 use crate::keyd::KeydFlags;
+use crate::notify;
+use crate::reload::{config_files, describe_anchors, describe_cert, reload_line, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 use crate::status::{KeydFleetHealth, StatusFlags};
 
@@ -53,10 +56,10 @@ pub struct ServerFiles {
 
 #[derive(Args, Clone)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: IP:PORT, or systemd[:NAME] for a TCP socket systemd passed (socket activation).
     #[arg(long, default_value = "127.0.0.1:4433")]
-    pub listen: SocketAddr,
-    /// Port to listen on (overrides the port of --listen).
+    pub listen: ListenSpec,
+    /// Port to listen on (overrides the port of an IP:PORT --listen).
     #[arg(short = 'p', long)]
     pub port: Option<u16>,
     #[command(flatten)]
@@ -65,6 +68,8 @@ pub struct ServeArgs {
     pub keyless: KeylessFlags,
     #[command(flatten)]
     pub allow: AllowFlags,
+    #[command(flatten)]
+    pub reload: ReloadFlags,
     /// Client certificates: none, optional or required (default: required with --ca).
     #[arg(long)]
     pub client_auth: Option<ClientAuthMode>,
@@ -117,6 +122,15 @@ fn warn_about_leaf(chain: &[rustls_pki_types::CertificateDer<'_>], origin: &Path
     }
 }
 
+/// What a server's TLS was built from, as reload lines show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The leaf certificate served from files (none with keyd).
+    pub leaf: Option<String>,
+    /// The CAs whose client certificates are accepted.
+    pub anchors: Option<String>,
+}
+
 /// Builds a server's TLS from files, and from `material` (a config's
 /// `[tls]`) for what the flags do not give. With `keyless`, certificates
 /// and signatures come from keyd instead of files.
@@ -126,11 +140,12 @@ pub fn server_tls(
     client_auth: Option<ClientAuthMode>,
     versions: TlsVersions,
     keyless: Option<Keyless>,
-) -> Result<ServerTls, Failure> {
+) -> Result<(ServerTls, Loaded), Failure> {
+    let mut leaf = None;
     let identity: Arc<dyn ResolvesServerCert> = match (&keyless, &files.cert, &files.key, material.and_then(|m| m.server.clone())) {
         (Some(k), _, _, _) => Arc::new(k.clone()),
-        (None, Some(cert), Some(key), _) => single(identity_from_files(cert, key)?, Some(cert)),
-        (None, _, _, Some(from_config)) => single(from_config, None),
+        (None, Some(cert), Some(key), _) => single(identity_from_files(cert, key)?, Some(cert), &mut leaf),
+        (None, _, _, Some(from_config)) => single(from_config, None, &mut leaf),
         _ => {
             return Err(Failure::new(
                 FailureClass::Usage,
@@ -144,9 +159,10 @@ pub fn server_tls(
         None => material.and_then(|m| m.ca.clone()),
     };
     let client_auth = client_auth.unwrap_or(if client_ca.is_some() { ClientAuthMode::Required } else { ClientAuthMode::None });
+    let loaded = Loaded { leaf, anchors: client_ca.as_ref().map(|a| describe_anchors(&a.certs)) };
     let settings = ServerSettings { identity, client_ca, client_auth, versions };
     let tls = ServerTls::new(settings).map_err(Failure::config)?;
-    Ok(match (keyless, &files.cert, &files.key) {
+    let tls = match (keyless, &files.cert, &files.key) {
         (Some(k), _, _) => keyless_tls(tls, k),
         // The files were checked above; an ECDSA key also serves TLS 1.2
         // clients that offer its curve only with another hash.
@@ -154,7 +170,8 @@ pub fn server_tls(
             tls.with_tls12_ecdsa(load_certs(cert).map_err(Failure::config)?, &*load_key(key).map_err(Failure::config)?)
         }
         (None, _, _) => tls,
-    })
+    };
+    Ok((tls, loaded))
 }
 
 /// A server whose names are checked with keyd before the handshake and
@@ -164,9 +181,11 @@ pub fn keyless_tls(tls: ServerTls, keyless: Keyless) -> ServerTls {
     tls.with_gate(Arc::new(keyless)).with_signing_threads(threads)
 }
 
-/// One certificate for every client, checked for what clients will refuse.
-fn single(identity: Arc<CertifiedKey>, origin: Option<&Path>) -> Arc<dyn ResolvesServerCert> {
+/// One certificate for every client, checked for what clients will refuse;
+/// `leaf` gets its description.
+fn single(identity: Arc<CertifiedKey>, origin: Option<&Path>, leaf: &mut Option<String>) -> Arc<dyn ResolvesServerCert> {
     warn_about_leaf(&identity.cert, origin.unwrap_or(Path::new("[tls] srv_cert")));
+    *leaf = identity.cert.first().map(describe_cert);
     Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(identity)))
 }
 
@@ -267,10 +286,83 @@ fn mode_name(mode: Mode, forward: Option<&Forward>) -> String {
     }
 }
 
+/// Everything `serve` builds its TLS from, kept so that a reload builds
+/// it again the same way.
+struct ServeTls {
+    files: ServerFiles,
+    /// A config table's inherited `[tls]`; with `files.config`, read again on reload.
+    material: Option<Arc<TlsMaterial>>,
+    client_auth: Option<ClientAuthMode>,
+    versions: TlsVersions,
+    keyless: Option<Keyless>,
+    alpn: Vec<Vec<u8>>,
+    rules: Rules,
+}
+
+impl ServeTls {
+    fn build(&self) -> Result<(ServerTls, Loaded), Failure> {
+        let config = self.files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
+        let material = config.as_ref().map(|c| c.material.clone()).or_else(|| self.material.clone());
+        let (tls, loaded) = server_tls(&self.files, material.as_deref(), self.client_auth, self.versions, self.keyless.clone())?;
+        let tls = if self.alpn.is_empty() { tls } else { tls.with_alpn(self.alpn.clone()) };
+        let tls = tls.with_client_rules(self.rules.clone()).map_err(|e| Failure::from_error(FailureClass::Usage, &e, "give --ca FILE"))?;
+        Ok((tls, loaded))
+    }
+}
+
+/// A running `serve`'s certificate and trust anchors, reloaded in place.
+struct ServeReload {
+    name: String,
+    tls: ServeTls,
+    server: Arc<Server>,
+    loaded: Mutex<Loaded>,
+    /// The leaf the status page shows.
+    shown: Shown,
+}
+
+impl Reload for ServeReload {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let f = &self.tls.files;
+        let mut files: Vec<PathBuf> = [&f.cert, &f.key, &f.ca].into_iter().flatten().cloned().collect();
+        files.extend(f.config.as_deref().map(config_files).unwrap_or_default());
+        files
+    }
+
+    fn reload(&self) -> Result<Option<String>, Failure> {
+        let (tls, new) = self.tls.build()?;
+        let mut old = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if *old == new {
+            return Ok(None);
+        }
+        self.server.replace_tls(tls);
+        if self.tls.keyless.is_none() {
+            *self.shown.write().unwrap_or_else(|e| e.into_inner()) = served_from_files(&self.tls.files, self.tls.material.as_deref())?.0;
+        }
+        let line = reload_line(
+            &self.name,
+            &[
+                ("certificate", "fingerprint", old.leaf.clone(), new.leaf.clone()),
+                ("client CAs", "fingerprints", old.anchors.clone(), new.anchors.clone()),
+            ],
+        );
+        *old = new;
+        Ok(line)
+    }
+}
+
+/// The leaf certificate a status page shows, replaced on reload.
+type Shown = Arc<RwLock<Vec<CertificateDer<'static>>>>;
+
 /// `sealtls serve`: the server the flags describe or, with `--config F` and
-/// no certificate flags, every `[[serve]]` table of F; one status page for all.
+/// no certificate flags, every `[[serve]]` table of F; one status page and
+/// one reload for all.
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
+    let reloader = Reloader::install(args.reload);
     let config = args.files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
     let flags_give_certificate = args.files.cert.is_some() || !args.keyless.keyd.is_empty();
     let metrics = ServerMetrics::new();
@@ -292,13 +384,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let page = args.status.bind(registry).await?;
     let shown = if page.is_some() { prepared.iter().map(PreparedServe::status_listener).collect() } else { Vec::new() };
     let (_status, _running) = crate::status::start(page, shown);
+    let parts: Vec<Arc<dyn Reload>> = prepared.iter().map(|p| p.reload.clone() as Arc<dyn Reload>).collect();
+    let reloading = tokio::spawn(reloader.run(parts));
+    notify::ready();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let running: Vec<_> = prepared.into_iter().map(|p| tokio::spawn(p.run(crate::services::stopped(stop_rx.clone())))).collect();
     shutdown.await;
+    notify::stopping();
     let _ = stop_tx.send(true);
     for r in running {
         let _ = r.await;
     }
+    reloading.abort();
     info!("stopped");
     Ok(())
 }
@@ -312,8 +409,10 @@ pub struct PreparedServe {
     keyless: Option<Keyless>,
     /// Its mode, leaf and client CAs, for the status page.
     mode: String,
-    leaf: Vec<CertificateDer<'static>>,
+    leaf: Shown,
     anchors: Vec<CertificateDer<'static>>,
+    /// What SIGHUP reloads.
+    reload: Arc<ServeReload>,
 }
 
 impl PreparedServe {
@@ -340,7 +439,9 @@ impl PreparedServe {
             }
             None => {
                 let leaf = self.leaf.clone();
-                Listener::new(self.local, self.mode.clone()).with_certificates(move || leaf.clone()).with_anchors(&self.anchors)
+                Listener::new(self.local, self.mode.clone())
+                    .with_certificates(move || leaf.read().unwrap_or_else(|e| e.into_inner()).clone())
+                    .with_anchors(&self.anchors)
             }
         };
         let stats = self.server.clone();
@@ -359,7 +460,6 @@ pub async fn prepare_serve(
     metrics: &Arc<ServerMetrics>,
 ) -> Result<PreparedServe, Failure> {
     let keyless = args.keyless.keyless()?;
-    let tls = server_tls(&args.files, material, args.client_auth, args.tls, keyless.clone())?;
     if let Some(bad) = args.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
         return Err(Failure::new(
             FailureClass::Usage,
@@ -367,9 +467,17 @@ pub async fn prepare_serve(
             "give names separated by commas, e.g. --alpn h2,http/1.1",
         ));
     }
-    let tls = if args.alpn.is_empty() { tls } else { tls.with_alpn(args.alpn.iter().map(|p| p.clone().into_bytes()).collect()) };
     let rules = args.allow.rules();
-    let tls = tls.with_client_rules(rules.clone()).map_err(|e| Failure::from_error(FailureClass::Usage, &e, "give --ca FILE"))?;
+    let serve_tls = ServeTls {
+        files: args.files.clone(),
+        client_auth: args.client_auth,
+        versions: args.tls,
+        material: material.map(|m| Arc::new(m.clone())),
+        keyless: keyless.clone(),
+        alpn: args.alpn.iter().map(|p| p.clone().into_bytes()).collect(),
+        rules: rules.clone(),
+    };
+    let (tls, loaded) = serve_tls.build()?;
     if tls.client_auth() == ClientAuthMode::Required {
         match rules.is_empty() || rules.allows_all() {
             true => info!(
@@ -390,11 +498,11 @@ pub async fn prepare_serve(
         }
         None => None,
     };
-    let mut addr = args.listen;
-    if let Some(port) = args.port {
+    let mut spec = args.listen.clone();
+    if let (ListenSpec::Tcp(addr), Some(port)) = (&mut spec, args.port) {
         addr.set_port(port);
     }
-    let listener = bind(addr).await?;
+    let listener = spec.bind("serve").await?.into_tcp("serve")?;
     let local = listener.local_addr().map_err(|e| Failure::new(FailureClass::Network, e.to_string(), "retry"))?;
     let options = ServerOptions {
         mode: args.mode,
@@ -406,6 +514,16 @@ pub async fn prepare_serve(
         metrics: metrics.listener(local.to_string()),
         ..Default::default()
     };
+    let server = Server::new(tls, options);
+    let (leaf, anchors) = if keyless.is_some() { (Vec::new(), Vec::new()) } else { served_from_files(&args.files, material)? };
+    let leaf: Shown = Arc::new(RwLock::new(leaf));
+    let reload = Arc::new(ServeReload {
+        name: format!("serve {local}"),
+        tls: serve_tls,
+        server: server.clone(),
+        loaded: Mutex::new(loaded),
+        shown: leaf.clone(),
+    });
     match &forward {
         Some(f) => {
             let proxy_protocol = f.proxy_protocol.map_or("none".into(), |p| p.to_string());
@@ -413,9 +531,8 @@ pub async fn prepare_serve(
         }
         None => info!(listen = %local, name, mode = ?args.mode, tls = %args.tls, "serving"),
     }
-    let (leaf, anchors) = if keyless.is_some() { (Vec::new(), Vec::new()) } else { served_from_files(&args.files, material)? };
     let mode = mode_name(args.mode, forward.as_deref());
-    Ok(PreparedServe { local, listener, server: Server::new(tls, options), keyless, mode, leaf, anchors })
+    Ok(PreparedServe { local, listener, server, keyless, mode, leaf, anchors, reload })
 }
 
 /// A server's lifetime counters, for the status page.

@@ -1,7 +1,7 @@
 //! `sealtls keyd` (the custody daemon) and `sealtls key` (provisioning).
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -13,9 +13,12 @@ use sealtls_endpoint::settings::Anchors;
 use sealtls_failure::{Failure, FailureClass, CHECK_FILE};
 use sealtls_keyd::{ClientCas, Custody, Grants, Keyd, KeydLimits, KeydSettings, SealedFiles, TlsListen};
 use sealtls_keyless::{KeydClient, KeydEndpoint, KeydError};
+use sealtls_listen::ListenSpec;
 use tracing::{info, warn};
 
 use crate::identity::{anchors, identity_from_files};
+use crate::notify;
+use crate::reload::{Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 use crate::status::StatusFlags;
 use sealtls_pki::load_certs;
@@ -48,6 +51,11 @@ pub struct KeydArgs {
     /// Unix socket for TLS servers and provisioning (default DATA_DIR/keyd.sock, mode 0660).
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Listen on unix:PATH or on a Unix socket systemd passed (systemd[:NAME], socket activation) instead of --socket.
+    #[arg(long, conflicts_with = "socket", value_name = "unix:PATH|systemd[:NAME]")]
+    pub listen: Option<ListenSpec>,
+    #[command(flatten)]
+    pub reload: ReloadFlags,
     /// Also listen on TCP with mutual TLS, for remote edges.
     #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key", "client_ca"])]
     pub listen_tls: Option<SocketAddr>,
@@ -119,7 +127,10 @@ impl KeydArgs {
 
     /// The socket path.
     pub fn socket(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(|| self.data_dir.join("keyd.sock"))
+        match (&self.socket, &self.listen) {
+            (Some(path), _) | (None, Some(ListenSpec::Unix(path))) => path.clone(),
+            _ => self.data_dir.join("keyd.sock"),
+        }
     }
 }
 
@@ -197,7 +208,7 @@ pub async fn bind(custody: Custody, args: &KeydArgs) -> Result<Keyd, Failure> {
     };
     let admin_ca = args.admin_ca.as_deref().map(client_cas).transpose()?;
     let custody = match &args.authorize {
-        Some(path) => custody.with_grants(Grants::load(path).map_err(|p| Failure::from_error(FailureClass::Config, &p, CHECK_FILE))?),
+        Some(path) => custody.with_grants(load_grants(path)?),
         None => custody,
     };
     match custody.grants() {
@@ -205,13 +216,84 @@ pub async fn bind(custody: Custody, args: &KeydArgs) -> Result<Keyd, Failure> {
         None => warn!("no --authorize grants: any connected edge may sign for any domain"),
     }
     let settings = KeydSettings { socket: args.socket(), tls, admin_ca };
-    Ok(Keyd::bind(custody, settings).await?.with_limits(args.limits()))
+    let daemon = match &args.listen {
+        Some(spec @ ListenSpec::Systemd(_)) => Keyd::bind_on(custody, settings, spec.bind("keyd").await?.into_unix("keyd")?).await?,
+        Some(ListenSpec::Tcp(addr)) => {
+            return Err(Failure::new(
+                FailureClass::Usage,
+                format!("--listen {addr}: keyd's --listen is its Unix socket"),
+                "give --listen unix:PATH or systemd[:NAME]; remote edges use --listen-tls ADDR",
+            ))
+        }
+        _ => Keyd::bind(custody, settings).await?,
+    };
+    Ok(daemon.with_limits(args.limits()))
+}
+
+fn load_grants(path: &Path) -> Result<Grants, Failure> {
+    Grants::load(path).map_err(|p| Failure::from_error(FailureClass::Config, &p, CHECK_FILE))
+}
+
+/// Grants as reload lines show them.
+fn describe_grants(grants: Option<&Grants>) -> String {
+    match grants {
+        Some(g) => format!("{} grants ({})", g.grants.len(), g.grants.iter().map(|g| g.to_string()).collect::<Vec<_>>().join("; ")),
+        None => "no grants (every caller may sign for every domain)".to_owned(),
+    }
+}
+
+/// keyd's `--authorize` grants, reloaded in place.
+struct GrantsReload {
+    name: String,
+    file: PathBuf,
+    custody: Arc<Custody>,
+    loaded: Mutex<Option<Grants>>,
+}
+
+impl Reload for GrantsReload {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.file.clone()]
+    }
+
+    fn reload(&self) -> Result<Option<String>, Failure> {
+        let new = load_grants(&self.file)?;
+        let mut old = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if old.as_ref() == Some(&new) {
+            return Ok(None);
+        }
+        let line = format!(
+            "reloaded grants for {} from {}: {} -> {}",
+            self.name,
+            self.file.display(),
+            describe_grants(old.as_ref().filter(|g| !g.grants.is_empty())),
+            describe_grants(Some(&new).filter(|g| !g.grants.is_empty()))
+        );
+        self.custody.replace_grants(new.clone());
+        *old = Some(new);
+        Ok(Some(line))
+    }
 }
 
 pub async fn keyd(args: KeydArgs) -> Result<(), Failure> {
     crate::keyd_child::exit_with_parent();
     let shutdown = shutdown_signal();
+    let reloader = Reloader::install(args.reload);
     let daemon = bind(open_custody(&args)?, &args).await?;
+    let name = format!("keyd {}", daemon.socket().display());
+    // Without --authorize nothing is read from a file that could change.
+    let parts: Vec<Arc<dyn Reload>> = match &args.authorize {
+        Some(file) => {
+            let custody = daemon.custody();
+            let loaded = Mutex::new(custody.grants().map(|g| (*g).clone()).or_else(|| load_grants(file).ok()));
+            vec![Arc::new(GrantsReload { name, file: file.clone(), custody, loaded })]
+        }
+        None => Vec::new(),
+    };
+    let reloading = tokio::spawn(reloader.run(parts));
     match daemon.tls_addr() {
         Some(tls) => info!(listen = %daemon.socket().display(), tls_listen = %tls, "keyd ready"),
         None => info!(listen = %daemon.socket().display(), "keyd ready"),
@@ -226,7 +308,14 @@ pub async fn keyd(args: KeydArgs) -> Result<(), Failure> {
         listeners.push(Listener::new(addr, "keyd").with_certificates(move || leaf.clone()).with_anchors(&anchors));
     }
     let (_status, _running) = crate::status::start(page, listeners);
-    daemon.run(shutdown).await;
+    notify::ready();
+    daemon
+        .run(async {
+            shutdown.await;
+            notify::stopping();
+        })
+        .await;
+    reloading.abort();
     Ok(())
 }
 

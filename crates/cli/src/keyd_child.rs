@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -141,6 +142,8 @@ impl KeydSpec {
     fn command(&self) -> Result<Command, Failure> {
         let mut c = Command::new(this_program()?);
         c.arg("keyd").args(self.flags());
+        // systemd's notifications are `up`'s to send, not keyd's.
+        c.env_remove("NOTIFY_SOCKET");
         c.env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -200,7 +203,15 @@ async fn terminate(child: &mut Child) {
     }
 }
 
+/// The pid of the keyd child running now (0: none), kept by `supervise`.
+pub type KeydPid = Arc<AtomicU32>;
+
 impl Running {
+    /// Its process id (0 once it has exited).
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     /// Stops keyd (SIGTERM, then SIGKILL).
     pub async fn stop(mut self) {
         terminate(&mut self.child).await;
@@ -209,9 +220,11 @@ impl Running {
     /// Keeps keyd running until `stop`: restarts it when it exits, and
     /// reports on `failed` when it died more than [`MAX_RESTARTS`] times
     /// within [`RESTART_WINDOW`] or could not be started again.
-    pub async fn supervise(mut self, spec: KeydSpec, stop: watch::Receiver<bool>, failed: oneshot::Sender<Failure>) {
+    /// `pid` always holds the running child's pid, for forwarding SIGHUP.
+    pub async fn supervise(mut self, spec: KeydSpec, stop: watch::Receiver<bool>, failed: oneshot::Sender<Failure>, pid: KeydPid) {
         let mut restarts: VecDeque<Instant> = VecDeque::new();
         loop {
+            pid.store(self.pid(), Ordering::Relaxed);
             let status = tokio::select! {
                 () = stopped(stop.clone()) => {
                     terminate(&mut self.child).await;

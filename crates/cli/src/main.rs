@@ -6,11 +6,14 @@ mod endpoints;
 mod identity;
 mod keyd;
 mod keyd_child;
+mod notify;
 mod offload;
 mod pki;
 mod port_owner;
+mod reload;
 mod services;
 mod signals;
+mod stack_reload;
 mod status;
 mod tables;
 mod tunnel;
@@ -98,6 +101,8 @@ pub fn report(failure: &Failure) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: this takes the sockets systemd passed and clears their variables.
+    sealtls_listen::systemd::take_from_env();
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");

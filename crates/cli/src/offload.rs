@@ -1,17 +1,21 @@
 //! `sealtls offload` (the TLS offload daemon) and `sealtls offload-client`
 //! (a person at a shell using it).
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
 use sealtls_failure::{Failure, FailureClass};
+use sealtls_listen::ListenSpec;
 use sealtls_offload::{Code, Error};
-use sealtls_offload_daemon::{Daemon, OffloadSettings};
+use sealtls_offload_daemon::{Daemon, OffloadSettings, TrustAnchors};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use crate::config::{load_trust, Config};
 use crate::endpoints::send_line;
+use crate::notify;
+use crate::reload::{config_files, describe_anchors, reload_line, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 use crate::status::StatusFlags;
 use sealtls_status::prometheus_client::registry::Registry;
@@ -22,6 +26,11 @@ pub struct OffloadArgs {
     /// Unix socket to listen on, created with mode 0660 (default: [offload] socket of --config).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Listen on unix:PATH or on a Unix socket systemd passed (systemd[:NAME], socket activation) instead of --socket.
+    #[arg(long, conflicts_with = "socket", value_name = "unix:PATH|systemd[:NAME]")]
+    listen: Option<ListenSpec>,
+    #[command(flatten)]
+    reload: ReloadFlags,
     /// CA certificate (PEM) every server must chain to, or `system` for the
     /// operating system's CAs; repeat for more. Default: the config's.
     #[arg(long, value_name = "CA.pem|system")]
@@ -63,18 +72,19 @@ impl OffloadArgs {
     fn settings(&self) -> Result<OffloadSettings, Failure> {
         let config = match &self.config {
             Some(path) => Config::load(path).map_err(Failure::config)?,
-            None if self.socket.is_none() => {
+            None if self.socket.is_none() && self.listen.is_none() => {
                 return Err(Failure::new(
                     FailureClass::Usage,
                     "no socket given",
-                    "give --socket PATH (or --config FILE with an [offload] table)",
+                    "give --socket PATH, --listen systemd[:NAME] (or --config FILE with an [offload] table)",
                 ))
             }
             None => Config::defaults(),
         };
         let mut settings = config.offload;
-        if let Some(socket) = &self.socket {
-            settings.socket = socket.clone();
+        match (&self.socket, &self.listen) {
+            (Some(socket), _) | (None, Some(ListenSpec::Unix(socket))) => settings.socket = socket.clone(),
+            _ => {}
         }
         if !self.trust.is_empty() {
             settings.trust = load_trust(&self.trust).map_err(Failure::config)?;
@@ -93,8 +103,12 @@ impl OffloadArgs {
 }
 
 /// Binds the daemon described by `settings`, logging what it will do.
-pub fn bind(settings: &OffloadSettings) -> Result<Daemon, Failure> {
-    let daemon = Daemon::bind(settings.clone())?;
+/// Binds the daemon on its socket, or on `passed` (a socket systemd passed).
+pub fn bind(settings: &OffloadSettings, passed: Option<sealtls_listen::UnixSocket>) -> Result<Daemon, Failure> {
+    let daemon = match passed {
+        Some(socket) => Daemon::bind_on(settings.clone(), socket)?,
+        None => Daemon::bind(settings.clone())?,
+    };
     info!(
         listen = %daemon.socket().display(),
         trust = %settings.trust.origin,
@@ -106,16 +120,76 @@ pub fn bind(settings: &OffloadSettings) -> Result<Daemon, Failure> {
     Ok(daemon)
 }
 
+/// A running daemon's trust anchors, reloaded in place from the same
+/// flags and config file as at start.
+struct OffloadReload {
+    args: OffloadArgs,
+    name: String,
+    trust: TrustAnchors,
+    loaded: Mutex<String>,
+}
+
+impl Reload for OffloadReload {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// The --trust files, else the config's.
+    fn files(&self) -> Vec<PathBuf> {
+        let args = &self.args;
+        let mut files: Vec<PathBuf> = args.trust.iter().filter(|t| t.as_os_str() != "system").cloned().collect();
+        if args.trust.is_empty() {
+            files.extend(args.config.as_deref().map(config_files).unwrap_or_default());
+        }
+        files
+    }
+
+    fn reload(&self) -> Result<Option<String>, Failure> {
+        let trust = self.args.settings()?.trust;
+        let new = describe_anchors(&trust.certs);
+        let mut old = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(line) = reload_line(&self.name, &[("trust anchors", "fingerprints", Some(old.clone()), Some(new.clone()))]) else {
+            return Ok(None);
+        };
+        self.trust.replace(trust)?;
+        *old = new;
+        Ok(Some(line))
+    }
+}
+
 pub async fn offload(args: OffloadArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
+    let reloader = Reloader::install(args.reload);
+    let passed = match &args.listen {
+        Some(spec @ ListenSpec::Systemd(_)) => Some(spec.bind("offload").await?.into_unix("offload")?),
+        Some(ListenSpec::Tcp(addr)) => {
+            return Err(Failure::new(
+                FailureClass::Usage,
+                format!("--listen {addr}: the offload daemon listens on a Unix socket only"),
+                "give --listen unix:PATH, --listen systemd[:NAME] or --socket PATH",
+            ))
+        }
+        _ => None,
+    };
     let settings = args.settings()?;
-    let daemon = bind(&settings)?;
+    let daemon = bind(&settings, passed)?;
     let mut registry = Registry::default();
     daemon.metrics().register(&mut registry);
     let page = args.status.bind(registry).await?;
     let listener = Listener::new(format!("unix:{}", daemon.socket().display()), "offload").with_anchors(&settings.trust.certs);
     let (_status, _running) = crate::status::start(page, vec![listener]);
-    daemon.run(shutdown).await;
+    let trust = daemon.trust();
+    let loaded = Mutex::new(describe_anchors(&trust.current().certs));
+    let part = OffloadReload { args, name: format!("offload {}", daemon.socket().display()), trust, loaded };
+    let reloading = tokio::spawn(reloader.run(vec![Arc::new(part)]));
+    notify::ready();
+    daemon
+        .run(async {
+            shutdown.await;
+            notify::stopping();
+        })
+        .await;
+    reloading.abort();
     info!("stopped");
     Ok(())
 }

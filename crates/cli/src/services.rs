@@ -119,7 +119,7 @@ pub async fn console(servers: &Arc<EchoServers>, section: &ConsoleSection, stop:
 
 /// The TLS offload daemon from `[offload]`.
 pub fn offload(settings: &OffloadSettings, stop: watch::Receiver<bool>, shown: &mut Shown) -> Result<Service, Failure> {
-    let daemon = crate::offload::bind(settings)?;
+    let daemon = crate::offload::bind(settings, None)?;
     let address = Address::Unix(daemon.socket().to_owned());
     daemon.metrics().register(&mut shown.registry);
     shown.listeners.push(Listener::new(format!("unix:{address}"), "offload").with_anchors(&settings.trust.certs));

@@ -1,4 +1,4 @@
-//! Stopping on a signal.
+//! Stopping on a signal, and reloading on one.
 
 /// Installs SIGINT and SIGTERM handlers now, so that a signal arriving
 /// during start-up is not lost, and resolves when one arrives.
@@ -12,4 +12,11 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => {},
         }
     }
+}
+
+/// Installs the SIGHUP handler now: from then on SIGHUP is queued for the
+/// returned stream instead of ending the process (its default action).
+pub fn hangup_signal() -> tokio::signal::unix::Signal {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).expect("SIGHUP handler installs")
 }

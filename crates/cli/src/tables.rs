@@ -254,7 +254,7 @@ pub fn serve_tables(raw: &[RawServe], ctx: &Ctx<'_>) -> Result<Vec<ServeTable>, 
 fn serve_table(t: &str, r: &RawServe, ctx: &Ctx<'_>) -> Result<ServeTable, ConfigError> {
     let mut a: ServeArgs = flag_defaults(&[]);
     let listen = ctx.required(t, "listen", r.listen.as_ref(), "\"127.0.0.1:PORT\"")?;
-    a.listen = ctx.parsed(t, "listen", Some(listen), parse_addr)?.expect("given");
+    a.listen = Listen::Tcp(ctx.parsed(t, "listen", Some(listen), parse_addr)?.expect("given"));
     let mut summary = Vec::new();
     // Where the certificate comes from: files, keyd, or [tls].
     let inherits_tls = match (&r.cert_file, &r.key_file, &r.keyd) {
@@ -448,6 +448,10 @@ fn check_local_target(addr: &str, unsafe_target: bool) -> Result<(), Problem> {
 fn parse_listen(ctx: &Ctx<'_>, s: &str) -> Result<Listen, Problem> {
     match Listen::from_str(s).map_err(|e| Problem::new(e, "write IP:PORT or unix:PATH"))? {
         Listen::Unix(p) => Ok(Listen::Unix(ctx.file(&p))),
+        Listen::Systemd(_) => Err(Problem::new(
+            "a socket passed by systemd is not written in the config file",
+            "write IP:PORT or unix:PATH; give systemd sockets with --listen systemd:NAME",
+        )),
         tcp => Ok(tcp),
     }
 }
@@ -549,6 +553,8 @@ impl From<&Listen> for Address {
         match l {
             Listen::Tcp(a) => Address::Tcp(*a),
             Listen::Unix(p) => Address::Unix(p.clone()),
+            // Refused in config files (see `parse_listen`); named as given.
+            Listen::Systemd(_) => Address::Unix(PathBuf::from(l.to_string())),
         }
     }
 }

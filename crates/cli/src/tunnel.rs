@@ -1,72 +1,46 @@
 //! `sealtls tunnel`: plain local connections carried over TLS to a remote
 //! server (ghostunnel's client mode). The remote is verified like
 //! `connect` verifies, and must also match the --verify-* rules if any.
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use rustls::pki_types::ServerName;
+use rustls::sign::CertifiedKey;
 use sealtls_endpoint::client::{handshake, host_of, server_name_for, tcp_connect};
 use sealtls_endpoint::explain::{explain, Side};
 use sealtls_endpoint::forward::{relay, TargetStream};
 use sealtls_endpoint::identity::Rules;
-use sealtls_endpoint::net::{accept_until, bind};
+use sealtls_endpoint::net::accept_until;
 use sealtls_endpoint::session::SessionInfo;
 use sealtls_endpoint::settings::ClientSettings;
 use sealtls_endpoint::TlsVersions;
 use sealtls_failure::{Failure, FailureClass};
-use sealtls_listen::UnixSocket;
-use tokio::net::TcpListener;
+use sealtls_listen::{ListenSpec, Listener};
 use tracing::{info, warn};
 
 use crate::acl::VerifyFlags;
 use crate::endpoints::KeylessFlags;
 use crate::identity::{anchors, identity_from_files};
+use crate::notify;
+use crate::reload::{describe_anchors, describe_cert, reload_line, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
 use crate::status::StatusFlags;
 use sealtls_pki::load_certs;
 use sealtls_status::prometheus_client::registry::Registry;
 use sealtls_status::Listener as StatusListener;
 
-/// Where the tunnel takes local connections.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Listen {
-    /// `IP:PORT`.
-    Tcp(SocketAddr),
-    /// `unix:PATH`.
-    Unix(PathBuf),
-}
+/// Where the tunnel takes local connections: IP:PORT, unix:PATH, or a
+/// socket systemd passed.
+pub use sealtls_listen::ListenSpec as Listen;
 
-impl FromStr for Listen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.strip_prefix("unix:") {
-            Some("") => Err("`unix:` needs a socket path, e.g. unix:/run/tunnel.sock".into()),
-            Some(path) => Ok(Self::Unix(path.into())),
-            None => s.parse().map(Self::Tcp).map_err(|_| format!("`{s}` is neither IP:PORT (e.g. 127.0.0.1:8080) nor unix:PATH")),
-        }
-    }
-}
-
-impl fmt::Display for Listen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp(addr) => write!(f, "{addr}"),
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-impl Listen {
-    /// Refuses an address off loopback unless `unsafe_listen`: whoever can
-    /// connect speaks to the remote with this tunnel's identity.
-    pub fn check_local(&self, unsafe_listen: bool) -> Result<(), Failure> {
-        match self {
-            Self::Tcp(addr) if !addr.ip().is_loopback() && !unsafe_listen => Err(Failure::new(
+/// Refuses an address off loopback unless `unsafe_listen`: whoever can
+/// connect speaks to the remote with this tunnel's identity. A socket
+/// systemd passes is the unit's choice.
+fn check_local(listen: &ListenSpec, unsafe_listen: bool) -> Result<(), Failure> {
+    match listen {
+            ListenSpec::Tcp(addr) if !addr.ip().is_loopback() && !unsafe_listen => Err(Failure::new(
                 FailureClass::Usage,
                 format!(
                     "--listen {addr} is not a loopback address: anyone who can reach it would reach the target through this tunnel, with its client certificate"
@@ -74,15 +48,14 @@ impl Listen {
                 "listen on 127.0.0.1:PORT, [::1]:PORT or unix:PATH, or pass --unsafe-listen if every host that can reach it may use the tunnel",
             )),
             _ => Ok(()),
-        }
     }
 }
 
 #[derive(Args, Clone)]
 pub struct TunnelArgs {
-    /// Where local programs connect: 127.0.0.1:PORT or unix:PATH.
+    /// Where local programs connect: 127.0.0.1:PORT, unix:PATH, or systemd[:NAME] for a socket systemd passed.
     #[arg(long)]
-    pub listen: Listen,
+    pub listen: ListenSpec,
     /// The TLS server to carry connections to, HOST:PORT.
     #[arg(long)]
     pub target: String,
@@ -125,6 +98,8 @@ pub struct TunnelArgs {
     pub max_connections: usize,
     #[command(flatten)]
     pub status: StatusFlags,
+    #[command(flatten)]
+    pub reload: ReloadFlags,
 }
 
 /// What every carried connection needs.
@@ -133,39 +108,54 @@ struct Remote {
     name: ServerName<'static>,
     /// `name` for messages.
     name_text: String,
-    settings: ClientSettings,
+    /// Read once per connection; a reload replaces it for new connections.
+    settings: RwLock<Arc<ClientSettings>>,
+    /// Our certificate from keyd (--keyd), kept across reloads.
+    keyd_identity: Option<Arc<CertifiedKey>>,
     rules: Option<Arc<Rules>>,
     alpn: Vec<Vec<u8>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
 
-enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixSocket),
-}
-
-impl Listener {
-    async fn accept(&self) -> std::io::Result<(TargetStream, String)> {
-        match self {
-            Self::Tcp(l) => {
-                let (tcp, peer) = l.accept().await?;
-                let _ = tcp.set_nodelay(true);
-                Ok((TargetStream::Tcp(tcp), peer.to_string()))
-            }
-            Self::Unix(l) => {
-                let (unix, _) = l.listener.accept().await?;
-                Ok((TargetStream::Unix(unix), "unix".to_owned()))
-            }
+async fn accept(listener: &Listener) -> std::io::Result<(TargetStream, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (tcp, peer) = l.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            Ok((TargetStream::Tcp(tcp), peer.to_string()))
+        }
+        Listener::Unix(l) => {
+            let (unix, _) = l.listener.accept().await?;
+            Ok((TargetStream::Unix(unix), "unix".to_owned()))
         }
     }
 }
 
+impl Remote {
+    fn settings(&self) -> Arc<ClientSettings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 impl TunnelArgs {
+    /// Our certificate and the trust anchors, from files (or our
+    /// certificate from keyd, fetched once at start), checked with the rules.
+    fn settings(&self, keyd_identity: Option<&Arc<CertifiedKey>>, rules: &Option<Arc<Rules>>) -> Result<ClientSettings, Failure> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(identity_from_files(cert, key)?),
+            _ => keyd_identity.cloned(),
+        };
+        let settings = ClientSettings { trust: anchors(&self.ca)?, identity, versions: self.tls, legacy_v1_leaf: false, name_check: true };
+        // Bad anchors are refused now rather than on the first connection.
+        settings.config_with_rules(rules.clone()).map_err(Failure::config)?;
+        Ok(settings)
+    }
+
     async fn remote(&self) -> Result<Remote, Failure> {
         let (name_text, name) = server_name_for(&self.target, self.server_name.as_deref())?;
-        let identity = match (&self.cert, &self.key, self.keyless.fleet()?) {
-            (Some(cert), Some(key), _) => Some(identity_from_files(cert, key)?),
+        let keyd_identity = match (&self.cert, &self.key, self.keyless.fleet()?) {
+            (Some(_), Some(_), _) => None,
             (_, _, Some(client)) => {
                 let key_name = self.keyd_name.as_deref().ok_or_else(|| {
                     Failure::new(
@@ -185,16 +175,15 @@ impl TunnelArgs {
             }
             _ => None,
         };
-        let settings = ClientSettings { trust: anchors(&self.ca)?, identity, versions: self.tls, legacy_v1_leaf: false, name_check: true };
         let rules = self.verify.rules();
         let rules = (!rules.is_empty()).then(|| Arc::new(rules));
-        // Bad anchors are refused now rather than on the first connection.
-        settings.config_with_rules(rules.clone()).map_err(Failure::config)?;
+        let settings = self.settings(keyd_identity.as_ref(), &rules)?;
         Ok(Remote {
             target: self.target.clone(),
             name,
             name_text,
-            settings,
+            settings: RwLock::new(Arc::new(settings)),
+            keyd_identity,
             rules,
             alpn: self.alpn.iter().filter(|p| !p.is_empty()).map(|p| p.as_bytes().to_vec()).collect(),
             connect_timeout: Duration::from_secs(self.connect_timeout),
@@ -203,8 +192,42 @@ impl TunnelArgs {
     }
 }
 
+/// What reload lines show of a tunnel's settings: our certificate and the CAs.
+fn describe(settings: &ClientSettings) -> (Option<String>, Option<String>) {
+    (settings.identity.as_ref().and_then(|i| i.cert.first()).map(describe_cert), Some(describe_anchors(&settings.trust.certs)))
+}
+
+/// A running tunnel's client certificate and trust anchors, reloaded in place.
+struct TunnelReload {
+    name: String,
+    args: TunnelArgs,
+    remote: Arc<Remote>,
+}
+
+impl Reload for TunnelReload {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        [Some(&self.args.ca), self.args.cert.as_ref(), self.args.key.as_ref()].into_iter().flatten().cloned().collect()
+    }
+
+    fn reload(&self) -> Result<Option<String>, Failure> {
+        let new = self.args.settings(self.remote.keyd_identity.as_ref(), &self.remote.rules)?;
+        let ((old_cert, old_ca), (new_cert, new_ca)) = (describe(&self.remote.settings()), describe(&new));
+        let line =
+            reload_line(&self.name, &[("client certificate", "fingerprint", old_cert, new_cert), ("CAs", "fingerprints", old_ca, new_ca)]);
+        if line.is_some() {
+            *self.remote.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        }
+        Ok(line)
+    }
+}
+
 pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
+    let reloader = Reloader::install(args.reload);
     let prepared = prepare(&args, "").await?;
     let page = args.status.bind(Registry::default()).await?;
     let anchors = match &page {
@@ -213,7 +236,16 @@ pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     };
     let shown = StatusListener::new(&prepared.local, "tunnel").with_anchors(&anchors);
     let (_status, _running) = crate::status::start(page, vec![shown]);
-    prepared.run(shutdown).await;
+    let part = TunnelReload { name: format!("tunnel {}", prepared.local), remote: prepared.remote.clone(), args };
+    let reloading = tokio::spawn(reloader.run(vec![Arc::new(part)]));
+    notify::ready();
+    prepared
+        .run(async {
+            shutdown.await;
+            notify::stopping();
+        })
+        .await;
+    reloading.abort();
     Ok(())
 }
 
@@ -230,13 +262,10 @@ pub struct PreparedTunnel {
 /// listener: everything that can fail happens here. `name` (a config table
 /// such as `[[tunnel]] #1`, or empty for the flags) goes into the log lines.
 pub async fn prepare(args: &TunnelArgs, name: &str) -> Result<PreparedTunnel, Failure> {
-    args.listen.check_local(args.unsafe_listen)?;
+    check_local(&args.listen, args.unsafe_listen)?;
     host_of(&args.target)?;
     let remote = Arc::new(args.remote().await?);
-    let listener = match &args.listen {
-        Listen::Tcp(addr) => Listener::Tcp(bind(*addr).await?),
-        Listen::Unix(path) => Listener::Unix(UnixSocket::bind(path, "tunnel")?),
-    };
+    let listener = args.listen.bind("tunnel").await?;
     let local = match &listener {
         Listener::Tcp(l) => l.local_addr().map(Listen::Tcp).unwrap_or_else(|_| args.listen.clone()),
         Listener::Unix(_) => args.listen.clone(),
@@ -251,7 +280,7 @@ impl PreparedTunnel {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let Self { listener, remote, max_connections, .. } = self;
         let mut connections = accept_until(
-            || listener.accept(),
+            || accept(&listener),
             max_connections,
             shutdown,
             |(local, from), slot| {
@@ -276,7 +305,7 @@ async fn carry(local: TargetStream, from: String, remote: &Remote) {
     let started = Instant::now();
     let target = remote.target.as_str();
     let opened = async {
-        let (config, seen) = remote.settings.config_with_rules(remote.rules.clone()).map_err(Failure::config)?;
+        let (config, seen) = remote.settings().config_with_rules(remote.rules.clone()).map_err(Failure::config)?;
         let config = if remote.alpn.is_empty() {
             config
         } else {
@@ -324,16 +353,12 @@ mod tests {
 
     #[test]
     fn listen_addresses_parse_and_only_loopback_is_safe() {
-        assert_eq!("unix:/run/t.sock".parse::<Listen>(), Ok(Listen::Unix("/run/t.sock".into())));
-        for bad in ["unix:", "localhost:80", "127.0.0.1", ""] {
-            assert!(bad.parse::<Listen>().is_err(), "{bad}");
+        for ok in ["127.0.0.1:8080", "[::1]:8080", "unix:/x", "systemd:tunnel"] {
+            check_local(&ok.parse().unwrap(), false).unwrap();
         }
-        for ok in ["127.0.0.1:8080", "[::1]:8080", "unix:/x"] {
-            ok.parse::<Listen>().unwrap().check_local(false).unwrap();
-        }
-        let far: Listen = "0.0.0.0:8080".parse().unwrap();
-        let f = far.check_local(false).unwrap_err();
+        let far: ListenSpec = "0.0.0.0:8080".parse().unwrap();
+        let f = check_local(&far, false).unwrap_err();
         assert!(f.fix.contains("--unsafe-listen") && f.class == FailureClass::Usage, "{f}");
-        far.check_local(true).unwrap();
+        check_local(&far, true).unwrap();
     }
 }

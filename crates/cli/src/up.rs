@@ -2,6 +2,8 @@
 //! directory made on first run, and `sealtls console`: the console alone.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 
 use clap::Args;
 use sealtls_console::EchoServers;
@@ -14,14 +16,16 @@ use tracing::{info, warn};
 use crate::config::{locate, Config, DEFAULT_NAME, DEV_CONFIG};
 use crate::keyd::{BackendKind, SealKind};
 use crate::keyd_child::{provision, KeydSpec};
+use crate::notify;
 use crate::port_owner::listener_of;
+use crate::reload::{Reload, ReloadFlags, Reloader};
 use crate::services::{self, run_until_signal, Address, ConsoleFlags};
 use crate::signals::shutdown_signal;
+use crate::stack_reload::{KeydForward, MaterialReload};
 use crate::status::{KeydPing, Shown, StatusFlags};
 use crate::tunnel::Listen;
 use sealtls_keyless::{KeydClient, KeydEndpoint};
 use sealtls_status::{Listener, StatusAddr};
-use std::sync::Arc;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -51,6 +55,8 @@ pub struct UpArgs {
     /// Give the keyd child process a status listener of its own on IP:PORT (loopback) or unix:PATH [default: none].
     #[arg(long, value_name = "ADDR")]
     keyd_status: Option<StatusAddr>,
+    #[command(flatten)]
+    reload: ReloadFlags,
 }
 
 /// Creates the development PKI and its config in `dir` unless already there.
@@ -179,6 +185,7 @@ fn check_ports_free(needed: &[(String, SocketAddr)], config: &Path) -> Result<()
 
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
+    let reloader = Reloader::install(args.reload);
     let _lock = crate::up_lock::acquire(&args.data_dir)?;
     let path = match locate(args.config.as_deref(), &args.data_dir) {
         Some(p) => {
@@ -200,11 +207,12 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         ("[console] listen".to_owned(), console_section.listen),
         ("[keyless] listen".to_owned(), keyless_listen),
     ];
-    needed.extend(config.serve.iter().map(|t| (format!("{} listen", t.label), t.args.listen)));
-    needed.extend(config.tunnel.iter().filter_map(|t| match t.args.listen {
-        Listen::Tcp(a) => Some((format!("{} listen", t.label), a)),
-        Listen::Unix(_) => None,
-    }));
+    let tcp = |label: &str, listen: &Listen| match listen {
+        Listen::Tcp(a) => Some((format!("{label} listen"), *a)),
+        _ => None,
+    };
+    needed.extend(config.serve.iter().filter_map(|t| tcp(&t.label, &t.args.listen)));
+    needed.extend(config.tunnel.iter().filter_map(|t| tcp(&t.label, &t.args.listen)));
     check_ports_free(&needed, &path)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let device_key = args.device_key.clone().unwrap_or_else(sealtls_keyd::device::default_path);
@@ -253,11 +261,17 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         }
     };
     let (failed_tx, failed_rx) = oneshot::channel();
+    let keyd_pid = Arc::new(AtomicU32::new(keyd.pid()));
     let keyd_service = services::Service {
         name: "keyd (key custody)",
         address: Address::Unix(keyd_socket.clone()),
-        task: Box::pin(keyd.supervise(spec, stop_rx.clone(), failed_tx)),
+        task: Box::pin(keyd.supervise(spec, stop_rx.clone(), failed_tx, keyd_pid.clone())),
     };
+    let parts: Vec<Arc<dyn Reload>> = vec![
+        Arc::new(MaterialReload { name: format!("up {}", path.display()), config: path.clone(), servers: servers.clone() }),
+        Arc::new(KeydForward { pid: keyd_pid }),
+    ];
+    let reloading = tokio::spawn(reloader.run(parts));
     list.insert(3, keyd_service);
     let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
     let until = {
@@ -267,6 +281,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
                 () = shutdown => {}
                 Ok(f) = failed_rx => *failure.lock().expect("failure lock") = Some(f),
             }
+            notify::stopping();
         }
     };
 
@@ -318,12 +333,14 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     println!("  {me} offload-client --socket {} localhost:{} --send hello", shell_word(offload), echo.port());
     println!("  openssl s_client -connect {keyless} -servername localhost -CAfile {ca}");
     println!("  {me} key ls --keyd unix:{}", shell_word(keyd_socket));
-    println!("stop with Ctrl-C");
+    println!("stop with Ctrl-C; reload certificates and grants with SIGHUP (kill -HUP {})", std::process::id());
+    notify::ready();
     shown.listeners.push(Listener::new(console, "console"));
     let keyd_probe = KeydClient::new(KeydEndpoint::Unix(keyd_socket.clone()), 1, std::time::Duration::from_secs(2));
     shown.listeners.push(Listener::new(format!("unix:{}", keyd_socket.display()), "keyd").with_keyd(Arc::new(KeydPing(keyd_probe))));
     let (_status, _running) = crate::status::start(page, shown.listeners);
     run_until_signal(list, until, stop_tx, &servers).await;
+    reloading.abort();
     let failed = failure.lock().expect("failure lock").take();
     match failed {
         Some(f) => Err(f),
@@ -341,17 +358,35 @@ pub struct ConsoleArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     console: ConsoleFlags,
+    #[command(flatten)]
+    reload: ReloadFlags,
 }
 
 pub async fn console(args: ConsoleArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
+    let reloader = Reloader::install(args.reload);
     let path = locate(args.config.as_deref(), &args.data_dir);
     let config = load(path.as_deref())?;
     let section = args.console.apply(config.console.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = EchoServers::new(config.material.clone());
     let service = services::console(&servers, &section, stop_rx).await?;
+    let parts: Vec<Arc<dyn Reload>> = match &path {
+        Some(config) => vec![Arc::new(MaterialReload {
+            name: format!("console {}", service.address),
+            config: config.clone(),
+            servers: servers.clone(),
+        })],
+        None => Vec::new(),
+    };
+    let reloading = tokio::spawn(reloader.run(parts));
     info!(listen = %service.address, config = %path.as_deref().map_or("none".into(), |p| p.display().to_string()), "console ready");
+    notify::ready();
+    let shutdown = async {
+        shutdown.await;
+        notify::stopping();
+    };
     run_until_signal(vec![service], shutdown, stop_tx, &servers).await;
+    reloading.abort();
     Ok(())
 }

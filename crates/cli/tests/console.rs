@@ -846,3 +846,57 @@ fn config_errors_name_the_file_the_key_and_the_fix() {
     let o = run(sealtls().args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--send", "configured"]));
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("configured"), "{}", text(&o));
 }
+
+/// SHA-256 fingerprint of the first certificate in `pem` (a file, or s_client's output).
+fn sha256_fingerprint(pem: &Path) -> String {
+    let o = run(std::process::Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(pem));
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().split_once('=').expect("Fingerprint=").1.to_owned()
+}
+
+/// SIGHUP to `up` reloads the echo server's certificate from the config's files and reaches
+/// keyd, which reloads its grants: the keyless server, refused before, is served after.
+#[test]
+fn up_reloads_the_echo_certificate_and_keyds_grants_on_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let uid = rustix::process::geteuid().as_raw();
+    let grants = d.join("grants.toml");
+    write_mode(&grants, &format!("[[grant]]\nuid = {uid}\ndomains = [\"other.example\"]\n"), 0o644);
+    let (child, banner, stderr, keyless) = up_on_free_ports_with(d, "echo-localhost", "[keyd]\nauthorize = \"grants.toml\"\n");
+    let echo = banner.lines().find(|l| l.contains("TLS echo server")).and_then(|l| l.split_whitespace().last()).expect("echo address");
+    let (ok, t) = keyless_handshake(d, keyless);
+    assert!(!ok && t.contains("alert number 40"), "{t}");
+
+    let data = d.join("sealtls-data");
+    let o = run(sealtls().args(["pki", "issue", "server", "--dir", data.to_str().unwrap(), "--name", "renewed", "--san", "localhost"]));
+    assert!(o.status.success(), "{}", text(&o));
+    for ext in ["key", "pem"] {
+        let tmp = data.join(format!("echo-localhost.{ext}.new"));
+        std::fs::copy(data.join(format!("renewed.{ext}")), &tmp).unwrap();
+        std::fs::rename(&tmp, data.join(format!("echo-localhost.{ext}"))).unwrap();
+    }
+    write_mode(&grants, &format!("[[grant]]\nuid = {uid}\ndomains = [\"localhost\"]\n"), 0o644);
+    assert!(std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = stderr.lock().unwrap().clone();
+        if log.contains("reloaded certificate for up") && log.lines().any(|l| l.starts_with("keyd: ") && l.contains("reloaded grants")) {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no reload lines:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let renewed = sha256_fingerprint(&data.join("renewed.pem"));
+    assert!(log.lines().any(|l| l.contains("reloaded certificate for up") && l.contains(&format!("-> {renewed}"))), "{log}");
+    assert!(log.contains("SIGHUP passed to keyd"), "{log}");
+
+    let o = run(std::process::Command::new("openssl").args(["s_client", "-connect", echo, "-servername", "localhost"]));
+    let out = d.join("s_client.out");
+    std::fs::write(&out, &o.stdout).unwrap();
+    assert_eq!(sha256_fingerprint(&out), renewed);
+    let (ok, t) = keyless_handshake(d, keyless);
+    assert!(ok, "the keyless server is refused after the grants were reloaded: {t}\n{}", stderr.lock().unwrap());
+    stop_up(child);
+}

@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sealtls_endpoint::metrics::ServerMetrics;
 use sealtls_endpoint::net::bind;
@@ -66,7 +66,8 @@ pub struct ServerStatus {
 
 /// Running echo servers, shared by all console sessions.
 pub struct EchoServers {
-    material: Arc<TlsMaterial>,
+    /// Replaced whole on reload; read once per server start or client connect.
+    material: RwLock<Arc<TlsMaterial>>,
     running: Mutex<BTreeMap<u16, Running>>,
     metrics: Arc<ServerMetrics>,
 }
@@ -79,12 +80,29 @@ impl EchoServers {
 
     /// As [`EchoServers::new`], each server counted in `metrics` under its address.
     pub fn with_metrics(material: Arc<TlsMaterial>, metrics: Arc<ServerMetrics>) -> Arc<Self> {
-        Arc::new(Self { material, running: Mutex::new(BTreeMap::new()), metrics })
+        Arc::new(Self { material: RwLock::new(material), running: Mutex::new(BTreeMap::new()), metrics })
     }
 
     /// The configuration the servers use.
-    pub fn material(&self) -> &TlsMaterial {
-        &self.material
+    pub fn material(&self) -> Arc<TlsMaterial> {
+        self.material.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `material` in use (hot reload): each running server's new
+    /// handshakes get it, open sessions keep theirs, and servers and client
+    /// connections started later use it. If it cannot serve one of the
+    /// running servers, nothing is replaced.
+    pub fn replace_material(&self, material: Arc<TlsMaterial>) -> Result<(), Failure> {
+        let running = self.running.lock().expect("not poisoned");
+        let rebuilt = running
+            .values()
+            .map(|r| Ok((r.server.clone(), material.server_tls(r.spec.client_auth, r.spec.versions)?)))
+            .collect::<Result<Vec<_>, Failure>>()?;
+        for (server, tls) in rebuilt {
+            server.replace_tls(tls);
+        }
+        *self.material.write().unwrap_or_else(|e| e.into_inner()) = material;
+        Ok(())
     }
 
     /// Refuses a port already served, or one server too many.
@@ -109,7 +127,7 @@ impl EchoServers {
     /// Starts an echo server and returns the address it listens on.
     pub async fn start(&self, spec: ServerSpec) -> Result<SocketAddr, Failure> {
         Self::check_room(&self.running.lock().expect("not poisoned"), spec.addr.port())?;
-        let tls = self.material.server_tls(spec.client_auth, spec.versions)?;
+        let tls = self.material().server_tls(spec.client_auth, spec.versions)?;
         let listener = bind(spec.addr).await?;
         let addr = listener
             .local_addr()

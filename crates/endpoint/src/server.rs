@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -114,7 +114,9 @@ impl Default for ServerOptions {
 
 /// A running server's shared state.
 pub struct Server {
-    tls: ServerTls,
+    /// Read once per connection, so that a reload reaches new handshakes
+    /// while established sessions keep the configuration they started with.
+    tls: RwLock<Arc<ServerTls>>,
     options: ServerOptions,
     /// Lifetime counters.
     pub stats: ServerStats,
@@ -123,7 +125,18 @@ pub struct Server {
 impl Server {
     /// A server with the given TLS configuration.
     pub fn new(tls: ServerTls, options: ServerOptions) -> Arc<Self> {
-        Arc::new(Self { tls, options, stats: ServerStats::default() })
+        Arc::new(Self { tls: RwLock::new(Arc::new(tls)), options, stats: ServerStats::default() })
+    }
+
+    /// The TLS configuration new connections get.
+    pub fn tls(&self) -> Arc<ServerTls> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the TLS configuration for connections accepted from now on
+    /// (hot reload); open sessions keep theirs.
+    pub fn replace_tls(&self, tls: ServerTls) {
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tls);
     }
 
     /// Accepts connections until `shutdown` completes, then gives open
@@ -156,8 +169,9 @@ impl Server {
     /// needs one (a gate, or a key that serves other hashes over TLS 1.2).
     async fn open(&self, tcp: TcpStream, seen: &Arc<Observation>) -> Opened {
         let mut io = buffered(tcp);
-        let accept = |io, hello: Option<&HelloInfo>| TlsAcceptor::from(self.tls.for_connection(seen, hello)).accept(io).into_fallible();
-        if !self.tls.reads_hello() {
+        let tls = self.tls();
+        let accept = |io, hello: Option<&HelloInfo>| TlsAcceptor::from(tls.for_connection(seen, hello)).accept(io).into_fallible();
+        if !tls.reads_hello() {
             return accept(io, None).await.into();
         }
         let hello = match read_client_hello(&mut io).await {
@@ -177,14 +191,14 @@ impl Server {
             Ok(Hello::NotHello | Hello::Partial) => return accept(io, None).await.into(),
             Err(e) => return Opened::Failed(e, Some(io)),
         };
-        if let Some(gate) = self.tls.gate() {
+        if let Some(gate) = tls.gate() {
             if let Err(refusal) = gate.check(hello.server_name.as_deref()).await {
                 send_alert(&mut io, refusal.alert).await;
                 return Opened::Refused(hello.server_name, refusal, io);
             }
         }
-        if let Some(threads) = self.tls.signing_threads() {
-            return first_flight_on_signing_thread(io, self.tls.for_connection(seen, Some(&hello)), threads).await;
+        if let Some(threads) = tls.signing_threads() {
+            return first_flight_on_signing_thread(io, tls.for_connection(seen, Some(&hello)), threads).await;
         }
         accept(io, Some(&hello)).await.into()
     }

@@ -71,8 +71,9 @@ pub struct Custody {
     backend: Box<dyn Backend>,
     table: RwLock<Table>,
     generation: AtomicU64,
-    /// Who may use which key; `None`: every caller, every key.
-    grants: Option<Grants>,
+    /// Who may use which key; `None`: every caller, every key. Replaced
+    /// whole on reload; each request reads it once.
+    grants: RwLock<Option<Arc<Grants>>>,
     /// Requests refused because no grant allowed them.
     forbidden: AtomicU64,
     metrics: KeydMetrics,
@@ -113,7 +114,7 @@ impl Custody {
             backend,
             table: RwLock::new(Table::default()),
             generation: AtomicU64::new(Self::first_generation()),
-            grants: None,
+            grants: RwLock::new(None),
             forbidden: AtomicU64::new(0),
             metrics: KeydMetrics::default(),
         };
@@ -125,14 +126,20 @@ impl Custody {
 
     /// Restricts SIGN, CHAIN and PUBLIC_KEY to what `grants` allow each caller.
     /// Without grants (none given, or a file with none) every caller may use every key.
-    pub fn with_grants(mut self, grants: Grants) -> Self {
-        self.grants = if grants.grants.is_empty() { None } else { Some(grants) };
+    pub fn with_grants(self, grants: Grants) -> Self {
+        self.replace_grants(grants);
         self
     }
 
+    /// Puts `grants` in force for requests from now on (hot reload).
+    pub fn replace_grants(&self, grants: Grants) {
+        let grants = (!grants.grants.is_empty()).then(|| Arc::new(grants));
+        *self.grants.write().unwrap_or_else(|e| e.into_inner()) = grants;
+    }
+
     /// The grants in force, if any.
-    pub fn grants(&self) -> Option<&Grants> {
-        self.grants.as_ref()
+    pub fn grants(&self) -> Option<Arc<Grants>> {
+        self.grants.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// How many requests were refused because no grant allowed them (for metrics).
@@ -260,7 +267,7 @@ impl Custody {
     /// judged by the name it is installed under; one found by key id under
     /// several names is allowed if any of them is.
     fn authorize(&self, request: &Request, caller: &Caller) -> Result<(), Response> {
-        let Some(grants) = &self.grants else { return Ok(()) };
+        let Some(grants) = self.grants() else { return Ok(()) };
         let (Request::Sign { key: selector, .. } | Request::PublicKey(selector) | Request::Chain(selector)) = request else {
             return Ok(());
         };
@@ -296,7 +303,7 @@ impl Custody {
         Err(Response::refusal(
             ErrorCode::Forbidden,
             &format!("{} may not use the key for {domain}: no grant in {} allows it", caller.who, grants.origin),
-            &format!("add a [[grant]] naming this caller with {domain} in its domains to {}, and restart keyd", grants.origin),
+            &format!("add a [[grant]] naming this caller with {domain} in its domains to {}, and reload keyd (SIGHUP)", grants.origin),
         ))
     }
 

@@ -135,6 +135,12 @@ impl Keyd {
     /// called inside a tokio runtime.
     pub async fn bind(custody: Custody, settings: KeydSettings) -> Result<Self, Failure> {
         let unix = UnixSocket::bind(&settings.socket, "keyd")?;
+        Self::bind_on(custody, settings, unix).await
+    }
+
+    /// As [`Keyd::bind`], on a Unix socket bound already (e.g. passed by
+    /// systemd); `settings.socket` is then not used.
+    pub async fn bind_on(custody: Custody, settings: KeydSettings, unix: UnixSocket) -> Result<Self, Failure> {
         let tls = match settings.tls {
             None => None,
             Some(t) => {
@@ -158,15 +164,16 @@ impl Keyd {
         Ok(Self { custody: Arc::new(custody), unix, tls, own_uid, limits: KeydLimits::default() })
     }
 
-    /// The keys in custody, shared with the running daemon (for metrics).
-    pub fn custody(&self) -> &Arc<Custody> {
-        &self.custody
-    }
-
     /// Serves with these limits instead of the defaults.
     pub fn with_limits(mut self, limits: KeydLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// The keys and grants it serves, shared with the running daemon (for
+    /// metrics and for reloading the grants).
+    pub fn custody(&self) -> Arc<Custody> {
+        self.custody.clone()
     }
 
     /// The Unix socket's path.

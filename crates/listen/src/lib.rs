@@ -1,8 +1,14 @@
 //! Listening sockets shared by servers and daemons: a TCP listener whose
 //! bind failures are explained, and a daemon's Unix socket (mode 0660,
-//! stale sockets cleared, removed on exit). Nothing here speaks TLS, so a
+//! stale sockets cleared, removed on exit), both also as passed by systemd
+//! (`ListenSpec`). Nothing here speaks TLS, so a
 //! daemon that holds keys can listen without the crates that talk to peers.
 use std::net::SocketAddr;
+
+mod spec;
+pub mod systemd;
+
+pub use spec::{ListenSpec, Listener};
 
 use sealtls_failure::{Failure, FailureClass};
 use tokio::net::{TcpListener, TcpSocket};
@@ -38,7 +44,8 @@ pub struct UnixSocket {
     /// The listener.
     pub listener: tokio::net::UnixListener,
     path: std::path::PathBuf,
-    inode: u64,
+    /// The socket file's inode; `None` for a socket systemd passed, which is systemd's to remove.
+    inode: Option<u64>,
 }
 
 fn socket_failure(service: &str, socket: &std::path::Path, what: impl std::fmt::Display, fix: impl Into<String>) -> Failure {
@@ -80,7 +87,12 @@ impl UnixSocket {
         let inode = meta
             .map_err(|e| socket_failure(service, path, format!("cannot set mode 0660: {e}"), "check the directory's permissions"))?
             .ino();
-        Ok(Self { listener, path: path.to_owned(), inode })
+        Ok(Self { listener, path: path.to_owned(), inode: Some(inode) })
+    }
+
+    /// A socket systemd passed: served as it is, never removed by us.
+    pub fn passed(listener: tokio::net::UnixListener, path: std::path::PathBuf) -> Self {
+        Self { listener, path, inode: None }
     }
 
     /// The socket's path.
@@ -91,7 +103,7 @@ impl UnixSocket {
     /// Removes the socket file if it is still this daemon's.
     pub fn remove(&self) {
         use std::os::unix::fs::MetadataExt;
-        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+        if std::fs::metadata(&self.path).is_ok_and(|m| Some(m.ino()) == self.inode) {
             let _ = std::fs::remove_file(&self.path);
         }
     }

@@ -119,6 +119,35 @@ impl Drop for BadgeGuard {
     }
 }
 
+/// The trust anchors of a running daemon, replaceable (hot reload): new
+/// handshakes use the new ones, established sessions are left alone.
+#[derive(Clone)]
+pub struct TrustAnchors(Arc<Dialer>);
+
+impl TrustAnchors {
+    /// The anchors new handshakes verify servers against.
+    pub fn current(&self) -> Anchors {
+        self.0.tls().trust.clone()
+    }
+
+    /// Replaces the anchors; an empty set or one rustls refuses is refused
+    /// and the old anchors stay.
+    pub fn replace(&self, trust: Anchors) -> Result<(), Failure> {
+        if trust.certs.is_empty() {
+            return Err(Failure::new(
+                FailureClass::Config,
+                format!("{}: no trust anchors: the daemon could not verify any server", trust.origin),
+                "give the CA that issued your servers' certificates, or system",
+            ));
+        }
+        trust.root_store().map_err(Failure::config)?;
+        let mut tls = (*self.0.tls()).clone();
+        tls.trust = trust;
+        self.0.replace_tls(tls);
+        Ok(())
+    }
+}
+
 /// A bound offload daemon.
 pub struct Daemon {
     socket: UnixSocket,
@@ -131,6 +160,19 @@ impl Daemon {
     /// Checks the settings and binds the socket (mode 0660). Must be called
     /// inside a tokio runtime.
     pub fn bind(settings: OffloadSettings) -> Result<Self, Failure> {
+        Self::check(&settings)?;
+        let socket = UnixSocket::bind(&settings.socket, "offload")?;
+        Self::on(settings, socket)
+    }
+
+    /// Checks the settings and serves on `socket`, bound already (e.g. passed
+    /// by systemd); `settings.socket` is then not used.
+    pub fn bind_on(settings: OffloadSettings, socket: UnixSocket) -> Result<Self, Failure> {
+        Self::check(&settings)?;
+        Self::on(settings, socket)
+    }
+
+    fn check(settings: &OffloadSettings) -> Result<(), Failure> {
         if settings.trust.certs.is_empty() {
             return Err(Failure::new(
                 FailureClass::Config,
@@ -155,7 +197,10 @@ impl Daemon {
                 format!("give {} to {} bytes", BUFFER_SIZES.start(), BUFFER_SIZES.end()),
             ));
         }
-        let socket = UnixSocket::bind(&settings.socket, "offload")?;
+        Ok(())
+    }
+
+    fn on(settings: OffloadSettings, socket: UnixSocket) -> Result<Self, Failure> {
         let tls = ClientSettings {
             trust: settings.trust,
             identity: None,
@@ -163,7 +208,7 @@ impl Daemon {
             legacy_v1_leaf: false,
             name_check: settings.name_check,
         };
-        let dialer = Arc::new(Dialer { tls, connect_timeout: settings.connect_timeout, handshake_timeout: settings.handshake_timeout });
+        let dialer = Arc::new(Dialer::new(tls, settings.connect_timeout, settings.handshake_timeout));
         let shared = Arc::new(Shared {
             dialer,
             buffer_size: settings.buffer_size,
@@ -182,6 +227,11 @@ impl Daemon {
     /// The socket's path.
     pub fn socket(&self) -> &Path {
         self.socket.path()
+    }
+
+    /// A handle that replaces the trust anchors of a running daemon.
+    pub fn trust(&self) -> TrustAnchors {
+        TrustAnchors(self.shared.dialer.clone())
     }
 
     /// Serves clients until `shutdown` resolves, then tells each client

@@ -12,4 +12,4 @@ mod session;
 mod shared;
 mod upstream;
 
-pub use daemon::{Allow, Daemon, OffloadSettings, BUFFER_SIZES, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CLIENTS, FIRST_BADGE};
+pub use daemon::{Allow, Daemon, OffloadSettings, TrustAnchors, BUFFER_SIZES, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CLIENTS, FIRST_BADGE};

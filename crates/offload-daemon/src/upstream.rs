@@ -2,6 +2,7 @@
 //! the server, the TLS handshake and the established session with its two
 //! plaintext queues.
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,7 +46,9 @@ impl Target {
 
 /// What the slot's connects and handshakes need from the daemon.
 pub(crate) struct Dialer {
-    pub tls: ClientSettings,
+    /// Read once per handshake, so that a reload of the trust anchors
+    /// reaches new handshakes and leaves established sessions alone.
+    tls: RwLock<Arc<ClientSettings>>,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
 }
@@ -73,6 +76,20 @@ fn outer(limit: Duration) -> Duration {
 }
 
 impl Dialer {
+    pub(crate) fn new(tls: ClientSettings, connect_timeout: Duration, handshake_timeout: Duration) -> Self {
+        Self { tls: RwLock::new(Arc::new(tls)), connect_timeout, handshake_timeout }
+    }
+
+    /// The settings new handshakes use.
+    pub(crate) fn tls(&self) -> Arc<ClientSettings> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the settings for handshakes from now on.
+    pub(crate) fn replace_tls(&self, tls: ClientSettings) {
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tls);
+    }
+
     /// Opens the TCP connection.
     pub(crate) async fn connect(&self, target: &Target) -> Result<TcpStream, String> {
         let address = target.address();
@@ -84,20 +101,21 @@ impl Dialer {
     pub(crate) async fn handshake(&self, tcp: TcpStream, target: &Target) -> Result<Tls, String> {
         let name = ServerName::try_from(target.host.clone())
             .map_err(|_| format!("`{}` is neither a DNS name nor an IP address, so the certificate cannot be checked against it (fix: connect by DNS name or address)", target.host))?;
-        let (config, seen) = self.tls.config().map_err(|e| detail(&Failure::config(e)))?;
+        let tls = self.tls();
+        let (config, seen) = tls.config().map_err(|e| detail(&Failure::config(e)))?;
         let address = target.address();
         let what = format!("the TLS handshake with {address}");
         let step = handshake(tcp, name, config, &seen, &address, outer(self.handshake_timeout));
         let stream = within(self.handshake_timeout, what, "--handshake-timeout", step).await?;
         let info = SessionInfo::of(stream.get_ref().1);
-        let checked = if self.tls.name_check { format!("valid for {}", target.host) } else { "host name not checked".to_owned() };
+        let checked = if tls.name_check { format!("valid for {}", target.host) } else { "host name not checked".to_owned() };
         let session = format!(
             "{} {} {}; server {} verified: chain to a trusted CA ({}), {checked}",
             info.version,
             info.suite,
             info.group,
             info.peer_subject(),
-            self.tls.trust.origin
+            tls.trust.origin
         );
         Ok(Tls { stream: Box::new(stream), session, address, inbound: None, outbound: None, unflushed: false, drained: 0, end: None })
     }

@@ -67,7 +67,7 @@ impl Client {
             legacy_v1_leaf: false,
             name_check: true,
         };
-        let dialer = Arc::new(Dialer { tls, connect_timeout: PROMPTLY, handshake_timeout: PROMPTLY });
+        let dialer = Arc::new(Dialer::new(tls, PROMPTLY, PROMPTLY));
         let shared = Arc::new(Shared { dialer, buffer_size: BUFFER, answer_timeout: PROMPTLY, metrics: Default::default() });
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (stop, stopped) = watch::channel(false);
