@@ -1,6 +1,6 @@
 //! `sealtls serve`, `connect` and `send`.
-use std::path::{Path, PathBuf};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
