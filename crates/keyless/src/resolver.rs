@@ -51,7 +51,7 @@ pub struct KeylessLimits {
 
 impl Default for KeylessLimits {
     fn default() -> Self {
-        Self { cache: 10_000, miss_ttl: Duration::from_secs(30), in_flight: 64, signing_threads: 16 }
+        Self { cache: 10_000, miss_ttl: Duration::from_secs(30), in_flight: 64, signing_threads: 32 }
     }
 }
 
