@@ -381,7 +381,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     for p in &prepared {
         p.show(&mut registry);
     }
-    let page = args.status.bind(registry).await?;
+    let page = args.status.or_config(config.as_ref().and_then(|c| c.status.as_ref()))?.bind(registry).await?;
     let shown = if page.is_some() { prepared.iter().map(PreparedServe::status_listener).collect() } else { Vec::new() };
     let (_status, _running) = crate::status::start(page, shown);
     let parts: Vec<Arc<dyn Reload>> = prepared.iter().map(|p| p.reload.clone() as Arc<dyn Reload>).collect();

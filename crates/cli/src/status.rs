@@ -22,6 +22,23 @@ pub struct StatusFlags {
 }
 
 impl StatusFlags {
+    /// These flags, or the config file's `[status]` when no --status was given.
+    pub fn or_config(&self, config: Option<&crate::tables::StatusSection>) -> Result<Self, Failure> {
+        match (&self.status, config) {
+            (None, Some(section)) => {
+                let status = section.listen.to_string().parse().map_err(|e: String| {
+                    Failure::new(
+                        sealtls_failure::FailureClass::Config,
+                        format!("[status] listen = {}: {e}", section.listen),
+                        "write IP:PORT or unix:PATH",
+                    )
+                })?;
+                Ok(Self { status: Some(status), unsafe_status: section.unsafe_status })
+            }
+            _ => Ok(self.clone()),
+        }
+    }
+
     /// Binds the status listener, if one was asked for; `registry` holds the
     /// process's metrics.
     pub async fn bind(&self, registry: Registry) -> Result<Option<StatusPage>, Failure> {

@@ -249,7 +249,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         for table in &config.tunnel {
             list.push(services::tunnel_table(table, stop_rx.clone()).await?);
         }
-        let page = args.status.bind(std::mem::take(&mut shown.registry)).await?;
+        let page = args.status.or_config(config.status.as_ref())?.bind(std::mem::take(&mut shown.registry)).await?;
         Ok::<_, Failure>((list, page))
     };
     let (mut list, page) = match started.await {

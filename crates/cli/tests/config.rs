@@ -114,6 +114,23 @@ fn serve_config_runs_every_serve_table() {
     assert!(log.contains(&format!("listen=127.0.0.1:{proxy}")) && log.contains("[[serve]] #2"), "{log}");
     both_tables_serve(d, echo, proxy);
 
+    // [status] in the file gives the same page --status would, for both tables.
+    let page = free_port();
+    let mut text_of = std::fs::read_to_string(&config).unwrap();
+    text_of.push_str(&format!("\n[status]\nlisten = \"127.0.0.1:{page}\"\n"));
+    let with_status = d.join("with-status.toml");
+    std::fs::write(&with_status, text_of).unwrap();
+    drop(server);
+    let server = Server::spawn(&["serve", "--config", with_status.to_str().unwrap()]);
+    assert!(server.wait_log("status listen=").contains(&format!("status listen=127.0.0.1:{page}")), "{}", server.log());
+    let o = run(std::process::Command::new("curl").args(["-s", &format!("http://127.0.0.1:{page}/_status")]));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    let addresses: Vec<_> = status["listeners"].as_array().unwrap().iter().map(|l| l["address"].as_str().unwrap().to_owned()).collect();
+    for port in [echo, proxy] {
+        assert!(addresses.contains(&format!("127.0.0.1:{port}")), "{status}");
+    }
+    drop(server);
+
     // Certificate flags still make it one server, with [tls] for the rest as before.
     let single = Server::start(&["--config", config.to_str().unwrap(), "--cert", &p(d, "localhost.pem"), "--key", &p(d, "localhost.key")]);
     assert!(!single.log().contains("[[serve]]"), "{}", single.log());
