@@ -129,6 +129,8 @@ pub struct Loaded {
     pub leaf: Option<String>,
     /// The CAs whose client certificates are accepted.
     pub anchors: Option<String>,
+    /// The rules a client certificate must match (none: any the CAs issued).
+    pub rules: Option<String>,
 }
 
 /// Builds a server's TLS from files, and from `material` (a config's
@@ -159,7 +161,7 @@ pub fn server_tls(
         None => material.and_then(|m| m.ca.clone()),
     };
     let client_auth = client_auth.unwrap_or(if client_ca.is_some() { ClientAuthMode::Required } else { ClientAuthMode::None });
-    let loaded = Loaded { leaf, anchors: client_ca.as_ref().map(|a| describe_anchors(&a.certs)) };
+    let loaded = Loaded { leaf, anchors: client_ca.as_ref().map(|a| describe_anchors(&a.certs)), rules: None };
     let settings = ServerSettings { identity, client_ca, client_auth, versions };
     let tls = ServerTls::new(settings).map_err(Failure::config)?;
     let tls = match (keyless, &files.cert, &files.key) {
@@ -297,13 +299,41 @@ struct ServeTls {
     keyless: Option<Keyless>,
     alpn: Vec<Vec<u8>>,
     rules: Rules,
+    /// The config file and `[[serve]]` table this server was described by:
+    /// a reload reads the table again (its files, client CAs and rules).
+    table: Option<(PathBuf, String)>,
 }
 
 impl ServeTls {
+    fn new(args: &ServeArgs, material: Option<&TlsMaterial>, keyless: Option<Keyless>, table: Option<(PathBuf, String)>) -> Self {
+        Self {
+            files: args.files.clone(),
+            client_auth: args.client_auth,
+            versions: args.tls,
+            material: material.map(|m| Arc::new(m.clone())),
+            keyless,
+            alpn: args.alpn.iter().map(|p| p.clone().into_bytes()).collect(),
+            rules: args.allow.rules(),
+            table,
+        }
+    }
+
     fn build(&self) -> Result<(ServerTls, Loaded), Failure> {
+        if let Some((path, label)) = &self.table {
+            let config = Config::load(path).map_err(Failure::config)?;
+            let Some(table) = config.serve.iter().find(|t| &t.label == label) else {
+                return Err(Failure::new(
+                    FailureClass::Config,
+                    format!("{}: {label} is no longer there", path.display()),
+                    "a reload changes certificates, trust and rules; restart to change which servers run",
+                ));
+            };
+            return ServeTls::new(&table.args, table.material(&config.material), self.keyless.clone(), None).build();
+        }
         let config = self.files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
         let material = config.as_ref().map(|c| c.material.clone()).or_else(|| self.material.clone());
-        let (tls, loaded) = server_tls(&self.files, material.as_deref(), self.client_auth, self.versions, self.keyless.clone())?;
+        let (tls, mut loaded) = server_tls(&self.files, material.as_deref(), self.client_auth, self.versions, self.keyless.clone())?;
+        loaded.rules = (!self.rules.is_empty()).then(|| self.rules.to_string());
         let tls = if self.alpn.is_empty() { tls } else { tls.with_alpn(self.alpn.clone()) };
         let tls = tls.with_client_rules(self.rules.clone()).map_err(|e| Failure::from_error(FailureClass::Usage, &e, "give --ca FILE"))?;
         Ok((tls, loaded))
@@ -329,6 +359,9 @@ impl Reload for ServeReload {
         let f = &self.tls.files;
         let mut files: Vec<PathBuf> = [&f.cert, &f.key, &f.ca].into_iter().flatten().cloned().collect();
         files.extend(f.config.as_deref().map(config_files).unwrap_or_default());
+        if let Some((config, _)) = &self.tls.table {
+            files.extend(config_files(config));
+        }
         files
     }
 
@@ -347,6 +380,7 @@ impl Reload for ServeReload {
             &[
                 ("certificate", "fingerprint", old.leaf.clone(), new.leaf.clone()),
                 ("client CAs", "fingerprints", old.anchors.clone(), new.anchors.clone()),
+                ("client rules", "rules", old.rules.clone(), new.rules.clone()),
             ],
         );
         *old = new;
@@ -370,11 +404,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Some(c) if !flags_give_certificate && !c.serve.is_empty() => {
             let mut all = Vec::new();
             for table in &c.serve {
-                all.push(prepare_serve(&table.args, table.material(&c.material), &table.label, &metrics).await?);
+                let source = args.files.config.as_deref();
+                all.push(prepare_serve(&table.args, table.material(&c.material), &table.label, &metrics, source).await?);
             }
             all
         }
-        _ => vec![prepare_serve(&args, config.as_ref().map(|c| &*c.material), "", &metrics).await?],
+        _ => vec![prepare_serve(&args, config.as_ref().map(|c| &*c.material), "", &metrics, None).await?],
     };
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -384,13 +419,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let page = args.status.or_config(config.as_ref().and_then(|c| c.status.as_ref()))?.bind(registry).await?;
     let shown = if page.is_some() { prepared.iter().map(PreparedServe::status_listener).collect() } else { Vec::new() };
     let (_status, _running) = crate::status::start(page, shown);
-    let parts: Vec<Arc<dyn Reload>> = prepared.iter().map(|p| p.reload.clone() as Arc<dyn Reload>).collect();
+    let parts: Vec<Arc<dyn Reload>> = prepared.iter().map(PreparedServe::reload_part).collect();
     let reloading = tokio::spawn(reloader.run(parts));
     notify::ready();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let running: Vec<_> = prepared.into_iter().map(|p| tokio::spawn(p.run(crate::services::stopped(stop_rx.clone())))).collect();
-    shutdown.await;
-    notify::stopping();
+    notify::stopping_after(shutdown).await;
     let _ = stop_tx.send(true);
     for r in running {
         let _ = r.await;
@@ -419,6 +453,11 @@ impl PreparedServe {
     /// Serves until `shutdown`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         self.server.run(self.listener, shutdown).await;
+    }
+
+    /// What SIGHUP reloads of it.
+    pub fn reload_part(&self) -> Arc<dyn Reload> {
+        self.reload.clone()
     }
 
     /// Adds its keyds' metrics, if it signs through keyd.
@@ -452,12 +491,14 @@ impl PreparedServe {
 /// Checks what `args` describe, builds the TLS configuration and binds the
 /// listener: everything that can fail happens here. `material` is a
 /// config's `[tls]`; `name` (a config table such as `[[serve]] #1`, or
-/// empty for the flags) goes into the log lines; `metrics` counts its handshakes.
+/// empty for the flags) goes into the log lines; `metrics` counts its handshakes;
+/// `source` is the config file of a `[[serve]]` table, read again on reload.
 pub async fn prepare_serve(
     args: &ServeArgs,
     material: Option<&TlsMaterial>,
     name: &str,
     metrics: &Arc<ServerMetrics>,
+    source: Option<&Path>,
 ) -> Result<PreparedServe, Failure> {
     let keyless = args.keyless.keyless()?;
     if let Some(bad) = args.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
@@ -468,15 +509,7 @@ pub async fn prepare_serve(
         ));
     }
     let rules = args.allow.rules();
-    let serve_tls = ServeTls {
-        files: args.files.clone(),
-        client_auth: args.client_auth,
-        versions: args.tls,
-        material: material.map(|m| Arc::new(m.clone())),
-        keyless: keyless.clone(),
-        alpn: args.alpn.iter().map(|p| p.clone().into_bytes()).collect(),
-        rules: rules.clone(),
-    };
+    let serve_tls = ServeTls::new(args, material, keyless.clone(), source.map(|config| (config.to_owned(), name.to_owned())));
     let (tls, loaded) = serve_tls.build()?;
     if tls.client_auth() == ClientAuthMode::Required {
         match rules.is_empty() || rules.allows_all() {

@@ -309,12 +309,7 @@ pub async fn keyd(args: KeydArgs) -> Result<(), Failure> {
     }
     let (_status, _running) = crate::status::start(page, listeners);
     notify::ready();
-    daemon
-        .run(async {
-            shutdown.await;
-            notify::stopping();
-        })
-        .await;
+    daemon.run(notify::stopping_after(shutdown)).await;
     reloading.abort();
     Ok(())
 }

@@ -28,3 +28,9 @@ pub fn reloading() {
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
+
+/// Waits for `shutdown`, then says STOPPING=1.
+pub async fn stopping_after(shutdown: impl std::future::Future<Output = ()>) {
+    shutdown.await;
+    stopping();
+}

@@ -183,12 +183,7 @@ pub async fn offload(args: OffloadArgs) -> Result<(), Failure> {
     let part = OffloadReload { args, name: format!("offload {}", daemon.socket().display()), trust, loaded };
     let reloading = tokio::spawn(reloader.run(vec![Arc::new(part)]));
     notify::ready();
-    daemon
-        .run(async {
-            shutdown.await;
-            notify::stopping();
-        })
-        .await;
+    daemon.run(notify::stopping_after(shutdown)).await;
     reloading.abort();
     info!("stopped");
     Ok(())

@@ -160,8 +160,11 @@ pub async fn serve_table(
     material: &TlsMaterial,
     stop: watch::Receiver<bool>,
     shown: &mut Shown,
+    source: &Path,
+    reloads: &mut Vec<Arc<dyn crate::reload::Reload>>,
 ) -> Result<Service, Failure> {
-    let prepared = prepare_serve(&table.args, table.material(material), &table.label, &shown.servers).await?;
+    let prepared = prepare_serve(&table.args, table.material(material), &table.label, &shown.servers, Some(source)).await?;
+    reloads.push(prepared.reload_part());
     prepared.show(&mut shown.registry);
     shown.listeners.push(prepared.status_listener());
     let name = if table.args.target.is_some() { "TLS proxy" } else { "TLS server" };

@@ -239,12 +239,7 @@ pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     let part = TunnelReload { name: format!("tunnel {}", prepared.local), remote: prepared.remote.clone(), args };
     let reloading = tokio::spawn(reloader.run(vec![Arc::new(part)]));
     notify::ready();
-    prepared
-        .run(async {
-            shutdown.await;
-            notify::stopping();
-        })
-        .await;
+    prepared.run(notify::stopping_after(shutdown)).await;
     reloading.abort();
     Ok(())
 }

@@ -235,6 +235,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         return Err(f);
     }
     let mut shown = Shown::default();
+    let mut table_reloads: Vec<Arc<dyn Reload>> = Vec::new();
     let servers = EchoServers::with_metrics(config.material.clone(), shown.servers.clone());
     let started = async {
         let mut list = vec![
@@ -244,7 +245,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
             services::keyless(keyless_listen, &keyd_socket, config.keyless.limits, stop_rx.clone(), &mut shown).await?,
         ];
         for table in &config.serve {
-            list.push(services::serve_table(table, &config.material, stop_rx.clone(), &mut shown).await?);
+            list.push(services::serve_table(table, &config.material, stop_rx.clone(), &mut shown, &path, &mut table_reloads).await?);
         }
         for table in &config.tunnel {
             list.push(services::tunnel_table(table, stop_rx.clone()).await?);
@@ -267,10 +268,11 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         address: Address::Unix(keyd_socket.clone()),
         task: Box::pin(keyd.supervise(spec, stop_rx.clone(), failed_tx, keyd_pid.clone())),
     };
-    let parts: Vec<Arc<dyn Reload>> = vec![
+    let mut parts: Vec<Arc<dyn Reload>> = vec![
         Arc::new(MaterialReload { name: format!("up {}", path.display()), config: path.clone(), servers: servers.clone() }),
         Arc::new(KeydForward { pid: keyd_pid }),
     ];
+    parts.extend(table_reloads);
     let reloading = tokio::spawn(reloader.run(parts));
     list.insert(3, keyd_service);
     let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -382,11 +384,7 @@ pub async fn console(args: ConsoleArgs) -> Result<(), Failure> {
     let reloading = tokio::spawn(reloader.run(parts));
     info!(listen = %service.address, config = %path.as_deref().map_or("none".into(), |p| p.display().to_string()), "console ready");
     notify::ready();
-    let shutdown = async {
-        shutdown.await;
-        notify::stopping();
-    };
-    run_until_signal(vec![service], shutdown, stop_tx, &servers).await;
+    run_until_signal(vec![service], notify::stopping_after(shutdown), stop_tx, &servers).await;
     reloading.abort();
     Ok(())
 }

@@ -114,6 +114,17 @@ fn serve_config_runs_every_serve_table() {
     assert!(log.contains(&format!("listen=127.0.0.1:{proxy}")) && log.contains("[[serve]] #2"), "{log}");
     both_tables_serve(d, echo, proxy);
 
+    // The table's rules are read again on SIGHUP: bob in, alice out.
+    let edited = std::fs::read_to_string(&config).unwrap().replace("allow_cn = [\"alice\"]", "allow_cn = [\"bob\"]");
+    write_mode(&config, &edited, 0o600);
+    let o = run(std::process::Command::new("kill").args(["-HUP", &server.child.id().to_string()]));
+    assert!(o.status.success(), "{}", text(&o));
+    let log = server.wait_log("reloaded client rules");
+    assert!(log.contains("reloaded client rules for serve 127.0.0.1:") && log.contains("cn=bob"), "{log}");
+    assert!(hello(d, echo, Some("bob")).status.success(), "{}", server.log());
+    assert_eq!(hello(d, echo, Some("alice")).status.code(), Some(6), "{}", server.log());
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("allow_cn = [\"bob\"]", "allow_cn = [\"alice\"]")).unwrap();
+
     // [status] in the file gives the same page --status would, for both tables.
     let page = free_port();
     let mut text_of = std::fs::read_to_string(&config).unwrap();

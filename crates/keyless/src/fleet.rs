@@ -149,14 +149,14 @@ impl KeydFleet {
     /// Starts the health checks once, from inside the runtime; they end
     /// when the fleet is dropped.
     fn watch(self: &Arc<Self>) {
-        if self.interval.is_zero() {
+        if self.interval.is_zero() || self.checker.get().is_some() {
             return;
         }
-        self.checker.get_or_init(|| {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(check_health(Arc::downgrade(self), self.interval));
-            }
-        });
+        // Outside a runtime nothing starts; the first request starts them.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.checker.set(()).is_ok() {
+            runtime.spawn(check_health(Arc::downgrade(self), self.interval));
+        }
     }
 
     /// The healthy member with the fewest outstanding requests, other than
