@@ -336,13 +336,19 @@ async fn first_flight_on_signing_thread(mut io: Buffered, config: Arc<ServerConf
     match made {
         Some((Some(conn), Ok(()))) => TlsAcceptor::from(config).accept_with(io, move |fresh| *fresh = conn).into_fallible().await.into(),
         Some((conn, fed)) => {
-            // rustls queued its alert; it goes out before the close.
-            let mut alert = Vec::new();
-            if let Some(mut conn) = conn {
-                while conn.wants_write() && conn.write_tls(&mut alert).is_ok() {}
+            let e = fed.err().unwrap_or_else(|| std::io::Error::other("no connection"));
+            // A refused hello: rustls queued its alert, which goes out before
+            // the close. A signature that failed (a `General` error, for which
+            // rustls queues no alert) leaves a ServerHello queued instead: it
+            // is dropped, and the caller sends handshake_failure in the clear.
+            if !matches!(tls_error(&e), Some(rustls::Error::General(_))) {
+                let mut alert = Vec::new();
+                if let Some(mut conn) = conn {
+                    while conn.wants_write() && conn.write_tls(&mut alert).is_ok() {}
+                }
+                let _ = io.write_all(&alert).await;
             }
-            let _ = io.write_all(&alert).await;
-            Opened::Failed(fed.err().unwrap_or_else(|| std::io::Error::other("no connection")), Some(io))
+            Opened::Failed(e, Some(io))
         }
         None => Opened::Failed(std::io::Error::other("no signing thread could take the handshake"), Some(io)),
     }

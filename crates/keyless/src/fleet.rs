@@ -170,7 +170,12 @@ impl KeydFleet {
 
     fn mark_down(&self, i: usize, e: &KeydError) {
         let m = &self.members[i];
-        *m.last_error.lock().expect("error lock") = e.to_string();
+        // The reason alone: the endpoint is named next to it wherever it is shown.
+        *m.last_error.lock().expect("error lock") = match e {
+            KeydError::Unreachable { detail, .. } => detail.clone(),
+            KeydError::Timeout(_, limit) => format!("no answer within {limit:?}"),
+            other => other.to_string(),
+        };
         m.up.set(0);
         if m.healthy.swap(false, Ordering::Relaxed) {
             let left = self.members.iter().filter(|m| m.healthy.load(Ordering::Relaxed)).count();
@@ -206,7 +211,7 @@ impl KeydFleet {
             .map(|m| format!("{} ({})", m.client.endpoint(), m.last_error.lock().expect("error lock")))
             .collect::<Vec<_>>()
             .join("; ");
-        KeydError::Unreachable { endpoint: self.endpoints(), detail: format!("no keyd is reachable: {why}") }
+        KeydError::Unreachable { endpoint: self.endpoints(), detail: format!("none of them answers: {why}") }
     }
 
     /// Notes which key and chain a keyd serves for a domain, and says when
