@@ -41,6 +41,9 @@ pub struct UpArgs {
     /// [keyless] listen, else 127.0.0.1:1443].
     #[arg(long)]
     keyless_listen: Option<std::net::SocketAddr>,
+    /// Address of the TLS echo server [default: the config's [echo] listen, else 127.0.0.1:10007].
+    #[arg(long)]
+    echo_listen: Option<std::net::SocketAddr>,
     /// keyd's device secret (default /etc/sealtls/device.key for root, else ~/.config/sealtls/device.key).
     #[arg(long)]
     device_key: Option<PathBuf>,
@@ -202,8 +205,10 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     warn_shared_key(&config, &path, &args.data_dir);
     let console_section = args.console.apply(config.console.clone())?;
     let keyless_listen = args.keyless_listen.unwrap_or(config.keyless.listen);
+    let mut echo_section = config.echo.clone();
+    echo_section.listen = args.echo_listen.unwrap_or(echo_section.listen);
     let mut needed = vec![
-        ("[echo] listen".to_owned(), config.echo.listen),
+        ("[echo] listen".to_owned(), echo_section.listen),
         ("[console] listen".to_owned(), console_section.listen),
         ("[keyless] listen".to_owned(), keyless_listen),
     ];
@@ -239,7 +244,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let servers = EchoServers::with_metrics(config.material.clone(), shown.servers.clone());
     let started = async {
         let mut list = vec![
-            services::echo(&servers, &config.echo, stop_rx.clone(), &mut shown).await?,
+            services::echo(&servers, &echo_section, stop_rx.clone(), &mut shown).await?,
             services::console(&servers, &console_section, stop_rx.clone()).await?,
             services::offload(&config.offload, stop_rx.clone(), &mut shown)?,
             services::keyless(keyless_listen, &keyd_socket, config.keyless.limits, stop_rx.clone(), &mut shown).await?,

@@ -432,31 +432,28 @@ fn up_runs_the_stack_and_stops_cleanly_on_sigterm() {
     }
 }
 
-/// The documented defaults (README): echo 10007, console 11123, keyless 1443,
-/// with no configuration at all. Skipped when something else holds one of them.
+/// `up` with no configuration makes the development data and a config
+/// whose addresses are the README's, and serves. It runs on free ports given
+/// as flags (so nothing on the machine can be in its way); `config check` of
+/// the config it wrote shows the documented defaults without binding them.
 #[test]
-fn up_with_no_config_serves_on_the_documented_ports() {
-    for port in [10007, 11123, 1443] {
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            eprintln!("skipping up_with_no_config_serves_on_the_documented_ports: 127.0.0.1:{port} is in use by another program");
-            return;
-        }
-    }
+fn up_with_no_config_makes_the_documented_defaults_and_serves() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let device = d.join("device.key");
-    let (child, banner) = up(d, &["--device-key", device.to_str().unwrap()]);
-    for (name, addr) in
-        [("TLS echo server", "127.0.0.1:10007"), ("echoctl_tls console", "127.0.0.1:11123"), ("keyless TLS server", "127.0.0.1:1443")]
-    {
-        assert!(banner.contains(&format!("{name:<20} {addr}")), "{name} {addr}: {banner}");
+    let (echo, console, keyless) = (free_port(), free_port(), free_port());
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+    let args = ["--device-key", device.to_str().unwrap(), "--echo-listen", &listen(echo), "--console-listen", &listen(console)];
+    let (child, banner) = up(d, &[&args[..], &["--keyless-listen", &listen(keyless)]].concat());
+    for (name, port) in [("TLS echo server", echo), ("echoctl_tls console", console), ("keyless TLS server", keyless)] {
+        assert!(banner.contains(&format!("{name:<20} 127.0.0.1:{port}")), "{name} {port}: {banner}");
     }
-    assert!(banner.contains("openssl s_client -connect 127.0.0.1:10007 -CAfile sealtls-data/ca.pem"), "{banner}");
-    assert!(std::fs::metadata(d.join("sealtls-data/sealtls.toml")).is_ok() && device.exists());
+    assert!(banner.contains(&format!("openssl s_client -connect 127.0.0.1:{echo} -CAfile sealtls-data/ca.pem")), "{banner}");
+    assert!(device.exists());
     let o = run(std::process::Command::new("openssl").current_dir(d).args([
         "s_client",
         "-connect",
-        "127.0.0.1:1443",
+        &listen(keyless),
         "-servername",
         "localhost",
         "-CAfile",
@@ -465,6 +462,16 @@ fn up_with_no_config_serves_on_the_documented_ports() {
     ]));
     assert!(text(&o).contains("Verify return code: 0 (ok)"), "{}", text(&o));
     stop_up(child);
+
+    let documented = documented_defaults();
+    let o = run(sealtls().args(["config", "check", d.join("sealtls-data/sealtls.toml").to_str().unwrap()]));
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    for (service, addr) in
+        [("TLS echo server", &documented.echo), ("echoctl_tls console", &documented.console), ("keyless TLS server", &documented.keyless)]
+    {
+        assert!(t.lines().any(|l| l.contains(service) && l.contains(addr.as_str())), "{service} on {addr}: {t}");
+    }
 }
 
 /// `up` on free ports with a fresh data directory, the echo server serving with `leaf`
@@ -837,11 +844,13 @@ fn config_errors_name_the_file_the_key_and_the_fix() {
     let o = run(sealtls().args(["config", "check", good.to_str().unwrap()]));
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
+    let documented = documented_defaults();
     assert!(
-        t.contains("good.toml: valid") && t.contains("CN=localhost") && t.contains("would run") && t.contains("127.0.0.1:11123"),
+        t.contains("good.toml: valid") && t.contains("CN=localhost") && t.contains("would run") && t.contains(&documented.console),
         "{t}"
     );
-    assert!(t.contains("keyless TLS server    127.0.0.1:1443") && t.contains("keyd (key custody)    DATA_DIR/keyd/keyd.sock"), "{t}");
+    let keyless = format!("keyless TLS server    {}", documented.keyless);
+    assert!(t.contains(&keyless) && t.contains("keyd (key custody)    DATA_DIR/keyd/keyd.sock"), "{t}");
     let server = Server::start(&["--config", good.to_str().unwrap(), "--client-auth", "optional"]);
     let o = run(sealtls().args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--send", "configured"]));
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("configured"), "{}", text(&o));

@@ -392,3 +392,21 @@ impl Drop for Swtpm {
         let _ = self.child.wait();
     }
 }
+
+/// The addresses the README's first command documents for `sealtls up`
+/// with no configuration: (echo, console, keyless).
+pub struct Documented {
+    pub echo: String,
+    pub console: String,
+    pub keyless: String,
+}
+
+pub fn documented_defaults() -> Documented {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let line = readme.lines().find(|l| l.contains(" up ") && l.contains("TLS echo on")).expect("the README's `up` line");
+    let after = |what: &str| {
+        let rest = &line[line.find(what).unwrap_or_else(|| panic!("README's up line names no {what:?}: {line}")) + what.len()..];
+        rest.split([',', ' ']).next().unwrap().to_owned()
+    };
+    Documented { echo: after("TLS echo on "), console: after("console on "), keyless: after("keyless TLS on ") }
+}
