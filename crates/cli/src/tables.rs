@@ -257,29 +257,19 @@ fn serve_table(t: &str, r: &RawServe, ctx: &Ctx<'_>) -> Result<ServeTable, Confi
     a.listen = Listen::Tcp(ctx.parsed(t, "listen", Some(listen), parse_addr)?.expect("given"));
     let mut summary = Vec::new();
     // Where the certificate comes from: files, keyd, or [tls].
-    let inherits_tls = match (&r.cert_file, &r.key_file, &r.keyd) {
-        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
-            return Err(ctx.err(t, "keyd", Problem::new("is given with cert_file/key_file", "keep keyd, or cert_file and key_file")))
-        }
-        (Some(cert), Some(key), None) => {
-            let (cert, key) = (ctx.file(cert), ctx.file(key));
-            let id = identity_from_files(&cert, &key).map_err(|f| ctx.err(t, "cert_file/key_file", failure_problem(f)))?;
-            summary.push(("certificate", format!("{} ({})", describe_chain(&id.cert), cert.display())));
+    let inherits_tls = match own_identity(ctx, t, &r.cert_file, &r.key_file, r.keyd.as_ref(), [&r.keyd_ca, &r.keyd_cert, &r.keyd_key])? {
+        Identity::Files { cert, key, described } => {
+            summary.push(("certificate", described));
             (a.files.cert, a.files.key) = (Some(cert), Some(key));
             false
         }
-        (Some(_), None, None) => return Err(ctx.err(t, "cert_file", Problem::new("is given without key_file", "give both, or neither"))),
-        (None, Some(_), None) => return Err(ctx.err(t, "key_file", Problem::new("is given without cert_file", "give both, or neither"))),
-        (None, None, Some(spec)) => {
-            let files = [&r.keyd_ca, &r.keyd_cert, &r.keyd_key].map(|f| f.as_deref().map(|p| ctx.file(p)));
-            let specs = spec.specs().iter().map(|one| ctx.keyd(t, one, files[0].as_deref(), files[1].as_deref(), files[2].as_deref()));
-            let specs = specs.collect::<Result<Vec<_>, _>>()?;
+        Identity::Keyd { specs, files } => {
             summary.push(("certificate", format!("from keyd {}, by SNI (keys stay in keyd)", specs.join(", "))));
             a.keyless.keyd = specs;
             [a.keyless.keyd_ca, a.keyless.keyd_cert, a.keyless.keyd_key] = files;
             false
         }
-        (None, None, None) => {
+        Identity::None => {
             let Some(server) = &ctx.material.server else {
                 return Err(ctx.err(
                     t,
@@ -444,6 +434,46 @@ fn check_local_target(addr: &str, unsafe_target: bool) -> Result<(), Problem> {
     }
 }
 
+/// A table's own certificate, as its fields give it.
+enum Identity {
+    /// `cert_file` and `key_file`, checked to load and match; `described` for `config check`.
+    Files { cert: PathBuf, key: PathBuf, described: String },
+    /// `keyd` (one or several) with `keyd_ca`, `keyd_cert` and `keyd_key`.
+    Keyd { specs: Vec<String>, files: [Option<PathBuf>; 3] },
+    /// None given.
+    None,
+}
+
+/// Checks `cert_file`/`key_file` against `keyd`: one source at most, files in pairs.
+fn own_identity(
+    ctx: &Ctx<'_>,
+    t: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    keyd: Option<&Keyds>,
+    keyd_files: [&Option<PathBuf>; 3],
+) -> Result<Identity, ConfigError> {
+    match (cert, key, keyd) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            Err(ctx.err(t, "keyd", Problem::new("is given with cert_file/key_file", "keep keyd, or cert_file and key_file")))
+        }
+        (Some(cert), Some(key), None) => {
+            let (cert, key) = (ctx.file(cert), ctx.file(key));
+            let id = identity_from_files(&cert, &key).map_err(|f| ctx.err(t, "cert_file/key_file", failure_problem(f)))?;
+            let described = format!("{} ({})", describe_chain(&id.cert), cert.display());
+            Ok(Identity::Files { cert, key, described })
+        }
+        (Some(_), None, None) => Err(ctx.err(t, "cert_file", Problem::new("is given without key_file", "give both, or neither"))),
+        (None, Some(_), None) => Err(ctx.err(t, "key_file", Problem::new("is given without cert_file", "give both, or neither"))),
+        (None, None, Some(keyds)) => {
+            let files = keyd_files.map(|f| f.as_deref().map(|p| ctx.file(p)));
+            let specs = keyds.specs().iter().map(|one| ctx.keyd(t, one, files[0].as_deref(), files[1].as_deref(), files[2].as_deref()));
+            Ok(Identity::Keyd { specs: specs.collect::<Result<Vec<_>, _>>()?, files })
+        }
+        (None, None, None) => Ok(Identity::None),
+    }
+}
+
 /// A `listen` that may be `unix:PATH`, relative paths from the file's directory.
 fn parse_listen(ctx: &Ctx<'_>, s: &str) -> Result<Listen, Problem> {
     match Listen::from_str(s).map_err(|e| Problem::new(e, "write IP:PORT or unix:PATH"))? {
@@ -486,29 +516,19 @@ fn tunnel_table(t: &str, r: &RawTunnel, ctx: &Ctx<'_>) -> Result<TunnelTable, Co
     let anchors = anchors(&a.ca).map_err(|f| ctx.err(t, format!("ca_file = {:?}", a.ca.display().to_string()), failure_problem(f)))?;
     let mut summary =
         vec![("target", format!("{target}, verified against {} ({} CA certificate(s))", a.ca.display(), anchors.certs.len()))];
-    match (&r.cert_file, &r.key_file, &r.keyd) {
-        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
-            return Err(ctx.err(t, "keyd", Problem::new("is given with cert_file/key_file", "keep keyd, or cert_file and key_file")))
-        }
-        (Some(cert), Some(key), None) => {
-            let (cert, key) = (ctx.file(cert), ctx.file(key));
-            let id = identity_from_files(&cert, &key).map_err(|f| ctx.err(t, "cert_file/key_file", failure_problem(f)))?;
-            summary.push(("certificate", format!("{} ({})", describe_chain(&id.cert), cert.display())));
+    match own_identity(ctx, t, &r.cert_file, &r.key_file, r.keyd.as_ref(), [&r.keyd_ca, &r.keyd_cert, &r.keyd_key])? {
+        Identity::Files { cert, key, described } => {
+            summary.push(("certificate", described));
             (a.cert, a.key) = (Some(cert), Some(key));
         }
-        (Some(_), None, None) => return Err(ctx.err(t, "cert_file", Problem::new("is given without key_file", "give both, or neither"))),
-        (None, Some(_), None) => return Err(ctx.err(t, "key_file", Problem::new("is given without cert_file", "give both, or neither"))),
-        (None, None, Some(spec)) => {
-            let files = [&r.keyd_ca, &r.keyd_cert, &r.keyd_key].map(|f| f.as_deref().map(|p| ctx.file(p)));
-            let specs = spec.specs().iter().map(|one| ctx.keyd(t, one, files[0].as_deref(), files[1].as_deref(), files[2].as_deref()));
-            let specs = specs.collect::<Result<Vec<_>, _>>()?;
+        Identity::Keyd { specs, files } => {
             let name = ctx.required(t, "keyd_name", r.keyd_name.as_ref(), "\"NAME\"")?;
             summary.push(("certificate", format!("{name} from keyd {} (the key stays in keyd)", specs.join(", "))));
             a.keyless.keyd = specs;
             [a.keyless.keyd_ca, a.keyless.keyd_cert, a.keyless.keyd_key] = files;
             a.keyd_name = Some(name.clone());
         }
-        (None, None, None) => summary.push(("certificate", "none offered".into())),
+        Identity::None => summary.push(("certificate", "none offered".into())),
     }
     a.server_name = r.server_name.clone();
     ctx.alpn(t, &r.alpn)?;
