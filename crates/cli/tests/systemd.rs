@@ -98,6 +98,13 @@ fn signal(child: &Child, name: &str) {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// SIGTERM: the service says STOPPING=1 and exits cleanly.
+fn stop_notified(child: &mut Child, notify: &Notify, log: &Arc<Mutex<String>>) {
+    signal(child, "TERM");
+    notify.expect("STOPPING=1");
+    assert!(wait_exit(child, log).success(), "{}", log.lock().unwrap());
+}
+
 fn wait_exit(child: &mut Child, log: &Arc<Mutex<String>>) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -152,9 +159,7 @@ fn ready_comes_once_the_port_is_bound_and_stopping_on_sigterm() {
     assert!(reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")), "{reloading:?}");
     notify.expect("READY=1");
 
-    signal(&child, "TERM");
-    notify.expect("STOPPING=1");
-    assert!(wait_exit(&mut child, &log).success(), "{}", log.lock().unwrap());
+    stop_notified(&mut child, &notify, &log);
 }
 
 #[test]
@@ -199,9 +204,7 @@ fn serve_takes_the_socket_systemd_passes_by_name() {
     let o = hello(d, &addr);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hello"), "{}\n{}", text(&o), log.lock().unwrap());
 
-    signal(&child, "TERM");
-    notify.expect("STOPPING=1");
-    assert!(wait_exit(&mut child, &log).success(), "{}", log.lock().unwrap());
+    stop_notified(&mut child, &notify, &log);
 }
 
 #[test]
@@ -264,18 +267,14 @@ fn offload_and_keyd_take_unix_sockets_systemd_passes() {
         "hi",
     ]));
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hi"), "{}\n{}", text(&o), log.lock().unwrap());
-    signal(&offload, "TERM");
-    notify.expect("STOPPING=1");
-    assert!(wait_exit(&mut offload, &log).success(), "{}", log.lock().unwrap());
+    stop_notified(&mut offload, &notify, &log);
 
     let socket = d.join("keyd.sock");
     let keyd_args = ["keyd", "--data-dir", &p(d, "keyd"), "--device-key", &p(d, "device.key"), "--listen", "systemd:keyd"];
     let (mut keyd, log) = activated_on_unix(d, &notify, &socket, "keyd", &keyd_args);
     let o = run(sealtls().args(["key", "ls", "--keyd", &format!("unix:{}", socket.display())]));
     assert!(o.status.success(), "{}\n{}", text(&o), log.lock().unwrap());
-    signal(&keyd, "TERM");
-    notify.expect("STOPPING=1");
-    assert!(wait_exit(&mut keyd, &log).success(), "{}", log.lock().unwrap());
+    stop_notified(&mut keyd, &notify, &log);
     // The socket is systemd's: keyd leaves it in place.
     assert!(socket.exists());
 }
@@ -319,7 +318,5 @@ fn tunnel_takes_the_socket_systemd_passes() {
     let mut back = String::new();
     let _ = first.read_to_string(&mut back);
     assert_eq!(back, "through systemd", "{}", log.lock().unwrap());
-    signal(&child, "TERM");
-    notify.expect("STOPPING=1");
-    assert!(wait_exit(&mut child, &log).success(), "{}", log.lock().unwrap());
+    stop_notified(&mut child, &notify, &log);
 }
