@@ -5,32 +5,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{collect, dev_pki, free_port, p, run, sealtls, text, write_mode, Server};
-
-/// A plain TCP echo backend on a free port, for `target`.
-fn tcp_echo() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
+use common::{collect, dev_pki, free_port, p, run, sealtls, tcp_echo, text, write_mode, Server};
 
 /// The development PKI plus a second client, `bob`.
 fn pki(dir: &Path) {

@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::{dev_pki, p, run, sealtls, text, Server};
+use common::{dev_pki, p, run, sealtls, tcp_echo, text, Server};
 
 /// A second server certificate under the same CA, and a second CA with a client.
 fn pki(dir: &Path) {
@@ -122,27 +122,6 @@ impl Drop for Session {
     }
 }
 
-/// A plain TCP echo backend for `--target`, on a free port.
-fn echo_backend() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = stream;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = reader.read(&mut buf) {
-                    if n == 0 || writer.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Replaces the certificate under a running server and sends SIGHUP: the
 /// session opened before still echoes, new handshakes get the new
 /// certificate, and the log line names both fingerprints.
@@ -181,7 +160,7 @@ fn sighup_swaps_the_certificate_of_an_echo_server() {
 
 #[test]
 fn sighup_swaps_the_certificate_of_a_proxy() {
-    let backend = echo_backend();
+    let backend = tcp_echo();
     certificate_swap(&["--target", &backend]);
 }
 

@@ -410,3 +410,21 @@ pub fn documented_defaults() -> Documented {
     };
     Documented { echo: after("TLS echo on "), console: after("console on "), keyless: after("keyless TLS on ") }
 }
+
+/// A plain TCP echo backend on a free loopback port (`IP:PORT`): what
+/// arrives goes back, and at the client's end of input it ends its output.
+pub fn tcp_echo() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut rd = conn.try_clone().unwrap();
+                let mut wr = conn;
+                let _ = std::io::copy(&mut rd, &mut wr);
+                let _ = wr.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
