@@ -131,6 +131,8 @@ pub struct Loaded {
     pub anchors: Option<String>,
     /// The rules a client certificate must match (none: any the CAs issued).
     pub rules: Option<String>,
+    /// The leaf served from files and the client CAs, for the status page.
+    pub shown: (Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>),
 }
 
 /// Builds a server's TLS from files, and from `material` (a config's
@@ -143,11 +145,11 @@ pub fn server_tls(
     versions: TlsVersions,
     keyless: Option<Keyless>,
 ) -> Result<(ServerTls, Loaded), Failure> {
-    let mut leaf = None;
+    let mut served = Vec::new();
     let identity: Arc<dyn ResolvesServerCert> = match (&keyless, &files.cert, &files.key, material.and_then(|m| m.server.clone())) {
         (Some(k), _, _, _) => Arc::new(k.clone()),
-        (None, Some(cert), Some(key), _) => single(identity_from_files(cert, key)?, Some(cert), &mut leaf),
-        (None, _, _, Some(from_config)) => single(from_config, None, &mut leaf),
+        (None, Some(cert), Some(key), _) => single(identity_from_files(cert, key)?, Some(cert), &mut served),
+        (None, _, _, Some(from_config)) => single(from_config, None, &mut served),
         _ => {
             return Err(Failure::new(
                 FailureClass::Usage,
@@ -161,7 +163,12 @@ pub fn server_tls(
         None => material.and_then(|m| m.ca.clone()),
     };
     let client_auth = client_auth.unwrap_or(if client_ca.is_some() { ClientAuthMode::Required } else { ClientAuthMode::None });
-    let loaded = Loaded { leaf, anchors: client_ca.as_ref().map(|a| describe_anchors(&a.certs)), rules: None };
+    let loaded = Loaded {
+        leaf: served.first().map(describe_cert),
+        anchors: client_ca.as_ref().map(|a| describe_anchors(&a.certs)),
+        rules: None,
+        shown: (served, client_ca.as_ref().map(|a| a.certs.clone()).unwrap_or_default()),
+    };
     let settings = ServerSettings { identity, client_ca, client_auth, versions };
     let tls = ServerTls::new(settings).map_err(Failure::config)?;
     let tls = match (keyless, &files.cert, &files.key) {
@@ -184,10 +191,10 @@ pub fn keyless_tls(tls: ServerTls, keyless: Keyless) -> ServerTls {
 }
 
 /// One certificate for every client, checked for what clients will refuse;
-/// `leaf` gets its description.
-fn single(identity: Arc<CertifiedKey>, origin: Option<&Path>, leaf: &mut Option<String>) -> Arc<dyn ResolvesServerCert> {
+/// `served` gets its leaf.
+fn single(identity: Arc<CertifiedKey>, origin: Option<&Path>, served: &mut Vec<CertificateDer<'static>>) -> Arc<dyn ResolvesServerCert> {
     warn_about_leaf(&identity.cert, origin.unwrap_or(Path::new("[tls] srv_cert")));
-    *leaf = identity.cert.first().map(describe_cert);
+    *served = crate::status::leaf(&identity.cert);
     Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(identity)))
 }
 
@@ -258,25 +265,6 @@ impl KeylessFlags {
 
 /// How old a cached chain may get before keyd is asked whether it changed.
 pub const KEYLESS_REFRESH: Duration = Duration::from_secs(10);
-
-/// What the status page shows of a server that serves from files or the
-/// config: its leaf and the CAs of its client certificates.
-fn served_from_files(
-    files: &ServerFiles,
-    material: Option<&TlsMaterial>,
-) -> Result<(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>), Failure> {
-    let chain = match (&files.cert, material.and_then(|m| m.server.as_ref())) {
-        (Some(cert), _) => load_certs(cert).map_err(Failure::config)?,
-        (None, Some(from_config)) => from_config.cert.clone(),
-        (None, None) => Vec::new(),
-    };
-    let anchors = match (&files.ca, material.and_then(|m| m.ca.as_ref())) {
-        (Some(ca), _) => load_certs(ca).map_err(Failure::config)?,
-        (None, Some(from_config)) => from_config.certs.clone(),
-        (None, None) => Vec::new(),
-    };
-    Ok((crate::status::leaf(&chain), anchors))
-}
 
 /// The status page's name for what a server with its own certificate does.
 fn mode_name(mode: Mode, forward: Option<&Forward>) -> String {
@@ -372,9 +360,7 @@ impl Reload for ServeReload {
             return Ok(None);
         }
         self.server.replace_tls(tls);
-        if self.tls.keyless.is_none() {
-            *self.shown.write().unwrap_or_else(|e| e.into_inner()) = served_from_files(&self.tls.files, self.tls.material.as_deref())?.0;
-        }
+        *self.shown.write().unwrap_or_else(|e| e.into_inner()) = new.shown.0.clone();
         let line = reload_line(
             &self.name,
             &[
@@ -548,7 +534,7 @@ pub async fn prepare_serve(
         ..Default::default()
     };
     let server = Server::new(tls, options);
-    let (leaf, anchors) = if keyless.is_some() { (Vec::new(), Vec::new()) } else { served_from_files(&args.files, material)? };
+    let (leaf, anchors) = loaded.shown.clone();
     let leaf: Shown = Arc::new(RwLock::new(leaf));
     let reload = Arc::new(ServeReload {
         name: format!("serve {local}"),
