@@ -305,15 +305,8 @@ async fn check_health(fleet: Weak<KeydFleet>, interval: Duration) {
         for (i, m) in fleet.members.iter().enumerate() {
             let (fleet, client) = (fleet.clone(), m.client.clone());
             checks.spawn(async move {
-                match tokio::time::timeout(interval, client.call(&Request::Ping(b"health".to_vec()))).await {
-                    Ok(Ok(Response::Pong(_))) => fleet.mark_up(i),
-                    Ok(Ok(other)) => fleet.mark_down(
-                        i,
-                        &KeydError::Unreachable {
-                            endpoint: client.endpoint().to_string(),
-                            detail: format!("answered PING with {other:?}"),
-                        },
-                    ),
+                match tokio::time::timeout(interval, client.ping()).await {
+                    Ok(Ok(())) => fleet.mark_up(i),
                     Ok(Err(e)) => fleet.mark_down(i, &e),
                     Err(_) => fleet.mark_down(i, &KeydError::Timeout(client.endpoint().to_string(), interval)),
                 }
