@@ -25,11 +25,6 @@ impl SigningThreads {
         Self { count, permits: Arc::new(Semaphore::new(count)), jobs: OnceLock::new() }
     }
 
-    /// How many threads there are.
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     fn start(&self) -> Option<SyncSender<Job>> {
         // Every job holds a permit: the queue never holds more than `count`.
         let (jobs, queue) = sync_channel::<Job>(self.count);

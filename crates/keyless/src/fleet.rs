@@ -40,10 +40,6 @@ pub struct MemberHealth {
     pub endpoint: String,
     /// Whether requests go to it.
     pub healthy: bool,
-    /// Requests sent and not yet answered.
-    pub outstanding: usize,
-    /// Requests that failed on it and were retried on another keyd.
-    pub failovers: u64,
     /// Why it was last found down (empty if never).
     pub last_error: String,
 }
@@ -139,8 +135,6 @@ impl KeydFleet {
             .map(|m| MemberHealth {
                 endpoint: m.client.endpoint().to_string(),
                 healthy: m.healthy.load(Ordering::Relaxed),
-                outstanding: m.outstanding.load(Ordering::Relaxed),
-                failovers: m.failovers.get(),
                 last_error: m.last_error.lock().expect("error lock").clone(),
             })
             .collect()
