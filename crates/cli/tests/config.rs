@@ -4,13 +4,13 @@
 //! another `up` holds.
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{collect, dev_pki, free_port, p, run, sealtls, tcp_echo, text, write_mode, Server};
+use common::{dev_pki, free_port, p, run, sealtls, start_up, stop_up_cleanly, tcp_echo, text, write_mode, Server};
 
 /// The development PKI plus a second client, `bob`.
 fn pki(dir: &Path) {
@@ -138,45 +138,13 @@ struct Up {
 
 impl Up {
     fn start(dir: &Path, args: &[&str]) -> Up {
-        let mut child = sealtls()
-            .arg("up")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = collect(child.stderr.take().unwrap());
-        let mut banner = String::new();
-        while !banner.contains("stop with Ctrl-C") {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => banner.push_str(&(line + "\n")),
-                Err(_) => panic!("sealtls up did not come up: {banner}\n{}", stderr.lock().unwrap()),
-            }
-        }
+        let (child, banner, stderr) = start_up(sealtls().arg("up").args(args).current_dir(dir));
         Up { child, banner, stderr }
     }
 
     /// SIGTERM, then a clean exit 0.
     fn stop(mut self) {
-        assert!(Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "sealtls up did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert_eq!(status.code(), Some(0), "{}", self.stderr.lock().unwrap());
+        stop_up_cleanly(&mut self.child, &self.stderr);
     }
 }
 

@@ -4,7 +4,6 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -274,48 +273,12 @@ fn up(dir: &Path, args: &[&str]) -> (std::process::Child, String) {
 
 /// [`up`], and its standard error as it grows.
 fn up_logged(dir: &Path, args: &[&str]) -> (std::process::Child, String, std::sync::Arc<std::sync::Mutex<String>>) {
-    let mut child = sealtls()
-        .arg("up")
-        .args(args)
-        .current_dir(dir)
-        .env("PATH", SYSTEM_PATH)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let stderr = collect(child.stderr.take().unwrap());
-    let mut banner = String::new();
-    while !banner.contains("stop with Ctrl-C") {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => banner.push_str(&(line + "\n")),
-            Err(_) => panic!("sealtls up did not come up: {banner}\n{}", stderr.lock().unwrap()),
-        }
-    }
-    (child, banner, stderr)
+    start_up(sealtls().arg("up").args(args).current_dir(dir).env("PATH", SYSTEM_PATH))
 }
 
 /// SIGTERM, then a clean exit 0.
 fn stop_up(mut child: std::process::Child) {
-    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "sealtls up did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(0));
+    stop_up_cleanly(&mut child, &std::sync::Mutex::new(String::new()));
 }
 
 #[test]

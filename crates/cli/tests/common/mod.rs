@@ -428,3 +428,39 @@ pub fn tcp_echo() -> String {
     });
     addr
 }
+
+/// Runs `up` (a prepared `sealtls up ...` command) and reads its standard
+/// output up to the banner's end: (child, banner, its standard error as it grows).
+pub fn start_up(up: &mut Command) -> (Child, String, Arc<Mutex<String>>) {
+    let mut child = up.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let stderr = collect(child.stderr.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("stop with Ctrl-C") {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => banner.push_str(&(line + "\n")),
+            Err(_) => panic!("sealtls up did not come up: {banner}\n{}", stderr.lock().unwrap()),
+        }
+    }
+    (child, banner, stderr)
+}
+
+/// SIGTERM to `up`, then a clean exit 0; `stderr` is shown if not.
+pub fn stop_up_cleanly(child: &mut Child, stderr: &Mutex<String>) {
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "sealtls up did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", stderr.lock().unwrap());
+}
