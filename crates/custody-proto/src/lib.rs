@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod code;
+pub mod der;
 pub mod domain;
 pub mod frame;
 pub mod message;
@@ -12,5 +13,5 @@ mod wire;
 pub use code::ErrorCode;
 pub use domain::{normalize_domain, DomainError, DomainTable};
 pub use frame::{decode_frame, encode_frame, Frame, FrameError, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
-pub use message::{message_parts, ChainInfo, Family, KeyId, ListEntry, Op, Request, Response, Scheme, Selector};
+pub use message::{message_parts, ChainInfo, DigestSigning, Family, KeyEntry, KeyId, ListEntry, Op, Request, Response, Scheme, Selector};
 pub use wire::BodyError;

@@ -22,6 +22,10 @@ pub enum Op {
     PublicKey = 0x03,
     /// A key's certificate chain.
     Chain = 0x04,
+    /// Sign a digest made by the caller (for PKCS#11 consumers).
+    SignDigest = 0x05,
+    /// The keys this caller may use, with public keys and chains.
+    Keys = 0x06,
     /// Install a key and its chain, or a chain for a key generated in custody.
     Put = 0x10,
     /// Whether a domain has a key.
@@ -36,8 +40,19 @@ pub enum Op {
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Self; 9] =
-        [Self::Ping, Self::Sign, Self::PublicKey, Self::Chain, Self::Put, Self::Has, Self::Remove, Self::Generate, Self::List];
+    pub const ALL: [Self; 11] = [
+        Self::Ping,
+        Self::Sign,
+        Self::PublicKey,
+        Self::Chain,
+        Self::SignDigest,
+        Self::Keys,
+        Self::Put,
+        Self::Has,
+        Self::Remove,
+        Self::Generate,
+        Self::List,
+    ];
 
     /// The operation for a kind byte.
     pub fn from_u8(b: u8) -> Option<Self> {
@@ -56,6 +71,8 @@ impl Op {
             Self::Sign => "SIGN",
             Self::PublicKey => "PUBLIC_KEY",
             Self::Chain => "CHAIN",
+            Self::SignDigest => "SIGN_DIGEST",
+            Self::Keys => "KEYS",
             Self::Put => "PUT",
             Self::Has => "HAS",
             Self::Remove => "REMOVE",
@@ -109,6 +126,43 @@ impl Scheme {
     }
 }
 
+/// How SIGN_DIGEST signs a digest the caller made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum DigestSigning {
+    /// ECDSA over the digest as given (SHA-256 for P-256, SHA-384 for P-384); DER signature.
+    Ecdsa = 0x0001,
+    /// RSA PKCS#1 v1.5 over a DigestInfo (DER) of SHA-256, SHA-384 or SHA-512.
+    RsaPkcs1 = 0x0002,
+    /// RSA-PSS over a SHA-256 digest, MGF1 with SHA-256, salt length 32.
+    RsaPssSha256 = 0x0804,
+    /// RSA-PSS over a SHA-384 digest, MGF1 with SHA-384, salt length 48.
+    RsaPssSha384 = 0x0805,
+    /// RSA-PSS over a SHA-512 digest, MGF1 with SHA-512, salt length 64.
+    RsaPssSha512 = 0x0806,
+}
+
+impl DigestSigning {
+    /// Every way.
+    pub const ALL: [Self; 5] = [Self::Ecdsa, Self::RsaPkcs1, Self::RsaPssSha256, Self::RsaPssSha384, Self::RsaPssSha512];
+
+    /// The way for a number.
+    pub fn from_u16(n: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| *s as u16 == n)
+    }
+
+    /// The name used in the spec and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ecdsa => "ecdsa",
+            Self::RsaPkcs1 => "rsa_pkcs1",
+            Self::RsaPssSha256 => "rsa_pss_sha256",
+            Self::RsaPssSha384 => "rsa_pss_sha384",
+            Self::RsaPssSha512 => "rsa_pss_sha512",
+        }
+    }
+}
+
 /// The algorithm family of a key, which fixes the schemes it can sign.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -151,6 +205,14 @@ impl Family {
     /// Whether a key of this family can make `scheme`.
     pub fn allows(self, scheme: Scheme) -> bool {
         self.schemes().contains(&scheme)
+    }
+
+    /// Whether a key of this family can sign a digest this way.
+    pub fn allows_digest(self, how: DigestSigning) -> bool {
+        match how {
+            DigestSigning::Ecdsa => matches!(self, Self::EcdsaP256 | Self::EcdsaP384),
+            _ => self == Self::Rsa,
+        }
     }
 }
 
@@ -214,6 +276,19 @@ pub struct ListEntry {
     pub status: String,
 }
 
+/// One key a caller may use, as KEYS lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// The installed name.
+    pub domain: String,
+    /// The key id.
+    pub key_id: KeyId,
+    /// SubjectPublicKeyInfo DER.
+    pub spki: Vec<u8>,
+    /// Certificates, leaf first, DER; empty before a chain is installed.
+    pub certs: Vec<Vec<u8>>,
+}
+
 /// A request from a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -232,6 +307,17 @@ pub enum Request {
     PublicKey(Selector),
     /// The selected key's chain.
     Chain(Selector),
+    /// Sign `digest`, made by the caller, with the selected key.
+    SignDigest {
+        /// Which key.
+        key: Selector,
+        /// How.
+        how: DigestSigning,
+        /// The digest (for RSA PKCS#1 v1.5, a DigestInfo).
+        digest: Vec<u8>,
+    },
+    /// The keys the caller may use.
+    Keys,
     /// Install `key` (PKCS#8 DER) with `chain` for `domain`; without a key,
     /// install a chain for the key already there (one made by GENERATE).
     Put {
@@ -283,6 +369,10 @@ pub enum Response {
     Csr(Vec<u8>),
     /// LIST.
     List(Vec<ListEntry>),
+    /// SIGN_DIGEST's signature.
+    DigestSignature(Vec<u8>),
+    /// KEYS.
+    Keys(Vec<KeyEntry>),
     /// The request failed.
     Error {
         /// Why, as a code.
@@ -349,6 +439,8 @@ impl Request {
             Self::Sign { .. } => Op::Sign,
             Self::PublicKey(_) => Op::PublicKey,
             Self::Chain(_) => Op::Chain,
+            Self::SignDigest { .. } => Op::SignDigest,
+            Self::Keys => Op::Keys,
             Self::Put { .. } => Op::Put,
             Self::Has(_) => Op::Has,
             Self::Remove(_) => Op::Remove,
@@ -368,6 +460,12 @@ impl Request {
                 body.bytes32(message);
             }
             Self::PublicKey(s) | Self::Chain(s) => put_selector(&mut body, s),
+            Self::SignDigest { key, how, digest } => {
+                put_selector(&mut body, key);
+                body.u16_be(*how as u16);
+                body.bytes16(digest);
+            }
+            Self::Keys => {}
             Self::Put { domain, key, chain } => {
                 body.bytes16(domain.as_bytes());
                 body.bytes32(key);
@@ -398,6 +496,13 @@ impl Request {
             }
             Op::PublicKey => Self::PublicKey(selector(&mut r)?),
             Op::Chain => Self::Chain(selector(&mut r)?),
+            Op::SignDigest => {
+                let key = selector(&mut r)?;
+                let n = r.u16("digest signing")?;
+                let how = DigestSigning::from_u16(n).ok_or(BodyError::BadValue("digest signing", n as u32))?;
+                Self::SignDigest { key, how, digest: r.bytes16("digest")?.to_vec() }
+            }
+            Op::Keys => Self::Keys,
             Op::Put => Self::Put { domain: r.text("domain")?, key: Zeroizing::new(r.bytes32("key")?.to_vec()), chain: certs(&mut r)? },
             Op::Has => Self::Has(r.text("domain")?),
             Op::Remove => Self::Remove(r.text("domain")?),
@@ -433,6 +538,8 @@ impl Response {
             Self::Removed => Op::Remove,
             Self::Csr(_) => Op::Generate,
             Self::List(_) => Op::List,
+            Self::DigestSignature(_) => Op::SignDigest,
+            Self::Keys(_) => Op::Keys,
             Self::Error { .. } => return None,
         })
     }
@@ -441,7 +548,7 @@ impl Response {
     pub fn encode(&self, id: u64, out: &mut Vec<u8>) {
         let mut body = Vec::new();
         match self {
-            Self::Pong(b) | Self::Signature(b) | Self::Csr(b) => body.extend_from_slice(b),
+            Self::Pong(b) | Self::Signature(b) | Self::Csr(b) | Self::DigestSignature(b) => body.extend_from_slice(b),
             Self::PublicKey { key_id, spki } => {
                 body.extend_from_slice(&key_id.0);
                 body.extend_from_slice(spki);
@@ -472,6 +579,15 @@ impl Response {
                     body.bytes16(e.status.as_bytes());
                 }
             }
+            Self::Keys(entries) => {
+                body.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+                for e in entries {
+                    body.bytes16(e.domain.as_bytes());
+                    body.extend_from_slice(&e.key_id.0);
+                    body.bytes16(&e.spki);
+                    put_certs(&mut body, &e.certs);
+                }
+            }
             Self::Error { code, message } => {
                 body.u16_be(*code as u16);
                 let mut end = message.len().min(u16::MAX as usize);
@@ -482,7 +598,7 @@ impl Response {
             }
         }
         if body.len() > MAX_BODY {
-            // Only a LIST of thousands of domains gets here; say so rather than send a frame the peer refuses.
+            // Only a LIST or KEYS of thousands of domains gets here; say so rather than send a frame the peer refuses.
             return Self::error(ErrorCode::Internal, "response above the 1 MiB frame limit").encode(id, out);
         }
         let kind = self.op().map_or(ERROR_KIND, |op| op as u8 | RESPONSE_FLAG);
@@ -503,6 +619,20 @@ impl Response {
             match op {
                 Op::Ping => Self::Pong(r.rest().to_vec()),
                 Op::Sign => Self::Signature(r.rest().to_vec()),
+                Op::SignDigest => Self::DigestSignature(r.rest().to_vec()),
+                Op::Keys => {
+                    let n = r.u32("entry count")?;
+                    let mut entries = Vec::new();
+                    for _ in 0..n {
+                        entries.push(KeyEntry {
+                            domain: r.text("domain")?,
+                            key_id: key_id(&mut r)?,
+                            spki: r.bytes16("public key")?.to_vec(),
+                            certs: certs(&mut r)?,
+                        });
+                    }
+                    Self::Keys(entries)
+                }
                 Op::Generate => Self::Csr(r.rest().to_vec()),
                 Op::PublicKey => Self::PublicKey { key_id: key_id(&mut r)?, spki: r.rest().to_vec() },
                 Op::Chain => Self::Chain(ChainInfo {
@@ -588,6 +718,9 @@ mod tests {
             Request::Sign { key: Selector::KeyId(id), scheme: Scheme::RsaPssSha512, message: vec![] },
             Request::PublicKey(Selector::Pkcs11Uri("pkcs11:token=t;object=www".into())),
             Request::Chain(Selector::Domain("a.example.com".into())),
+            Request::SignDigest { key: Selector::Domain("a.example.com".into()), how: DigestSigning::Ecdsa, digest: vec![3; 32] },
+            Request::SignDigest { key: Selector::KeyId(id), how: DigestSigning::RsaPssSha384, digest: vec![4; 48] },
+            Request::Keys,
             Request::Put { domain: "x.org".into(), key: Zeroizing::new(vec![9; 121]), chain: vec![vec![1; 300], vec![2; 400]] },
             Request::Put { domain: "x.org".into(), key: Zeroizing::new(vec![]), chain: vec![] },
             Request::Has("x.org".into()),
@@ -615,6 +748,11 @@ mod tests {
             Response::Found(false),
             Response::Removed,
             Response::Csr(vec![0x30; 200]),
+            Response::DigestSignature(vec![0x30; 70]),
+            Response::Keys(vec![
+                KeyEntry { domain: "a.org".into(), key_id: id, spki: vec![0x30; 91], certs: vec![vec![1; 300]] },
+                KeyEntry { domain: "*.b.org".into(), key_id: id, spki: vec![0x30; 294], certs: vec![] },
+            ]),
             Response::List(vec![
                 ListEntry {
                     domain: "a.org".into(),

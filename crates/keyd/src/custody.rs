@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use sealtls_custody_proto::{
-    normalize_domain, ChainInfo, DomainTable, ErrorCode, KeyId, ListEntry, Op, Request, Response, Scheme, Selector,
+    normalize_domain, ChainInfo, DigestSigning, DomainTable, ErrorCode, KeyEntry, KeyId, ListEntry, Op, Request, Response, Selector,
 };
 use sealtls_failure::Remedy;
 use sealtls_pki::issue::KeyType;
@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::authorize::{Decision, Grants, Peer};
 use crate::backend::{Backend, Entry, Location, State};
 use crate::error::StoreError;
-use crate::keys::{MemoryKey, SignError};
+use crate::keys::{MemoryKey, Sign, SignError};
 use crate::metrics::KeydMetrics;
 use crate::uri::Pkcs11Uri;
 
@@ -203,7 +203,7 @@ impl Custody {
     /// otherwise run [`Custody::handle`] on a blocking thread.
     pub fn is_quick(&self, request: &Request) -> bool {
         match request {
-            Request::Sign { key, .. } => match self.select(key) {
+            Request::Sign { key, .. } | Request::SignDigest { key, .. } => match self.select(key) {
                 Ok(e) => match &e.entry.state {
                     State::Ready(signer) => !signer.is_slow(),
                     State::Unavailable(_) => true,
@@ -237,7 +237,9 @@ impl Custody {
         }
         let response = match request {
             Request::Ping(payload) => Response::Pong(payload),
-            Request::Sign { key, scheme, message } => self.sign(&key, scheme, &message),
+            Request::Sign { key, scheme, message } => self.sign(&key, |signer| signer.sign(scheme, &message).map(Response::Signature)),
+            Request::SignDigest { key, how, digest } => self.sign(&key, |signer| sign_digest(signer, how, &digest)),
+            Request::Keys => self.keys(caller),
             Request::PublicKey(selector) => match self.select(&selector) {
                 Ok(e) if !e.entry.key.spki.is_empty() => Response::PublicKey { key_id: e.entry.key.id, spki: e.entry.key.spki.clone() },
                 Ok(e) => unavailable(&e.entry),
@@ -268,7 +270,11 @@ impl Custody {
     /// several names is allowed if any of them is.
     fn authorize(&self, request: &Request, caller: &Caller) -> Result<(), Response> {
         let Some(grants) = self.grants() else { return Ok(()) };
-        let (Request::Sign { key: selector, .. } | Request::PublicKey(selector) | Request::Chain(selector)) = request else {
+        let (Request::Sign { key: selector, .. }
+        | Request::SignDigest { key: selector, .. }
+        | Request::PublicKey(selector)
+        | Request::Chain(selector)) = request
+        else {
             return Ok(());
         };
         let names: Vec<String> = match selector {
@@ -312,24 +318,48 @@ impl Custody {
         self.table.read().expect("table lock").domains.get_exact(&name).cloned()
     }
 
-    fn sign(&self, selector: &Selector, scheme: Scheme, message: &[u8]) -> Response {
+    /// Signs with the selected key: SIGN and SIGN_DIGEST differ only in `how`.
+    fn sign(&self, selector: &Selector, how: impl FnOnce(&dyn Sign) -> Result<Response, SignError>) -> Response {
         let installed = match self.select(selector) {
             Ok(e) => e,
             Err(r) => return r,
         };
         let State::Ready(signer) = &installed.entry.state else { return unavailable(&installed.entry) };
         let started = std::time::Instant::now();
-        match signer.sign(scheme, message) {
-            Ok(sig) => {
+        match how(signer.as_ref()) {
+            Ok(signature) => {
                 self.metrics.signed(&installed.entry.key.description, started.elapsed());
-                Response::Signature(sig)
+                signature
             }
-            Err(e @ SignError::SchemeMismatch { .. }) => error(ErrorCode::SchemeMismatch, format!("{}: {e}", installed.entry.domain)),
+            Err(e @ (SignError::SchemeMismatch { .. } | SignError::DigestMismatch(_))) => {
+                error(ErrorCode::SchemeMismatch, format!("{}: {e}", installed.entry.domain))
+            }
             Err(SignError::Failed(why)) => {
                 warn!(domain = %installed.entry.domain, "signing failed: {why}");
                 error(ErrorCode::SigningFailed, format!("{}: signing failed: {why}", installed.entry.domain))
             }
         }
+    }
+
+    /// The usable keys `caller` may use, for a client that offers them as
+    /// objects (the PKCS#11 module); without grants, every usable key.
+    fn keys(&self, caller: &Caller) -> Response {
+        let grants = self.grants();
+        let table = self.table.read().expect("table lock");
+        let entries = table
+            .domains
+            .sorted()
+            .into_iter()
+            .filter(|(_, e)| matches!(e.entry.state, State::Ready(_)))
+            .filter(|(name, _)| grants.as_ref().is_none_or(|g| matches!(g.decide(&caller.peer, name), Decision::Allowed(_))))
+            .map(|(_, e)| KeyEntry {
+                domain: e.entry.domain.clone(),
+                key_id: e.entry.key.id,
+                spki: e.entry.key.spki.clone(),
+                certs: e.entry.chain.iter().map(|c| c.to_vec()).collect(),
+            })
+            .collect();
+        Response::Keys(entries)
     }
 
     fn chain(&self, selector: &Selector) -> Response {
@@ -459,6 +489,10 @@ impl Custody {
             .collect();
         Response::List(entries)
     }
+}
+
+fn sign_digest(signer: &dyn Sign, how: DigestSigning, digest: &[u8]) -> Result<Response, SignError> {
+    signer.sign_digest(how, digest).map(Response::DigestSignature)
 }
 
 fn unavailable(entry: &Entry) -> Response {

@@ -2,11 +2,17 @@
 //! check that a certificate chain belongs to a key and a domain.
 use std::sync::Arc;
 
-use aws_lc_rs::digest::{digest, SHA256};
+use aws_lc_rs::digest::{digest, Digest, SHA256, SHA384, SHA512};
+use aws_lc_rs::rsa::KeyPair as RsaKeyPair;
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, RsaEncoding, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384,
+    RSA_PKCS1_SHA512, RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512,
+};
 use rustls::SignatureScheme;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sealtls_custody_proto::der::{self, DigestHash};
 pub use sealtls_custody_proto::Family;
-use sealtls_custody_proto::{KeyId, Scheme};
+use sealtls_custody_proto::{DigestSigning, KeyId, Scheme};
 use sealtls_failure::Problem;
 use sealtls_pki::inspect::{describe_spki, CertFacts};
 use x509_parser::prelude::FromDer;
@@ -59,15 +65,41 @@ pub enum SignError {
         /// The scheme asked for.
         scheme: Scheme,
     },
+    /// A SIGN_DIGEST input this key cannot sign: the wrong way for the key, or a digest of the wrong size.
+    #[error("{0}")]
+    DigestMismatch(String),
     /// The backend failed.
     #[error("{0}")]
     Failed(String),
+}
+
+/// Checks a SIGN_DIGEST input against a key of `family` (described as
+/// `key`); returns the hash it was made with and the bare digest.
+pub fn checked_digest<'a>(family: Family, key: &str, how: DigestSigning, input: &'a [u8]) -> Result<(DigestHash, &'a [u8]), SignError> {
+    let mismatch = |why: String| SignError::DigestMismatch(format!("a {key} key cannot sign this {} input: {why}", how.name()));
+    if !family.allows_digest(how) {
+        return Err(mismatch("that way of signing is for another kind of key".into()));
+    }
+    let hash = match (how, family) {
+        (DigestSigning::Ecdsa, Family::EcdsaP256) => DigestHash::Sha256,
+        (DigestSigning::Ecdsa, _) => DigestHash::Sha384,
+        (DigestSigning::RsaPkcs1, _) => return der::digest_info(input).map_err(|e| mismatch(format!("not a DigestInfo ({e})"))),
+        (DigestSigning::RsaPssSha256, _) => DigestHash::Sha256,
+        (DigestSigning::RsaPssSha384, _) => DigestHash::Sha384,
+        (DigestSigning::RsaPssSha512, _) => DigestHash::Sha512,
+    };
+    if input.len() != hash.len() {
+        return Err(mismatch(format!("it takes a {}-byte {hash:?} digest, not {} bytes", hash.len(), input.len())));
+    }
+    Ok((hash, input))
 }
 
 /// A private key that custody can sign with.
 pub trait Sign: Send + Sync {
     /// Signs `message` (the whole message; hashing is part of the scheme).
     fn sign(&self, scheme: Scheme, message: &[u8]) -> Result<Vec<u8>, SignError>;
+    /// Signs a digest the caller made (SIGN_DIGEST); ECDSA signatures are DER.
+    fn sign_digest(&self, how: DigestSigning, input: &[u8]) -> Result<Vec<u8>, SignError>;
     /// Whether a signature takes long enough (RSA, a token) to belong on a blocking thread.
     fn is_slow(&self) -> bool;
 }
@@ -75,7 +107,56 @@ pub trait Sign: Send + Sync {
 /// A key held in this process's memory by aws-lc-rs (via rustls's provider).
 pub struct MemoryKey {
     key: Arc<dyn rustls::sign::SigningKey>,
+    /// The same key as aws-lc-rs signs digests with; Ed25519 has none (it signs messages only).
+    digest_key: Option<DigestKey>,
     info: KeyInfo,
+}
+
+enum DigestKey {
+    Ecdsa(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+impl DigestKey {
+    fn new(der: &PrivateKeyDer<'_>, family: Family) -> Option<Self> {
+        match (family, der) {
+            (Family::EcdsaP256, _) => {
+                EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_ASN1_SIGNING, der.secret_der()).ok().map(Self::Ecdsa)
+            }
+            (Family::EcdsaP384, _) => {
+                EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_ASN1_SIGNING, der.secret_der()).ok().map(Self::Ecdsa)
+            }
+            (Family::Rsa, PrivateKeyDer::Pkcs1(k)) => RsaKeyPair::from_der(k.secret_pkcs1_der()).ok().map(Self::Rsa),
+            (Family::Rsa, PrivateKeyDer::Pkcs8(k)) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()).ok().map(Self::Rsa),
+            _ => None,
+        }
+    }
+
+    fn sign(&self, how: DigestSigning, hash: DigestHash, digest: &[u8]) -> Result<Vec<u8>, SignError> {
+        let failed = || SignError::Failed(format!("aws-lc refused to sign the {} digest", how.name()));
+        let algorithm = match hash {
+            DigestHash::Sha256 => &SHA256,
+            DigestHash::Sha384 => &SHA384,
+            DigestHash::Sha512 => &SHA512,
+        };
+        let digest = Digest::import_less_safe(digest, algorithm).map_err(|_| failed())?;
+        match self {
+            Self::Ecdsa(key) => Ok(key.sign_digest(&digest).map_err(|_| failed())?.as_ref().to_vec()),
+            Self::Rsa(key) => {
+                let padding: &'static dyn RsaEncoding = match (how, hash) {
+                    (DigestSigning::RsaPkcs1, DigestHash::Sha256) => &RSA_PKCS1_SHA256,
+                    (DigestSigning::RsaPkcs1, DigestHash::Sha384) => &RSA_PKCS1_SHA384,
+                    (DigestSigning::RsaPkcs1, DigestHash::Sha512) => &RSA_PKCS1_SHA512,
+                    (_, DigestHash::Sha256) => &RSA_PSS_SHA256,
+                    (_, DigestHash::Sha384) => &RSA_PSS_SHA384,
+                    (_, DigestHash::Sha512) => &RSA_PSS_SHA512,
+                };
+                let mut signature = vec![0; key.public_modulus_len()];
+                key.sign_digest(padding, &digest, &mut signature).map_err(|_| failed())?;
+                Ok(signature)
+            }
+        }
+    }
 }
 
 impl MemoryKey {
@@ -84,7 +165,8 @@ impl MemoryKey {
         let key = sealtls_pki::load::signing_key(der, origin).map_err(|e| StoreError::Invalid(Problem::of(&e)))?;
         let spki = key.public_key().ok_or_else(|| StoreError::invalid(format!("{origin}: the public key cannot be derived")))?;
         let info = KeyInfo::from_spki(spki.as_ref().to_vec())?;
-        Ok(Self { key, info })
+        let digest_key = DigestKey::new(der, info.family);
+        Ok(Self { key, digest_key, info })
     }
 
     /// What the key is.
@@ -101,6 +183,12 @@ impl Sign for MemoryKey {
         }
         let signer = self.key.choose_scheme(&[SignatureScheme::from(scheme as u16)]).ok_or_else(mismatch)?;
         signer.sign(message).map_err(|e| SignError::Failed(e.to_string()))
+    }
+
+    fn sign_digest(&self, how: DigestSigning, input: &[u8]) -> Result<Vec<u8>, SignError> {
+        let (hash, digest) = checked_digest(self.info.family, &self.info.description, how, input)?;
+        let key = self.digest_key.as_ref().ok_or_else(|| SignError::Failed("this key was not loaded for digest signing".into()))?;
+        key.sign(how, hash, digest)
     }
 
     fn is_slow(&self) -> bool {
@@ -185,5 +273,26 @@ mod tests {
         assert_eq!(sig[0], 0x30, "DER-encoded ECDSA signature");
         assert!(matches!(key.sign(Scheme::RsaPssSha256, b"m"), Err(SignError::SchemeMismatch { .. })));
         assert!(!key.is_slow());
+    }
+
+    #[test]
+    fn memory_keys_sign_digests_that_verify() {
+        use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA384};
+        let message = b"the handshake transcript";
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = MemoryKey::new(&PrivateKeyDer::Pkcs8(ec.serialize_der().into()), "test").unwrap();
+        let sig = key.sign_digest(DigestSigning::Ecdsa, digest(&SHA256, message).as_ref()).unwrap();
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, ec.public_key_raw()).verify(message, &sig).unwrap();
+        let short = key.sign_digest(DigestSigning::Ecdsa, &[1; 20]);
+        assert!(matches!(short, Err(SignError::DigestMismatch(m)) if m.contains("32-byte")));
+        assert!(matches!(key.sign_digest(DigestSigning::RsaPkcs1, &[1; 51]), Err(SignError::DigestMismatch(_))));
+
+        let rsa = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
+        let key = MemoryKey::new(&PrivateKeyDer::Pkcs8(rsa.serialize_der().into()), "test").unwrap();
+        let info = der::write_digest_info(DigestHash::Sha256, digest(&SHA256, message).as_ref());
+        let sig = key.sign_digest(DigestSigning::RsaPkcs1, &info).unwrap();
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, rsa.public_key_raw()).verify(message, &sig).unwrap();
+        let sig = key.sign_digest(DigestSigning::RsaPssSha384, digest(&SHA384, message).as_ref()).unwrap();
+        UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA384, rsa.public_key_raw()).verify(message, &sig).unwrap();
     }
 }

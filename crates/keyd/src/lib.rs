@@ -5,7 +5,6 @@
 pub mod authorize;
 pub mod backend;
 pub mod custody;
-pub mod der;
 pub mod device;
 pub mod error;
 pub mod keys;

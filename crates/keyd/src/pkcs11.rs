@@ -17,22 +17,18 @@ use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectCla
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use sealtls_custody_proto::{KeyId, Scheme};
+use sealtls_custody_proto::{DigestSigning, KeyId, Scheme};
 use sealtls_pki::issue::KeyType;
 use tracing::warn;
 use zeroize::Zeroize;
 
 use crate::backend::{csr_for, Backend, Entry, Location, State};
-use crate::der::{self, tag};
 use crate::error::StoreError;
-use crate::keys::{check_chain, Family, KeyInfo, MemoryKey, Sign, SignError};
+use crate::keys::{check_chain, checked_digest, Family, KeyInfo, MemoryKey, Sign, SignError};
 use crate::record;
+use sealtls_custody_proto::der::{self, oid, tag};
 
 const APPLICATION: &[u8] = b"sealtls chain";
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
-const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
 /// Signing sessions; signatures on one session are serialized by the token.
 const SIGN_SESSIONS: usize = 4;
 
@@ -210,13 +206,13 @@ fn import_template(key: &PrivateKeyDer<'_>) -> Result<Vec<Attribute>, StoreError
             let params = alg_items.get(1).filter(|t| t.tag == tag::OID).map(|t| t.value);
             (oid, params, key_octets)
         }
-        PrivateKeyDer::Sec1(k) => (OID_EC_PUBLIC_KEY, None, k.secret_sec1_der()),
-        PrivateKeyDer::Pkcs1(k) => (OID_RSA, None, k.secret_pkcs1_der()),
+        PrivateKeyDer::Sec1(k) => (oid::EC_PUBLIC_KEY, None, k.secret_sec1_der()),
+        PrivateKeyDer::Pkcs1(k) => (oid::RSA, None, k.secret_pkcs1_der()),
         _ => return Err(StoreError::invalid("unsupported private key form")),
     };
     let (seq, _) = der::expect(inner, tag::SEQUENCE).map_err(bad)?;
     let items = der::items(seq).map_err(bad)?;
-    if alg == OID_EC_PUBLIC_KEY {
+    if alg == oid::EC_PUBLIC_KEY {
         let d = items.get(1).filter(|t| t.tag == tag::OCTET_STRING).ok_or(bad(der::DerError("no EC private value")))?.value;
         // SEC1 carries its curve in [0]; PKCS#8 in the algorithm parameters.
         let curve = match params {
@@ -226,7 +222,7 @@ fn import_template(key: &PrivateKeyDer<'_>) -> Result<Vec<Attribute>, StoreError
                 der::expect(tagged.value, tag::OID).map_err(bad)?.0
             }
         };
-        if curve != OID_P256 && curve != OID_P384 {
+        if curve != oid::P256 && curve != oid::P384 {
             return Err(StoreError::invalid("only P-256 and P-384 EC keys can go on the token"));
         }
         return Ok(vec![
@@ -236,7 +232,7 @@ fn import_template(key: &PrivateKeyDer<'_>) -> Result<Vec<Attribute>, StoreError
             Attribute::Value(d.to_vec()),
         ]);
     }
-    if alg == OID_RSA {
+    if alg == oid::RSA {
         let int = |i: usize| {
             items
                 .get(i)
@@ -311,14 +307,35 @@ impl Sign for TokenKey {
             S::Ed25519 => return Err(SignError::SchemeMismatch { key: "token".into(), scheme }),
         };
         let raw = session.sign(&mechanism, self.handle, &data).map_err(failed)?;
-        match self.family {
-            Family::EcdsaP256 | Family::EcdsaP384 => der::ecdsa_signature(&raw).map_err(|e| SignError::Failed(e.to_string())),
-            _ => Ok(raw),
-        }
+        self.signature_as_tls_sends_it(raw)
+    }
+
+    fn sign_digest(&self, how: DigestSigning, input: &[u8]) -> Result<Vec<u8>, SignError> {
+        checked_digest(self.family, &format!("{:?}", self.family), how, input)?;
+        // The token takes the same inputs as SIGN_DIGEST: a bare digest, or a whole DigestInfo.
+        let mechanism = match how {
+            DigestSigning::Ecdsa => Mechanism::Ecdsa,
+            DigestSigning::RsaPkcs1 => Mechanism::RsaPkcs,
+            DigestSigning::RsaPssSha256 => Mechanism::RsaPkcsPss(pss(MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, 32)),
+            DigestSigning::RsaPssSha384 => Mechanism::RsaPkcsPss(pss(MechanismType::SHA384, PkcsMgfType::MGF1_SHA384, 48)),
+            DigestSigning::RsaPssSha512 => Mechanism::RsaPkcsPss(pss(MechanismType::SHA512, PkcsMgfType::MGF1_SHA512, 64)),
+        };
+        let raw = self.sessions.signing().sign(&mechanism, self.handle, input).map_err(|e| SignError::Failed(format!("token: {e}")))?;
+        self.signature_as_tls_sends_it(raw)
     }
 
     fn is_slow(&self) -> bool {
         true
+    }
+}
+
+impl TokenKey {
+    /// Tokens return ECDSA signatures as raw `r || s`; TLS and the protocol carry DER.
+    fn signature_as_tls_sends_it(&self, raw: Vec<u8>) -> Result<Vec<u8>, SignError> {
+        match self.family {
+            Family::EcdsaP256 | Family::EcdsaP384 => der::ecdsa_signature(&raw).map_err(|e| SignError::Failed(e.to_string())),
+            _ => Ok(raw),
+        }
     }
 }
 
@@ -389,8 +406,8 @@ impl Backend for Token {
         let session = self.sessions.admin.lock().expect("session lock");
         let placeholder = [0u8; 32];
         let (mechanism, public_template, curve) = match key_type {
-            KeyType::EcdsaP256 => (Mechanism::EccKeyPairGen, vec![Attribute::EcParams(der::write(tag::OID, OID_P256))], Some(OID_P256)),
-            KeyType::EcdsaP384 => (Mechanism::EccKeyPairGen, vec![Attribute::EcParams(der::write(tag::OID, OID_P384))], Some(OID_P384)),
+            KeyType::EcdsaP256 => (Mechanism::EccKeyPairGen, vec![Attribute::EcParams(der::write(tag::OID, oid::P256))], Some(oid::P256)),
+            KeyType::EcdsaP384 => (Mechanism::EccKeyPairGen, vec![Attribute::EcParams(der::write(tag::OID, oid::P384))], Some(oid::P384)),
             KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
                 let bits: u64 = match key_type {
                     KeyType::Rsa2048 => 2048,
@@ -412,7 +429,7 @@ impl Backend for Token {
             .generate_key_pair(&mechanism, &public_template, &private_key_template(domain, &placeholder))
             .map_err(|e| token_error("generating the key", e))?;
         let (spki, raw_public) = match curve {
-            Some(oid) => {
+            Some(curve) => {
                 let point = match session
                     .get_attributes(public, &[AttributeType::EcPoint])
                     .map_err(|e| token_error("reading the public key", e))?
@@ -421,7 +438,7 @@ impl Backend for Token {
                     Some(Attribute::EcPoint(p)) => der::expect(&p, tag::OCTET_STRING).map(|(v, _)| v.to_vec()).unwrap_or(p),
                     _ => return Err(StoreError::Token("the token returned no EC point".into())),
                 };
-                let alg = der::write(tag::SEQUENCE, &[der::write(tag::OID, OID_EC_PUBLIC_KEY), der::write(tag::OID, oid)].concat());
+                let alg = der::write(tag::SEQUENCE, &[der::write(tag::OID, oid::EC_PUBLIC_KEY), der::write(tag::OID, curve)].concat());
                 let mut bits = vec![0u8];
                 bits.extend_from_slice(&point);
                 (der::write(tag::SEQUENCE, &[alg, der::write(tag::BIT_STRING, &bits)].concat()), point)
@@ -439,7 +456,7 @@ impl Backend for Token {
                     }
                 }
                 let rsa_public = der::write(tag::SEQUENCE, &[der::write_unsigned(&n), der::write_unsigned(&e)].concat());
-                let alg = der::write(tag::SEQUENCE, &[der::write(tag::OID, OID_RSA), der::write(tag::NULL, &[])].concat());
+                let alg = der::write(tag::SEQUENCE, &[der::write(tag::OID, oid::RSA), der::write(tag::NULL, &[])].concat());
                 let mut bits = vec![0u8];
                 bits.extend_from_slice(&rsa_public);
                 (der::write(tag::SEQUENCE, &[alg, der::write(tag::BIT_STRING, &bits)].concat()), rsa_public)

@@ -5,6 +5,8 @@ use rcgen::{CertificateParams, CertificateSigningRequestParams, Issuer, KeyPair}
 use rustls_pki_types::CertificateSigningRequestDer;
 use zeroize::Zeroizing;
 
+use sealtls_custody_proto::Scheme;
+
 use super::*;
 use crate::sealed::SealedFiles;
 
@@ -346,4 +348,34 @@ fn grants_limit_which_keys_a_caller_may_use_and_refusals_are_counted() {
     f.custody = open(&f.dir).with_grants(grants(""));
     assert!(f.custody.grants().is_none());
     assert!(matches!(f.edge(sign("b.example")), Response::Signature(_)));
+}
+
+#[test]
+fn keys_lists_what_the_caller_may_use_and_sign_digest_signs_for_it() {
+    use aws_lc_rs::digest::{digest, SHA256};
+    let mut f = Fixture::new();
+    let a = Leaf::new(&["a.example"]);
+    let b = Leaf::new(&["b.example"]);
+    f.put("a.example", &a);
+    f.put("b.example", &b);
+    let listed = |f: &Fixture| match f.edge(Request::Keys) {
+        Response::Keys(entries) => entries.into_iter().map(|e| (e.domain, e.key_id, e.certs)).collect::<Vec<_>>(),
+        other => panic!("KEYS: {other:?}"),
+    };
+    assert_eq!(listed(&f), [("a.example".into(), a.id(), vec![a.cert.clone()]), ("b.example".into(), b.id(), vec![b.cert.clone()])]);
+
+    let by_digest =
+        |name: &str, how, digest: &[u8]| Request::SignDigest { key: Selector::Domain(name.into()), how, digest: digest.to_vec() };
+    let hash = digest(&SHA256, b"transcript");
+    let Response::DigestSignature(sig) = f.edge(by_digest("a.example", DigestSigning::Ecdsa, hash.as_ref())) else {
+        panic!("SIGN_DIGEST refused")
+    };
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, a.key.public_key_raw()).verify(b"transcript", &sig).unwrap();
+    assert_eq!(code(f.edge(by_digest("a.example", DigestSigning::RsaPssSha256, hash.as_ref()))), ErrorCode::SchemeMismatch);
+    assert_eq!(code(f.edge(by_digest("a.example", DigestSigning::Ecdsa, &[0; 48]))), ErrorCode::SchemeMismatch);
+
+    f.custody = open(&f.dir).with_grants(grants("[[grant]]\nuid = 1000\ndomains = [\"b.example\"]\n"));
+    assert_eq!(listed(&f).into_iter().map(|e| e.0).collect::<Vec<_>>(), ["b.example"]);
+    assert_eq!(code(f.edge(by_digest("a.example", DigestSigning::Ecdsa, hash.as_ref()))), ErrorCode::Forbidden);
+    assert!(matches!(f.edge(by_digest("b.example", DigestSigning::Ecdsa, hash.as_ref())), Response::DigestSignature(_)));
 }
