@@ -5,10 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use sealtls_custody_proto::{message_parts, ErrorCode, ListEntry, Request, Response};
-use sealtls_endpoint::provider;
 use sealtls_endpoint::settings::Anchors;
 use sealtls_failure::{Failure, FailureClass, CHECK_FILE};
 use sealtls_keyd::{ClientCas, Custody, Grants, Keyd, KeydLimits, KeydSettings, SealedFiles, TlsListen};
@@ -346,24 +344,9 @@ impl KeydFlags {
         })?;
         let (cert, key) = identity
             .ok_or_else(|| Failure::new(FailureClass::Usage, "keyd over TLS needs a client certificate", format!("give {cert_flags}")))?;
-        let roots = anchors(ca)?.root_store().map_err(Failure::config)?;
-        let me = identity_from_files(cert, key)?;
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(rustls_failure)?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(me.cert.clone(), key_der(key)?)
-            .map_err(rustls_failure)?;
+        let config = sealtls_endpoint::client::keyd_client_config(ca, cert, key)?;
         Ok(KeydEndpoint::Tls { addr: addr.to_string(), server_name, config: Arc::new(config) })
     }
-}
-
-fn rustls_failure(e: rustls::Error) -> Failure {
-    Failure::new(FailureClass::Config, e.to_string(), CHECK_FILE)
-}
-
-fn key_der(path: &Path) -> Result<rustls_pki_types::PrivateKeyDer<'static>, Failure> {
-    Ok(sealtls_pki::load_key(path).map_err(Failure::config)?.clone_key())
 }
 
 #[derive(Args, Clone)]

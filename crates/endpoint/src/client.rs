@@ -47,6 +47,27 @@ pub struct Connected {
     pub early_data: Vec<u8>,
 }
 
+/// The client side of keyd's mutual-TLS listener: TLS 1.3 only, trusting
+/// the CA certificates in `ca`, presenting the chain in `cert` with its key
+/// in `key` (refused when group or others can read it).
+pub fn keyd_client_config(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ClientConfig, Failure> {
+    let anchors =
+        crate::settings::Anchors { origin: ca.display().to_string(), certs: sealtls_pki::load_certs(ca).map_err(Failure::config)? };
+    let roots = anchors.root_store().map_err(Failure::config)?;
+    let chain = sealtls_pki::load_certs(cert).map_err(Failure::config)?;
+    let key_der = sealtls_pki::load_key(key).map_err(Failure::config)?;
+    // Refuses a key that is not the certificate's, naming both files.
+    crate::settings::certified_key(chain.clone(), &key_der, &cert.display().to_string(), &key.display().to_string())
+        .map_err(Failure::config)?;
+    let refused = |e: rustls::Error| Failure::new(FailureClass::Config, e.to_string(), sealtls_failure::CHECK_FILE);
+    rustls::ClientConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(refused)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key_der.clone_key())
+        .map_err(refused)
+}
+
 /// Splits `HOST:PORT` (IPv6 in brackets) and gives the host part.
 pub fn host_of(target: &str) -> Result<&str, Failure> {
     let usage = || {
