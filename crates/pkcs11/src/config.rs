@@ -27,6 +27,10 @@ pub(crate) struct Config {
     pub(crate) pin: Option<Zeroizing<String>>,
     /// Per call to keyd.
     pub(crate) timeout: Duration,
+    /// Whether Ed25519 keys appear as objects. Off by default: libp11 0.4.12
+    /// (OpenSSL's pkcs11 engine, so nginx) stops enumerating a token's keys
+    /// at the first key type it does not know, and then finds none.
+    pub(crate) ed25519: bool,
     /// Where the settings came from, for messages.
     pub(crate) origin: String,
 }
@@ -50,6 +54,7 @@ struct Raw {
     token_label: Option<String>,
     pin: Option<Zeroizing<String>>,
     timeout_ms: Option<u64>,
+    ed25519: Option<bool>,
 }
 
 /// Why the module cannot be configured; the text says what to set.
@@ -76,6 +81,11 @@ impl Config {
                         ms.parse().map_err(|_| ConfigError(format!("SEALTLS_PKCS11_TIMEOUT_MS={ms:?} is not a number of milliseconds")))?,
                     ),
                     None => None,
+                },
+                ed25519: match env("SEALTLS_PKCS11_ED25519").as_deref() {
+                    None | Some("0") => None,
+                    Some("1") => Some(true),
+                    Some(other) => return Err(ConfigError(format!("SEALTLS_PKCS11_ED25519={other:?} is neither 0 nor 1"))),
                 },
             };
             return Self::from_raw(raw, "the environment (SEALTLS_PKCS11_*)".into());
@@ -122,7 +132,7 @@ impl Config {
         if timeout.is_zero() {
             return Err(ConfigError(format!("{origin}: timeout_ms must be above 0")));
         }
-        Ok(Self { keyd, tls, token_label, pin: raw.pin, timeout, origin })
+        Ok(Self { keyd, tls, token_label, pin: raw.pin, timeout, ed25519: raw.ed25519.unwrap_or(false), origin })
     }
 }
 
@@ -141,7 +151,7 @@ mod tests {
     fn the_environment_names_keyd_and_its_tls_files() {
         let c = from(&[("SEALTLS_PKCS11_KEYD", "unix:/run/keyd.sock")]).unwrap();
         assert_eq!((c.keyd.as_str(), c.token_label.as_str(), c.timeout), ("unix:/run/keyd.sock", "sealtls", DEFAULT_TIMEOUT));
-        assert!(c.tls.is_none() && c.pin.is_none());
+        assert!(c.tls.is_none() && c.pin.is_none() && !c.ed25519);
         let e = from(&[("SEALTLS_PKCS11_KEYD", "tls://127.0.0.1:1")]).err().unwrap().to_string();
         assert!(e.contains("SEALTLS_PKCS11_KEYD_CA"), "{e}");
         let e = from(&[("SEALTLS_PKCS11_KEYD", "127.0.0.1:1")]).err().unwrap().to_string();
@@ -153,8 +163,10 @@ mod tests {
             ("SEALTLS_PKCS11_KEYD_KEY", "k.pem"),
             ("SEALTLS_PKCS11_TOKEN_LABEL", "edge"),
             ("SEALTLS_PKCS11_TIMEOUT_MS", "250"),
+            ("SEALTLS_PKCS11_ED25519", "1"),
         ])
         .unwrap();
+        assert!(c.ed25519);
         assert_eq!(c.tls.unwrap().key, PathBuf::from("k.pem"));
         assert_eq!((c.token_label.as_str(), c.timeout), ("edge", Duration::from_millis(250)));
     }

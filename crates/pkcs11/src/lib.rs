@@ -6,7 +6,7 @@
 //!
 //! Configuration is read at C_Initialize: `SEALTLS_PKCS11_CONF` (a TOML
 //! file), else `SEALTLS_PKCS11_KEYD` with `SEALTLS_PKCS11_KEYD_CA`,
-//! `_KEYD_CERT`, `_KEYD_KEY`, `_TOKEN_LABEL`, `_PIN` and `_TIMEOUT_MS`,
+//! `_KEYD_CERT`, `_KEYD_KEY`, `_TOKEN_LABEL`, `_PIN`, `_TIMEOUT_MS` and `_ED25519`,
 //! else /etc/sealtls/pkcs11.toml.
 
 mod config;

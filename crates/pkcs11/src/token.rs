@@ -218,6 +218,9 @@ impl Token {
         s.present.iter_mut().for_each(|p| *p = false);
         for entry in entries {
             let Some(key) = Key::from_entry(entry).map(Arc::new) else { continue };
+            if matches!(key.kind, KeyKind::Ed25519 { .. }) && !self.config.ed25519 {
+                continue;
+            }
             let classes: &[Class] = if key.cert.is_some() {
                 &[Class::PrivateKey, Class::PublicKey, Class::Certificate]
             } else {

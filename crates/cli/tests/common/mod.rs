@@ -2,6 +2,7 @@
 //! daemons on ephemeral ports, and the seed guides' certificate recipes.
 #![allow(dead_code)]
 pub mod custody;
+pub mod memory;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -463,4 +464,68 @@ pub fn stop_up_cleanly(child: &mut Child, stderr: &Mutex<String>) {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0), "{}", stderr.lock().unwrap());
+}
+
+/// A peer program (openssl s_server, gnutls-serv, nginx in the foreground)
+/// listening on `port`, its stdout and stderr collected; stopped on drop
+/// with SIGTERM, then SIGKILL.
+pub struct Peer {
+    child: Child,
+    pub port: u16,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+}
+
+impl Peer {
+    /// Starts `cmd` and waits until `port` accepts connections (at most 20 s).
+    pub fn start(cmd: &mut Command, port: u16) -> Peer {
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the peer starts");
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        let mut peer = Peer { child, port, out, err };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(peer.alive(), "{cmd:?} exited: {}", peer.output());
+            assert!(Instant::now() < deadline, "{cmd:?} did not listen on {port}: {}", peer.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peer
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Everything it wrote so far, stdout then stderr.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.out.lock().unwrap(), self.err.lock().unwrap())
+    }
+
+    /// Waits until `needle` appears in its output (at most 10 s) and returns the output.
+    pub fn wait_output(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.output();
+            if out.contains(needle) || Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

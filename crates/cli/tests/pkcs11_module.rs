@@ -1,0 +1,443 @@
+//! libsealtls_pkcs11.so with the programs people already run: OpenSC's
+//! pkcs11-tool and GnuTLS's p11tool list keyd's keys and sign with them,
+//! `openssl s_server` (pkcs11 engine), nginx and gnutls-serv terminate TLS
+//! with keys they never hold, and keyd's grants and absence reach them.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::custody::{keyd, put};
+use common::memory::{p256_key_needles, process_tree, scan_memory};
+use common::{free_port, logged_port, p, run, sealtls, text, write_mode, Peer, Server};
+
+/// Keys of every kind the module offers, by domain and `sealtls pki` key type.
+const KEYS: [(&str, &str); 4] =
+    [("www.test.com", "ecdsa-p256"), ("p384.test.com", "ecdsa-p384"), ("rsa.test.com", "rsa2048"), ("ed.test.com", "ed25519")];
+
+/// The module next to the sealtls binary; scripts/test builds it before the tests.
+fn module() -> PathBuf {
+    let m = Path::new(env!("CARGO_BIN_EXE_sealtls")).with_file_name("libsealtls_pkcs11.so");
+    assert!(m.exists(), "{} is missing: build it first with `cargo build -p sealtls-pkcs11` (scripts/test does)", m.display());
+    m
+}
+
+fn ok(args: &[&str]) {
+    let o = run(sealtls().args(args));
+    assert!(o.status.success(), "{args:?}: {}", text(&o));
+}
+
+/// A PKI with a server certificate for each of [`KEYS`].
+fn pki(d: &Path) -> PathBuf {
+    let pki = d.join("pki");
+    ok(&["pki", "init", "--dir", pki.to_str().unwrap()]);
+    for (name, key_type) in KEYS {
+        ok(&["pki", "issue", "server", "--dir", pki.to_str().unwrap(), "--name", name, "--key-type", key_type]);
+    }
+    pki
+}
+
+/// keyd on a sealed-file store in `d`, holding every key of [`KEYS`].
+fn keyd_with_keys(d: &Path, pki: &Path, extra: &[&str]) -> Server {
+    let kd = keyd(&d.join("keyd"), &d.join("device.key"), extra);
+    for (name, _) in KEYS {
+        put(&kd.addr, pki, name);
+    }
+    kd
+}
+
+/// The environment that points the module at keyd's socket.
+fn unix_env(kd: &Server) -> Vec<(String, String)> {
+    vec![("SEALTLS_PKCS11_KEYD".into(), format!("unix:{}", kd.addr))]
+}
+
+fn with_env<'a>(cmd: &'a mut Command, env: &[(String, String)]) -> &'a mut Command {
+    cmd.env_remove("SEALTLS_PKCS11_CONF").env_remove("SEALTLS_PKCS11_KEYD");
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+fn pkcs11_tool(env: &[(String, String)], args: &[&str]) -> Output {
+    run(with_env(Command::new("pkcs11-tool").arg("--module").arg(module()).args(args), env))
+}
+
+/// The hex key id keyd gives `domain`'s key (the objects' CKA_ID).
+fn key_id(listing: &str, domain: &str) -> String {
+    let block: Vec<&str> = listing.split("Private Key Object").filter(|b| b.contains(&format!("label:      {domain}\n"))).collect();
+    let line = block
+        .first()
+        .and_then(|b| b.lines().find(|l| l.trim_start().starts_with("ID:")))
+        .unwrap_or_else(|| panic!("{domain} in {listing}"));
+    line.split_whitespace().last().unwrap().to_string()
+}
+
+/// An openssl.cnf that loads the pkcs11 engine (libp11) with our module.
+fn openssl_conf(d: &Path) -> PathBuf {
+    let engines = text(&run(Command::new("openssl").args(["version", "-e"])));
+    let engines = engines.split('"').nth(1).unwrap_or_else(|| panic!("openssl version -e: {engines}"));
+    let engine = Path::new(engines).join("pkcs11.so");
+    assert!(engine.exists(), "{} is missing: install libengine-pkcs11-openssl (scripts/test does)", engine.display());
+    let conf = d.join("openssl.cnf");
+    std::fs::write(
+        &conf,
+        format!(
+            "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n[engine_section]\npkcs11 = pkcs11_section\n\
+             [pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\ninit = 1\n",
+            engine.display(),
+            module().display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+fn key_uri(domain: &str) -> String {
+    format!("pkcs11:token=sealtls;object={domain};type=private")
+}
+
+/// `openssl s_server` with `domain`'s key through the engine and its certificate from the PKI.
+fn s_server(d: &Path, pki: &Path, env: &[(String, String)], domain: &str) -> Peer {
+    let port = free_port();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-engine", "pkcs11", "-keyform", "engine", "-key", &key_uri(domain)])
+        .args(["-cert", &p(pki, &format!("{domain}.pem")), "-www"])
+        .env("OPENSSL_CONF", openssl_conf(d));
+    Peer::start(with_env(&mut cmd, env), port)
+}
+
+/// `openssl s_client -verify_return_error` to `port` for `domain`; its output.
+fn s_client(port: u16, pki: &Path, domain: &str, extra: &[&str]) -> String {
+    text(&run(Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", domain, "-verify_return_error"])
+        .args(["-CAfile", &p(pki, "ca.pem")])
+        .args(extra)
+        .env("OPENSSL_CONF", "/dev/null")))
+}
+
+/// s_client prints the session even when the server aborts the handshake
+/// afterwards (TLS 1.3), so a refusal shows only as an alert or an error.
+fn handshake_ok(out: &str) -> bool {
+    out.contains("Verify return code: 0 (ok)") && !out.contains("Cipher is (NONE)") && !out.contains("alert") && !out.contains(":error:")
+}
+
+#[test]
+fn pkcs11_tool_and_p11tool_list_keyds_keys_and_every_mechanism_signs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let pki = pki(d);
+    let kd = keyd_with_keys(d, &pki, &[]);
+    // Ed25519 objects only when asked for (libp11 0.4.12 gives up on a token that has one).
+    let o = pkcs11_tool(&unix_env(&kd), &["--list-objects"]);
+    assert!(o.status.success() && text(&o).contains("www.test.com") && !text(&o).contains("ed.test.com"), "{}", text(&o));
+    let mut env = unix_env(&kd);
+    env.push(("SEALTLS_PKCS11_ED25519".into(), "1".into()));
+
+    let o = pkcs11_tool(&env, &["--list-objects"]);
+    let listing = text(&o);
+    assert!(o.status.success(), "{listing}");
+    for (name, _) in KEYS {
+        for kind in ["Private Key Object", "Public Key Object", "Certificate Object"] {
+            assert!(
+                listing.split(kind).skip(1).any(|b| b.contains(&format!("label:      {name}\n"))),
+                "{kind} for {name} missing: {listing}"
+            );
+        }
+    }
+    assert!(listing.contains("Access:     sensitive, always sensitive, never extractable"), "{listing}");
+    let o = run(with_env(Command::new("p11tool").arg(format!("--provider={}", module().display())).arg("--list-all"), &env));
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(
+        all.contains("token=sealtls") && all.contains("object=www.test.com;type=private") && all.contains("object=rsa.test.com;type=cert"),
+        "{all}"
+    );
+
+    // Each mechanism's signature verifies with openssl against the certificate's public key.
+    let message = d.join("message");
+    std::fs::write(&message, b"signed through keyd").unwrap();
+    let digest = |alg: &str| {
+        let out = d.join(format!("message.{alg}"));
+        let o = run(Command::new("openssl").args(["dgst", &format!("-{alg}"), "-binary", "-out"]).arg(&out).arg(&message));
+        assert!(o.status.success(), "{}", text(&o));
+        out
+    };
+    let sha256 = digest("sha256");
+    let cases: [(&str, &str, &Path, &[&str], &[&str]); 8] = [
+        ("www.test.com", "ECDSA", &sha256, &["--signature-format", "openssl"], &["dgst", "-sha256"]),
+        ("www.test.com", "ECDSA-SHA256", &message, &["--signature-format", "openssl"], &["dgst", "-sha256"]),
+        ("p384.test.com", "ECDSA-SHA384", &message, &["--signature-format", "openssl"], &["dgst", "-sha384"]),
+        ("rsa.test.com", "SHA256-RSA-PKCS", &message, &[], &["dgst", "-sha256"]),
+        (
+            "rsa.test.com",
+            "RSA-PKCS-PSS",
+            &sha256,
+            &["--hash-algorithm", "SHA256", "--mgf", "MGF1-SHA256", "--salt-len", "32"],
+            &["dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"],
+        ),
+        (
+            "rsa.test.com",
+            "SHA384-RSA-PKCS-PSS",
+            &message,
+            &[],
+            &["dgst", "-sha384", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:48"],
+        ),
+        ("rsa.test.com", "SHA512-RSA-PKCS", &message, &[], &["dgst", "-sha512"]),
+        ("ed.test.com", "EDDSA", &message, &[], &["pkeyutl", "-rawin"]),
+    ];
+    for (domain, mechanism, input, sign_args, verify) in cases {
+        let sig = d.join(format!("{domain}.{mechanism}.sig"));
+        let o = pkcs11_tool(
+            &env,
+            &[
+                &["--sign", "-m", mechanism, "--id", &key_id(&listing, domain), "-i", input.to_str().unwrap(), "-o", sig.to_str().unwrap()],
+                sign_args,
+            ]
+            .concat(),
+        );
+        assert!(o.status.success(), "{domain} {mechanism}: {}", text(&o));
+        let public = d.join(format!("{domain}.pub"));
+        let o = run(Command::new("openssl")
+            .args(["x509", "-pubkey", "-noout", "-in", &p(&pki, &format!("{domain}.pem")), "-out"])
+            .arg(&public));
+        assert!(o.status.success(), "{}", text(&o));
+        let mut check = Command::new("openssl");
+        check.args(verify);
+        if verify[0] == "pkeyutl" {
+            check.args(["-verify", "-pubin", "-inkey"]).arg(&public).arg("-in").arg(&message).arg("-sigfile").arg(&sig);
+        } else {
+            check.arg("-verify").arg(&public).arg("-signature").arg(&sig).arg(&message);
+        }
+        let o = run(&mut check);
+        assert!(o.status.success() && text(&o).contains("Verified"), "{domain} {mechanism}: {}", text(&o));
+    }
+
+    // RSA PKCS#1 v1.5 over anything but a DigestInfo is refused (keyd never does raw RSA).
+    let o = pkcs11_tool(&env, &["--sign", "-m", "RSA-PKCS", "--id", &key_id(&listing, "rsa.test.com"), "-i", message.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("CKR_DATA_INVALID") && text(&o).contains("not a DigestInfo"), "{}", text(&o));
+
+    // Without settings the module says what to set.
+    let o = pkcs11_tool(&[], &["--list-objects"]);
+    assert!(!o.status.success() && text(&o).contains("set SEALTLS_PKCS11_KEYD=unix:PATH"), "{}", text(&o));
+}
+
+#[test]
+fn openssl_s_server_signs_through_keyd_with_tls13_and_tls12() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let pki = pki(d);
+    let kd = keyd_with_keys(d, &pki, &[]);
+    let env = unix_env(&kd);
+
+    let ecdsa = s_server(d, &pki, &env, "www.test.com");
+    for version in ["-tls1_3", "-tls1_2"] {
+        let out = s_client(ecdsa.port, &pki, "www.test.com", &[version]);
+        assert!(handshake_ok(&out) && out.contains("Peer signature type: ECDSA"), "{version}: {out}\n{}", ecdsa.output());
+    }
+    let rsa = s_server(d, &pki, &env, "rsa.test.com");
+    let out = s_client(rsa.port, &pki, "rsa.test.com", &["-tls1_3"]);
+    assert!(handshake_ok(&out) && out.contains("Peer signature type: RSA-PSS"), "{out}\n{}", rsa.output());
+    let out = s_client(rsa.port, &pki, "rsa.test.com", &["-tls1_2", "-sigalgs", "RSA+SHA256"]);
+    assert!(handshake_ok(&out) && out.contains("Peer signature type: RSA\n"), "{out}\n{}", rsa.output());
+}
+
+#[test]
+fn gnutls_serv_signs_through_keyd_with_the_provider_option() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let pki = pki(d);
+    let kd = keyd_with_keys(d, &pki, &[]);
+    for (domain, sig) in [("www.test.com", "ECDSA"), ("rsa.test.com", "RSA")] {
+        let port = free_port();
+        let mut cmd = Command::new("gnutls-serv");
+        cmd.arg(format!("--provider={}", module().display())).args([
+            "--x509keyfile",
+            &key_uri(domain),
+            "--x509certfile",
+            &p(&pki, &format!("{domain}.pem")),
+            "-p",
+            &port.to_string(),
+        ]);
+        let serv = Peer::start(with_env(&mut cmd, &unix_env(&kd)), port);
+        for priority in ["NORMAL:-VERS-ALL:+VERS-TLS1.3", "NORMAL:-VERS-ALL:+VERS-TLS1.2"] {
+            let o = run(Command::new("gnutls-cli").args([
+                "--x509cafile",
+                &p(&pki, "ca.pem"),
+                "-p",
+                &port.to_string(),
+                "127.0.0.1",
+                "--sni-hostname",
+                domain,
+                "--verify-hostname",
+                domain,
+                "--priority",
+                priority,
+            ]));
+            let out = text(&o);
+            assert!(out.contains("Handshake was completed") && out.contains(sig), "{domain} {priority}: {out}\n{}", serv.output());
+        }
+    }
+}
+
+/// nginx in the foreground with its own prefix in `d`, two workers, and
+/// the key through the engine; run as root, its workers stay root so that
+/// they may reach keyd's socket (mode 0660, owned by keyd's user).
+fn nginx(d: &Path, pki: &Path, env: &[(String, String)]) -> Peer {
+    let prefix = d.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let port = free_port();
+    let is_root = text(&run(Command::new("id").arg("-u"))).trim() == "0";
+    let conf = prefix.join("nginx.conf");
+    let tmp = p(&prefix, "tmp");
+    std::fs::write(
+        &conf,
+        format!(
+            "{user}worker_processes 2;\ndaemon off;\nerror_log {log} info;\npid {pid};\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n\
+             server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key \"engine:pkcs11:{uri}\";\n\
+             location / {{ return 200 \"served by nginx\\n\"; }}\n  }}\n}}\n",
+            user = if is_root { "user root;\n" } else { "" },
+            log = p(&prefix, "logs/error.log"),
+            pid = p(&prefix, "nginx.pid"),
+            cert = p(pki, "www.test.com.pem"),
+            uri = key_uri("www.test.com"),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("/usr/sbin/nginx");
+    cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf).env("OPENSSL_CONF", openssl_conf(d));
+    Peer::start(with_env(&mut cmd, env), port)
+}
+
+fn curl(port: u16, pki: &Path) -> Output {
+    run(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        &p(pki, "ca.pem"),
+        "--resolve",
+        &format!("www.test.com:{port}:127.0.0.1"),
+        &format!("https://www.test.com:{port}/"),
+    ]))
+}
+
+#[test]
+fn nginx_serves_with_keyds_key_never_holds_it_and_outlives_keyd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let pki = pki(d);
+    let mut kd = keyd_with_keys(d, &pki, &[]);
+    let env = unix_env(&kd);
+    let mut ngx = nginx(d, &pki, &env);
+    let workers = || process_tree(ngx.pid()).into_iter().filter(|p| *p != ngx.pid()).collect::<Vec<_>>();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while workers().len() < 2 {
+        assert!(Instant::now() < deadline, "nginx did not start two workers: {}", ngx.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..6 {
+        let o = curl(ngx.port, &pki);
+        assert!(o.status.success() && text(&o) == "served by nginx\n", "{}\n{}", text(&o), ngx.output());
+    }
+
+    // No nginx process has www.test.com's private key in memory; keyd, which signs with it, does.
+    let needles = p256_key_needles(&pki.join("www.test.com.key"));
+    let needles: Vec<&[u8]> = needles.iter().map(Vec::as_slice).collect();
+    let (found, read) = scan_memory(kd.child.id(), &needles);
+    assert!(found.iter().any(|f| *f), "keyd ({}) should hold the key it signs with ({read} bytes read)", kd.child.id());
+    let nginx_processes = process_tree(ngx.pid());
+    assert_eq!(nginx_processes.len(), 3, "master and two workers: {nginx_processes:?}");
+    for pid in nginx_processes {
+        let (found, read) = scan_memory(pid, &needles);
+        assert!(read > 0, "nothing of nginx process {pid} could be read");
+        assert_eq!(found, [false; 3], "nginx process {pid} holds www.test.com's key (scalar, reversed, DER)");
+    }
+
+    // keyd gone: handshakes fail, nginx stays up and says why.
+    drop(kd);
+    let o = curl(ngx.port, &pki);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(ngx.alive(), "{}", ngx.output());
+    let log = std::fs::read_to_string(d.join("nginx/logs/error.log")).unwrap() + &ngx.output();
+    assert!(log.contains("keyd at unix:") && log.contains("is unreachable"), "{log}");
+
+    // keyd back (same store, same socket): nginx signs again without a restart.
+    kd = keyd(&d.join("keyd"), &d.join("device.key"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = curl(ngx.port, &pki);
+        if o.status.success() {
+            assert_eq!(text(&o), "served by nginx\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nginx did not recover after keyd came back: {}", text(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ngx.alive());
+    drop(kd);
+}
+
+/// Over mutual TLS, with grants by certificate CN: KEYS lists only the granted
+/// keys; a grant withdrawn (SIGHUP) stops the running server's handshakes,
+/// and keyd logs the refusal with the caller.
+#[test]
+fn grants_decide_what_the_module_sees_and_signs_and_withdrawing_one_stops_handshakes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let pki = pki(d);
+    let edges = d.join("edges");
+    ok(&["pki", "init", "--dir", edges.to_str().unwrap()]);
+    ok(&["pki", "issue", "client", "--dir", edges.to_str().unwrap(), "--name", "nginx-edge"]);
+    ok(&["pki", "issue", "server", "--dir", edges.to_str().unwrap(), "--name", "localhost"]);
+    let auth = d.join("authorize.toml");
+    let uid = text(&run(Command::new("id").arg("-u"))).trim().to_string();
+    // The admin (this uid, over the socket) provisions; the module (cn nginx-edge, over TLS) signs.
+    let grants =
+        |domains: &str| format!("[[grant]]\ncn = \"nginx-edge\"\ndomains = [{domains}]\n[[grant]]\nuid = {uid}\ndomains = [\"b.none\"]\n");
+    write_mode(&auth, &grants("\"www.test.com\", \"rsa.test.com\""), 0o644);
+    let kd = keyd_with_keys(
+        d,
+        &pki,
+        &[
+            "--authorize",
+            auth.to_str().unwrap(),
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &p(&edges, "localhost.pem"),
+            "--tls-key",
+            &p(&edges, "localhost.key"),
+            "--client-ca",
+            &p(&edges, "ca.pem"),
+        ],
+    );
+    let tls_port = logged_port(&kd.wait_log("tls_listen="), "tls_listen");
+    let env: Vec<(String, String)> = [
+        ("SEALTLS_PKCS11_KEYD", format!("tls://localhost:{tls_port}")),
+        ("SEALTLS_PKCS11_KEYD_CA", p(&edges, "ca.pem")),
+        ("SEALTLS_PKCS11_KEYD_CERT", p(&edges, "nginx-edge.pem")),
+        ("SEALTLS_PKCS11_KEYD_KEY", p(&edges, "nginx-edge.key")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+
+    let listing = text(&pkcs11_tool(&env, &["--list-objects"]));
+    assert!(listing.contains("label:      www.test.com") && listing.contains("label:      rsa.test.com"), "{listing}");
+    assert!(!listing.contains("ed.test.com") && !listing.contains("p384.test.com"), "ungranted keys are not listed: {listing}");
+
+    let server = s_server(d, &pki, &env, "www.test.com");
+    let out = s_client(server.port, &pki, "www.test.com", &["-tls1_3"]);
+    assert!(handshake_ok(&out), "{out}\n{}\n{}", server.output(), kd.log());
+
+    write_mode(&auth, &grants("\"rsa.test.com\""), 0o644);
+    let o = run(Command::new("kill").args(["-HUP", &kd.child.id().to_string()]));
+    assert!(o.status.success());
+    kd.wait_log("reloaded grants");
+    let out = s_client(server.port, &pki, "www.test.com", &["-tls1_3"]);
+    assert!(!handshake_ok(&out) && out.contains("alert internal error"), "{out}\n{}\n{}", server.output(), kd.log());
+    let log = kd.wait_log("refused (FORBIDDEN)");
+    assert!(log.lines().any(|l| l.contains("refused (FORBIDDEN)") && l.contains("CN=nginx-edge") && l.contains("www.test.com")), "{log}");
+    let said = server.wait_output("FORBIDDEN");
+    assert!(said.contains("sealtls-pkcs11") && said.contains("keyd refused (FORBIDDEN)"), "{said}");
+}
