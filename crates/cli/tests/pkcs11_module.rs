@@ -120,6 +120,10 @@ fn handshake_ok(out: &str) -> bool {
     out.contains("Verify return code: 0 (ok)") && !out.contains("Cipher is (NONE)") && !out.contains("alert") && !out.contains(":error:")
 }
 
+/// One signature by pkcs11-tool: key, mechanism, input, pkcs11-tool's
+/// extra arguments, and the openssl command that verifies it.
+type Case<'a> = (&'a str, &'a str, &'a Path, &'a [&'a str], &'a [&'a str]);
+
 #[test]
 fn pkcs11_tool_and_p11tool_list_keyds_keys_and_every_mechanism_signs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -162,7 +166,7 @@ fn pkcs11_tool_and_p11tool_list_keyds_keys_and_every_mechanism_signs() {
         out
     };
     let sha256 = digest("sha256");
-    let cases: [(&str, &str, &Path, &[&str], &[&str]); 8] = [
+    let cases: [Case; 8] = [
         ("www.test.com", "ECDSA", &sha256, &["--signature-format", "openssl"], &["dgst", "-sha256"]),
         ("www.test.com", "ECDSA-SHA256", &message, &["--signature-format", "openssl"], &["dgst", "-sha256"]),
         ("p384.test.com", "ECDSA-SHA384", &message, &["--signature-format", "openssl"], &["dgst", "-sha384"]),

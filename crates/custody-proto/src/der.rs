@@ -170,7 +170,7 @@ pub enum DigestHash {
 
 impl DigestHash {
     /// The digest's length in bytes.
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             Self::Sha256 => 32,
             Self::Sha384 => 48,
@@ -207,7 +207,7 @@ pub fn digest_info(input: &[u8]) -> Result<(DigestHash, &[u8]), DerError> {
         .into_iter()
         .find(|h| h.oid() == id)
         .ok_or(DerError("a hash other than SHA-256, SHA-384 or SHA-512"))?;
-    if digest.len() != hash.len() {
+    if digest.len() != hash.output_len() {
         return Err(DerError("a digest of the wrong length for its hash"));
     }
     Ok((hash, digest))

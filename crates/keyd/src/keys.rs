@@ -88,8 +88,8 @@ pub fn checked_digest<'a>(family: Family, key: &str, how: DigestSigning, input: 
         (DigestSigning::RsaPssSha384, _) => DigestHash::Sha384,
         (DigestSigning::RsaPssSha512, _) => DigestHash::Sha512,
     };
-    if input.len() != hash.len() {
-        return Err(mismatch(format!("it takes a {}-byte {hash:?} digest, not {} bytes", hash.len(), input.len())));
+    if input.len() != hash.output_len() {
+        return Err(mismatch(format!("it takes a {}-byte {hash:?} digest, not {} bytes", hash.output_len(), input.len())));
     }
     Ok((hash, input))
 }

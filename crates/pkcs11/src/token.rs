@@ -180,7 +180,7 @@ impl Token {
             return Err(CKR_USER_ALREADY_LOGGED_IN);
         }
         if let Some(want) = &self.config.pin {
-            if !aws_lc_rs::constant_time::verify_slices_are_equal(want.as_bytes(), pin).is_ok() {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(want.as_bytes(), pin).is_err() {
                 return Err(CKR_PIN_INCORRECT);
             }
         }
@@ -401,7 +401,7 @@ impl Token {
                 Request::SignDigest { key: selector, how: DigestSigning::RsaPkcs1, digest: input }
             }
             (Way::RsaPss(hash), _) => {
-                if input.len() != hash.len() {
+                if input.len() != hash.output_len() {
                     return Err(CKR_DATA_LEN_RANGE);
                 }
                 let how = match hash {
@@ -486,7 +486,7 @@ fn context(hash: DigestHash) -> Input {
 fn pss_hash(spec: &MechanismSpec, fixed: Option<DigestHash>) -> Result<DigestHash, CK_RV> {
     let (hash_alg, mgf, salt) = spec.pss.ok_or(CKR_MECHANISM_PARAM_INVALID)?;
     let hash = hash_of(hash_alg).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
-    if fixed.is_some_and(|f| f != hash) || mgf != mgf_of(hash) || salt as usize != hash.len() {
+    if fixed.is_some_and(|f| f != hash) || mgf != mgf_of(hash) || salt as usize != hash.output_len() {
         return Err(CKR_MECHANISM_PARAM_INVALID);
     }
     Ok(hash)
