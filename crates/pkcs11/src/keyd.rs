@@ -202,11 +202,11 @@ impl Keyd {
     }
 
     fn connect(&self, deadline: Instant) -> io::Result<Conn> {
-        let left = remaining(deadline)?;
+        remaining(deadline)?;
         match &self.target {
             Target::Unix(path) => {
                 let mut conn = Conn::Unix(UnixStream::connect(path)?);
-                conn.set_timeout(left)?;
+                conn.set_timeout(self.timeout)?;
                 Ok(conn)
             }
             Target::Tls { addr, server_name, config } => {
@@ -223,6 +223,7 @@ impl Keyd {
                                     s.conn.complete_io(&mut s.sock)?;
                                 }
                             }
+                            conn.set_timeout(self.timeout)?;
                             return Ok(conn);
                         }
                         Err(e) => last = e,
@@ -233,16 +234,22 @@ impl Keyd {
         }
     }
 
+    /// One request and its answer. The socket's own timeouts (set once, at
+    /// connect) bound each read and write; the deadline bounds the whole call.
     fn exchange(&self, mut conn: Conn, request: &Request, deadline: Instant) -> io::Result<(Response, Conn)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(256);
         request.encode(id, &mut out);
-        conn.set_timeout(remaining(deadline)?)?;
         conn.write_all(&out)?;
         conn.flush()?;
-        let mut buf = Vec::with_capacity(4096);
+        let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 16 * 1024];
         loop {
+            let n = conn.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "keyd closed the connection"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
             match decode_frame(&buf) {
                 Ok(Some((frame, used))) => {
                     if frame.id != id || used != buf.len() {
@@ -251,15 +258,9 @@ impl Keyd {
                     let response = Response::decode(&frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                     return Ok((response, conn));
                 }
-                Ok(None) => {}
+                Ok(None) => remaining(deadline).map(drop)?,
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
             }
-            conn.set_timeout(remaining(deadline)?)?;
-            let n = conn.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "keyd closed the connection"));
-            }
-            buf.extend_from_slice(&chunk[..n]);
         }
     }
 }

@@ -40,7 +40,7 @@ fn exe() -> Result<PathBuf, Failure> {
 
 /// Starts keyd on the store `dir/NAME` (its own device secret), optionally
 /// on one CPU, with a mutual-TLS listener.
-async fn start_keyd(dir: &Path, name: &str, cpu: Option<usize>) -> Result<(Peer, PathBuf, SocketAddr), Failure> {
+pub(super) async fn start_keyd(dir: &Path, name: &str, cpu: Option<usize>) -> Result<(Peer, PathBuf, SocketAddr), Failure> {
     let store = dir.join(name);
     let socket = store.join("keyd.sock");
     let tls = free_port()?;
@@ -78,7 +78,7 @@ async fn start_keyd(dir: &Path, name: &str, cpu: Option<usize>) -> Result<(Peer,
 }
 
 /// Installs the bench key in the keyd at `socket`.
-async fn put_key(socket: &Path, key_der: &[u8], chain: &[Vec<u8>]) -> Result<KeyId, Failure> {
+pub(super) async fn put_key(socket: &Path, key_der: &[u8], chain: &[Vec<u8>]) -> Result<KeyId, Failure> {
     let admin = KeydClient::new(KeydEndpoint::Unix(socket.to_owned()), 1, Duration::from_secs(10));
     let put = Request::Put { domain: "localhost".into(), key: zeroize::Zeroizing::new(key_der.to_vec()), chain: chain.to_vec() };
     match admin.call(&put).await {

@@ -22,12 +22,13 @@ use tokio_rustls::TlsConnector;
 mod failover;
 mod keyless;
 mod offload;
+mod pkcs11;
 pub mod proxy;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// handshake, throughput, offload, keyless, proxy or all.
-    #[arg(default_value = "all", value_parser = ["handshake", "throughput", "offload", "keyless", "proxy", "all"])]
+    /// handshake, throughput, offload, keyless, proxy, pkcs11 or all.
+    #[arg(default_value = "all", value_parser = ["handshake", "throughput", "offload", "keyless", "proxy", "pkcs11", "all"])]
     what: String,
     /// Seconds of handshake load per server.
     #[arg(long, default_value_t = 5)]
@@ -56,6 +57,9 @@ pub struct BenchArgs {
     /// The sealtls binary whose `serve --target` the proxy test measures (default: this one), to compare builds.
     #[arg(long)]
     server_binary: Option<std::path::PathBuf>,
+    /// libsealtls_pkcs11.so for the pkcs11 test (default: next to this binary).
+    #[arg(long, value_name = "FILE")]
+    pkcs11_module: Option<std::path::PathBuf>,
     /// Also draw the keyless failover timeline into this PNG file.
     #[arg(long, value_name = "FILE")]
     chart: Option<std::path::PathBuf>,
@@ -240,6 +244,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.what == "proxy" {
         return proxy::run(dir, &args).await;
     }
+    if args.what == "pkcs11" {
+        return pkcs11::run(dir, &args).await;
+    }
     let mut rows = Vec::new();
     let contenders = [Contender::Sealtls, Contender::Openssl];
 
@@ -289,6 +296,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         offload::run(dir, config, &args).await?;
         keyless::run(dir, &args).await?;
         proxy::run(dir, &args).await?;
+        pkcs11::run(dir, &args).await?;
     }
     Ok(())
 }

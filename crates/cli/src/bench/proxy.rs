@@ -87,10 +87,10 @@ pub struct ClientArgs {
 
 /// What a client job prints, one JSON line.
 #[derive(Serialize, Deserialize, Default)]
-struct Measured {
-    value: f64,
+pub(super) struct Measured {
+    pub(super) value: f64,
     second: f64,
-    failed: u64,
+    pub(super) failed: u64,
 }
 
 fn broken(e: impl std::fmt::Display) -> Failure {
@@ -356,7 +356,7 @@ async fn start_proxy(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr
 }
 
 /// Runs a client job in a child process and reads its figures.
-async fn run_client(job: &str, addr: SocketAddr, dir: &Path, extra: &[String]) -> Result<Measured, Failure> {
+pub(super) async fn run_client(job: &str, addr: SocketAddr, dir: &Path, extra: &[String]) -> Result<Measured, Failure> {
     let output = client_command(job, addr, dir, extra)?
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
