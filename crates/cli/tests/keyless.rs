@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::custody::{key, keyd, pki, put, s_client, served};
-use common::{logged_port, p, run, sealtls, text, write_mode, Server};
+use common::custody::{key, keyd, pki, put, s_client, served, softhsm};
+use common::{logged_port, p, run, sealtls, text, Server};
 
 /// Both names served over 1.3 and 1.2 with their own certificate; an
 /// unknown name gets unrecognized_name, no SNI gets handshake_failure,
@@ -366,28 +366,6 @@ fn a_running_server_recovers_when_keyd_comes_back() {
     assert!(served(&s_client(server.port(), Some("a.test"), &ca, "-tls1_3"), "a.test"));
     assert!(served(&s_client(server.port(), Some("a.test"), &ca, "-tls1_2"), "a.test"));
     server.assert_alive();
-}
-
-/// A throw-away SoftHSM2 token labelled "sealtls" with user PIN 1234.
-fn softhsm(dir: &Path) -> (PathBuf, PathBuf) {
-    let tokens = dir.join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).unwrap();
-    let o = run(Command::new("softhsm2-util").env("SOFTHSM2_CONF", &conf).args([
-        "--init-token",
-        "--free",
-        "--label",
-        "sealtls",
-        "--pin",
-        "1234",
-        "--so-pin",
-        "5678",
-    ]));
-    assert!(o.status.success(), "{}", text(&o));
-    let pin = dir.join("pin");
-    write_mode(&pin, "1234\n", 0o600);
-    (conf, pin)
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::custody::{keyd, put};
+use common::custody::{keyd, put, softhsm};
 use common::memory::{p256_key_needles, process_tree, scan_memory};
 use common::{free_port, logged_port, p, run, sealtls, text, write_mode, Peer, Server};
 
@@ -120,6 +120,45 @@ fn handshake_ok(out: &str) -> bool {
     out.contains("Verify return code: 0 (ok)") && !out.contains("Cipher is (NONE)") && !out.contains("alert") && !out.contains(":error:")
 }
 
+/// pkcs11-tool's arguments for RSA-PSS over a SHA-256 digest, and openssl's to verify it.
+const PSS_SHA256: &[&str] = &["--hash-algorithm", "SHA256", "--mgf", "MGF1-SHA256", "--salt-len", "32"];
+const VERIFY_PSS_SHA256: &[&str] = &["dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"];
+
+/// A file holding the SHA-256 digest of `message`.
+fn sha256_of(message: &Path) -> PathBuf {
+    let out = message.with_extension("sha256");
+    let o = run(Command::new("openssl").args(["dgst", "-sha256", "-binary", "-out"]).arg(&out).arg(message));
+    assert!(o.status.success(), "{}", text(&o));
+    out
+}
+
+/// Signs with pkcs11-tool through the module and verifies with openssl against the certificate's public key.
+fn signs_and_verifies(d: &Path, pki: &Path, env: &[(String, String)], listing: &str, message: &Path, case: Case) {
+    let (domain, mechanism, input, sign_args, verify) = case;
+    let sig = d.join(format!("{domain}.{mechanism}.sig"));
+    let o = pkcs11_tool(
+        env,
+        &[
+            &["--sign", "-m", mechanism, "--id", &key_id(listing, domain), "-i", input.to_str().unwrap(), "-o", sig.to_str().unwrap()],
+            sign_args,
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{domain} {mechanism}: {}", text(&o));
+    let public = d.join(format!("{domain}.pub"));
+    let o = run(Command::new("openssl").args(["x509", "-pubkey", "-noout", "-in", &p(pki, &format!("{domain}.pem")), "-out"]).arg(&public));
+    assert!(o.status.success(), "{}", text(&o));
+    let mut check = Command::new("openssl");
+    check.args(verify);
+    if verify[0] == "pkeyutl" {
+        check.args(["-verify", "-pubin", "-inkey"]).arg(&public).arg("-in").arg(message).arg("-sigfile").arg(&sig);
+    } else {
+        check.arg("-verify").arg(&public).arg("-signature").arg(&sig).arg(message);
+    }
+    let o = run(&mut check);
+    assert!(o.status.success() && text(&o).contains("Verified"), "{domain} {mechanism}: {}", text(&o));
+}
+
 /// One signature by pkcs11-tool: key, mechanism, input, pkcs11-tool's
 /// extra arguments, and the openssl command that verifies it.
 type Case<'a> = (&'a str, &'a str, &'a Path, &'a [&'a str], &'a [&'a str]);
@@ -156,28 +195,15 @@ fn pkcs11_tool_and_p11tool_list_keyds_keys_and_every_mechanism_signs() {
         "{all}"
     );
 
-    // Each mechanism's signature verifies with openssl against the certificate's public key.
     let message = d.join("message");
     std::fs::write(&message, b"signed through keyd").unwrap();
-    let digest = |alg: &str| {
-        let out = d.join(format!("message.{alg}"));
-        let o = run(Command::new("openssl").args(["dgst", &format!("-{alg}"), "-binary", "-out"]).arg(&out).arg(&message));
-        assert!(o.status.success(), "{}", text(&o));
-        out
-    };
-    let sha256 = digest("sha256");
+    let sha256 = sha256_of(&message);
     let cases: [Case; 8] = [
         ("www.test.com", "ECDSA", &sha256, &["--signature-format", "openssl"], &["dgst", "-sha256"]),
         ("www.test.com", "ECDSA-SHA256", &message, &["--signature-format", "openssl"], &["dgst", "-sha256"]),
         ("p384.test.com", "ECDSA-SHA384", &message, &["--signature-format", "openssl"], &["dgst", "-sha384"]),
         ("rsa.test.com", "SHA256-RSA-PKCS", &message, &[], &["dgst", "-sha256"]),
-        (
-            "rsa.test.com",
-            "RSA-PKCS-PSS",
-            &sha256,
-            &["--hash-algorithm", "SHA256", "--mgf", "MGF1-SHA256", "--salt-len", "32"],
-            &["dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"],
-        ),
+        ("rsa.test.com", "RSA-PKCS-PSS", &sha256, PSS_SHA256, VERIFY_PSS_SHA256),
         (
             "rsa.test.com",
             "SHA384-RSA-PKCS-PSS",
@@ -188,31 +214,8 @@ fn pkcs11_tool_and_p11tool_list_keyds_keys_and_every_mechanism_signs() {
         ("rsa.test.com", "SHA512-RSA-PKCS", &message, &[], &["dgst", "-sha512"]),
         ("ed.test.com", "EDDSA", &message, &[], &["pkeyutl", "-rawin"]),
     ];
-    for (domain, mechanism, input, sign_args, verify) in cases {
-        let sig = d.join(format!("{domain}.{mechanism}.sig"));
-        let o = pkcs11_tool(
-            &env,
-            &[
-                &["--sign", "-m", mechanism, "--id", &key_id(&listing, domain), "-i", input.to_str().unwrap(), "-o", sig.to_str().unwrap()],
-                sign_args,
-            ]
-            .concat(),
-        );
-        assert!(o.status.success(), "{domain} {mechanism}: {}", text(&o));
-        let public = d.join(format!("{domain}.pub"));
-        let o = run(Command::new("openssl")
-            .args(["x509", "-pubkey", "-noout", "-in", &p(&pki, &format!("{domain}.pem")), "-out"])
-            .arg(&public));
-        assert!(o.status.success(), "{}", text(&o));
-        let mut check = Command::new("openssl");
-        check.args(verify);
-        if verify[0] == "pkeyutl" {
-            check.args(["-verify", "-pubin", "-inkey"]).arg(&public).arg("-in").arg(&message).arg("-sigfile").arg(&sig);
-        } else {
-            check.arg("-verify").arg(&public).arg("-signature").arg(&sig).arg(&message);
-        }
-        let o = run(&mut check);
-        assert!(o.status.success() && text(&o).contains("Verified"), "{domain} {mechanism}: {}", text(&o));
+    for case in cases {
+        signs_and_verifies(d, &pki, &env, &listing, &message, case);
     }
 
     // RSA PKCS#1 v1.5 over anything but a DigestInfo is refused (keyd never does raw RSA).
@@ -444,4 +447,35 @@ fn grants_decide_what_the_module_sees_and_signs_and_withdrawing_one_stops_handsh
     assert!(log.lines().any(|l| l.contains("refused (FORBIDDEN)") && l.contains("CN=nginx-edge") && l.contains("www.test.com")), "{log}");
     let said = server.wait_output("FORBIDDEN");
     assert!(said.contains("sealtls-pkcs11") && said.contains("keyd refused (FORBIDDEN)"), "{said}");
+}
+
+/// keyd's PKCS#11 backend (SoftHSM) signs the module's digests too: the
+/// token takes CKM_ECDSA, CKM_RSA_PKCS over a DigestInfo and CKM_RSA_PKCS_PSS.
+#[test]
+fn a_keyd_on_a_token_signs_the_modules_digests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let pki = pki(d);
+    let (conf, pin) = softhsm(d);
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let token =
+        ["--backend", "pkcs11", "--module", "/usr/lib/softhsm/libsofthsm2.so", "--token", "sealtls", "--pin-file", pin.to_str().unwrap()];
+    let kd = keyd(&d.join("keyd"), &d.join("device.key"), &token);
+    for name in ["www.test.com", "p384.test.com", "rsa.test.com"] {
+        put(&kd.addr, &pki, name);
+    }
+    let env = unix_env(&kd);
+    let listing = text(&pkcs11_tool(&env, &["--list-objects"]));
+    let message = d.join("message");
+    std::fs::write(&message, b"signed by a token through keyd").unwrap();
+    let sha256 = sha256_of(&message);
+    let cases: [Case; 4] = [
+        ("www.test.com", "ECDSA", &sha256, &["--signature-format", "openssl"], &["dgst", "-sha256"]),
+        ("p384.test.com", "ECDSA-SHA384", &message, &["--signature-format", "openssl"], &["dgst", "-sha384"]),
+        ("rsa.test.com", "SHA256-RSA-PKCS", &message, &[], &["dgst", "-sha256"]),
+        ("rsa.test.com", "RSA-PKCS-PSS", &sha256, PSS_SHA256, VERIFY_PSS_SHA256),
+    ];
+    for case in cases {
+        signs_and_verifies(d, &pki, &env, &listing, &message, case);
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::{p, run, sealtls, text, Server};
+use super::{p, run, sealtls, text, write_mode, Server};
 
 /// A CA with server certificates for a.test and b.test.
 pub fn pki(dir: &Path) -> PathBuf {
@@ -49,4 +49,26 @@ pub fn s_client(port: &str, name: Option<&str>, ca: &Path, version: &str) -> Str
 pub fn served(out: &str, name: &str) -> bool {
     (out.contains(&format!("subject=CN = {name}")) || out.contains(&format!("subject=CN={name}")))
         && out.contains("Verify return code: 0 (ok)")
+}
+
+/// A throw-away SoftHSM2 token labelled "sealtls" with user PIN 1234.
+pub fn softhsm(dir: &Path) -> (PathBuf, PathBuf) {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).unwrap();
+    let o = run(Command::new("softhsm2-util").env("SOFTHSM2_CONF", &conf).args([
+        "--init-token",
+        "--free",
+        "--label",
+        "sealtls",
+        "--pin",
+        "1234",
+        "--so-pin",
+        "5678",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+    let pin = dir.join("pin");
+    write_mode(&pin, "1234\n", 0o600);
+    (conf, pin)
 }
