@@ -161,7 +161,8 @@ fn the_module_keeps_pkcs11s_conventions() {
     assert_eq!(session.sign(&Mechanism::Ecdsa, ec, hash.as_ref()).map_err(rv).unwrap_err(), RvError::KeyHandleInvalid);
     assert_eq!(private_key(&session, "www.test.com"), None, "a search no longer finds it");
     drop(session);
-    Arc::try_unwrap(pkcs11).ok().expect("every thread is done").finalize().unwrap();
+    let Ok(pkcs11) = Arc::try_unwrap(pkcs11) else { panic!("a signing thread still holds the module") };
+    pkcs11.finalize().unwrap();
 
     // With a PIN configured: login required, private keys hidden until it, a wrong PIN refused.
     std::env::set_var("SEALTLS_PKCS11_PIN", "4321");
