@@ -18,6 +18,7 @@ const RULES: &[(&str, Option<&[&str]>)] = &[
     ("sealtls-offload-daemon", Some(&["sealtls-failure", "sealtls-listen", "sealtls-pki", "sealtls-endpoint", "sealtls-offload-proto"])),
     ("sealtls-offload", Some(&["sealtls-failure", "sealtls-offload-proto"])),
     ("sealtls-status", Some(&["sealtls-failure", "sealtls-listen", "sealtls-pki"])),
+    ("sealtls-pkcs11", Some(&["sealtls-failure", "sealtls-endpoint", "sealtls-custody-proto"])),
     ("sealtls", None),
 ];
 
@@ -31,6 +32,7 @@ const NEVER: &[(&str, &str)] = &[
     ("sealtls-keyd", "sealtls-offload-proto"),
     ("sealtls-keyd", "sealtls-status"),
     ("sealtls-status", "sealtls-endpoint"),
+    ("sealtls-pkcs11", "sealtls-keyd"),
     ("sealtls-custody-proto", "sealtls-endpoint"),
     ("sealtls-custody-proto", "sealtls-listen"),
     ("sealtls-offload-proto", "sealtls-endpoint"),
