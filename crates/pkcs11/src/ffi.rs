@@ -104,10 +104,14 @@ unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
             // an application's mutex functions are never needed.
         }
         let mut slot = TOKEN.write().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, pid)) = slot.as_ref() {
+        if let Some((_, pid)) = slot.as_mut() {
+            if *pid == std::process::id() {
+                return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
+            }
             // A forked child initializing again keeps its parent's objects and
             // sessions; its keyd connections are its own from its first call.
-            return if *pid == std::process::id() { Err(CKR_CRYPTOKI_ALREADY_INITIALIZED) } else { Ok(()) };
+            *pid = std::process::id();
+            return Ok(());
         }
         let complain = |e: String| {
             eprintln!("sealtls-pkcs11[{}]: {e}", std::process::id());
