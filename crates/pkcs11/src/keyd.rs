@@ -137,7 +137,8 @@ impl Keyd {
     /// Asks keyd once; a reused connection that turns out dead is replaced once.
     pub(crate) fn call(&self, request: &Request) -> Result<Response, KeydError> {
         let deadline = Instant::now() + self.timeout;
-        let result = match self.idle() {
+        let pid = std::process::id();
+        let result = match self.idle(pid) {
             Some(conn) => match self.exchange(conn, request, deadline) {
                 Ok(answer) => Ok(answer),
                 // keyd may have closed an idle connection (restart, idle limit): try a new one.
@@ -147,7 +148,7 @@ impl Keyd {
         };
         match result {
             Ok((response, conn)) => {
-                self.recycle(conn);
+                self.recycle(conn, pid);
                 self.complaints.lock().unwrap_or_else(|e| e.into_inner()).remove("unreachable");
                 match response {
                     Response::Error { code, message } => Err(KeydError::Refused { code, message }),
@@ -177,10 +178,9 @@ impl Keyd {
         self.exchange(conn, request, deadline)
     }
 
-    /// An idle connection of this process; a forked child drops its parent's.
-    fn idle(&self) -> Option<Conn> {
+    /// An idle connection of process `pid` (this one); a forked child drops its parent's.
+    fn idle(&self, pid: u32) -> Option<Conn> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let pid = std::process::id();
         if pool.pid != pid {
             // Closing the child's copies of the descriptors leaves the parent's connections open.
             pool.idle.clear();
@@ -189,9 +189,9 @@ impl Keyd {
         pool.idle.pop()
     }
 
-    fn recycle(&self, conn: Conn) {
+    fn recycle(&self, conn: Conn, pid: u32) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.pid == std::process::id() && pool.idle.len() < MAX_IDLE {
+        if pool.pid == pid && pool.idle.len() < MAX_IDLE {
             pool.idle.push(conn);
         }
     }
