@@ -184,4 +184,11 @@ mod tests {
         assert!(e.contains("keyd_cafile") && e.contains("pkcs11.toml"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pkcs11.toml");
+        let c = Config::from_file(&example).unwrap();
+        assert_eq!((c.keyd.as_str(), c.token_label.as_str(), c.ed25519), ("unix:/var/lib/sealtls/keyd/keyd.sock", DEFAULT_LABEL, false));
+    }
 }
