@@ -2,10 +2,13 @@
 //! what the PKCS#11 spec asks of attributes, signing and login, and the
 //! return codes for a removed key, an absent keyd and a wrong PIN. One test
 //! in its own binary: the module is loaded into this process, and its
-//! settings come from this process's environment.
+//! settings come from this process's environment. Where cryptoki hides a
+//! convention (a buffer too small, objects found one at a time), the test
+//! calls the module's function list itself.
+#![allow(unsafe_code)]
 mod common;
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use aws_lc_rs::digest::{digest, SHA256};
@@ -25,10 +28,8 @@ fn ok(args: &[&str]) {
     assert!(o.status.success(), "{args:?}: {}", text(&o));
 }
 
-fn module() -> std::path::PathBuf {
-    let m = Path::new(env!("CARGO_BIN_EXE_sealtls")).with_file_name("libsealtls_pkcs11.so");
-    assert!(m.exists(), "{} is missing: build it first with `cargo build -p sealtls-pkcs11` (scripts/test does)", m.display());
-    m
+fn module() -> PathBuf {
+    common::pkcs11_module()
 }
 
 /// The module, initialized with the settings in this process's environment.
@@ -149,6 +150,16 @@ fn the_module_keeps_pkcs11s_conventions() {
     assert_eq!(session.sign(&short_salt, rsa, hash.as_ref()).map_err(rv).unwrap_err(), RvError::MechanismParamInvalid);
     assert_eq!(session.sign(&Mechanism::Ecdsa, rsa, hash.as_ref()).map_err(rv).unwrap_err(), RvError::KeyTypeInconsistent);
 
+    // Multi-part signing.
+    session.sign_init(&Mechanism::EcdsaSha256, ec).unwrap();
+    session.sign_update(b"signed through ").unwrap();
+    session.sign_update(b"keyd").unwrap();
+    let sig = session.sign_final().unwrap();
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &ec_point).verify(message, &sig).unwrap();
+    // Re-authentication outside an operation is refused.
+    assert_eq!(session.login(UserType::ContextSpecific, None).map_err(rv).unwrap_err(), RvError::OperationNotInitialized);
+    raw_conventions(ec);
+
     // keyd gone: CKR_DEVICE_ERROR; back: the same handles sign again.
     drop(kd);
     assert_eq!(session.sign(&pss_sha256(), rsa, hash.as_ref()).map_err(rv).unwrap_err(), RvError::DeviceError);
@@ -179,4 +190,59 @@ fn the_module_keeps_pkcs11s_conventions() {
     pkcs11.finalize().unwrap();
     std::env::remove_var("SEALTLS_PKCS11_PIN");
     drop(kd);
+}
+
+/// What cryptoki's safe API does not let a caller do wrong: buffers too
+/// small for an attribute and for a signature, and a search read one
+/// object at a time, through the module's own function list.
+fn raw_conventions(ec: ObjectHandle) {
+    use cryptoki_sys::*;
+    let lib = unsafe { cryptoki_sys::Pkcs11::new(module()) }.unwrap();
+    let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+    assert_eq!(unsafe { lib.C_GetFunctionList(&mut list) }, CKR_OK);
+    let f = unsafe { &*list };
+    let mut session: CK_SESSION_HANDLE = 0;
+    assert_eq!(unsafe { f.C_OpenSession.unwrap()(1, CKF_SERIAL_SESSION, std::ptr::null_mut(), None, &mut session) }, CKR_OK);
+
+    let mut class = CKO_PRIVATE_KEY;
+    let mut template = [CK_ATTRIBUTE { type_: CKA_CLASS, pValue: (&mut class as *mut CK_ULONG).cast(), ulValueLen: 8 }];
+    assert_eq!(unsafe { f.C_FindObjectsInit.unwrap()(session, template.as_mut_ptr(), 1) }, CKR_OK);
+    let mut found = Vec::new();
+    loop {
+        let (mut handle, mut count) = (0, 0);
+        assert_eq!(unsafe { f.C_FindObjects.unwrap()(session, &mut handle, 1, &mut count) }, CKR_OK);
+        if count == 0 {
+            break;
+        }
+        found.push(handle);
+    }
+    assert_eq!(unsafe { f.C_FindObjectsFinal.unwrap()(session) }, CKR_OK);
+    assert_eq!(found.len(), 2, "www.test.com and rsa.test.com, one per call: {found:?}");
+    let handle = ec.handle();
+
+    let mut small = [0u8; 4];
+    let mut label = [CK_ATTRIBUTE { type_: CKA_LABEL, pValue: small.as_mut_ptr().cast(), ulValueLen: 4 }];
+    assert_eq!(unsafe { f.C_GetAttributeValue.unwrap()(session, handle, label.as_mut_ptr(), 1) }, CKR_BUFFER_TOO_SMALL);
+    assert_eq!(label[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+
+    let mut mechanism = CK_MECHANISM { mechanism: CKM_ECDSA, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
+    assert_eq!(unsafe { f.C_SignInit.unwrap()(session, &mut mechanism, handle) }, CKR_OK);
+    let mut digest = [7u8; 32];
+    let mut signature = [0u8; 64];
+    let mut len: CK_ULONG = 10;
+    let mut sign = |len: &mut CK_ULONG, out: *mut u8| unsafe { f.C_Sign.unwrap()(session, digest.as_mut_ptr(), 32, out, len) };
+    assert_eq!(sign(&mut len, signature.as_mut_ptr()), CKR_BUFFER_TOO_SMALL);
+    assert_eq!(len, 64, "the length needed");
+    assert_eq!(sign(&mut len, signature.as_mut_ptr()), CKR_OK, "the operation went on after CKR_BUFFER_TOO_SMALL");
+    assert_ne!(signature, [0u8; 64]);
+    assert_eq!(sign(&mut len, signature.as_mut_ptr()), CKR_OPERATION_NOT_INITIALIZED, "and ended with the signature");
+
+    // C_Sign may not end a multi-part operation; it ends it with an error.
+    let mut mechanism = CK_MECHANISM { mechanism: CKM_ECDSA_SHA256, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
+    assert_eq!(unsafe { f.C_SignInit.unwrap()(session, &mut mechanism, handle) }, CKR_OK);
+    let mut part = *b"part";
+    assert_eq!(unsafe { f.C_SignUpdate.unwrap()(session, part.as_mut_ptr(), 4) }, CKR_OK);
+    assert_eq!(sign(&mut len, signature.as_mut_ptr()), CKR_OPERATION_ACTIVE);
+    assert_eq!(unsafe { f.C_SignUpdate.unwrap()(session, part.as_mut_ptr(), 4) }, CKR_OPERATION_NOT_INITIALIZED);
+    assert_eq!(unsafe { f.C_CloseSession.unwrap()(session) }, CKR_OK);
 }

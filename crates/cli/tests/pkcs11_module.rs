@@ -18,9 +18,7 @@ const KEYS: [(&str, &str); 4] =
 
 /// The module next to the sealtls binary; scripts/test builds it before the tests.
 fn module() -> PathBuf {
-    let m = Path::new(env!("CARGO_BIN_EXE_sealtls")).with_file_name("libsealtls_pkcs11.so");
-    assert!(m.exists(), "{} is missing: build it first with `cargo build -p sealtls-pkcs11` (scripts/test does)", m.display());
-    m
+    common::pkcs11_module()
 }
 
 fn ok(args: &[&str]) {
@@ -421,6 +419,8 @@ fn grants_decide_what_the_module_sees_and_signs_and_withdrawing_one_stops_handsh
     let tls_port = logged_port(&kd.wait_log("tls_listen="), "tls_listen");
     let env: Vec<(String, String)> = [
         ("SEALTLS_PKCS11_KEYD", format!("tls://localhost:{tls_port}")),
+        // Ed25519 objects shown, so that only the grants can keep ed.test.com out.
+        ("SEALTLS_PKCS11_ED25519", "1".into()),
         ("SEALTLS_PKCS11_KEYD_CA", p(&edges, "ca.pem")),
         ("SEALTLS_PKCS11_KEYD_CERT", p(&edges, "nginx-edge.pem")),
         ("SEALTLS_PKCS11_KEYD_KEY", p(&edges, "nginx-edge.key")),

@@ -64,7 +64,12 @@ pub fn read(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), DerError> {
         if n == 0 || n > 4 || rest.len() < n {
             return Err(DerError("bad length"));
         }
-        (rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), &rest[n..])
+        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        // DER: the shortest form only.
+        if rest[0] == 0 || len < 0x80 {
+            return Err(DerError("a length not in its shortest form"));
+        }
+        (len, &rest[n..])
     };
     if rest.len() < len {
         return Err(DerError("value runs past the end"));
@@ -188,7 +193,8 @@ impl DigestHash {
 }
 
 /// Reads a PKCS#1 DigestInfo (`SEQUENCE { AlgorithmIdentifier, OCTET STRING }`)
-/// of SHA-256, SHA-384 or SHA-512; returns the hash and the digest.
+/// of SHA-256, SHA-384 or SHA-512, parameters NULL or absent; returns the
+/// hash and the digest. Signers sign [`write_digest_info`]'s form of it.
 pub fn digest_info(input: &[u8]) -> Result<(DigestHash, &[u8]), DerError> {
     let (seq, rest) = expect(input, tag::SEQUENCE)?;
     if !rest.is_empty() {
@@ -279,6 +285,8 @@ mod tests {
         assert_eq!(ecdsa_signature(&[0x80, 1]).unwrap(), [0x30, 7, 2, 2, 0, 0x80, 2, 1, 1]);
         assert!(read(&[4, 5, 1]).is_err());
         assert!(read(&[4, 0x85, 1, 1, 1, 1, 1]).is_err());
+        assert!(read(&[4, 0x81, 3, 1, 1, 1]).is_err(), "a long form for a short length");
+        assert!(read(&[4, 0x82, 0, 3, 1, 1, 1]).is_err(), "a leading zero length byte");
     }
 
     #[test]

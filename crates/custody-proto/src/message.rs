@@ -285,8 +285,8 @@ pub struct KeyEntry {
     pub key_id: KeyId,
     /// SubjectPublicKeyInfo DER.
     pub spki: Vec<u8>,
-    /// Certificates, leaf first, DER; empty before a chain is installed.
-    pub certs: Vec<Vec<u8>>,
+    /// The leaf certificate, DER; empty before a chain is installed.
+    pub leaf: Vec<u8>,
 }
 
 /// A request from a client.
@@ -585,7 +585,7 @@ impl Response {
                     body.bytes16(e.domain.as_bytes());
                     body.extend_from_slice(&e.key_id.0);
                     body.bytes16(&e.spki);
-                    put_certs(&mut body, &e.certs);
+                    body.bytes32(&e.leaf);
                 }
             }
             Self::Error { code, message } => {
@@ -628,7 +628,7 @@ impl Response {
                             domain: r.text("domain")?,
                             key_id: key_id(&mut r)?,
                             spki: r.bytes16("public key")?.to_vec(),
-                            certs: certs(&mut r)?,
+                            leaf: r.bytes32("leaf certificate")?.to_vec(),
                         });
                     }
                     Self::Keys(entries)
@@ -750,8 +750,8 @@ mod tests {
             Response::Csr(vec![0x30; 200]),
             Response::DigestSignature(vec![0x30; 70]),
             Response::Keys(vec![
-                KeyEntry { domain: "a.org".into(), key_id: id, spki: vec![0x30; 91], certs: vec![vec![1; 300]] },
-                KeyEntry { domain: "*.b.org".into(), key_id: id, spki: vec![0x30; 294], certs: vec![] },
+                KeyEntry { domain: "a.org".into(), key_id: id, spki: vec![0x30; 91], leaf: vec![1; 300] },
+                KeyEntry { domain: "*.b.org".into(), key_id: id, spki: vec![0x30; 294], leaf: vec![] },
             ]),
             Response::List(vec![
                 ListEntry {

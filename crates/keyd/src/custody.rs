@@ -356,7 +356,7 @@ impl Custody {
                 domain: e.entry.domain.clone(),
                 key_id: e.entry.key.id,
                 spki: e.entry.key.spki.clone(),
-                certs: e.entry.chain.iter().map(|c| c.to_vec()).collect(),
+                leaf: e.entry.chain.first().map(|c| c.to_vec()).unwrap_or_default(),
             })
             .collect();
         Response::Keys(entries)

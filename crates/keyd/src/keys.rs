@@ -166,6 +166,9 @@ impl MemoryKey {
         let spki = key.public_key().ok_or_else(|| StoreError::invalid(format!("{origin}: the public key cannot be derived")))?;
         let info = KeyInfo::from_spki(spki.as_ref().to_vec())?;
         let digest_key = DigestKey::new(der, info.family);
+        if digest_key.is_none() && matches!(info.family, Family::EcdsaP256 | Family::EcdsaP384 | Family::Rsa) {
+            return Err(StoreError::invalid(format!("{origin}: aws-lc-rs cannot load this {} key to sign digests", info.description)));
+        }
         Ok(Self { key, digest_key, info })
     }
 

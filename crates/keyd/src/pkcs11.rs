@@ -311,8 +311,16 @@ impl Sign for TokenKey {
     }
 
     fn sign_digest(&self, how: DigestSigning, input: &[u8]) -> Result<Vec<u8>, SignError> {
-        checked_digest(self.family, &format!("{:?}", self.family), how, input)?;
-        // The token takes the same inputs as SIGN_DIGEST: a bare digest, or a whole DigestInfo.
+        let (hash, digest) = checked_digest(self.family, &format!("{:?}", self.family), how, input)?;
+        // The token takes a bare digest, or for PKCS#1 v1.5 a DigestInfo: made
+        // here in its one DER form, so that both backends sign the same bytes.
+        let digest_info;
+        let input = if how == DigestSigning::RsaPkcs1 {
+            digest_info = der::write_digest_info(hash, digest);
+            &digest_info[..]
+        } else {
+            digest
+        };
         let mechanism = match how {
             DigestSigning::Ecdsa => Mechanism::Ecdsa,
             DigestSigning::RsaPkcs1 => Mechanism::RsaPkcs,

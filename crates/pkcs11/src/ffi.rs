@@ -10,7 +10,7 @@ use cryptoki_sys::*;
 
 use crate::config::Config;
 use crate::objects::Value;
-use crate::token::{MechanismSpec, Signed, Token, MECHANISMS, SLOT_ID};
+use crate::token::{MechanismSpec, Signed, Token, SLOT_ID};
 
 /// The token between C_Initialize and C_Finalize, and the process that initialized it.
 static TOKEN: RwLock<Option<(Arc<Token>, u32)>> = RwLock::new(None);
@@ -48,16 +48,45 @@ unsafe fn out<'a, T>(p: *mut T) -> Result<&'a mut T, CK_RV> {
     p.as_mut().ok_or(CKR_ARGUMENTS_BAD)
 }
 
+/// `n` items of `T` as a slice length, if such a slice can exist (at most `isize::MAX` bytes).
+fn slice_len<T>(n: CK_ULONG) -> Result<usize, CK_RV> {
+    let n = usize::try_from(n).map_err(|_| CKR_ARGUMENTS_BAD)?;
+    match n.checked_mul(std::mem::size_of::<T>().max(1)) {
+        Some(bytes) if bytes <= isize::MAX as usize => Ok(n),
+        _ => Err(CKR_ARGUMENTS_BAD),
+    }
+}
+
 /// # Safety
-/// `p` is null or valid for reads of `len` bytes.
-unsafe fn bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8], CK_RV> {
+/// `p` is null or valid for reads of `len` items.
+unsafe fn slice<'a, T>(p: *const T, len: CK_ULONG) -> Result<&'a [T], CK_RV> {
+    let len = slice_len::<T>(len)?;
     if len == 0 {
         return Ok(&[]);
     }
     if p.is_null() {
         return Err(CKR_ARGUMENTS_BAD);
     }
-    Ok(std::slice::from_raw_parts(p, len as usize))
+    Ok(std::slice::from_raw_parts(p, len))
+}
+
+/// # Safety
+/// `p` is null or valid for reads and writes of `len` items.
+unsafe fn slice_mut<'a, T>(p: *mut T, len: CK_ULONG) -> Result<&'a mut [T], CK_RV> {
+    let len = slice_len::<T>(len)?;
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if p.is_null() {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    Ok(std::slice::from_raw_parts_mut(p, len))
+}
+
+/// # Safety
+/// `p` is null or valid for reads of `len` bytes.
+unsafe fn bytes<'a>(p: *const u8, len: CK_ULONG) -> Result<&'a [u8], CK_RV> {
+    slice(p, len)
 }
 
 /// Copies `items` out with PKCS#11's two-call convention: a NULL list asks
@@ -100,8 +129,11 @@ unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
             if given.iter().any(|g| *g != given[0]) {
                 return Err(CKR_ARGUMENTS_BAD);
             }
-            // The module locks with the OS's primitives whatever the flags say;
-            // an application's mutex functions are never needed.
+            // The module locks with the OS's primitives only: an application
+            // that gives its own and does not allow those cannot have it.
+            if given[0] && args.flags & CKF_OS_LOCKING_OK == 0 {
+                return Err(CKR_CANT_LOCK);
+            }
         }
         let mut slot = TOKEN.write().unwrap_or_else(|e| e.into_inner());
         if let Some((_, pid)) = slot.as_mut() {
@@ -181,10 +213,14 @@ pub unsafe extern "C" fn C_GetInterface(
     name: *mut CK_UTF8CHAR,
     version: *mut CK_VERSION,
     interface: *mut *mut CK_INTERFACE,
-    _flags: CK_FLAGS,
+    flags: CK_FLAGS,
 ) -> CK_RV {
     guard(|| {
         let interface = out(interface)?;
+        // The one interface has no flags (it is not CKF_INTERFACE_FORK_SAFE).
+        if flags & !INTERFACE.0.flags != 0 {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
         if !name.is_null() && std::ffi::CStr::from_ptr(name as *const std::os::raw::c_char).to_bytes_with_nul() != INTERFACE_NAME {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -255,18 +291,18 @@ unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) 
 
 unsafe extern "C" fn C_GetMechanismList(slot: CK_SLOT_ID, list: *mut CK_MECHANISM_TYPE, count: *mut CK_ULONG) -> CK_RV {
     guard(|| {
-        token()?;
+        let token = token()?;
         check_slot(slot)?;
-        let all: Vec<CK_MECHANISM_TYPE> = MECHANISMS.iter().map(|(m, _)| *m).collect();
+        let all: Vec<CK_MECHANISM_TYPE> = token.mechanisms().map(|(m, _)| *m).collect();
         list_out(&all, list, count)
     })
 }
 
 unsafe extern "C" fn C_GetMechanismInfo(slot: CK_SLOT_ID, mechanism: CK_MECHANISM_TYPE, info: *mut CK_MECHANISM_INFO) -> CK_RV {
     guard(|| {
-        token()?;
+        let token = token()?;
         check_slot(slot)?;
-        let key_type = MECHANISMS.iter().find(|(m, _)| *m == mechanism).ok_or(CKR_MECHANISM_INVALID)?.1;
+        let key_type = token.mechanisms().find(|(m, _)| *m == mechanism).ok_or(CKR_MECHANISM_INVALID)?.1;
         let (min, max, extra) = match key_type {
             CKK_EC => (256, 384, CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
             CKK_RSA => (2048, 8192, 0),
@@ -336,10 +372,7 @@ unsafe extern "C" fn C_GetAttributeValue(
 ) -> CK_RV {
     guard(|| {
         let token = token()?;
-        if template.is_null() && count > 0 {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        let template: &mut [CK_ATTRIBUTE] = if count == 0 { &mut [] } else { std::slice::from_raw_parts_mut(template, count as usize) };
+        let template = slice_mut(template, count)?;
         token.with_object(session, object, |object| {
             let mut rv = CKR_OK;
             for attribute in template.iter_mut() {
@@ -355,7 +388,7 @@ unsafe extern "C" fn C_GetAttributeValue(
                     Some(Value::Bytes(value)) => {
                         if attribute.pValue.is_null() {
                             attribute.ulValueLen = value.len() as CK_ULONG;
-                        } else if (attribute.ulValueLen as usize) < value.len() {
+                        } else if attribute.ulValueLen < value.len() as CK_ULONG {
                             attribute.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                             rv = CKR_BUFFER_TOO_SMALL;
                         } else {
@@ -378,10 +411,7 @@ unsafe extern "C" fn C_GetAttributeValue(
 unsafe extern "C" fn C_FindObjectsInit(session: CK_SESSION_HANDLE, template: *mut CK_ATTRIBUTE, count: CK_ULONG) -> CK_RV {
     guard(|| {
         let token = token()?;
-        if template.is_null() && count > 0 {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        let attributes: &[CK_ATTRIBUTE] = if count == 0 { &[] } else { std::slice::from_raw_parts(template, count as usize) };
+        let attributes = slice(template, count)?;
         let mut wanted = Vec::with_capacity(attributes.len());
         for a in attributes {
             wanted.push((a.type_, bytes(a.pValue as *const u8, a.ulValueLen)?.to_vec()));
@@ -399,13 +429,9 @@ unsafe extern "C" fn C_FindObjects(
     guard(|| {
         let token = token()?;
         let count = out(count)?;
-        if objects.is_null() && max > 0 {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        let found = token.find(session, max as usize)?;
-        if !found.is_empty() {
-            std::ptr::copy_nonoverlapping(found.as_ptr(), objects, found.len());
-        }
+        let room = slice_mut(objects, max)?;
+        let found = token.find(session, room.len())?;
+        room[..found.len()].copy_from_slice(&found);
         *count = found.len() as CK_ULONG;
         Ok(())
     })
@@ -460,7 +486,7 @@ unsafe fn sign_out(
     len: *mut CK_ULONG,
 ) -> Result<(), CK_RV> {
     let len = out(len)?;
-    let room = (!signature.is_null()).then_some(*len as usize);
+    let room = (!signature.is_null()).then(|| usize::try_from(*len).unwrap_or(usize::MAX));
     match token.sign(session, data, room)? {
         Signed::Length(n) => {
             *len = n as CK_ULONG;
@@ -508,11 +534,7 @@ unsafe extern "C" fn C_SignFinal(session: CK_SESSION_HANDLE, signature: *mut CK_
 unsafe extern "C" fn C_GenerateRandom(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
     guard(|| {
         token()?.session_info(session)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let out = std::slice::from_raw_parts_mut(out(data)? as *mut u8, len as usize);
-        aws_lc_rs::rand::fill(out).map_err(|_| CKR_FUNCTION_FAILED)
+        aws_lc_rs::rand::fill(slice_mut(data, len)?).map_err(|_| CKR_FUNCTION_FAILED)
     })
 }
 

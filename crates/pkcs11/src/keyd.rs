@@ -42,30 +42,17 @@ enum Conn {
 }
 
 impl Conn {
-    fn set_timeout(&mut self, t: Duration) -> io::Result<()> {
-        let socket: &dyn TimeoutSocket = match self {
-            Self::Unix(s) => s,
-            Self::Tls(s) => &s.sock,
-        };
-        socket.timeouts(t)
+    /// The socket underneath, whose timeouts bound each read and write.
+    fn socket(&self) -> socket2::SockRef<'_> {
+        match self {
+            Self::Unix(s) => socket2::SockRef::from(s),
+            Self::Tls(s) => socket2::SockRef::from(&s.sock),
+        }
     }
-}
 
-trait TimeoutSocket {
-    fn timeouts(&self, t: Duration) -> io::Result<()>;
-}
-
-impl TimeoutSocket for UnixStream {
-    fn timeouts(&self, t: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
-    }
-}
-
-impl TimeoutSocket for TcpStream {
-    fn timeouts(&self, t: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
+    fn set_timeout(&self, t: Duration) -> io::Result<()> {
+        self.socket().set_read_timeout(Some(t))?;
+        self.socket().set_write_timeout(Some(t))
     }
 }
 
@@ -205,7 +192,12 @@ impl Keyd {
         remaining(deadline)?;
         match &self.target {
             Target::Unix(path) => {
-                let mut conn = Conn::Unix(UnixStream::connect(path)?);
+                // A blocking connect to a Unix socket whose backlog is full waits
+                // for as long as the send timeout allows: set it first.
+                let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+                socket.set_write_timeout(Some(remaining(deadline)?))?;
+                socket.connect(&socket2::SockAddr::unix(path)?)?;
+                let conn = Conn::Unix(UnixStream::from(std::os::fd::OwnedFd::from(socket)));
                 conn.set_timeout(self.timeout)?;
                 Ok(conn)
             }
@@ -234,8 +226,8 @@ impl Keyd {
         }
     }
 
-    /// One request and its answer. The socket's own timeouts (set once, at
-    /// connect) bound each read and write; the deadline bounds the whole call.
+    /// One request and its answer, within the deadline: the write by the
+    /// socket's timeout (set at connect), each read by the time left.
     fn exchange(&self, mut conn: Conn, request: &Request, deadline: Instant) -> io::Result<(Response, Conn)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::with_capacity(256);
@@ -245,6 +237,7 @@ impl Keyd {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 16 * 1024];
         loop {
+            conn.socket().set_read_timeout(Some(remaining(deadline)?))?;
             let n = conn.read(&mut chunk)?;
             if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "keyd closed the connection"));
@@ -258,7 +251,7 @@ impl Keyd {
                     let response = Response::decode(&frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                     return Ok((response, conn));
                 }
-                Ok(None) => remaining(deadline).map(drop)?,
+                Ok(None) => {}
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
             }
         }

@@ -71,7 +71,8 @@ impl Key {
     /// The key a KEYS entry describes; `None` for a key type PKCS#11 consumers cannot use here.
     pub(crate) fn from_entry(entry: KeyEntry) -> Option<Self> {
         let kind = KeyKind::of(&entry.spki)?;
-        Some(Self { domain: entry.domain, key_id: entry.key_id, spki: entry.spki, kind, cert: entry.certs.into_iter().next() })
+        let cert = (!entry.leaf.is_empty()).then_some(entry.leaf);
+        Some(Self { domain: entry.domain, key_id: entry.key_id, spki: entry.spki, kind, cert })
     }
 }
 
@@ -247,7 +248,7 @@ mod tests {
 
     #[test]
     fn private_keys_show_their_public_parts_and_hide_the_rest() {
-        let entry = KeyEntry { domain: "www.test.com".into(), key_id: KeyId([9; 32]), spki: spki_p256(), certs: vec![] };
+        let entry = KeyEntry { domain: "www.test.com".into(), key_id: KeyId([9; 32]), spki: spki_p256(), leaf: vec![] };
         let key = Arc::new(Key::from_entry(entry).unwrap());
         assert_eq!(key.kind.signature_len(), 64);
         let private = Object::new(Class::PrivateKey, key.clone(), false);

@@ -3,6 +3,7 @@
 //! every failure is the CK_RV the caller gets.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{Context, SHA256, SHA384, SHA512};
 use cryptoki_sys::*;
@@ -15,6 +16,8 @@ use crate::objects::{Class, Key, KeyKind, Object};
 
 /// The token's only slot.
 pub(crate) const SLOT_ID: CK_SLOT_ID = 1;
+/// How long searches use the known objects after keyd failed to list them.
+const REFRESH_BACKOFF: Duration = Duration::from_secs(5);
 /// The most data one signing operation takes (keyd's frame limit, less room for the header).
 const MAX_SIGN_INPUT: usize = MAX_BODY - 4096;
 
@@ -65,6 +68,8 @@ struct SignOp {
     key: Arc<Key>,
     way: Way,
     input: Input,
+    /// C_SignUpdate was called: only C_SignFinal may end the operation.
+    updated: bool,
 }
 
 #[derive(Default)]
@@ -82,6 +87,9 @@ struct State {
     present: Vec<bool>,
     by_identity: HashMap<(Class, KeyId, String), CK_OBJECT_HANDLE>,
     loaded: bool,
+    /// When asking keyd for KEYS last failed: searches use the known objects for a while
+    /// instead of each waiting for keyd again.
+    refresh_failed: Option<Instant>,
     sessions: HashMap<CK_SESSION_HANDLE, Session>,
     next_session: CK_SESSION_HANDLE,
     logged_in: bool,
@@ -112,6 +120,11 @@ impl Token {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The mechanisms offered: EdDSA only when Ed25519 keys are shown.
+    pub(crate) fn mechanisms(&self) -> impl Iterator<Item = &(CK_MECHANISM_TYPE, CK_KEY_TYPE)> {
+        MECHANISMS.iter().filter(|(_, k)| *k != CKK_EC_EDWARDS || self.config.ed25519)
     }
 
     /// Closes keyd connections (C_Finalize).
@@ -168,23 +181,23 @@ impl Token {
 
     pub(crate) fn login(&self, session: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<(), CK_RV> {
         let mut s = self.state();
-        if !s.sessions.contains_key(&session) {
-            return Err(CKR_SESSION_HANDLE_INVALID);
-        }
+        let signing = s.sessions.get(&session).ok_or(CKR_SESSION_HANDLE_INVALID)?.sign.is_some();
         match user {
-            CKU_USER | CKU_CONTEXT_SPECIFIC => {}
-            CKU_SO => return Err(CKR_USER_TYPE_INVALID),
+            CKU_USER if s.logged_in => return Err(CKR_USER_ALREADY_LOGGED_IN),
+            CKU_USER => {}
+            // Re-authentication for one operation: no key here needs it, but a consumer may still give it.
+            CKU_CONTEXT_SPECIFIC if !signing => return Err(CKR_OPERATION_NOT_INITIALIZED),
+            CKU_CONTEXT_SPECIFIC => {}
             _ => return Err(CKR_USER_TYPE_INVALID),
-        }
-        if s.logged_in && user == CKU_USER {
-            return Err(CKR_USER_ALREADY_LOGGED_IN);
         }
         if let Some(want) = &self.config.pin {
             if aws_lc_rs::constant_time::verify_slices_are_equal(want.as_bytes(), pin).is_err() {
                 return Err(CKR_PIN_INCORRECT);
             }
         }
-        s.logged_in = true;
+        if user == CKU_USER {
+            s.logged_in = true;
+        }
         Ok(())
     }
 
@@ -204,13 +217,25 @@ impl Token {
     /// already known stay (a consumer that found its key keeps it); with
     /// none known, the search fails with CKR_DEVICE_ERROR.
     fn refresh(&self) -> Result<(), CK_RV> {
+        {
+            let s = self.state();
+            if s.loaded && s.refresh_failed.is_some_and(|t| t.elapsed() < REFRESH_BACKOFF) {
+                return Ok(());
+            }
+        }
+        let failed = |rv: CK_RV| {
+            let mut s = self.state();
+            s.refresh_failed = Some(Instant::now());
+            if s.loaded {
+                Ok(())
+            } else {
+                Err(rv)
+            }
+        };
         let entries = match self.keyd.call(&Request::Keys) {
             Ok(Response::Keys(entries)) => entries,
-            Ok(_) => return Err(self.failed("keyd answered KEYS with something else", CKR_DEVICE_ERROR)),
-            Err(e) => {
-                let rv = self.keyd_failure(&e);
-                return if self.state().loaded { Ok(()) } else { Err(rv) };
-            }
+            Ok(_) => return failed(self.failed("keyd answered KEYS with something else", CKR_DEVICE_ERROR)),
+            Err(e) => return failed(self.keyd_failure(&e)),
         };
         let private = self.config.pin.is_some();
         let mut s = self.state();
@@ -243,6 +268,7 @@ impl Token {
             }
         }
         s.loaded = true;
+        s.refresh_failed = None;
         Ok(())
     }
 
@@ -307,7 +333,7 @@ impl Token {
         let mut s = self.state();
         let hide = self.hides_private(&s);
         let key = {
-            let i = (handle as usize).checked_sub(1).filter(|i| *i < s.objects.len());
+            let i = (handle as usize).checked_sub(1).filter(|i| *i < s.objects.len() && s.present[*i]);
             i.map(|i| &s.objects[i]).filter(|o| o.class == Class::PrivateKey).map(|o| o.key.clone())
         };
         let sess = s.sessions.get_mut(&session).ok_or(CKR_SESSION_HANDLE_INVALID)?;
@@ -324,7 +350,7 @@ impl Token {
         }
         let key = key.ok_or(CKR_KEY_HANDLE_INVALID)?;
         let (way, input) = operation(&spec, &key.kind)?;
-        sess.sign = Some(SignOp { key, way, input });
+        sess.sign = Some(SignOp { key, way, input, updated: false });
         Ok(())
     }
 
@@ -332,6 +358,7 @@ impl Token {
         let mut s = self.state();
         let sess = s.sessions.get_mut(&session).ok_or(CKR_SESSION_HANDLE_INVALID)?;
         let op = sess.sign.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        op.updated = true;
         match &mut op.input {
             Input::Hashed(ctx) => ctx.update(data),
             Input::Whole(buf) => {
@@ -352,6 +379,11 @@ impl Token {
             let mut s = self.state();
             let sess = s.sessions.get_mut(&session).ok_or(CKR_SESSION_HANDLE_INVALID)?;
             let op = sess.sign.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+            if op.updated && data.is_some() {
+                // C_Sign after C_SignUpdate: the operation ends (PKCS#11 2.40, 5.2).
+                sess.sign = None;
+                return Err(CKR_OPERATION_ACTIVE);
+            }
             let len = op.key.kind.signature_len();
             match room {
                 None => return Ok(Signed::Length(len)),
@@ -360,9 +392,9 @@ impl Token {
             }
             sess.sign.take().expect("checked above")
         };
-        let SignOp { key, way, input } = op;
+        let SignOp { key, way, input, .. } = op;
         let input = match (input, data) {
-            (Input::Whole(mut buf), Some(data)) if buf.is_empty() => {
+            (Input::Whole(mut buf), Some(data)) => {
                 if data.len() > MAX_SIGN_INPUT {
                     return Err(CKR_DATA_LEN_RANGE);
                 }
@@ -375,8 +407,6 @@ impl Token {
             }
             (Input::Whole(buf), None) => buf,
             (Input::Hashed(ctx), None) => ctx.finish().as_ref().to_vec(),
-            // C_Sign after C_SignUpdate is not allowed.
-            (Input::Whole(_), Some(_)) => return Err(CKR_OPERATION_ACTIVE),
         };
         self.sign_with_keyd(&key, &way, input).map(Signed::Done)
     }

@@ -529,3 +529,20 @@ impl Drop for Peer {
         let _ = self.child.wait();
     }
 }
+
+/// libsealtls_pkcs11.so next to the sealtls binary, checked to be newer than
+/// its sources (`cargo test` does not rebuild a cdylib; scripts/test builds it).
+pub fn pkcs11_module() -> PathBuf {
+    let module = Path::new(env!("CARGO_BIN_EXE_sealtls")).with_file_name("libsealtls_pkcs11.so");
+    let build = "build it first with `cargo build -p sealtls-pkcs11` (scripts/test does)";
+    let built =
+        std::fs::metadata(&module).and_then(|m| m.modified()).unwrap_or_else(|_| panic!("{} is missing: {build}", module.display()));
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["pkcs11/src", "custody-proto/src", "endpoint/src"] {
+        for entry in std::fs::read_dir(crates.join(dir)).unwrap().map(Result::unwrap).filter(|e| e.path().is_file()) {
+            let changed = entry.metadata().unwrap().modified().unwrap();
+            assert!(changed <= built, "{} is older than {}: {build}", module.display(), entry.path().display());
+        }
+    }
+    module
+}
