@@ -282,12 +282,12 @@ impl TrafficBuffer {
                 self.buf = Vec::with_capacity(self.next);
             }
             self.buf.clear();
-            // Bulk: read only what is there now; never wait holding the large buffer.
-            let now = {
-                let mut read = std::pin::pin!(from.read_buf(&mut self.buf));
-                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
-            };
-            if let Poll::Ready(n) = now {
+            // Bulk: take what is there now, as much as fits (a TLS stream hands
+            // out about a record per read, and each write wakes the reader on
+            // the other side); never wait holding the large buffer.
+            let buf = &mut self.buf;
+            let now = std::future::poll_fn(|cx| Poll::Ready(fill_now(&mut *from, buf, cx))).await;
+            if let Some(n) = now {
                 if n? < self.large / 4 {
                     self.next = SMALL_READ;
                 }
@@ -318,6 +318,25 @@ impl TrafficBuffer {
         }
         Ok(&self.buf)
     }
+}
+
+/// Reads from `from` into `buf`'s spare capacity until it is full, the
+/// stream ends or a read would wait: the bytes read, or `None` when none
+/// were there. An error after some bytes waits for the next read.
+fn fill_now<R: AsyncRead + Unpin + ?Sized>(from: &mut R, buf: &mut Vec<u8>, cx: &mut Context<'_>) -> Option<std::io::Result<usize>> {
+    let mut total = 0;
+    while buf.len() < buf.capacity() {
+        let mut read = std::pin::pin!(from.read_buf(&mut *buf));
+        match read.as_mut().poll(cx) {
+            Poll::Ready(Ok(0)) => return Some(Ok(total)),
+            Poll::Ready(Ok(n)) => total += n,
+            Poll::Ready(Err(e)) if total == 0 => return Some(Err(e)),
+            Poll::Ready(Err(_)) => break,
+            Poll::Pending if total == 0 => return None,
+            Poll::Pending => break,
+        }
+    }
+    Some(Ok(total))
 }
 
 thread_local! {

@@ -476,6 +476,20 @@ fn row(metric: String, higher_is_better: bool, values: Vec<(String, Option<f64>)
     Row { metric, higher_is_better, values, best_peer: best.map(|(n, _)| n), ratio }
 }
 
+/// Rounds of the timed loads: the servers take turns, so that a machine
+/// whose speed drifts (as VMs do) slows each of them alike; each figure is
+/// the median of its rounds.
+const ROUNDS: usize = 3;
+
+#[derive(Default)]
+struct Samples {
+    handshakes: Vec<f64>,
+    handshakes_high: Vec<f64>,
+    one_way: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
 #[derive(Default)]
 struct Figures {
     handshakes: Option<f64>,
@@ -492,33 +506,30 @@ fn keep<T>(who: Proxy, what: &str, r: Result<T, Failure>) -> Option<T> {
     r.map_err(|f| eprintln!("note: {} {what}: {f}", who.name())).ok()
 }
 
-async fn measure(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr, args: &BenchArgs, idle: usize) -> Result<Figures, Failure> {
-    let mut f = Figures::default();
-    {
-        let (_peer, addr) = start_proxy(who, program, dir, backend, HIGH_CONCURRENCY).await?;
-        for (concurrency, slot) in [(args.concurrency, &mut f.handshakes), (HIGH_CONCURRENCY, &mut f.handshakes_high)] {
-            let extra = ["--seconds".into(), args.seconds.to_string(), "--concurrency".into(), concurrency.to_string()];
-            *slot = keep(who, "handshakes", run_client("handshakes", addr, dir, &extra).await).map(|m| {
-                if m.failed > 0 {
-                    eprintln!("note: {} handshakes failed against {}", m.failed, who.name());
-                }
-                m.value
-            });
-        }
-        let extra = ["--bytes".into(), args.bytes.to_string()];
-        f.one_way = keep(who, "one-way transfer", run_client("throughput", addr, dir, &extra).await).map(|m| m.value);
-        let extra = ["--rounds".into(), args.rounds.to_string()];
-        if let Some(m) = keep(who, "latency", run_client("latency", addr, dir, &extra).await) {
-            (f.p50, f.p99) = (Some(m.value), Some(m.second));
+/// One round of the timed loads against `who` at `addr`.
+async fn timed_round(who: Proxy, addr: SocketAddr, dir: &Path, args: &BenchArgs, into: &mut Samples) {
+    for (concurrency, slot) in [(args.concurrency, &mut into.handshakes), (HIGH_CONCURRENCY, &mut into.handshakes_high)] {
+        let extra = ["--seconds".into(), args.seconds.to_string(), "--concurrency".into(), concurrency.to_string()];
+        if let Some(m) = keep(who, "handshakes", run_client("handshakes", addr, dir, &extra).await) {
+            if m.failed > 0 {
+                eprintln!("note: {} handshakes failed against {}", m.failed, who.name());
+            }
+            slot.push(m.value);
         }
     }
-    if idle > 0 {
-        f.idle = keep(who, "idle memory", memory(who, program, dir, backend, idle, 0).await);
+    let extra = ["--bytes".into(), args.bytes.to_string()];
+    if let Some(m) = keep(who, "one-way transfer", run_client("throughput", addr, dir, &extra).await) {
+        into.one_way.push(m.value);
     }
-    if args.busy_connections > 0 {
-        f.busy = keep(who, "memory after traffic", memory(who, program, dir, backend, args.busy_connections, BUSY_BYTES).await);
+    let extra = ["--rounds".into(), args.rounds.to_string()];
+    if let Some(m) = keep(who, "latency", run_client("latency", addr, dir, &extra).await) {
+        into.p50.push(m.value);
+        into.p99.push(m.second);
     }
-    Ok(f)
+}
+
+fn median_of(mut samples: Vec<f64>) -> Option<f64> {
+    (!samples.is_empty()).then(|| super::offload::median(&mut samples))
 }
 
 pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
@@ -530,24 +541,49 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
     }
     let (backend, backend_task) = backend().await?;
     let mut skipped = Vec::new();
-    let mut figures = Vec::new();
+    let mut running = Vec::new();
     for who in Proxy::ALL.into_iter().filter(|w| args.proxies.iter().any(|p| p == w.name())) {
-        let program = match find_peer(who, args) {
-            Ok(p) => p,
-            Err(why) => {
-                eprintln!("skipped: {}: {why}", who.name());
-                skipped.push((who.name().to_string(), why));
-                continue;
-            }
+        let started = match find_peer(who, args) {
+            Ok(program) => start_proxy(who, &program, dir, backend, HIGH_CONCURRENCY).await.map(|(peer, addr)| (program, peer, addr)),
+            Err(why) => Err(fail(why)),
         };
-        eprintln!("proxy: measuring {} ({})", who.name(), program.display());
-        match measure(who, &program, dir, backend, args, idle).await {
-            Ok(f) => figures.push((who, f)),
+        match started {
+            Ok((program, peer, addr)) => {
+                eprintln!("proxy: {} ({}) on {addr}", who.name(), program.display());
+                running.push((who, program, peer, addr, Samples::default()));
+            }
             Err(f) => {
                 eprintln!("skipped: {}: {f}", who.name());
                 skipped.push((who.name().to_string(), f.to_string()));
             }
         }
+    }
+    for round in 1..=ROUNDS {
+        for (who, _, _, addr, samples) in running.iter_mut() {
+            eprintln!("proxy: round {round} of {ROUNDS}: {}", who.name());
+            timed_round(*who, *addr, dir, args, samples).await;
+        }
+    }
+    // Memory is read one server at a time, each freshly started, nothing else under load.
+    let mut figures = Vec::new();
+    for (who, program, peer, _, samples) in running {
+        drop(peer);
+        let mut f = Figures {
+            handshakes: median_of(samples.handshakes),
+            handshakes_high: median_of(samples.handshakes_high),
+            one_way: median_of(samples.one_way),
+            p50: median_of(samples.p50),
+            p99: median_of(samples.p99),
+            ..Figures::default()
+        };
+        if idle > 0 {
+            eprintln!("proxy: memory of {} with {idle} idle connections", who.name());
+            f.idle = keep(who, "idle memory", memory(who, &program, dir, backend, idle, 0).await);
+        }
+        if args.busy_connections > 0 {
+            f.busy = keep(who, "memory after traffic", memory(who, &program, dir, backend, args.busy_connections, BUSY_BYTES).await);
+        }
+        figures.push((who, f));
     }
     backend_task.abort();
 
@@ -596,8 +632,8 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
         println!("skipped: {n}: {why}");
     }
     println!(
-        "(ratios: > 1 means sealtls is better, for latency and memory too; client in a separate process: TLS 1.3, X25519, \
-         no resumption, certificate verified; backend: plain TCP in the bench process)"
+        "(medians of {ROUNDS} rounds taken in turns; ratios: > 1 means sealtls is better, for latency and memory too; client \
+         in a separate process: TLS 1.3, X25519, no resumption, certificate verified; backend: plain TCP in the bench process)"
     );
     Ok(())
 }
