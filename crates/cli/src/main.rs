@@ -8,6 +8,7 @@ mod keyd;
 mod keyd_child;
 mod notify;
 mod offload;
+mod pkcs11;
 mod pki;
 mod port_owner;
 mod reload;
@@ -73,6 +74,9 @@ enum Command {
     /// Install, list, generate and remove keys in keyd.
     #[command(subcommand)]
     Key(keyd::KeyCommand),
+    /// Help with libsealtls_pkcs11.so, the PKCS#11 module whose keys live in keyd.
+    #[command(subcommand)]
+    Pkcs11(pkcs11::Pkcs11Command),
     /// Measure against openssl s_server (and haproxy, nginx, stunnel) in the same run.
     Bench(bench::BenchArgs),
     /// One client load of `bench proxy`, in its own process.
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
             Command::OffloadClient(args) => offload::offload_client(args).await,
             Command::Keyd(args) => keyd::keyd(args).await,
             Command::Key(cmd) => keyd::key(cmd).await,
+            Command::Pkcs11(cmd) => pkcs11::run(cmd),
             Command::Bench(args) => bench::run(args).await,
             Command::BenchClient(args) => bench::proxy::client(args).await,
         }

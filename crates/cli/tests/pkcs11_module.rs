@@ -69,23 +69,12 @@ fn key_id(listing: &str, domain: &str) -> String {
     line.split_whitespace().last().unwrap().to_string()
 }
 
-/// An openssl.cnf that loads the pkcs11 engine (libp11) with our module.
+/// An openssl.cnf that loads the pkcs11 engine (libp11) with our module, as `sealtls pkcs11 openssl-conf` writes it.
 fn openssl_conf(d: &Path) -> PathBuf {
-    let engines = text(&run(Command::new("openssl").args(["version", "-e"])));
-    let engines = engines.split('"').nth(1).unwrap_or_else(|| panic!("openssl version -e: {engines}"));
-    let engine = Path::new(engines).join("pkcs11.so");
-    assert!(engine.exists(), "{} is missing: install libengine-pkcs11-openssl (scripts/test does)", engine.display());
+    let o = run(sealtls().args(["pkcs11", "openssl-conf", "--module"]).arg(module()));
+    assert!(o.status.success() && text(&o).contains("MODULE_PATH = "), "{}", text(&o));
     let conf = d.join("openssl.cnf");
-    std::fs::write(
-        &conf,
-        format!(
-            "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n[engine_section]\npkcs11 = pkcs11_section\n\
-             [pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\ninit = 1\n",
-            engine.display(),
-            module().display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, &o.stdout).unwrap();
     conf
 }
 
@@ -219,6 +208,14 @@ fn pkcs11_tool_and_p11tool_list_keyds_keys_and_every_mechanism_signs() {
     // RSA PKCS#1 v1.5 over anything but a DigestInfo is refused (keyd never does raw RSA).
     let o = pkcs11_tool(&env, &["--sign", "-m", "RSA-PKCS", "--id", &key_id(&listing, "rsa.test.com"), "-i", message.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("CKR_DATA_INVALID") && text(&o).contains("not a DigestInfo"), "{}", text(&o));
+
+    // A module that is not there is named, with how to build it.
+    let o = run(sealtls().args(["pkcs11", "openssl-conf", "--module", "/nonexistent/libsealtls_pkcs11.so"]));
+    assert!(
+        !o.status.success() && text(&o).contains("/nonexistent/libsealtls_pkcs11.so is missing") && text(&o).contains("cargo build"),
+        "{}",
+        text(&o)
+    );
 
     // Without settings the module says what to set.
     let o = pkcs11_tool(&[], &["--list-objects"]);

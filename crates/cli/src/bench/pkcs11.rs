@@ -30,32 +30,6 @@ fn missing(what: String, fix: &str) -> Failure {
     Failure::new(FailureClass::Config, what, fix)
 }
 
-/// The module: `--pkcs11-module`, else next to this binary (where cargo puts both).
-fn module(args: &BenchArgs) -> Result<PathBuf, Failure> {
-    let path = match &args.pkcs11_module {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(|e| fail(e.to_string()))?.with_file_name("libsealtls_pkcs11.so"),
-    };
-    if !path.exists() {
-        return Err(missing(
-            format!("the PKCS#11 module {} is missing", path.display()),
-            "build it with `cargo build --release -p sealtls-pkcs11`, or name it with --pkcs11-module",
-        ));
-    }
-    Ok(path)
-}
-
-/// OpenSSL's pkcs11 engine (libp11), from `openssl version -e`.
-fn engine() -> Result<PathBuf, Failure> {
-    let out = Command::new("openssl").args(["version", "-e"]).output().map_err(|e| fail(format!("openssl: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let path = Path::new(text.split('"').nth(1).unwrap_or_default()).join("pkcs11.so");
-    if !path.exists() {
-        return Err(missing(format!("OpenSSL's pkcs11 engine {} is missing", path.display()), "apt-get install libengine-pkcs11-openssl"));
-    }
-    Ok(path)
-}
-
 fn nginx() -> Result<PathBuf, Failure> {
     let path = PathBuf::from("/usr/sbin/nginx");
     if path.exists() {
@@ -134,18 +108,9 @@ async fn take_turns(addrs: [SocketAddr; 2], dir: &Path, seconds: u64, concurrenc
 }
 
 pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
-    let (program, module, engine) = (nginx()?, module(args)?, engine()?);
+    let (program, module) = (nginx()?, crate::pkcs11::module(args.pkcs11_module.clone())?);
     let openssl_conf = dir.join("openssl-pkcs11.cnf");
-    std::fs::write(
-        &openssl_conf,
-        format!(
-            "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n[engine_section]\npkcs11 = pkcs11_section\n\
-             [pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\ninit = 1\n",
-            engine.display(),
-            module.display()
-        ),
-    )
-    .map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&openssl_conf, crate::pkcs11::openssl_conf(&module)?).map_err(|e| fail(e.to_string()))?;
     let key_der = sealtls_pki::load_key(&dir.join("localhost.key")).map_err(Failure::config)?;
     let chain: Vec<Vec<u8>> =
         sealtls_pki::load_certs(&dir.join("localhost.pem")).map_err(Failure::config)?.iter().map(|c| c.to_vec()).collect();
