@@ -92,14 +92,7 @@ impl Server {
 
     /// Waits for `needle` to appear in the log.
     pub fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if log.contains(needle) || Instant::now() > deadline {
-                return log;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_text(|| self.log(), needle)
     }
 
     pub fn assert_alive(&mut self) {
@@ -312,14 +305,7 @@ impl OpensslServer {
 
     /// Waits until `needle` appears in its output (at most 10 s) and returns the output.
     pub fn wait_output(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.out.lock().unwrap().clone();
-            if out.contains(needle) || Instant::now() > deadline {
-                return out;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_text(|| self.out.lock().unwrap().clone(), needle)
     }
 
     /// Types a line into it: s_server sends it to the connected client.
@@ -507,14 +493,7 @@ impl Peer {
 
     /// Waits until `needle` appears in its output (at most 10 s) and returns the output.
     pub fn wait_output(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.output();
-            if out.contains(needle) || Instant::now() > deadline {
-                return out;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_text(|| self.output(), needle)
     }
 }
 
@@ -545,4 +524,16 @@ pub fn pkcs11_module() -> PathBuf {
         }
     }
     module
+}
+
+/// Reads `text` until it contains `needle`, for at most 10 s; the last text read.
+pub fn wait_for_text(text: impl Fn() -> String, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = text();
+        if now.contains(needle) || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
