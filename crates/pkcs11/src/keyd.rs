@@ -1,6 +1,6 @@
 //! A blocking keyd client for a module that lives in someone else's
-//! process: it starts no thread, keeps a few idle connections, bounds every
-//! call by a deadline, and in a forked child opens its own connections
+//! process: it starts no thread, keeps a few idle connections, bounds the
+//! connect and the wait for each answer, and in a forked child opens its own connections
 //! (writing on the parent's would interleave with the parent's requests).
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -226,18 +226,23 @@ impl Keyd {
         }
     }
 
-    /// One request and its answer, within the deadline: the write by the
-    /// socket's timeout (set at connect), each read by the time left.
+    /// One request and its answer: the write within the socket's timeout,
+    /// the answer within `timeout` of the request going out (the first read
+    /// by the socket's own timeout, set at connect; later ones by the time left).
     fn exchange(&self, mut conn: Conn, request: &Request, deadline: Instant) -> io::Result<(Response, Conn)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::with_capacity(256);
         request.encode(id, &mut out);
+        remaining(deadline)?;
         conn.write_all(&out)?;
         conn.flush()?;
+        let answer_by = Instant::now() + self.timeout;
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 16 * 1024];
         loop {
-            conn.socket().set_read_timeout(Some(remaining(deadline)?))?;
+            if !buf.is_empty() {
+                conn.socket().set_read_timeout(Some(remaining(answer_by)?))?;
+            }
             let n = conn.read(&mut chunk)?;
             if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "keyd closed the connection"));
