@@ -476,3 +476,48 @@ fn a_keyd_on_a_token_signs_the_modules_digests() {
         signs_and_verifies(d, &pki, &env, &listing, &message, case);
     }
 }
+
+/// A consumer that forks without initializing again (Python's ctypes, not
+/// libp11): the child signs with its parent's session and key handles over
+/// a connection of its own, and the parent signs on after it.
+#[test]
+fn a_forked_child_signs_with_its_parents_handles() {
+    use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let pki = pki(d);
+    let status = free_port();
+    let kd = keyd_with_keys(d, &pki, &["--status", &format!("127.0.0.1:{status}")]);
+    // Connections keyd has accepted, from its metrics.
+    let accepted = || -> u64 {
+        let o = run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{status}/metrics")]));
+        let metrics = text(&o);
+        let lines = metrics.lines().filter(|l| l.starts_with("sealtls_keyd_connections_total"));
+        lines.map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum()
+    };
+    let before = accepted();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pkcs11/fork.py");
+    let out = d.join("sig");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(module()).arg("www.test.com").arg(&out);
+    let o = run(with_env(&mut cmd, &unix_env(&kd)));
+    let said = text(&o);
+    assert!(o.status.success() && said.contains("done"), "{said}");
+    let pids: std::collections::HashSet<&str> = said.lines().filter(|l| l.contains("made")).map(|l| l.split(':').next().unwrap()).collect();
+    assert_eq!(pids.len(), 2, "parent and child signed: {said}");
+    // The parent's one connection served its listing and both its signatures; the child opened its own.
+    assert_eq!(accepted() - before, 2, "{said}");
+
+    let spki = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform DER", p(&pki, "www.test.com.pem"))))
+    .stdout;
+    let point = &spki[spki.len() - 65..];
+    for n in 1..=3 {
+        let sig = std::fs::read(out.with_extension(n.to_string())).unwrap();
+        let message = format!("fork message {n}");
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+            .verify(message.as_bytes(), &sig)
+            .unwrap_or_else(|_| panic!("signature {n} does not verify"));
+    }
+}
