@@ -163,7 +163,7 @@ pub struct Relayed {
 }
 
 /// The most one direction reads at once, while bulk data flows.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// Copies `from` to `to` until `from` ends, then shuts `to`'s write side;
 /// each read waits for the previous write. `moved` counts as it goes. The
