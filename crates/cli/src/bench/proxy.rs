@@ -283,6 +283,11 @@ fn find_peer(who: Proxy, args: &BenchArgs) -> Result<PathBuf, String> {
 
 const NGINX_STREAM: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
+/// The TLS 1.3 suites every server is told to prefer, in sealtls's own order,
+/// so that all of them negotiate the same one (TLS_AES_128_GCM_SHA256) with
+/// the bench client, which offers AES-256-GCM first.
+const SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+
 /// Starts `who` on a free port, terminating TLS 1.3 with the bench
 /// certificate and forwarding to `backend`, ready for `max_conn` clients.
 async fn start_proxy(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr, max_conn: usize) -> Result<(Peer, SocketAddr), Failure> {
@@ -306,7 +311,7 @@ async fn start_proxy(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr
                 "haproxy.cfg",
                 format!(
                     "global\n  nbthread 2\n  maxconn {sessions}\n\ndefaults\n  mode tcp\n  maxconn {sessions}\n  timeout connect 5s\n  \
-                     timeout client 300s\n  timeout server 300s\n\nfrontend tls\n  bind {addr} ssl crt {} ssl-min-ver TLSv1.3\n  \
+                     timeout client 300s\n  timeout server 300s\n\nfrontend tls\n  bind {addr} ssl crt {} ssl-min-ver TLSv1.3 ciphersuites {SUITES}\n  \
                      default_backend plain\n\nbackend plain\n  server backend {backend}\n",
                     d("haproxy.pem")
                 ),
@@ -319,7 +324,8 @@ async fn start_proxy(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr
                 format!(
                     "load_module {NGINX_STREAM};\nworker_processes 2;\nworker_rlimit_nofile {fds};\ndaemon off;\npid {};\n\
                      error_log {} error;\nevents {{ worker_connections {fds}; }}\nstream {{\n  server {{\n    listen {addr} ssl;\n    \
-                     ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_protocols TLSv1.3;\n    proxy_pass {backend};\n  }}\n}}\n",
+                     ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_protocols TLSv1.3;\n    \
+                     ssl_conf_command Ciphersuites {SUITES};\n    ssl_prefer_server_ciphers on;\n    proxy_pass {backend};\n  }}\n}}\n",
                     d("nginx.pid"),
                     d("nginx-error.log")
                 ),
@@ -331,7 +337,8 @@ async fn start_proxy(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr
                 "stunnel.conf",
                 format!(
                     "foreground = yes\npid = {}\ndebug = 3\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n\n[proxy]\n\
-                     accept = {addr}\nconnect = {backend}\ncert = {cert}\nkey = {key}\nsslVersionMin = TLSv1.3\nTIMEOUTidle = 300\n",
+                     accept = {addr}\nconnect = {backend}\ncert = {cert}\nkey = {key}\nsslVersionMin = TLSv1.3\nTIMEOUTidle = 300\n\
+                     ciphersuites = {SUITES}\noptions = CIPHER_SERVER_PREFERENCE\n",
                     d("stunnel.pid")
                 ),
             )?;
