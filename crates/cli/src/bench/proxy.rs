@@ -302,6 +302,8 @@ async fn start_proxy(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr
         Proxy::Sealtls => {
             cmd.args(["serve", "--listen", &addr.to_string(), "--target", &backend.to_string()]);
             cmd.args(["--cert", &cert, "--key", &key, "--max-connections", &(max_conn + 100).to_string()]);
+            // Warnings and errors only, as the peers below are configured: no line per session.
+            cmd.env("RUST_LOG", "warn");
         }
         Proxy::Haproxy => {
             let bundle = [std::fs::read_to_string(&cert), std::fs::read_to_string(&key)];
