@@ -498,18 +498,7 @@ fn tunnel_table(t: &str, r: &RawTunnel, ctx: &Ctx<'_>) -> Result<TunnelTable, Co
     let mut a: TunnelArgs = flag_defaults(&["--listen", "127.0.0.1:0", "--target", "localhost:1", "--ca", "ca.pem"]);
     a.listen = ctx.parsed(t, "listen", Some(listen), |s| parse_listen(ctx, s))?.expect("given");
     a.unsafe_listen = r.unsafe_listen;
-    if let Listen::Tcp(addr) = &a.listen {
-        if !is_loopback(addr.ip()) && !r.unsafe_listen {
-            return Err(ctx.err(
-                t,
-                format!("listen = {listen:?}"),
-                Problem::new(
-                    "is not a loopback address: anyone who can reach it would reach the target with this tunnel's client certificate",
-                    "listen on 127.0.0.1:PORT or unix:PATH, or set unsafe_listen = true",
-                ),
-            ));
-        }
-    }
+    loopback_unless(ctx, t, listen, &a.listen, r.unsafe_listen, "unsafe_listen", "reach the target with this tunnel's client certificate")?;
     sealtls_endpoint::client::host_of(target).map_err(|f| ctx.err(t, format!("target = {target:?}"), failure_problem(f)))?;
     a.target = target.clone();
     a.ca = ctx.file(ca);
@@ -548,23 +537,36 @@ fn tunnel_table(t: &str, r: &RawTunnel, ctx: &Ctx<'_>) -> Result<TunnelTable, Co
     Ok(TunnelTable { label: t.to_owned(), args: a, summary })
 }
 
+/// Refuses a TCP `listen` of table `t` off loopback unless its `unsafe_flag`
+/// is set: anyone who can reach it could `what`.
+fn loopback_unless(
+    ctx: &Ctx<'_>,
+    t: &str,
+    listen: &str,
+    parsed: &Listen,
+    unsafe_set: bool,
+    unsafe_flag: &str,
+    what: &str,
+) -> Result<(), ConfigError> {
+    match parsed {
+        Listen::Tcp(addr) if !is_loopback(addr.ip()) && !unsafe_set => Err(ctx.err(
+            t,
+            format!("listen = {listen:?}"),
+            Problem::new(
+                format!("is not a loopback address: anyone who can reach it would {what}"),
+                format!("listen on 127.0.0.1:PORT or unix:PATH, or set {unsafe_flag} = true"),
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks `[status]`: loopback, or `unix:PATH`, unless `unsafe_status`.
 pub fn status(raw: &RawStatus, ctx: &Ctx<'_>) -> Result<StatusSection, ConfigError> {
     let t = "[status]";
     let listen = ctx.required(t, "listen", raw.listen.as_ref(), "\"127.0.0.1:PORT\"")?;
     let parsed = ctx.parsed(t, "listen", Some(listen), |s| parse_listen(ctx, s))?.expect("given");
-    if let Listen::Tcp(addr) = &parsed {
-        if !is_loopback(addr.ip()) && !raw.unsafe_status {
-            return Err(ctx.err(
-                t,
-                format!("listen = {listen:?}"),
-                Problem::new(
-                    "is not a loopback address: anyone who can reach it would read the status",
-                    "listen on 127.0.0.1:PORT or unix:PATH, or set unsafe_status = true",
-                ),
-            ));
-        }
-    }
+    loopback_unless(ctx, t, listen, &parsed, raw.unsafe_status, "unsafe_status", "read the status")?;
     Ok(StatusSection { listen: parsed, unsafe_status: raw.unsafe_status })
 }
 

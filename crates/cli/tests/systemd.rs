@@ -18,14 +18,18 @@ fn units_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd")
 }
 
+/// Whether `tool` (from Debian's systemd package) is installed; says so when it is not.
 fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: {tool} is not installed (Debian: apt-get install systemd)");
+    }
+    found
 }
 
 #[test]
 fn unit_files_pass_systemd_analyze_verify() {
     if !have("systemd-analyze") {
-        eprintln!("skipped: systemd-analyze is not installed (Debian: apt-get install systemd)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -165,7 +169,6 @@ fn ready_comes_once_the_port_is_bound_and_stopping_on_sigterm() {
 #[test]
 fn serve_takes_the_socket_systemd_passes_by_name() {
     if !have("systemd-socket-activate") {
-        eprintln!("skipped: systemd-socket-activate is not installed (Debian: apt-get install systemd)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -246,7 +249,6 @@ fn activated_on_unix(d: &Path, notify: &Notify, socket: &Path, name: &str, args:
 #[test]
 fn offload_and_keyd_take_unix_sockets_systemd_passes() {
     if !have("systemd-socket-activate") {
-        eprintln!("skipped: systemd-socket-activate is not installed (Debian: apt-get install systemd)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -282,7 +284,6 @@ fn offload_and_keyd_take_unix_sockets_systemd_passes() {
 #[test]
 fn tunnel_takes_the_socket_systemd_passes() {
     if !have("systemd-socket-activate") {
-        eprintln!("skipped: systemd-socket-activate is not installed (Debian: apt-get install systemd)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -10,25 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_lc_rs::digest::{Context, SHA256};
-use common::{dev_pki, p, run, text, OpensslServer, Server};
-
-/// A plain TCP echo on a free loopback port: what arrives goes back; at the
-/// client's end of input it ends its own output.
-fn tcp_echo() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut rd = conn.try_clone().unwrap();
-                let mut wr = conn;
-                let _ = std::io::copy(&mut rd, &mut wr);
-                let _ = wr.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
-}
+use common::{dev_pki, p, run, tcp_echo, text, OpensslServer, Server};
 
 /// A plain TCP service that speaks first and ends its output at once, then
 /// reads until the client ends and reports how many bytes it got.
@@ -49,7 +31,7 @@ fn speaks_first() -> (u16, std::sync::mpsc::Receiver<usize>) {
 }
 
 /// `sealtls serve --target 127.0.0.1:PORT`, letting in only alice.
-fn serve_target(dir: &Path, port: u16) -> Server {
+fn serve_target(dir: &Path, target: &str) -> Server {
     Server::start(&[
         "--cert",
         &p(dir, "localhost.pem"),
@@ -60,7 +42,7 @@ fn serve_target(dir: &Path, port: u16) -> Server {
         "--allow-cn",
         "alice",
         "--target",
-        &format!("127.0.0.1:{port}"),
+        target,
     ])
 }
 
@@ -147,7 +129,7 @@ fn transfer(mut local: TcpStream, size: usize) -> (Vec<u8>, Vec<u8>, usize) {
 fn sixty_four_mib_through_tunnel_and_serve_target_and_back_with_half_closes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dev_pki(dir.path());
-    let server = serve_target(&d, tcp_echo());
+    let server = serve_target(&d, &tcp_echo());
     let t = tunnel(&d, "127.0.0.1:0", &server.addr, &p(&d, "ca.pem"), &["--verify-cn", "localhost", "--verify-dns", "other.example"]);
 
     // The client shuts its write side first and still reads the whole answer.
@@ -162,7 +144,7 @@ fn sixty_four_mib_through_tunnel_and_serve_target_and_back_with_half_closes() {
     // The other way: the target ends its output first, over a Unix socket
     // listener; the client still sends, and the target still reads it.
     let (port, got) = speaks_first();
-    let server = serve_target(&d, port);
+    let server = serve_target(&d, &format!("127.0.0.1:{port}"));
     let socket = d.join("tunnel.sock");
     let listen = format!("unix:{}", socket.display());
     let t = tunnel(&d, &listen, &server.addr, &p(&d, "ca.pem"), &[]);
@@ -193,7 +175,7 @@ fn an_untrusted_remote_is_refused_with_the_explanation_logged() {
     let dir = tempfile::tempdir().unwrap();
     let d = dev_pki(&dir.path().join("a"));
     let other = dev_pki(&dir.path().join("b"));
-    let server = serve_target(&d, tcp_echo());
+    let server = serve_target(&d, &tcp_echo());
     let t = tunnel(&d, "127.0.0.1:0", &server.addr, &p(&other, "ca.pem"), &[]);
     refused(&t);
     let log = t.wait_log("connection refused");
@@ -206,7 +188,7 @@ fn an_untrusted_remote_is_refused_with_the_explanation_logged() {
 fn a_server_that_does_not_match_verify_cn_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dev_pki(dir.path());
-    let server = serve_target(&d, tcp_echo());
+    let server = serve_target(&d, &tcp_echo());
     let t = tunnel(&d, "127.0.0.1:0", &server.addr, &p(&d, "ca.pem"), &["--verify-cn", "billing"]);
     refused(&t);
     let log = t.wait_log("connection refused");
@@ -242,7 +224,7 @@ fn the_client_key_can_stay_in_keyd() {
     assert!(o.status.success(), "{}", text(&o));
     std::fs::remove_file(d.join("alice.key")).unwrap();
 
-    let server = serve_target(&d, tcp_echo());
+    let server = serve_target(&d, &tcp_echo());
     let t = Server::spawn(&[
         "tunnel",
         "--listen",
