@@ -312,7 +312,8 @@ async fn carry(local: TargetStream, from: String, remote: &Remote) {
         let tls = handshake(tcp, remote.name.clone(), config, &seen, target, remote.connect_timeout).await?;
         Ok::<_, Failure>((tls, seen))
     };
-    let (tls, seen) = match opened.await {
+    // On the heap: an open connection's task keeps only the relay's state.
+    let (tls, seen) = match Box::pin(opened).await {
         Ok(opened) => opened,
         Err(why) => {
             warn!(client = %from, %target, reason = %why.what, fix = %why.fix, "connection refused: the target could not be reached or verified");

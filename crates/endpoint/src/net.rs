@@ -66,15 +66,27 @@ impl Activity {
 
     /// Completes once no byte has moved for `limit`; never for a zero limit.
     pub async fn idle_for(&self, limit: Duration) {
-        if limit.is_zero() {
-            return std::future::pending().await;
-        }
+        self.idle_for_or_until(limit, None).await;
+    }
+
+    /// Completes once no byte has moved for `limit` (`true`; never for a
+    /// zero limit) or at `end` (`false`), whichever comes first. One timer
+    /// serves both, so a session waiting on its limits holds one.
+    pub async fn idle_for_or_until(&self, limit: Duration, end: Option<tokio::time::Instant>) -> bool {
         loop {
+            let now = tokio::time::Instant::now();
             let quiet = self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)));
-            if quiet >= limit {
-                return;
+            if !limit.is_zero() && quiet >= limit {
+                return true;
             }
-            tokio::time::sleep(limit - quiet).await;
+            if end.is_some_and(|end| now >= end) {
+                return false;
+            }
+            let idle_at = (!limit.is_zero()).then(|| now + (limit - quiet));
+            match idle_at.into_iter().chain(end).min() {
+                Some(wake) => tokio::time::sleep_until(wake).await,
+                None => return std::future::pending().await,
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use rustls::server::ServerConnection;
 use rustls::{AlertDescription, ServerConfig};
 
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
-use crate::forward::{relay, Forward};
+use crate::forward::{relay, Forward, TargetStream};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
 use crate::metrics::{HandshakeFailure, ListenerMetrics};
 use crate::net::{accept_until, buffered, Buffered, TrafficBuffer};
@@ -207,71 +207,25 @@ impl Server {
         let started = Instant::now();
         let local = tcp.local_addr().ok();
         let seen = Arc::new(Observation::default());
-        let mut stream = match tokio::time::timeout(self.options.handshake_timeout, self.open(tcp, &seen)).await {
-            Ok(Opened::Stream(stream)) => stream,
-            Ok(Opened::Failed(e, io)) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                let why = explain(&e, &seen, Side::Server, &peer.to_string());
-                self.options.metrics.handshake_failed(match seen.mismatch() {
-                    Some(_) => HandshakeFailure::AccessDenied,
-                    None => HandshakeFailure::Class(why.class),
-                });
-                warn!(%peer, reason = %why.what, fix = %why.fix, "handshake failed");
-                if let Some(mut io) = io {
-                    // rustls sends its alert itself; an error found before
-                    // anything was sent still owes the client one.
-                    if let Some(alert) = io.written().eq(&0).then(|| unsent_alert(&e)).flatten() {
-                        send_alert(&mut io, alert).await;
-                    }
-                    io.close_lingering().await;
-                }
-                return;
-            }
-            Ok(Opened::Refused(name, refusal, io)) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                self.options.metrics.handshake_failed(HandshakeFailure::ServerName);
-                let alert = alert_name(refusal.alert);
-                warn!(%peer, server_name = name.as_deref().unwrap_or("(none)"), %alert, reason = %refusal.reason, "handshake refused");
-                io.close_lingering().await;
-                return;
-            }
-            Err(_) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                self.options.metrics.handshake_failed(HandshakeFailure::Timeout);
-                warn!(%peer, reason = "no complete handshake within the time limit", timeout_s = self.options.handshake_timeout.as_secs(), "handshake failed");
-                return;
-            }
-        };
+        // On the heap: the handshake's state is freed when it ends, so the
+        // task of a session that stays open carries only the session's.
+        let Some(mut stream) = Box::pin(self.handshake(tcp, peer, &seen)).await else { return };
         self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-        let info = SessionInfo::of(stream.get_ref().1);
-        self.options.metrics.handshake_ok(&info, started.elapsed());
-        let alpn = stream.get_ref().1.alpn_protocol().map_or("none".into(), String::from_utf8_lossy);
-        info!(%peer, version = %info.version, suite = %info.suite, group = %info.group, %alpn, client = %info.peer_subject(), "session started");
+        self.session_started(&stream, peer, started.elapsed());
         let mut counts = Counts { stats: &self.stats, metrics: &self.options.metrics, closing, bytes_in: 0, bytes_out: 0 };
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         let open = self.options.metrics.session();
         let activity = stream.get_ref().0.activity();
-        let work = async {
-            match (&self.options.forward, self.options.mode) {
-                (Some(forward), _) => forward_session(forward, &mut stream, peer, local, &mut counts).await,
-                (None, Mode::Echo) => echo(&mut stream, &mut counts).await,
-                (None, Mode::Sink) => sink(&mut stream, &mut counts).await,
-                (None, Mode::Handshake) => stream.shutdown().await,
-            }
-        };
-        let lifetime = async {
-            match self.options.max_lifetime {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
-            }
-        };
+        let end_of_life = self.options.max_lifetime.map(|limit| tokio::time::Instant::now() + limit);
         let result = tokio::select! {
-            r = work => Some(r),
-            _ = activity.idle_for(self.options.idle_timeout) => None,
-            _ = lifetime => {
+            // Built in place: a future kept in a local would be stored twice in the task.
+            r = self.work(&mut stream, peer, local, &mut counts) => Some(r),
+            idle = activity.idle_for_or_until(self.options.idle_timeout, end_of_life) => if idle {
+                None
+            } else {
                 warn!(%peer, limit_s = self.options.max_lifetime.unwrap_or_default().as_secs(), "session closed: it reached the maximum connection lifetime");
                 Some(Ok(()))
-            }
+            },
         };
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
         drop(open);
@@ -293,6 +247,71 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// The handshake within its time limit; a failure is counted, logged
+    /// and answered with an alert, and the connection closed.
+    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr, seen: &Arc<Observation>) -> Option<ServerStream> {
+        match tokio::time::timeout(self.options.handshake_timeout, self.open(tcp, seen)).await {
+            Ok(Opened::Stream(stream)) => Some(stream),
+            Ok(Opened::Failed(e, io)) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let why = explain(&e, &seen, Side::Server, &peer.to_string());
+                self.options.metrics.handshake_failed(match seen.mismatch() {
+                    Some(_) => HandshakeFailure::AccessDenied,
+                    None => HandshakeFailure::Class(why.class),
+                });
+                warn!(%peer, reason = %why.what, fix = %why.fix, "handshake failed");
+                if let Some(mut io) = io {
+                    // rustls sends its alert itself; an error found before
+                    // anything was sent still owes the client one.
+                    if let Some(alert) = io.written().eq(&0).then(|| unsent_alert(&e)).flatten() {
+                        send_alert(&mut io, alert).await;
+                    }
+                    io.close_lingering().await;
+                }
+                None
+            }
+            Ok(Opened::Refused(name, refusal, io)) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.options.metrics.handshake_failed(HandshakeFailure::ServerName);
+                let alert = alert_name(refusal.alert);
+                warn!(%peer, server_name = name.as_deref().unwrap_or("(none)"), %alert, reason = %refusal.reason, "handshake refused");
+                io.close_lingering().await;
+                None
+            }
+            Err(_) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.options.metrics.handshake_failed(HandshakeFailure::Timeout);
+                warn!(%peer, reason = "no complete handshake within the time limit", timeout_s = self.options.handshake_timeout.as_secs(), "handshake failed");
+                None
+            }
+        }
+    }
+
+    /// What the session does with its data: forward, echo, sink or nothing.
+    async fn work(
+        &self,
+        stream: &mut ServerStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        counts: &mut Counts<'_>,
+    ) -> std::io::Result<()> {
+        match (&self.options.forward, self.options.mode) {
+            (Some(forward), _) => forward_session(forward, stream, peer, local, counts).await,
+            (None, Mode::Echo) => echo(stream, counts).await,
+            (None, Mode::Sink) => sink(stream, counts).await,
+            (None, Mode::Handshake) => stream.shutdown().await,
+        }
+    }
+
+    /// Counts and logs a finished handshake.
+    fn session_started(&self, stream: &ServerStream, peer: SocketAddr, took: Duration) {
+        let conn = stream.get_ref().1;
+        let info = SessionInfo::of(conn);
+        self.options.metrics.handshake_ok(&info, took);
+        let alpn = conn.alpn_protocol().map_or("none".into(), String::from_utf8_lossy);
+        info!(%peer, version = %info.version, suite = %info.suite, group = %info.group, %alpn, client = %info.peer_subject(), "session started");
     }
 }
 
@@ -446,11 +465,24 @@ async fn forward_session(
     local: Option<SocketAddr>,
     counts: &mut Counts<'_>,
 ) -> std::io::Result<()> {
+    // On the heap: an open session's task keeps only the relay's state.
+    let Some(target) = Box::pin(open_target(forward, stream, peer, local)).await else {
+        return stream.shutdown().await;
+    };
+    let (moved, result) = relay(&mut *stream, target).await;
+    counts.received(moved.to_target as usize);
+    counts.sent(moved.to_client as usize);
+    result
+}
+
+/// Connects to the target and sends the PROXY header, if any; `None`
+/// (after a log line) when either fails.
+async fn open_target(forward: &Forward, stream: &ServerStream, peer: SocketAddr, local: Option<SocketAddr>) -> Option<TargetStream> {
     let mut target = match forward.target.connect(forward.connect_timeout).await {
         Ok(target) => target,
         Err(e) => {
             warn!(%peer, target = %forward.target, error = %e, "target unreachable: closing the client's session");
-            return stream.shutdown().await;
+            return None;
         }
     };
     if let Some(ProxyProtocol::V2) = forward.proxy_protocol {
@@ -464,13 +496,10 @@ async fn forward_session(
         };
         if let Err(e) = sent {
             warn!(%peer, target = %forward.target, error = %e, "PROXY header not sent: closing the client's session");
-            return stream.shutdown().await;
+            return None;
         }
     }
-    let (moved, result) = relay(&mut *stream, target).await;
-    counts.received(moved.to_target as usize);
-    counts.sent(moved.to_client as usize);
-    result
+    Some(target)
 }
 
 /// Echo; on the peer's close, pending data is flushed and close_notify sent.
