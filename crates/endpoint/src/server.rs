@@ -230,20 +230,21 @@ impl Server {
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
         drop(open);
         let ms = started.elapsed().as_millis() as u64;
+        let (bytes_in, bytes_out) = (counts.bytes_in, counts.bytes_out);
         match result {
+            Some(Ok(())) => info!(%peer, bytes_in, bytes_out, duration_ms = ms, "session ended"),
             None => {
                 let idle_s = self.options.idle_timeout.as_secs();
-                warn!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, idle_s, "session closed: no bytes moved in either direction within the idle timeout");
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+                warn!(%peer, bytes_in, bytes_out, duration_ms = ms, idle_s, "session closed: no bytes moved in either direction within the idle timeout");
+                // On the heap, as the close below: the task is not sized for the way out.
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.shutdown())).await;
             }
-            Some(Ok(())) => info!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, "session ended"),
             Some(Err(e)) => {
                 let why = explain(&e, &seen, Side::Server, &peer.to_string());
-                warn!(%peer, bytes_in = counts.bytes_in, bytes_out = counts.bytes_out, duration_ms = ms, reason = %why.what, "session ended with an error");
+                warn!(%peer, bytes_in, bytes_out, duration_ms = ms, reason = %why.what, "session ended with an error");
                 // The alert rustls queued for a protocol error reaches the client before the close.
                 if tls_error(&e).is_some() {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.flush()).await;
-                    stream.into_inner().0.close_lingering().await;
+                    Box::pin(close_after_alert(stream)).await;
                 }
             }
         }
@@ -299,8 +300,9 @@ impl Server {
     ) -> std::io::Result<()> {
         match (&self.options.forward, self.options.mode) {
             (Some(forward), _) => forward_session(forward, stream, peer, local, counts).await,
-            (None, Mode::Echo) => echo(stream, counts).await,
-            (None, Mode::Sink) => sink(stream, counts).await,
+            // Boxed, so that a forwarding session's task is not sized for them.
+            (None, Mode::Echo) => Box::pin(echo(stream, counts)).await,
+            (None, Mode::Sink) => Box::pin(sink(stream, counts)).await,
             (None, Mode::Handshake) => stream.shutdown().await,
         }
     }
@@ -380,6 +382,12 @@ fn feed(conn: &mut ServerConnection, mut bytes: &[u8]) -> std::io::Result<()> {
         conn.process_new_packets().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     }
     Ok(())
+}
+
+/// Sends what rustls queued (an alert) and closes the connection, lingering.
+async fn close_after_alert(mut stream: ServerStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.flush()).await;
+    stream.into_inner().0.close_lingering().await;
 }
 
 /// The alert a handshake error calls for when rustls sent none: a client
