@@ -1,5 +1,6 @@
 //! `sealtls`: one binary, one subcommand per job.
 mod acl;
+mod allocator;
 mod bench;
 mod config;
 mod endpoints;
@@ -22,12 +23,6 @@ mod up;
 mod up_lock;
 
 use std::process::ExitCode;
-
-/// mimalloc hands freed pages back to the system after a short delay, so a
-/// connection that moved bulk data and went idle stops costing memory; glibc
-/// keeps them in its arenas.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use sealtls_failure::Failure;
@@ -109,7 +104,11 @@ fn main() -> ExitCode {
     sealtls_listen::systemd::take_from_env();
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(allocator::worker_parks)
+        .build()
+        .expect("tokio runtime starts");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Pki(cmd) => pki::run(cmd),

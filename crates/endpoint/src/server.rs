@@ -257,7 +257,7 @@ impl Server {
             Ok(Opened::Stream(stream)) => Some(stream),
             Ok(Opened::Failed(e, io)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                let why = explain(&e, &seen, Side::Server, &peer.to_string());
+                let why = explain(&e, seen, Side::Server, &peer.to_string());
                 self.options.metrics.handshake_failed(match seen.mismatch() {
                     Some(_) => HandshakeFailure::AccessDenied,
                     None => HandshakeFailure::Class(why.class),
