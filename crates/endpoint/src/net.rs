@@ -402,6 +402,41 @@ pub use sealtls_listen::bind;
 mod tests {
     use super::*;
 
+    /// Waits for `limits`, failing the test rather than hanging.
+    async fn within_10s<F: Future<Output = bool>>(limits: F) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), limits).await.expect("a limit is reached")
+    }
+
+    #[tokio::test]
+    async fn the_earlier_of_idleness_and_the_end_of_life_is_reported() {
+        let activity = Activity::new();
+        let far = tokio::time::Instant::now() + Duration::from_secs(60);
+        assert!(within_10s(activity.idle_for_or_until(Duration::from_millis(50), Some(far))).await, "idle first");
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(!within_10s(activity.idle_for_or_until(Duration::from_secs(60), Some(soon))).await, "the end comes first");
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(!within_10s(activity.idle_for_or_until(Duration::ZERO, Some(soon))).await, "no idle limit: only the end");
+        let never = activity.idle_for_or_until(Duration::ZERO, None);
+        assert!(tokio::time::timeout(Duration::from_millis(100), never).await.is_err(), "neither limit: it waits for ever");
+    }
+
+    #[tokio::test]
+    async fn bytes_moving_put_idleness_off() {
+        // Bytes move for 800 ms, longer than the 300 ms limit.
+        let activity = Arc::new(Activity::new());
+        let mover = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    activity.moved();
+                }
+            })
+        };
+        assert!(within_10s(activity.idle_for_or_until(Duration::from_millis(300), None)).await);
+        assert!(mover.is_finished(), "not idle while bytes moved every 20 ms");
+    }
+
     #[tokio::test]
     async fn traffic_buffer_grows_while_reads_fill_it_and_waits_with_none() {
         let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
