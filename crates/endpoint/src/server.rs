@@ -218,7 +218,6 @@ impl Server {
         let activity = stream.get_ref().0.activity();
         let end_of_life = self.options.max_lifetime.map(|limit| tokio::time::Instant::now() + limit);
         let result = tokio::select! {
-            // Built in place: a future kept in a local would be stored twice in the task.
             r = self.work(&mut stream, peer, local, &mut counts) => Some(r),
             idle = activity.idle_for_or_until(self.options.idle_timeout, end_of_life) => if idle {
                 None
