@@ -36,27 +36,36 @@ const ECHO: u8 = b'E';
 /// The sink's answer once every announced byte has arrived.
 const DONE: u8 = b'K';
 
-/// The servers compared; `sealtls serve --target` first.
+/// The servers compared; `sealtls serve --target` first, with its key and
+/// then keyless (the key in a keyd on this machine).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Proxy {
     Sealtls,
+    SealtlsKeyd,
     Haproxy,
     Nginx,
     Stunnel,
 }
 
 impl Proxy {
-    const ALL: [Proxy; 4] = [Proxy::Sealtls, Proxy::Haproxy, Proxy::Nginx, Proxy::Stunnel];
+    const ALL: [Proxy; 5] = [Proxy::Sealtls, Proxy::SealtlsKeyd, Proxy::Haproxy, Proxy::Nginx, Proxy::Stunnel];
 
     fn name(self) -> &'static str {
         match self {
             Self::Sealtls => "sealtls",
+            Self::SealtlsKeyd => KEYLESS,
             Self::Haproxy => "haproxy",
             Self::Nginx => "nginx",
             Self::Stunnel => "stunnel",
         }
     }
 }
+
+/// The name of `serve --target --keyd` in the table.
+const KEYLESS: &str = "sealtls-keyd";
+
+/// Where, under the bench directory, the keyless server's keyd keeps its store and socket.
+const KEYD_STORE: &str = "proxy-keyd";
 
 /// `sealtls bench-client`: one client load, run in its own process so that
 /// the servers' figures do not include the client's work or memory.
@@ -263,7 +272,9 @@ fn raise_fd_limit(want: u64) -> u64 {
 /// Where a peer's program is, or why it is skipped.
 fn find_peer(who: Proxy, args: &BenchArgs) -> Result<PathBuf, String> {
     let names: &[&str] = match who {
-        Proxy::Sealtls => return args.server_binary.clone().map_or_else(|| std::env::current_exe().map_err(|e| e.to_string()), Ok),
+        Proxy::Sealtls | Proxy::SealtlsKeyd => {
+            return args.server_binary.clone().map_or_else(|| std::env::current_exe().map_err(|e| e.to_string()), Ok)
+        }
         Proxy::Haproxy => &["haproxy"],
         Proxy::Nginx => &["nginx"],
         Proxy::Stunnel => &["stunnel4", "stunnel"],
@@ -299,9 +310,14 @@ async fn start_proxy(who: Proxy, program: &Path, dir: &Path, backend: SocketAddr
     let (fds, sessions) = (2 * max_conn + 100, max_conn + 100);
     let mut cmd = Command::new(program);
     match who {
-        Proxy::Sealtls => {
+        Proxy::Sealtls | Proxy::SealtlsKeyd => {
             cmd.args(["serve", "--listen", &addr.to_string(), "--target", &backend.to_string()]);
-            cmd.args(["--cert", &cert, "--key", &key, "--max-connections", &(max_conn + 100).to_string()]);
+            if who == Proxy::Sealtls {
+                cmd.args(["--cert", &cert, "--key", &key]);
+            } else {
+                cmd.arg("--keyd").arg(format!("unix:{}", keyd_socket(dir).display()));
+            }
+            cmd.args(["--max-connections", &(max_conn + 100).to_string()]);
             // Warnings and errors only, as the peers below are configured: no line per session.
             cmd.env("RUST_LOG", "warn");
         }
@@ -457,6 +473,8 @@ struct Row {
     best_peer: Option<String>,
     /// sealtls against the best peer, > 1 when sealtls is better.
     ratio: Option<f64>,
+    /// Keyless termination against sealtls with its key, > 1 when keyless is better.
+    keyless_ratio: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -468,21 +486,23 @@ struct Report {
 }
 
 fn row(metric: String, higher_is_better: bool, values: Vec<(String, Option<f64>)>) -> Row {
-    let own = values.iter().find(|(n, _)| n == "sealtls").and_then(|(_, v)| *v);
+    let value_of = |name: &str| values.iter().find(|(n, _)| n == name).and_then(|(_, v)| *v);
+    let own = value_of("sealtls");
     let better = |a: f64, b: f64| if higher_is_better { a > b } else { a < b };
-    let best = values.iter().filter(|(n, _)| n != "sealtls").filter_map(|(n, v)| v.map(|v| (n.clone(), v))).fold(
+    let best = values.iter().filter(|(n, _)| n != "sealtls" && n != KEYLESS).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).fold(
         None::<(String, f64)>,
         |acc, (n, v)| match acc {
             Some((_, b)) if !better(v, b) => acc,
             _ => Some((n, v)),
         },
     );
-    let ratio = match (own, &best) {
-        (Some(s), Some((_, b))) if higher_is_better => Some(s / b),
-        (Some(s), Some((_, b))) => Some(b / s),
+    let ratio = |ours: Option<f64>, against: Option<f64>| match (ours, against) {
+        (Some(s), Some(b)) if higher_is_better => Some(s / b),
+        (Some(s), Some(b)) => Some(b / s),
         _ => None,
     };
-    Row { metric, higher_is_better, values, best_peer: best.map(|(n, _)| n), ratio }
+    let keyless_ratio = ratio(value_of(KEYLESS), own);
+    Row { metric, higher_is_better, ratio: ratio(own, best.as_ref().map(|b| b.1)), best_peer: best.map(|(n, _)| n), keyless_ratio, values }
 }
 
 /// Rounds of the timed loads: the servers take turns, so that a machine
@@ -550,8 +570,22 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
     }
     let (backend, backend_task) = backend().await?;
     let mut skipped = Vec::new();
+    // One keyd for every start of the keyless server; its memory is not the server's.
+    let mut _keyd = None;
+    if args.proxies.iter().any(|p| p == KEYLESS) {
+        match start_keyd_with_bench_key(dir).await {
+            Ok(keyd) => _keyd = Some(keyd),
+            Err(f) => {
+                eprintln!("skipped: {KEYLESS}: {f}");
+                skipped.push((KEYLESS.to_string(), f.to_string()));
+            }
+        }
+    }
     let mut running = Vec::new();
     for who in Proxy::ALL.into_iter().filter(|w| args.proxies.iter().any(|p| p == w.name())) {
+        if who == Proxy::SealtlsKeyd && _keyd.is_none() {
+            continue;
+        }
         let started = match find_peer(who, args) {
             Ok(program) => start_proxy(who, &program, dir, backend, HIGH_CONCURRENCY).await.map(|(peer, addr)| (program, peer, addr)),
             Err(why) => Err(fail(why)),
@@ -622,7 +656,7 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
     for n in &names {
         print!(" {n:>9}");
     }
-    println!(" {:>10} {:>13}", "best peer", "sealtls/best");
+    println!(" {:>10} {:>13} {:>9}", "best peer", "sealtls/best", "keyd/key");
     for r in &rows {
         print!("{:<56}", r.metric);
         for (_, v) in &r.values {
@@ -631,8 +665,8 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
                 None => print!(" {:>9}", "-"),
             }
         }
-        let ratio = r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
-        println!(" {:>10} {ratio:>13}", r.best_peer.as_deref().unwrap_or("-"));
+        let times = |x: Option<f64>| x.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
+        println!(" {:>10} {:>13} {:>9}", r.best_peer.as_deref().unwrap_or("-"), times(r.ratio), times(r.keyless_ratio));
     }
     for (n, total) in &totals {
         println!("{n}: whole-process PSS / idle connections = {total:.1} KiB");
@@ -641,8 +675,23 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
         println!("skipped: {n}: {why}");
     }
     println!(
-        "(medians of {ROUNDS} rounds taken in turns; ratios: > 1 means sealtls is better, for latency and memory too; client \
-         in a separate process: TLS 1.3, X25519, no resumption, certificate verified; backend: plain TCP in the bench process)"
+        "(medians of {ROUNDS} rounds taken in turns; ratios: > 1 means sealtls is better, for latency and memory too; keyd/key: \
+         {KEYLESS} (`serve --target --keyd`, the key in a local keyd) against sealtls with its key; client in a separate process: TLS 1.3, X25519, no resumption, certificate verified; backend: plain TCP in the bench process)"
     );
     Ok(())
+}
+
+/// keyd's socket for the keyless server.
+fn keyd_socket(dir: &Path) -> PathBuf {
+    dir.join(KEYD_STORE).join("keyd.sock")
+}
+
+/// Starts the keyless server's keyd and gives it the bench key for `localhost`.
+async fn start_keyd_with_bench_key(dir: &Path) -> Result<Peer, Failure> {
+    let key = sealtls_pki::load_key(&dir.join("localhost.key")).map_err(Failure::config)?;
+    let chain: Vec<Vec<u8>> =
+        sealtls_pki::load_certs(&dir.join("localhost.pem")).map_err(Failure::config)?.iter().map(|c| c.to_vec()).collect();
+    let (keyd, socket, _) = super::keyless::start_keyd(dir, KEYD_STORE, None).await?;
+    super::keyless::put_key(&socket, key.secret_der(), &chain).await?;
+    Ok(keyd)
 }
