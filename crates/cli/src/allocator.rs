@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A worker collects at most this often.
+/// A thread collects at most this often.
 const COLLECT_EVERY: Duration = Duration::from_millis(100);
 
 thread_local! {
     static LAST_COLLECT: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// Runs as a runtime worker goes to sleep. mimalloc returns the pages a
-/// thread freed only while that thread keeps allocating, so a worker that
-/// falls quiet after a burst of traffic would hold the burst's memory until
-/// it wakes; here it hands it back.
-pub fn worker_parks() {
+/// Runs as a thread (a runtime worker, a signing thread) runs out of work.
+/// mimalloc returns the pages a thread allocated only while that thread
+/// keeps allocating, so a thread that falls quiet after a burst of traffic
+/// would hold the burst's memory until it wakes; here it hands it back.
+pub fn thread_idles() {
     let now = Instant::now();
     if LAST_COLLECT.get().is_some_and(|last| now.duration_since(last) < COLLECT_EVERY) {
         return;

@@ -104,9 +104,10 @@ fn main() -> ExitCode {
     sealtls_listen::systemd::take_from_env();
     let cli = Cli::parse();
     init_logging(cli.log_json);
+    sealtls_endpoint::signing::on_idle(allocator::thread_idles);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(allocator::worker_parks)
+        .on_thread_park(allocator::thread_idles)
         .build()
         .expect("tokio runtime starts");
     let result = runtime.block_on(async {
