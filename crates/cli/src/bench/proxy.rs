@@ -570,20 +570,17 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
     }
     let (backend, backend_task) = backend().await?;
     let mut skipped = Vec::new();
-    // One keyd for every start of the keyless server; its memory is not the server's.
-    let mut _keyd = None;
-    if args.proxies.iter().any(|p| p == KEYLESS) {
-        match start_keyd_with_bench_key(dir).await {
-            Ok(keyd) => _keyd = Some(keyd),
-            Err(f) => {
-                eprintln!("skipped: {KEYLESS}: {f}");
-                skipped.push((KEYLESS.to_string(), f.to_string()));
-            }
-        }
-    }
+    // One keyd, kept to the end, for every start of the keyless server; its memory is not the server's.
+    let keyd = match args.proxies.iter().any(|p| p == KEYLESS) {
+        true => start_keyd_with_bench_key(dir).await.map_err(|f| {
+            eprintln!("skipped: {KEYLESS}: {f}");
+            skipped.push((KEYLESS.to_string(), f.to_string()));
+        }),
+        false => Err(()),
+    };
     let mut running = Vec::new();
     for who in Proxy::ALL.into_iter().filter(|w| args.proxies.iter().any(|p| p == w.name())) {
-        if who == Proxy::SealtlsKeyd && _keyd.is_none() {
+        if who == Proxy::SealtlsKeyd && keyd.is_err() {
             continue;
         }
         let started = match find_peer(who, args) {
@@ -629,6 +626,7 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
         figures.push((who, f));
     }
     backend_task.abort();
+    drop(keyd);
 
     let column = |pick: &dyn Fn(&Figures) -> Option<f64>| figures.iter().map(|(w, f)| (w.name().to_string(), pick(f))).collect::<Vec<_>>();
     let gib = args.bytes as f64 / (1u64 << 30) as f64;
