@@ -393,3 +393,11 @@ fn send_moves_a_file_through_echo_and_sink() {
     ]));
     assert_eq!(o.status.code(), Some(8), "{}", text(&o));
 }
+
+#[test]
+fn a_misspelt_benchmark_server_is_refused_with_the_names_there_are() {
+    let out = sealtls().args(["bench", "proxy", "--proxies", "sealtls,ngnix"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("ngnix") && err.contains("nginx") && err.contains("sealtls-keyd"), "{err}");
+}

@@ -52,7 +52,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     busy_connections: usize,
     /// Servers compared in the proxy test, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "sealtls,sealtls-keyd,haproxy,nginx,stunnel")]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(proxy::NAMES), default_value = "sealtls,sealtls-keyd,haproxy,nginx,stunnel")]
     proxies: Vec<String>,
     /// The sealtls binary whose `serve --target` the proxy test measures (default: this one), to compare builds.
     #[arg(long)]

@@ -51,15 +51,12 @@ impl Proxy {
     const ALL: [Proxy; 5] = [Proxy::Sealtls, Proxy::SealtlsKeyd, Proxy::Haproxy, Proxy::Nginx, Proxy::Stunnel];
 
     fn name(self) -> &'static str {
-        match self {
-            Self::Sealtls => "sealtls",
-            Self::SealtlsKeyd => KEYLESS,
-            Self::Haproxy => "haproxy",
-            Self::Nginx => "nginx",
-            Self::Stunnel => "stunnel",
-        }
+        NAMES[self as usize]
     }
 }
+
+/// The servers' names for `--proxies`, in the order of [`Proxy::ALL`].
+pub(super) const NAMES: [&str; 5] = ["sealtls", KEYLESS, "haproxy", "nginx", "stunnel"];
 
 /// The name of `serve --target --keyd` in the table.
 const KEYLESS: &str = "sealtls-keyd";
