@@ -37,14 +37,7 @@ pub fn module(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
             .map_err(|e| Failure::new(FailureClass::Config, format!("cannot find this binary: {e}"), "give --module"))?
             .with_file_name("libsealtls_pkcs11.so"),
     };
-    if !path.exists() {
-        return Err(Failure::new(
-            FailureClass::Config,
-            format!("the PKCS#11 module {} is missing", path.display()),
-            "build it with `cargo build --release -p sealtls-pkcs11`, or name it with --module",
-        ));
-    }
-    Ok(path)
+    existing(path, "the PKCS#11 module", "build it with `cargo build --release -p sealtls-pkcs11`, or name it with --module")
 }
 
 /// OpenSSL's pkcs11 engine (libp11), in the engines directory `openssl version -e` names.
@@ -55,14 +48,15 @@ fn engine() -> Result<PathBuf, Failure> {
         .map_err(|e| Failure::new(FailureClass::Config, format!("cannot run openssl: {e}"), "install openssl (apt-get install openssl)"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let path = Path::new(text.split('"').nth(1).unwrap_or_default()).join("pkcs11.so");
-    if !path.exists() {
-        return Err(Failure::new(
-            FailureClass::Config,
-            format!("OpenSSL's pkcs11 engine {} is missing", path.display()),
-            "apt-get install libengine-pkcs11-openssl",
-        ));
+    existing(path, "OpenSSL's pkcs11 engine", "apt-get install libengine-pkcs11-openssl")
+}
+
+/// `path` if it exists; else a failure naming `what` it is, and `fix`.
+fn existing(path: PathBuf, what: &str, fix: &str) -> Result<PathBuf, Failure> {
+    if path.exists() {
+        return Ok(path);
     }
-    Ok(path)
+    Err(Failure::new(FailureClass::Config, format!("{what} {} is missing", path.display()), fix))
 }
 
 /// The configuration: the engine loaded and initialized at start-up, with `module`.
