@@ -27,6 +27,7 @@ const HIGH_CONCURRENCY: usize = 256;
 const BUSY_BYTES: u64 = 4 << 20;
 /// Connections the client opens at once in the memory tests.
 const OPEN_PARALLEL: usize = 64;
+const GIB: f64 = (1u64 << 30) as f64;
 /// Untimed round trips before the timed ones.
 const WARM_UP: usize = 500;
 /// First byte a client sends to the backend: count the bytes announced, then answer `DONE`.
@@ -397,8 +398,8 @@ fn client_command(job: &str, addr: SocketAddr, dir: &Path, extra: &[String]) -> 
     Ok(cmd)
 }
 
-/// PSS in KiB of a process and all its descendants (nginx's workers).
-fn pss_kib(pid: u32) -> u64 {
+/// A process and all its descendants (nginx's workers).
+fn process_tree(pid: u32) -> HashSet<u32> {
     let mut tree = HashSet::from([pid]);
     let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .into_iter()
@@ -419,15 +420,35 @@ fn pss_kib(pid: u32) -> u64 {
             }
         }
         if tree.len() == before {
-            break;
+            return tree;
         }
     }
-    tree.iter()
+}
+
+/// PSS in KiB of a process and all its descendants.
+fn pss_kib(pid: u32) -> u64 {
+    process_tree(pid)
+        .iter()
         .filter_map(|p| {
             let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
             rollup.lines().find_map(|l| l.strip_prefix("Pss:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
         })
         .sum()
+}
+
+/// CPU seconds used so far by a process and all its descendants: (user, kernel).
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let (user, kernel) = process_tree(pid)
+        .iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command's ") ".
+            let mut after = stat.rsplit_once(") ")?.1.split_whitespace().skip(11);
+            Some((after.next()?.parse::<u64>().ok()?, after.next()?.parse::<u64>().ok()?))
+        })
+        .fold((0, 0), |(u, k), (du, dk)| (u + du, k + dk));
+    let tick = rustix::param::clock_ticks_per_second() as f64;
+    (user as f64 / tick, kernel as f64 / tick)
 }
 
 /// Memory for `count` connections held open through a fresh `who`, each
@@ -512,6 +533,8 @@ struct Samples {
     handshakes: Vec<f64>,
     handshakes_high: Vec<f64>,
     one_way: Vec<f64>,
+    cpu_per_gib: Vec<f64>,
+    kernel_per_gib: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
 }
@@ -521,6 +544,8 @@ struct Figures {
     handshakes: Option<f64>,
     handshakes_high: Option<f64>,
     one_way: Option<f64>,
+    cpu_per_gib: Option<f64>,
+    kernel_per_gib: Option<f64>,
     p50: Option<f64>,
     p99: Option<f64>,
     idle: Option<(f64, f64, usize)>,
@@ -533,7 +558,7 @@ fn keep<T>(who: Proxy, what: &str, r: Result<T, Failure>) -> Option<T> {
 }
 
 /// One round of the timed loads against `who` at `addr`.
-async fn timed_round(who: Proxy, addr: SocketAddr, dir: &Path, args: &BenchArgs, into: &mut Samples) {
+async fn timed_round(who: Proxy, pid: u32, addr: SocketAddr, dir: &Path, args: &BenchArgs, into: &mut Samples) {
     for (concurrency, slot) in [(args.concurrency, &mut into.handshakes), (HIGH_CONCURRENCY, &mut into.handshakes_high)] {
         let extra = ["--seconds".into(), args.seconds.to_string(), "--concurrency".into(), concurrency.to_string()];
         if let Some(m) = keep(who, "handshakes", run_client("handshakes", addr, dir, &extra).await) {
@@ -544,8 +569,12 @@ async fn timed_round(who: Proxy, addr: SocketAddr, dir: &Path, args: &BenchArgs,
         }
     }
     let extra = ["--bytes".into(), args.bytes.to_string()];
+    let cpu_before = cpu_seconds(pid);
     if let Some(m) = keep(who, "one-way transfer", run_client("throughput", addr, dir, &extra).await) {
         into.one_way.push(m.value);
+        let (after, gib) = (cpu_seconds(pid), args.bytes as f64 / GIB);
+        into.cpu_per_gib.push((after.0 + after.1 - cpu_before.0 - cpu_before.1) / gib);
+        into.kernel_per_gib.push((after.1 - cpu_before.1) / gib);
     }
     let extra = ["--rounds".into(), args.rounds.to_string()];
     if let Some(m) = keep(who, "latency", run_client("latency", addr, dir, &extra).await) {
@@ -596,9 +625,9 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
         }
     }
     for round in 1..=ROUNDS {
-        for (who, _, _, addr, samples) in running.iter_mut() {
+        for (who, _, peer, addr, samples) in running.iter_mut() {
             eprintln!("proxy: round {round} of {ROUNDS}: {}", who.name());
-            timed_round(*who, *addr, dir, args, samples).await;
+            timed_round(*who, peer.0.id(), *addr, dir, args, samples).await;
         }
     }
     // Memory is read one server at a time, each freshly started, nothing else under load.
@@ -609,6 +638,8 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
             handshakes: median_of(samples.handshakes),
             handshakes_high: median_of(samples.handshakes_high),
             one_way: median_of(samples.one_way),
+            cpu_per_gib: median_of(samples.cpu_per_gib),
+            kernel_per_gib: median_of(samples.kernel_per_gib),
             p50: median_of(samples.p50),
             p99: median_of(samples.p99),
             ..Figures::default()
@@ -626,11 +657,13 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
     drop(keyd);
 
     let column = |pick: &dyn Fn(&Figures) -> Option<f64>| figures.iter().map(|(w, f)| (w.name().to_string(), pick(f))).collect::<Vec<_>>();
-    let gib = args.bytes as f64 / (1u64 << 30) as f64;
+    let gib = args.bytes as f64 / GIB;
     let rows = vec![
         row(format!("full handshakes/s, {} concurrent", args.concurrency), true, column(&|f| f.handshakes)),
         row(format!("full handshakes/s, {HIGH_CONCURRENCY} concurrent"), true, column(&|f| f.handshakes_high)),
         row(format!("one-way {gib:.2} GiB into the backend, MiB/s"), true, column(&|f| f.one_way)),
+        row("server CPU per GiB of that transfer, s".into(), false, column(&|f| f.cpu_per_gib)),
+        row("  of which in the kernel, s".into(), false, column(&|f| f.kernel_per_gib)),
         row("echo round trip p50, us (32 B)".into(), false, column(&|f| f.p50)),
         row("echo round trip p99, us (32 B)".into(), false, column(&|f| f.p99)),
         row(format!("PSS added per idle connection, KiB ({idle})"), false, column(&|f| f.idle.map(|m| m.0))),
@@ -656,6 +689,7 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
         print!("{:<56}", r.metric);
         for (_, v) in &r.values {
             match v {
+                Some(v) if *v < 10.0 => print!(" {v:>9.2}"),
                 Some(v) => print!(" {v:>9.1}"),
                 None => print!(" {:>9}", "-"),
             }
@@ -689,4 +723,32 @@ async fn start_keyd_with_bench_key(dir: &Path) -> Result<Peer, Failure> {
     let (keyd, socket, _) = super::keyless::start_keyd(dir, KEYD_STORE, None).await?;
     super::keyless::put_key(&socket, key.secret_der(), &chain).await?;
     Ok(keyd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_tree_holds_its_children() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep runs");
+        let tree = process_tree(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(tree.contains(&std::process::id()) && tree.contains(&child.id()), "{tree:?} lacks {}", child.id());
+    }
+
+    #[test]
+    fn cpu_seconds_count_the_work_done() {
+        let me = std::process::id();
+        let (user, _) = cpu_seconds(me);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        while cpu_seconds(me).0 - user < 0.05 {
+            assert!(Instant::now() < deadline, "50 ms of user CPU never showed");
+            for i in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+    }
 }
