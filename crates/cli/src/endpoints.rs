@@ -555,7 +555,8 @@ pub async fn prepare_serve(
 }
 
 /// A server's lifetime counters, for the status page.
-fn counts(stats: &ServerStats) -> Vec<(&'static str, u64)> {
+/// A server's (or tunnel's) counts as the status page lists them.
+pub(crate) fn counts(stats: &ServerStats) -> Vec<(&'static str, u64)> {
     use std::sync::atomic::Ordering::Relaxed;
     vec![
         ("accepted", stats.accepted.load(Relaxed)),

@@ -172,8 +172,16 @@ pub async fn serve_table(
 }
 
 /// A `[[tunnel]]` table.
-pub async fn tunnel_table(table: &TunnelTable, stop: watch::Receiver<bool>) -> Result<Service, Failure> {
-    let prepared = crate::tunnel::prepare(&table.args, &table.label).await?;
+pub async fn tunnel_table(
+    table: &TunnelTable,
+    stop: watch::Receiver<bool>,
+    shown: &mut Shown,
+    reloads: &mut Vec<Arc<dyn crate::reload::Reload>>,
+) -> Result<Service, Failure> {
+    let prepared = crate::tunnel::prepare(&table.args, &table.label, &shown.servers).await?;
+    reloads.push(prepared.reload_part());
+    prepared.show(&mut shown.registry);
+    shown.listeners.push(prepared.status_listener());
     let address = Address::from(&prepared.local);
     Ok(Service { name: "TLS tunnel", address, task: Box::pin(prepared.run(stopped(stop))) })
 }

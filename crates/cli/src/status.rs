@@ -123,7 +123,7 @@ pub fn leaf(chain: &[CertificateDer<'static>]) -> Vec<CertificateDer<'static>> {
 pub struct Shown {
     /// Every service's metrics.
     pub registry: Registry,
-    /// The families of the TLS servers (echo, keyless), labelled by listener.
+    /// The families of the TLS servers and tunnels, labelled by listener.
     pub servers: Arc<ServerMetrics>,
     /// The listeners, in the order the services started.
     pub listeners: Vec<Listener>,

@@ -152,7 +152,7 @@ pub struct TunnelTable {
     pub summary: Vec<(&'static str, String)>,
 }
 
-/// `[status]`: where a status endpoint would listen. Only parsed and checked here.
+/// `[status]`: where the status page listens when `--status` is not given.
 #[derive(Clone, Debug)]
 pub struct StatusSection {
     /// Loopback `IP:PORT` or `unix:PATH` (relative paths from the config file's directory).

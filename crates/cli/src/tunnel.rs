@@ -2,6 +2,7 @@
 //! server (ghostunnel's client mode). The remote is verified like
 //! `connect` verifies, and must also match the --verify-* rules if any.
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -10,13 +11,16 @@ use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
 use sealtls_endpoint::client::{handshake, host_of, server_name_for, tcp_connect};
 use sealtls_endpoint::explain::{explain, Side};
-use sealtls_endpoint::forward::{relay, TargetStream};
+use sealtls_endpoint::forward::{relay, Relayed, TargetStream};
 use sealtls_endpoint::identity::Rules;
+use sealtls_endpoint::metrics::{HandshakeFailure, ListenerMetrics, ServerMetrics};
 use sealtls_endpoint::net::accept_until;
+use sealtls_endpoint::server::ServerStats;
 use sealtls_endpoint::session::SessionInfo;
 use sealtls_endpoint::settings::ClientSettings;
 use sealtls_endpoint::TlsVersions;
 use sealtls_failure::{Failure, FailureClass};
+use sealtls_keyless::KeydFleet;
 use sealtls_listen::{ListenSpec, Listener};
 use tracing::{info, warn};
 
@@ -26,8 +30,7 @@ use crate::identity::{anchors, identity_from_files};
 use crate::notify;
 use crate::reload::{describe_anchors, describe_cert, reload_line, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
-use crate::status::StatusFlags;
-use sealtls_pki::load_certs;
+use crate::status::{KeydFleetHealth, StatusFlags};
 use sealtls_status::prometheus_client::registry::Registry;
 use sealtls_status::Listener as StatusListener;
 
@@ -112,6 +115,8 @@ struct Remote {
     settings: RwLock<Arc<ClientSettings>>,
     /// Our certificate from keyd (--keyd), kept across reloads.
     keyd_identity: Option<Arc<CertifiedKey>>,
+    /// The keyds that sign for `keyd_identity`.
+    keyds: Option<Arc<KeydFleet>>,
     rules: Option<Arc<Rules>>,
     alpn: Vec<Vec<u8>>,
     connect_timeout: Duration,
@@ -154,9 +159,13 @@ impl TunnelArgs {
 
     async fn remote(&self) -> Result<Remote, Failure> {
         let (name_text, name) = server_name_for(&self.target, self.server_name.as_deref())?;
-        let keyd_identity = match (&self.cert, &self.key, self.keyless.fleet()?) {
-            (Some(_), Some(_), _) => None,
-            (_, _, Some(client)) => {
+        let keyds = match (&self.cert, &self.key) {
+            (Some(_), Some(_)) => None,
+            _ => self.keyless.fleet()?,
+        };
+        let keyd_identity = match &keyds {
+            None => None,
+            Some(client) => {
                 let key_name = self.keyd_name.as_deref().ok_or_else(|| {
                     Failure::new(
                         FailureClass::Usage,
@@ -164,7 +173,7 @@ impl TunnelArgs {
                         "give the name our client key and certificate are kept under in keyd",
                     )
                 })?;
-                let identity = sealtls_keyless::client_identity(client, key_name).await.map_err(|e| {
+                let identity = sealtls_keyless::client_identity(client.clone(), key_name).await.map_err(|e| {
                     Failure::new(
                         FailureClass::Config,
                         format!("cannot take our client certificate from keyd: {e}"),
@@ -173,7 +182,6 @@ impl TunnelArgs {
                 })?;
                 Some(identity)
             }
-            _ => None,
         };
         let rules = self.verify.rules();
         let rules = (!rules.is_empty()).then(|| Arc::new(rules));
@@ -184,6 +192,7 @@ impl TunnelArgs {
             name_text,
             settings: RwLock::new(Arc::new(settings)),
             keyd_identity,
+            keyds,
             rules,
             alpn: self.alpn.iter().filter(|p| !p.is_empty()).map(|p| p.as_bytes().to_vec()).collect(),
             connect_timeout: Duration::from_secs(self.connect_timeout),
@@ -228,16 +237,14 @@ impl Reload for TunnelReload {
 pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
     let reloader = Reloader::install(args.reload);
-    let prepared = prepare(&args, "").await?;
-    let page = args.status.bind(Registry::default()).await?;
-    let anchors = match &page {
-        Some(_) => load_certs(&args.ca).map_err(Failure::config)?,
-        None => Vec::new(),
-    };
-    let shown = StatusListener::new(&prepared.local, "tunnel").with_anchors(&anchors);
-    let (_status, _running) = crate::status::start(page, vec![shown]);
-    let part = TunnelReload { name: format!("tunnel {}", prepared.local), remote: prepared.remote.clone(), args };
-    let reloading = tokio::spawn(reloader.run(vec![Arc::new(part)]));
+    let metrics = ServerMetrics::new();
+    let prepared = prepare(&args, "", &metrics).await?;
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    prepared.show(&mut registry);
+    let page = args.status.bind(registry).await?;
+    let (_status, _running) = crate::status::start(page, vec![prepared.status_listener()]);
+    let reloading = tokio::spawn(reloader.run(vec![prepared.reload_part()]));
     notify::ready();
     prepared.run(notify::stopping_after(shutdown)).await;
     reloading.abort();
@@ -251,12 +258,18 @@ pub struct PreparedTunnel {
     listener: Listener,
     remote: Arc<Remote>,
     max_connections: usize,
+    /// Counted for the status page, as a server's are.
+    stats: Arc<ServerStats>,
+    metrics: ListenerMetrics,
+    /// What SIGHUP reloads.
+    reload: Arc<TunnelReload>,
 }
 
 /// Checks what `args` describe, loads the identity and trust, and binds the
 /// listener: everything that can fail happens here. `name` (a config table
-/// such as `[[tunnel]] #1`, or empty for the flags) goes into the log lines.
-pub async fn prepare(args: &TunnelArgs, name: &str) -> Result<PreparedTunnel, Failure> {
+/// such as `[[tunnel]] #1`, or empty for the flags) goes into the log lines;
+/// `metrics` counts its handshakes and bytes under its listen address.
+pub async fn prepare(args: &TunnelArgs, name: &str, metrics: &Arc<ServerMetrics>) -> Result<PreparedTunnel, Failure> {
     check_local(&args.listen, args.unsafe_listen)?;
     host_of(&args.target)?;
     let remote = Arc::new(args.remote().await?);
@@ -267,21 +280,55 @@ pub async fn prepare(args: &TunnelArgs, name: &str) -> Result<PreparedTunnel, Fa
     };
     let verify = remote.rules.as_ref().map_or("chain and name".to_owned(), |r| format!("chain, name and {r}"));
     info!(listen = %local, name, target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
-    Ok(PreparedTunnel { local, listener, remote, max_connections: args.max_connections })
+    let reload = Arc::new(TunnelReload { name: format!("tunnel {local}"), remote: remote.clone(), args: args.clone() });
+    Ok(PreparedTunnel {
+        metrics: metrics.listener(local.to_string()),
+        local,
+        listener,
+        remote,
+        max_connections: args.max_connections,
+        stats: Arc::default(),
+        reload,
+    })
 }
 
 impl PreparedTunnel {
+    /// What SIGHUP reloads of it.
+    pub fn reload_part(&self) -> Arc<dyn Reload> {
+        self.reload.clone()
+    }
+
+    /// Adds its keyds' metrics, if its client key is in keyd.
+    pub fn show(&self, registry: &mut Registry) {
+        if let Some(keyds) = &self.remote.keyds {
+            keyds.register(registry);
+        }
+    }
+
+    /// How the status page describes it: the CAs it trusts for the target,
+    /// its keyds, its counts.
+    pub fn status_listener(&self) -> StatusListener {
+        let listener = StatusListener::new(&self.local, "tunnel").with_anchors(&self.remote.settings().trust.certs);
+        let listener = match &self.remote.keyds {
+            Some(keyds) => listener.with_keyd(Arc::new(KeydFleetHealth(keyds.clone()))),
+            None => listener,
+        };
+        let stats = self.stats.clone();
+        listener.with_counts(move || crate::endpoints::counts(&stats))
+    }
+
     /// Carries connections until `shutdown`, then lets the open ones finish.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let Self { listener, remote, max_connections, .. } = self;
+        let Self { listener, remote, max_connections, stats, metrics, .. } = self;
         let mut connections = accept_until(
             || accept(&listener),
             max_connections,
             shutdown,
             |(local, from), slot| {
-                let remote = remote.clone();
+                let (remote, stats, metrics) = (remote.clone(), stats.clone(), metrics.clone());
+                stats.accepted.fetch_add(1, Relaxed);
                 async move {
-                    carry(local, from, &remote).await;
+                    carry(local, from, &remote, &stats, &metrics).await;
                     drop(slot);
                 }
             },
@@ -296,7 +343,8 @@ impl PreparedTunnel {
 }
 
 /// Carries one local connection to the remote; one log line when it ends.
-async fn carry(local: TargetStream, from: String, remote: &Remote) {
+/// Bytes count as a server's do: received from the TLS peer, sent to it.
+async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &ServerStats, metrics: &ListenerMetrics) {
     let started = Instant::now();
     let target = remote.target.as_str();
     let opened = async {
@@ -316,29 +364,43 @@ async fn carry(local: TargetStream, from: String, remote: &Remote) {
     let (tls, seen) = match Box::pin(opened).await {
         Ok(opened) => opened,
         Err(why) => {
+            stats.failed.fetch_add(1, Relaxed);
+            metrics.handshake_failed(HandshakeFailure::Class(why.class));
             warn!(client = %from, %target, reason = %why.what, fix = %why.fix, "connection refused: the target could not be reached or verified");
             return;
         }
     };
     let info = SessionInfo::of(tls.get_ref().1);
+    stats.handshakes.fetch_add(1, Relaxed);
+    metrics.handshake_ok(&info, started.elapsed());
+    stats.open.fetch_add(1, Relaxed);
+    let open = metrics.session();
     let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     let activity = tls.get_ref().0.activity();
+    let mut moved = Relayed::default();
     let result = tokio::select! {
-        r = relay(local, tls) => Some(r),
+        r = relay(local, tls, &mut moved) => Some(r),
         _ = activity.idle_for(remote.idle_timeout) => None,
     };
+    // Counted before the session stops being open, so that a reader who sees it closed sees its bytes.
+    stats.bytes_in.fetch_add(moved.to_client, Relaxed);
+    stats.bytes_out.fetch_add(moved.to_target, Relaxed);
+    metrics.moved(moved.to_client, moved.to_target);
+    stats.open.fetch_sub(1, Relaxed);
+    drop(open);
     let ms = started.elapsed().as_millis() as u64;
+    let (bytes_up, bytes_down) = (moved.to_target, moved.to_client);
     match result {
-        Some((moved, Ok(()))) => info!(
-            client = %from, %target, version = %info.version, %alpn, bytes_up = moved.to_target, bytes_down = moved.to_client, duration_ms = ms,
-            "connection closed"
-        ),
-        Some((moved, Err(e))) => {
+        Some(Ok(())) => {
+            info!(client = %from, %target, version = %info.version, %alpn, bytes_up, bytes_down, duration_ms = ms, "connection closed")
+        }
+        Some(Err(e)) => {
             let why = explain(&e, &seen, Side::Client, target);
-            warn!(client = %from, %target, bytes_up = moved.to_target, bytes_down = moved.to_client, duration_ms = ms, reason = %why.what, fix = %why.fix, "connection ended with an error");
+            warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, reason = %why.what, fix = %why.fix, "connection ended with an error");
         }
         None => {
-            warn!(client = %from, %target, duration_ms = ms, idle_s = remote.idle_timeout.as_secs(), "connection closed: no bytes moved in either direction within the idle timeout")
+            let idle_s = remote.idle_timeout.as_secs();
+            warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, idle_s, "connection closed: no bytes moved in either direction within the idle timeout")
         }
     }
 }

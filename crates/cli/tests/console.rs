@@ -727,16 +727,23 @@ fn sha256_fingerprint(pem: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).trim().split_once('=').expect("Fingerprint=").1.to_owned()
 }
 
-/// SIGHUP to `up` reloads the echo server's certificate from the config's files and reaches
-/// keyd, which reloads its grants: the keyless server, refused before, is served after.
+/// SIGHUP to `up` reloads the echo server's certificate and a `[[tunnel]]`'s CAs from the
+/// config's files and reaches keyd, which reloads its grants: the keyless server, refused
+/// before, is served after.
 #[test]
-fn up_reloads_the_echo_certificate_and_keyds_grants_on_sighup() {
+fn up_reloads_the_echo_certificate_a_tunnels_cas_and_keyds_grants_on_sighup() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let uid = rustix::process::geteuid().as_raw();
     let grants = d.join("grants.toml");
     write_mode(&grants, &format!("[[grant]]\nuid = {uid}\ndomains = [\"other.example\"]\n"), 0o644);
-    let (child, banner, stderr, keyless) = up_on_free_ports_with(d, "echo-localhost", "[keyd]\nauthorize = \"grants.toml\"\n");
+    // A [[tunnel]] table first trusting another CA; SIGHUP makes it read its ca_file again.
+    let o = run(sealtls().args(["pki", "init", "--dir", d.join("other").to_str().unwrap()]));
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::copy(d.join("other/ca.pem"), d.join("tunnel-ca.pem")).unwrap();
+    let tunnel = format!("[[tunnel]]\nlisten = \"127.0.0.1:{}\"\ntarget = \"127.0.0.1:1\"\nca_file = \"tunnel-ca.pem\"\n", free_port());
+    let (child, banner, stderr, keyless) =
+        up_on_free_ports_with(d, "echo-localhost", &format!("[keyd]\nauthorize = \"grants.toml\"\n{tunnel}"));
     let echo = banner.lines().find(|l| l.contains("TLS echo server")).and_then(|l| l.split_whitespace().last()).expect("echo address");
     let (ok, t) = keyless_handshake(d, keyless);
     assert!(!ok && t.contains("alert number 40"), "{t}");
@@ -750,12 +757,17 @@ fn up_reloads_the_echo_certificate_and_keyds_grants_on_sighup() {
         std::fs::rename(&tmp, data.join(format!("echo-localhost.{ext}"))).unwrap();
     }
     write_mode(&grants, &format!("[[grant]]\nuid = {uid}\ndomains = [\"localhost\"]\n"), 0o644);
+    std::fs::copy(data.join("ca.pem"), d.join("tunnel-ca.pem.new")).unwrap();
+    std::fs::rename(d.join("tunnel-ca.pem.new"), d.join("tunnel-ca.pem")).unwrap();
     assert!(std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let log = loop {
         let log = stderr.lock().unwrap().clone();
-        if log.contains("reloaded certificate for up") && log.lines().any(|l| l.starts_with("keyd: ") && l.contains("reloaded grants")) {
+        if log.contains("reloaded certificate for up")
+            && log.contains("reloaded CAs for tunnel")
+            && log.lines().any(|l| l.starts_with("keyd: ") && l.contains("reloaded grants"))
+        {
             break log;
         }
         assert!(Instant::now() < deadline, "no reload lines:\n{log}");
@@ -764,6 +776,8 @@ fn up_reloads_the_echo_certificate_and_keyds_grants_on_sighup() {
     let renewed = sha256_fingerprint(&data.join("renewed.pem"));
     assert!(log.lines().any(|l| l.contains("reloaded certificate for up") && l.contains(&format!("-> {renewed}"))), "{log}");
     assert!(log.contains("SIGHUP passed to keyd"), "{log}");
+    let tunnel_ca = log.lines().find(|l| l.contains("reloaded CAs for tunnel")).unwrap();
+    assert!(tunnel_ca.contains(&format!("-> [{}", sha256_fingerprint(&data.join("ca.pem")))), "{tunnel_ca}");
 
     let o = run(std::process::Command::new("openssl").args(["s_client", "-connect", echo, "-servername", "localhost"]));
     let out = d.join("s_client.out");

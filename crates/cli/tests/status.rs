@@ -209,6 +209,74 @@ fn a_status_address_off_loopback_is_refused_without_the_flag() {
     assert!(text(&run(sealtls().args(["up", "--help"]))).contains("--keyd-status <ADDR>"));
 }
 
+/// A tunnel's page counts what it carried, as a server's does: the handshake
+/// with the target, the bytes each way, and a target that could not be reached.
+#[test]
+fn a_tunnel_counts_what_it_carries_and_shows_whom_it_trusts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut remote = Server::start(&["--cert", &p(&pki, "localhost.pem"), "--key", &p(&pki, "localhost.key")]);
+    let target = format!("127.0.0.1:{}", remote.port());
+    let tunnel = Server::spawn(&[
+        "tunnel",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        &target,
+        "--server-name",
+        "localhost",
+        "--ca",
+        &p(&pki, "ca.pem"),
+        "--status",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "1",
+    ]);
+    let status = logged_port(&tunnel.wait_log("status listen="), "status listen");
+    // Sends, then half-closes unless `wait_for_idle_close`; returns all that came back.
+    let carry = |send: &[u8], wait_for_idle_close: bool| {
+        let mut local = std::net::TcpStream::connect(&tunnel.addr).unwrap();
+        local.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        std::io::Write::write_all(&mut local, send).unwrap();
+        if !wait_for_idle_close {
+            local.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut back = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut local, &mut back);
+        back
+    };
+    assert_eq!(carry(b"hello", false), b"hello", "{}", tunnel.log());
+    // Closed by the idle limit: its bytes count all the same.
+    assert_eq!(carry(b"ping", true), b"ping", "{}", tunnel.log());
+    let l = tunnel.addr.as_str();
+    let s = scrape_until(&status, |s| {
+        value(s, "sealtls_tls_handshakes_total", &[("listener", l), ("result", "ok")]) == 2.0
+            && value(s, "sealtls_tls_connections_open", &[("listener", l)]) == 0.0
+    });
+    let ok = [("listener", l), ("result", "ok"), ("version", "TLSv1.3")];
+    assert_eq!(value(&s, "sealtls_tls_handshakes_total", &ok), 2.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_handshake_duration_seconds_count", &[("listener", l)]), 2.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_sent_bytes_total", &[("listener", l)]), 9.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_received_bytes_total", &[("listener", l)]), 9.0, "{s:#?}");
+
+    let _ = remote.child.kill();
+    let _ = remote.child.wait();
+    assert_eq!(carry(b"lost", false), b"", "a target that is down closes the local connection");
+    let failed = [("listener", l), ("result", "failed"), ("failure", "network")];
+    let s = scrape_until(&status, |s| value(s, "sealtls_tls_handshakes_total", &failed) == 1.0);
+    assert_eq!(value(&s, "sealtls_tls_handshakes_total", &failed), 1.0, "{s:#?}\n{}", tunnel.log());
+
+    let (code, body) = get(&status, "/_status");
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let shown = &report["listeners"][0];
+    assert_eq!((shown["address"].as_str(), shown["mode"].as_str()), (Some(l), Some("tunnel")), "{body}");
+    assert!(shown["trust_anchors"][0]["subject"].as_str().unwrap().contains("sealtls development CA"), "{body}");
+    let counts = &shown["counts"];
+    let got: Vec<_> = ["accepted", "handshakes", "handshakes_failed", "open", "bytes_in", "bytes_out"].map(|k| counts[k].as_u64()).into();
+    assert_eq!(got, [Some(3), Some(2), Some(1), Some(0), Some(9), Some(9)], "{body}");
+}
+
 fn keyd(dir: &Path, extra: &[&str]) -> Server {
     let data = dir.join("keyd");
     let device = dir.join("secret/device.key");
@@ -269,10 +337,11 @@ fn keyless_health_follows_keyd_and_keyd_counts_its_signatures() {
 fn up_shows_all_its_services_on_one_status_page() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let (echo, console, keyless) = (common::free_port(), common::free_port(), common::free_port());
+    let (echo, console, keyless, tunnel) = (common::free_port(), common::free_port(), common::free_port(), common::free_port());
     let config = format!(
         "[tls]\nsrv_cert_file = \"sealtls-data/echo-localhost.pem\"\nsrv_key_file = \"sealtls-data/echo-localhost.key\"\nca_cert_file = \"sealtls-data/ca.pem\"\n\
-         [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n[keyd]\nsocket = \"keyd.sock\"\n"
+         [echo]\nlisten = \"127.0.0.1:{echo}\"\n[console]\nlisten = \"127.0.0.1:{console}\"\n[offload]\nsocket = \"offload.sock\"\n[keyless]\nlisten = \"127.0.0.1:{keyless}\"\n[keyd]\nsocket = \"keyd.sock\"\n\
+         [[tunnel]]\nlisten = \"127.0.0.1:{tunnel}\"\ntarget = \"127.0.0.1:{echo}\"\nserver_name = \"localhost\"\nca_file = \"sealtls-data/ca.pem\"\n"
     );
     std::fs::write(d.join("sealtls.toml"), config).unwrap();
     let keyd_status = d.join("keyd-status.sock");
@@ -299,7 +368,7 @@ fn up_shows_all_its_services_on_one_status_page() {
     assert_eq!(code, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     let modes: Vec<&str> = report["listeners"].as_array().unwrap().iter().map(|l| l["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes, ["echo", "offload", "keyless", "console", "keyd"], "{body}");
+    assert_eq!(modes, ["echo", "offload", "keyless", "tunnel", "console", "keyd"], "{body}");
     assert_eq!(report["listeners"][0]["address"], format!("127.0.0.1:{echo}"));
     let served = report["listeners"][0]["certificates"][0]["sha256"].as_str().unwrap().to_uppercase();
     assert_eq!(served, fingerprint(&d.join("sealtls-data/echo-localhost.pem")), "{body}");
@@ -320,6 +389,19 @@ fn up_shows_all_its_services_on_one_status_page() {
     }
     assert_eq!(value(&s, "sealtls_offload_slots_in_use", &[]), 0.0, "{s:#?}");
     assert!(s.iter().any(|x| x["name"] == "sealtls_keyless_requests_in_flight"), "{s:#?}");
+
+    // The [[tunnel]] table counts on the same page: one connection through it to the echo server.
+    let mut local = std::net::TcpStream::connect(("127.0.0.1", tunnel)).unwrap();
+    local.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut local, b"through").unwrap();
+    local.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut local, &mut back);
+    assert_eq!(back, b"through");
+    let tunnel_listener = format!("127.0.0.1:{tunnel}");
+    let s = scrape_until(&status, |s| value(s, "sealtls_tls_received_bytes_total", &[("listener", &tunnel_listener)]) == 7.0);
+    assert_eq!(value(&s, "sealtls_tls_handshakes_total", &[("listener", &tunnel_listener), ("result", "ok")]), 1.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_received_bytes_total", &[("listener", &tunnel_listener)]), 7.0, "{s:#?}");
 
     // keyd's own page, on its Unix socket: up provisioned the development key through it.
     let o =

@@ -187,18 +187,18 @@ where
 
 /// Relays between a TLS session and a target until both directions have
 /// ended, keeping each half-close. The first error ends both directions.
-pub async fn relay<C, T>(client: C, target: T) -> (Relayed, std::io::Result<()>)
+/// `moved` counts as bytes go, so a relay cut short (an idle limit) still
+/// tells what it moved.
+pub async fn relay<C, T>(client: C, target: T, moved: &mut Relayed) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut target_rd, mut target_wr) = tokio::io::split(target);
-    let mut moved = Relayed::default();
     let up = pipe(&mut client_rd, &mut target_wr, &mut moved.to_target);
     let down = pipe(&mut target_rd, &mut client_wr, &mut moved.to_client);
-    let result = tokio::try_join!(up, down).map(|_| ());
-    (moved, result)
+    tokio::try_join!(up, down).map(|_| ())
 }
 
 #[cfg(test)]
@@ -232,7 +232,11 @@ mod tests {
     async fn both_half_closes_are_passed_on() {
         let (client, mut client_peer) = tokio::io::duplex(1024);
         let (target, mut target_peer) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(relay(client, target));
+        let relay = tokio::spawn(async move {
+            let mut moved = Relayed::default();
+            let result = relay(client, target, &mut moved).await;
+            (moved, result)
+        });
         client_peer.write_all(b"request").await.unwrap();
         client_peer.shutdown().await.unwrap();
         let mut got = Vec::new();

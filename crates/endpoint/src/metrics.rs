@@ -143,10 +143,8 @@ pub struct ListenerMetrics {
     name: String,
     duration: Histogram,
     open: Gauge,
-    /// Application bytes received.
-    pub(crate) bytes_in: Counter,
-    /// Application bytes sent.
-    pub(crate) bytes_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
     access_denied: Counter,
 }
 
@@ -159,7 +157,7 @@ impl Default for ListenerMetrics {
 
 impl ListenerMetrics {
     /// A completed handshake and what it took.
-    pub(crate) fn handshake_ok(&self, info: &SessionInfo, took: std::time::Duration) {
+    pub fn handshake_ok(&self, info: &SessionInfo, took: std::time::Duration) {
         let labels = Handshake {
             listener: self.name.clone(),
             result: "ok",
@@ -173,7 +171,7 @@ impl ListenerMetrics {
     }
 
     /// A failed handshake.
-    pub(crate) fn handshake_failed(&self, why: HandshakeFailure) {
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
         if why == HandshakeFailure::AccessDenied {
             self.access_denied.inc();
         }
@@ -189,14 +187,20 @@ impl ListenerMetrics {
     }
 
     /// A session opened; the guard counts it until dropped.
-    pub(crate) fn session(&self) -> OpenSession {
+    pub fn session(&self) -> OpenSession {
         self.open.inc();
         OpenSession(self.open.clone())
+    }
+
+    /// Application bytes a session moved: `received` from its TLS peer, `sent` to it.
+    pub fn moved(&self, received: u64, sent: u64) {
+        self.bytes_in.inc_by(received);
+        self.bytes_out.inc_by(sent);
     }
 }
 
 /// Counts one open session in the gauge while it lives.
-pub(crate) struct OpenSession(Gauge);
+pub struct OpenSession(Gauge);
 
 impl Drop for OpenSession {
     fn drop(&mut self) {

@@ -17,7 +17,7 @@ use rustls::server::ServerConnection;
 use rustls::{AlertDescription, ServerConfig};
 
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
-use crate::forward::{relay, Forward, TargetStream};
+use crate::forward::{relay, Forward, Relayed, TargetStream};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
 use crate::metrics::{HandshakeFailure, ListenerMetrics};
 use crate::net::{accept_until, buffered, Buffered, TrafficBuffer};
@@ -212,7 +212,8 @@ impl Server {
         let Some(mut stream) = Box::pin(self.handshake(tcp, peer, &seen)).await else { return };
         self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         self.session_started(&stream, peer, started.elapsed());
-        let mut counts = Counts { stats: &self.stats, metrics: &self.options.metrics, closing, bytes_in: 0, bytes_out: 0 };
+        let mut counts =
+            Counts { stats: &self.stats, metrics: &self.options.metrics, closing, relayed: Relayed::default(), bytes_in: 0, bytes_out: 0 };
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         let open = self.options.metrics.session();
         let activity = stream.get_ref().0.activity();
@@ -226,6 +227,7 @@ impl Server {
                 Some(Ok(()))
             },
         };
+        counts.settle_relayed();
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
         drop(open);
         let ms = started.elapsed().as_millis() as u64;
@@ -406,10 +408,12 @@ fn unsent_alert(err: &std::io::Error) -> Option<AlertDescription> {
     }
 }
 
-/// One session's byte counts, also added to the server's as they happen.
+/// One session's byte counts, also added to the server's as they happen
+/// (a relay's when the session ends).
 struct Counts<'a> {
     stats: &'a ServerStats,
     metrics: &'a ListenerMetrics,
+    relayed: Relayed,
     closing: watch::Receiver<bool>,
     bytes_in: u64,
     bytes_out: u64,
@@ -419,12 +423,18 @@ impl Counts<'_> {
     fn received(&mut self, n: usize) {
         self.bytes_in += n as u64;
         self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        self.metrics.bytes_in.inc_by(n as u64);
+        self.metrics.moved(n as u64, 0);
+    }
+    /// Adds what a relay moved, once it has stopped.
+    fn settle_relayed(&mut self) {
+        let moved = std::mem::take(&mut self.relayed);
+        self.received(moved.to_target as usize);
+        self.sent(moved.to_client as usize);
     }
     fn sent(&mut self, n: usize) {
         self.bytes_out += n as u64;
         self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        self.metrics.bytes_out.inc_by(n as u64);
+        self.metrics.moved(0, n as u64);
     }
 }
 
@@ -476,10 +486,7 @@ async fn forward_session(
     let Some(target) = Box::pin(open_target(forward, stream, peer, local)).await else {
         return stream.shutdown().await;
     };
-    let (moved, result) = relay(&mut *stream, target).await;
-    counts.received(moved.to_target as usize);
-    counts.sent(moved.to_client as usize);
-    result
+    relay(&mut *stream, target, &mut counts.relayed).await
 }
 
 /// Connects to the target and sends the PROXY header, if any; `None`
