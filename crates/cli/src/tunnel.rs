@@ -1,6 +1,7 @@
 //! `sealtls tunnel`: plain local connections carried over TLS to a remote
 //! server (ghostunnel's client mode). The remote is verified like
 //! `connect` verifies, and must also match the --verify-* rules if any.
+use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
@@ -10,8 +11,8 @@ use clap::Args;
 use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
 use sealtls_endpoint::client::{handshake, host_of, server_name_for, tcp_connect};
-use sealtls_endpoint::explain::{explain, Side};
-use sealtls_endpoint::forward::{relay, Relayed, TargetStream};
+use sealtls_endpoint::explain::{explain, tls_error, Side};
+use sealtls_endpoint::forward::{relay, RelayEnd, RelayError, Relayed, TargetStream};
 use sealtls_endpoint::identity::Rules;
 use sealtls_endpoint::metrics::{HandshakeFailure, ListenerMetrics, ServerMetrics};
 use sealtls_endpoint::net::accept_until;
@@ -356,8 +357,11 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
             config.alpn_protocols = remote.alpn.clone();
             Arc::new(config)
         };
+        // One limit for connecting and the handshake together.
+        let deadline = tokio::time::Instant::now() + remote.connect_timeout;
         let tcp = tcp_connect(target, remote.connect_timeout).await?;
-        let tls = handshake(tcp, remote.name.clone(), config, &seen, target, remote.connect_timeout).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let tls = handshake(tcp, remote.name.clone(), config, &seen, target, left).await?;
         Ok::<_, Failure>((tls, seen))
     };
     // On the heap: an open connection's task keeps only the relay's state.
@@ -377,9 +381,10 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
     let open = metrics.session();
     let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     let activity = tls.get_ref().0.activity();
+    let mut local = local;
     let mut moved = Relayed::default();
     let result = tokio::select! {
-        r = relay(local, tls, &mut moved) => Some(r),
+        r = relay(&mut local, tls, &mut moved) => Some(r),
         _ = activity.idle_for(remote.idle_timeout) => None,
     };
     // Counted before the session stops being open, so that a reader who sees it closed sees its bytes.
@@ -394,13 +399,28 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
         Some(Ok(())) => {
             info!(client = %from, %target, version = %info.version, %alpn, bytes_up, bytes_down, duration_ms = ms, "connection closed")
         }
-        Some(Err(e)) => {
-            let why = explain(&e, &seen, Side::Client, target);
+        Some(Err(RelayError { end: RelayEnd::Target, error })) => {
+            let why = match tls_error(&error) {
+                None if matches!(error.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                    Failure::new(
+                        FailureClass::Network,
+                        format!("the server {target} cut the connection in the middle of the session, without close_notify ({error})"),
+                        "look at the server's log; the local connection was reset, so the program sees the cut",
+                    )
+                }
+                _ => explain(&error, &seen, Side::Client, target),
+            };
             warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, reason = %why.what, fix = %why.fix, "connection ended with an error");
+            // Plain TCP has no close_notify: a reset is how the program learns that what it got may be incomplete.
+            local.reset();
+        }
+        Some(Err(RelayError { end: RelayEnd::Client, error })) => {
+            warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, %error, "connection ended with an error: the local program's side failed; the server gets no close_notify");
         }
         None => {
             let idle_s = remote.idle_timeout.as_secs();
-            warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, idle_s, "connection closed: no bytes moved in either direction within the idle timeout")
+            warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, idle_s, "connection closed: no bytes moved in either direction within the idle timeout");
+            local.reset();
         }
     }
 }

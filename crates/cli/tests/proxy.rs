@@ -508,6 +508,44 @@ fn a_target_off_this_machine_needs_unsafe_target() {
     server.assert_alive();
 }
 
+/// A reply the target left unfinished must not look complete to the client:
+/// when the idle limit cuts the session, or the target fails, the client
+/// gets no close_notify, and the log names the side that failed.
+#[test]
+fn a_cut_session_never_looks_complete_to_the_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    // Idle: the target sends half a reply and then nothing.
+    let (_hold, held) = mpsc::channel::<()>();
+    let held = Arc::new(std::sync::Mutex::new(held));
+    let stalls = tcp_backend(move |mut s| {
+        let _ = s.write_all(b"partial");
+        let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(60));
+    });
+    let server = proxy(&d, &stalls, &["--idle-timeout", "1"]);
+    let mut tls = Tls::connect(&server.addr, &d);
+    let mut got = [0u8; 7];
+    tls.s.read_exact(&mut got).unwrap();
+    let end = tls.read_to_end().expect_err("the idle cut looked like a clean end (close_notify)");
+    assert_eq!(end.kind(), std::io::ErrorKind::UnexpectedEof, "{end}");
+    server.wait_log("no bytes moved");
+
+    // The target resets in the middle of its reply.
+    let resets = common::tcp_backend_that_resets_mid_reply();
+    let server = proxy(&d, &resets, &[]);
+    let mut tls = Tls::connect(&server.addr, &d);
+    tls.s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"partial");
+    tls.s.write_all(b"go").unwrap();
+    tls.s.flush().unwrap();
+    let end = tls.read_to_end().expect_err("the target's failure looked like a clean end (close_notify)");
+    assert_eq!(end.kind(), std::io::ErrorKind::UnexpectedEof, "{end}");
+    let log = server.wait_log("failed in the middle of the session");
+    let line = log.lines().find(|l| l.contains("failed in the middle of the session")).unwrap();
+    assert!(line.contains(&format!("the target {resets}")) && line.contains("--target"), "{line}");
+    assert!(!line.contains("closed the connection unexpectedly"), "the target's failure is put on the client: {line}");
+}
+
 #[test]
 fn a_busy_session_is_closed_at_the_maximum_lifetime() {
     let tmp = tempfile::tempdir().unwrap();

@@ -197,6 +197,36 @@ fn a_server_that_does_not_match_verify_cn_is_refused() {
     assert!(line.contains("--verify-cn"), "{log}");
 }
 
+/// Plain TCP has no close_notify, so a tunnel resets the local connection
+/// when the session was cut (the server failed mid-reply, or the idle
+/// limit): the program sees an error, not a clean end of a truncated reply.
+#[test]
+fn a_cut_session_resets_the_local_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let backend = common::tcp_backend_that_resets_mid_reply();
+    let server = serve_target(&d, &backend);
+    let t = tunnel(&d, "127.0.0.1:0", &server.addr, &p(&d, "ca.pem"), &["--idle-timeout", "1"]);
+    let mut local = TcpStream::connect(&t.addr).unwrap();
+    read_timeout(&local);
+    let mut got = [0u8; 7];
+    local.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"partial");
+    local.write_all(b"go").unwrap();
+    let end = local.read(&mut got);
+    assert_eq!(end.as_ref().map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset), "{end:?}\n{}", t.log());
+    let log = t.wait_log("cut the connection in the middle of the session");
+    assert!(log.contains("the local connection was reset"), "{log}");
+
+    // Idle: nothing moves for a second.
+    let mut local = TcpStream::connect(&t.addr).unwrap();
+    read_timeout(&local);
+    local.read_exact(&mut got).unwrap();
+    let end = local.read(&mut got);
+    assert_eq!(end.as_ref().map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset), "{end:?}\n{}", t.log());
+    t.wait_log("within the idle timeout");
+}
+
 #[test]
 fn listening_off_loopback_needs_unsafe_listen() {
     let dir = tempfile::tempdir().unwrap();

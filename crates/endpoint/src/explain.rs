@@ -225,6 +225,13 @@ fn explain_io(err: &io::Error, seen: &Observation, side: Side, peer: &str) -> Fa
     use io::ErrorKind as K;
     use FailureClass as C;
     let peer_role = side.peer();
+    if let Some(t) = err.get_ref().and_then(|e| e.downcast_ref::<crate::forward::TargetFailed>()) {
+        return Failure::new(
+            C::Network,
+            format!("the target {} failed in the middle of the session ({})", t.target, t.error),
+            "look at the application behind --target (its log, whether it restarted); the client's connection was closed without close_notify, so it sees the session cut",
+        );
+    }
     if is_oversized_message(err) {
         return Failure::new(
             C::Protocol,
@@ -239,7 +246,7 @@ fn explain_io(err: &io::Error, seen: &Observation, side: Side, peer: &str) -> Fa
         K::TimedOut => Failure::new(
             C::Network,
             format!("{peer} did not answer in time"),
-            "check that the host is reachable and the port is right; raise --timeout for slow links",
+            "check that the host is reachable and the port is right; for slow links raise the timeout (`--timeout`, or `--connect-timeout` for a tunnel)",
         ),
         K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe if side == Side::Client && seen.cert_requested() && !seen.cert_sent() => {
             Failure::new(

@@ -112,6 +112,17 @@ pub enum TargetStream {
     Unix(UnixStream),
 }
 
+impl TargetStream {
+    /// Closes with a reset where there is one (TCP), so that the program on
+    /// the other end sees the connection cut rather than ended: the only way
+    /// plain TCP can tell it that what it got may be incomplete.
+    pub fn reset(self) {
+        if let Self::Tcp(tcp) = &self {
+            let _ = tcp.set_zero_linger();
+        }
+    }
+}
+
 impl AsyncRead for TargetStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
@@ -165,22 +176,43 @@ pub struct Relayed {
 /// The most one direction reads at once, while bulk data flows.
 const CHUNK: usize = 256 * 1024;
 
+/// Which end of a relay a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The first stream given to [`relay`].
+    Client,
+    /// The second.
+    Target,
+}
+
+/// A relay's failure, with the end it came from.
+#[derive(Debug)]
+pub struct RelayError {
+    /// Whose read or write failed.
+    pub end: RelayEnd,
+    /// What failed.
+    pub error: std::io::Error,
+}
+
 /// Copies `from` to `to` until `from` ends, then shuts `to`'s write side;
 /// each read waits for the previous write. `moved` counts as it goes. The
-/// buffer grows to `CHUNK` while data flows and shrinks while idle.
-async fn pipe<R, W>(from: &mut R, to: &mut W, moved: &mut u64) -> std::io::Result<()>
+/// buffer grows to `CHUNK` while data flows and shrinks while idle. A
+/// failure names its end: `from`'s for a read, `to`'s for a write.
+async fn pipe<R, W>(from: (&mut R, RelayEnd), to: (&mut W, RelayEnd), moved: &mut u64) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
+    let ((from, reader), (to, writer)) = (from, to);
+    let failed = |end| move |error| RelayError { end, error };
     let mut buf = TrafficBuffer::new(CHUNK);
     loop {
-        let data = buf.read(from).await?;
+        let data = buf.read(from).await.map_err(failed(reader))?;
         if data.is_empty() {
-            return to.shutdown().await;
+            return to.shutdown().await.map_err(failed(writer));
         }
-        to.write_all(data).await?;
-        to.flush().await?;
+        to.write_all(data).await.map_err(failed(writer))?;
+        to.flush().await.map_err(failed(writer))?;
         *moved += data.len() as u64;
     }
 }
@@ -189,17 +221,35 @@ where
 /// ended, keeping each half-close. The first error ends both directions.
 /// `moved` counts as bytes go, so a relay cut short (an idle limit) still
 /// tells what it moved.
-pub async fn relay<C, T>(client: C, target: T, moved: &mut Relayed) -> std::io::Result<()>
+pub async fn relay<C, T>(client: C, target: T, moved: &mut Relayed) -> Result<(), RelayError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut target_rd, mut target_wr) = tokio::io::split(target);
-    let up = pipe(&mut client_rd, &mut target_wr, &mut moved.to_target);
-    let down = pipe(&mut target_rd, &mut client_wr, &mut moved.to_client);
+    let up = pipe((&mut client_rd, RelayEnd::Client), (&mut target_wr, RelayEnd::Target), &mut moved.to_target);
+    let down = pipe((&mut target_rd, RelayEnd::Target), (&mut client_wr, RelayEnd::Client), &mut moved.to_client);
     tokio::try_join!(up, down).map(|_| ())
 }
+
+/// A target that failed in the middle of a session, as the error the
+/// session ends with: `explain` names the target, not the client.
+#[derive(Debug)]
+pub struct TargetFailed {
+    /// The target, as given.
+    pub target: String,
+    /// What failed.
+    pub error: std::io::Error,
+}
+
+impl fmt::Display for TargetFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "target {}: {}", self.target, self.error)
+    }
+}
+
+impl std::error::Error for TargetFailed {}
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@ use rustls::server::ServerConnection;
 use rustls::{AlertDescription, ServerConfig};
 
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
-use crate::forward::{relay, Forward, Relayed, TargetStream};
+use crate::forward::{relay, Forward, RelayEnd, Relayed, TargetFailed, TargetStream};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
 use crate::metrics::{HandshakeFailure, ListenerMetrics};
 use crate::net::{accept_until, buffered, Buffered, TrafficBuffer};
@@ -237,12 +237,16 @@ impl Server {
             None => {
                 let idle_s = self.options.idle_timeout.as_secs();
                 warn!(%peer, bytes_in, bytes_out, duration_ms = ms, idle_s, "session closed: no bytes moved in either direction within the idle timeout");
-                // On the heap, as the close below: the task is not sized for the way out.
-                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.shutdown())).await;
+                // A forwarded session ends without close_notify, as at the lifetime
+                // limit: a response the target left unfinished must not look complete.
+                if self.options.forward.is_none() {
+                    // On the heap, as the close below: the task is not sized for the way out.
+                    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.shutdown())).await;
+                }
             }
             Some(Err(e)) => {
                 let why = explain(&e, &seen, Side::Server, &peer.to_string());
-                warn!(%peer, bytes_in, bytes_out, duration_ms = ms, reason = %why.what, "session ended with an error");
+                warn!(%peer, bytes_in, bytes_out, duration_ms = ms, reason = %why.what, fix = %why.fix, "session ended with an error");
                 // The alert rustls queued for a protocol error reaches the client before the close.
                 if tls_error(&e).is_some() {
                     Box::pin(close_after_alert(stream)).await;
@@ -486,7 +490,10 @@ async fn forward_session(
     let Some(target) = Box::pin(open_target(forward, stream, peer, local)).await else {
         return stream.shutdown().await;
     };
-    relay(&mut *stream, target, &mut counts.relayed).await
+    relay(&mut *stream, target, &mut counts.relayed).await.map_err(|e| match e.end {
+        RelayEnd::Client => e.error,
+        RelayEnd::Target => std::io::Error::new(e.error.kind(), TargetFailed { target: forward.target.to_string(), error: e.error }),
+    })
 }
 
 /// Connects to the target and sends the PROXY header, if any; `None`

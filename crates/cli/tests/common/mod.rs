@@ -416,6 +416,26 @@ pub fn tcp_echo() -> String {
     addr
 }
 
+/// A plain TCP service that writes `partial`, waits for two bytes from the
+/// client (so the partial reply has surely been passed on), then resets
+/// the connection: an application that fails in the middle of a reply.
+pub fn tcp_backend_that_resets_mid_reply() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut go = [0u8; 2];
+                if conn.write_all(b"partial").is_ok() && conn.read_exact(&mut go).is_ok() {
+                    let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// Runs `up` (a prepared `sealtls up ...` command) and reads its standard
 /// output up to the banner's end: (child, banner, its standard error as it grows).
 pub fn start_up(up: &mut Command) -> (Child, String, Arc<Mutex<String>>) {
