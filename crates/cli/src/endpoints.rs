@@ -93,16 +93,16 @@ pub struct ServeArgs {
     #[arg(long, value_delimiter = ',', value_name = "PROTOCOLS")]
     pub alpn: Vec<String>,
     /// Seconds connecting to the --target may take.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, requires = "target", value_parser = at_least_one::<u64>)]
     pub connect_timeout: u64,
     /// Seconds a session may last however busy it is (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_conn_lifetime: u64,
     /// Sessions served at once; more wait in the listen backlog.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one::<usize>)]
     pub max_connections: usize,
     /// Seconds a handshake may take before the connection is closed.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one::<u64>)]
     pub handshake_timeout: u64,
     /// Seconds a session may move no byte in either direction before it is closed (0: never).
     #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
@@ -527,7 +527,7 @@ pub async fn prepare_serve(
         mode: args.mode,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
-        max_connections: args.max_connections.max(1),
+        max_connections: args.max_connections,
         max_lifetime: (args.max_conn_lifetime > 0).then(|| Duration::from_secs(args.max_conn_lifetime)),
         forward: forward.clone(),
         metrics: metrics.listener(local.to_string()),
@@ -555,6 +555,15 @@ pub async fn prepare_serve(
 }
 
 /// A server's lifetime counters, for the status page.
+/// A count or limit of at least 1, for flags where 0 would let nothing through.
+pub(crate) fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(v) if v >= T::from(1) => Ok(v),
+        Ok(_) => Err("0 would let nothing through; give at least 1".into()),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
 /// A server's (or tunnel's) counts as the status page lists them.
 pub(crate) fn counts(stats: &ServerStats) -> Vec<(&'static str, u64)> {
     use std::sync::atomic::Ordering::Relaxed;

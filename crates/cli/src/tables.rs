@@ -242,6 +242,14 @@ fn secs(v: Option<u64>, default: u64) -> u64 {
     v.unwrap_or(default)
 }
 
+/// A limit in seconds that 0 would turn into "let nothing through".
+fn nonzero_secs(ctx: &Ctx<'_>, t: &str, key: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        Some(0) => Err(ctx.err(t, format!("{key} = 0"), Problem::new("lets no connection through", "give at least 1"))),
+        v => Ok(v.unwrap_or(default)),
+    }
+}
+
 fn failure_problem(f: Failure) -> Problem {
     Problem::new(f.what, f.fix)
 }
@@ -370,9 +378,9 @@ fn serve_table(t: &str, r: &RawServe, ctx: &Ctx<'_>) -> Result<ServeTable, Confi
             rules.to_string()
         },
     ));
-    a.handshake_timeout = secs(r.handshake_timeout_secs, a.handshake_timeout);
+    a.handshake_timeout = nonzero_secs(ctx, t, "handshake_timeout_secs", r.handshake_timeout_secs, a.handshake_timeout)?;
     a.idle_timeout = secs(r.idle_timeout_secs, a.idle_timeout);
-    a.connect_timeout = secs(r.connect_timeout_secs, a.connect_timeout);
+    a.connect_timeout = nonzero_secs(ctx, t, "connect_timeout_secs", r.connect_timeout_secs, a.connect_timeout)?;
     a.max_conn_lifetime = secs(r.max_conn_lifetime_secs, a.max_conn_lifetime);
     a.max_connections = positive(ctx, t, r.max_connections, a.max_connections)?;
     summary.push((
@@ -530,7 +538,7 @@ fn tunnel_table(t: &str, r: &RawTunnel, ctx: &Ctx<'_>) -> Result<TunnelTable, Co
     let rules = a.verify.rules();
     let name = r.server_name.as_deref().unwrap_or(target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h));
     summary.push(("verify", if rules.is_empty() { format!("chain and name {name}") } else { format!("chain, name {name} and {rules}") }));
-    a.connect_timeout = secs(r.connect_timeout_secs, a.connect_timeout);
+    a.connect_timeout = nonzero_secs(ctx, t, "connect_timeout_secs", r.connect_timeout_secs, a.connect_timeout)?;
     a.idle_timeout = secs(r.idle_timeout_secs, a.idle_timeout);
     a.max_connections = positive(ctx, t, r.max_connections, a.max_connections)?;
     summary.push(("limits", format!("connect {} s, idle {} s, {} connections", a.connect_timeout, a.idle_timeout, a.max_connections)));

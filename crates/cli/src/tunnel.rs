@@ -91,14 +91,14 @@ pub struct TunnelArgs {
     /// Allow a --listen address that is not loopback.
     #[arg(long)]
     pub unsafe_listen: bool,
-    /// Seconds connecting to the target and the handshake may take.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds connecting to the target and the handshake may take, together.
+    #[arg(long, default_value_t = 10, value_parser = crate::endpoints::at_least_one::<u64>)]
     pub connect_timeout: u64,
     /// Seconds a connection may move no byte in either direction before it is closed (0: never).
     #[arg(long, default_value_t = 300)]
     pub idle_timeout: u64,
     /// Connections carried at once; more wait in the listen backlog.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::endpoints::at_least_one::<usize>)]
     pub max_connections: usize,
     #[command(flatten)]
     pub status: StatusFlags,

@@ -401,3 +401,26 @@ fn a_misspelt_benchmark_server_is_refused_with_the_names_there_are() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("ngnix") && err.contains("nginx") && err.contains("sealtls-keyd"), "{err}");
 }
+
+/// Limits that would let nothing through are refused before anything starts,
+/// as is a connect limit for a server that connects nowhere.
+#[test]
+fn limits_that_let_nothing_through_are_refused() {
+    for args in [
+        &["serve", "--handshake-timeout", "0"][..],
+        &["serve", "--max-connections", "0"],
+        &["serve", "--target", "127.0.0.1:9", "--connect-timeout", "0"],
+        &["tunnel", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--ca", "ca.pem", "--connect-timeout", "0"],
+        &["tunnel", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--ca", "ca.pem", "--max-connections", "0"],
+    ] {
+        let o = run(sealtls().args(args));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("give at least 1"), "{args:?}: {}", text(&o));
+    }
+    let o = run(sealtls().args(["serve", "--connect-timeout", "5"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--target"), "{}", text(&o));
+    let o = run(sealtls().args(["tunnel", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:0", "--ca", "ca.pem"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("`127.0.0.1:0` is not HOST:PORT"), "{}", text(&o));
+}

@@ -331,6 +331,10 @@ fn config_check_shows_every_service_and_refuses_conflicts() {
     refused(d, &format!("{base}[[serve]]\nlisen = \"127.0.0.1:1\"\n"), &["[[serve]] #2: unknown field `lisen`"]);
     refused(d, &format!("{base}[status]\nlisten = \"0.0.0.0:9100\"\n"), &["[status] listen = \"0.0.0.0:9100\"", "unsafe_status = true"]);
     refused(d, &base.replace("[keyd]\n", "[keyd]\nbackend = \"pkcs11\"\n"), &["[keyd] token", "pin_file"]);
+    // Limits that would let nothing through.
+    refused(d, &format!("{base}handshake_timeout_secs = 0\n"), &["[[serve]] #1 handshake_timeout_secs = 0", "give at least 1"]);
+    let tunnel = "[[tunnel]]\nlisten = \"127.0.0.1:1\"\ntarget = \"localhost:1\"\nca_file = \"ca.pem\"\n";
+    refused(d, &format!("{base}{tunnel}connect_timeout_secs = 0\n"), &["[[tunnel]] #1 connect_timeout_secs = 0", "give at least 1"]);
 }
 
 #[test]

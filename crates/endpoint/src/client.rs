@@ -78,7 +78,7 @@ pub fn host_of(target: &str) -> Result<&str, Failure> {
         )
     };
     let (host, port) = target.rsplit_once(':').ok_or_else(usage)?;
-    port.parse::<u16>().map_err(|_| usage())?;
+    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(usage)?;
     Ok(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
