@@ -82,9 +82,12 @@ impl Reloader {
     }
 }
 
-/// Modification time and size of each file (`None` for one that cannot be read).
-fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
-    files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+/// Modification time, status-change time and size of each file (`None` for
+/// one that cannot be read): the status change catches a `chmod 600` that
+/// makes a refused key file acceptable.
+fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, (i64, i64), u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, (m.ctime(), m.ctime_nsec()), m.len())))).collect()
 }
 
 /// A config file and the files it names (`[tls] *_file`, `[offload]

@@ -207,8 +207,17 @@ fn reload_interval_picks_up_replaced_files_without_a_signal() {
     let (cert, key) = served(d);
     let server = Server::start(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap(), "--reload-interval", "1"]);
     let new = fingerprint(&d.join("renewed.pem"));
+    // The new key arrives readable by others: refused, with the fix.
+    let mode = |m| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(m)).unwrap();
+    };
     replace(&d.join("renewed.key"), &key);
+    mode(0o644);
     replace(&d.join("renewed.pem"), &cert);
+    assert!(nth_line(&server, "reload refused", 1).contains("chmod 600"), "{}", server.log());
+    // Following the fix is a change the watch sees, without a signal.
+    mode(0o600);
     let line = nth_line(&server, "reloaded certificate", 1);
     assert!(line.contains(&format!("-> {new}")), "{line}");
     assert_eq!(served_fingerprint(d, &server), new);
