@@ -67,6 +67,8 @@ fn allowed_common_name_passes_and_another_is_refused_with_access_denied() {
     let o = hello(dir.path(), &server, "bob");
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
     assert!(text(&o).contains("access_denied"), "{}", text(&o));
+    // Its chain was accepted: the fix points at the rules, not at the CA.
+    assert!(text(&o).contains("--allow-cn") && !text(&o).contains("issued by a CA in the server's --ca"), "{}", text(&o));
 }
 
 #[test]

@@ -141,6 +141,17 @@ fn explain_tls(err: &TlsError, seen: &Observation, side: Side, peer: &str) -> Fa
             format!("the {peer_role} {peer} offers no signature scheme this key can make (alert handshake_failure)"),
             "allow the scheme of the key type on the client (a P-256 key signs ecdsa_secp256r1_sha256), or serve a key of a type the client accepts",
         ),
+        TlsError::NoApplicationProtocol => Failure::new(
+            C::Rejected,
+            match side {
+                Side::Server => format!("the client {peer} offered no application protocol (ALPN) this server accepts (alert no_application_protocol)"),
+                Side::Client => format!("the server {peer} chose no application protocol (ALPN) from those we offered"),
+            },
+            match side {
+                Side::Server => "offer one of the server's --alpn protocols from the client, or add the client's to --alpn",
+                Side::Client => "offer a protocol the server accepts (--alpn), or ask which ones it serves",
+            },
+        ),
         other => Failure::new(C::Protocol, format!("TLS failure with {peer}: {other}"), "run with RUST_LOG=debug for details"),
     }
 }
@@ -166,6 +177,11 @@ fn explain_alert(alert: AlertDescription, seen: &Observation, side: Side, peer: 
             if side == Side::Server || seen.cert_sent() =>
         {
             let (whose, fix) = match side {
+                // The chain was accepted: an identity rule refused it.
+                Side::Client if alert == A::AccessDenied => (
+                    "our client certificate",
+                    "the server's identity rules (--allow-cn, --allow-dns, --allow-uri, --allow-spki-sha256) name no identity in it: have ours allowed there, or use a certificate they allow",
+                ),
                 Side::Client => (
                     "our client certificate",
                     "check it with `sealtls inspect FILE`, and use a certificate issued by a CA in the server's --ca (or add our CA there)",
@@ -193,6 +209,11 @@ fn explain_alert(alert: AlertDescription, seen: &Observation, side: Side, peer: 
                 "the {peer_role} {peer} aborted the handshake (alert handshake_failure): no common cipher suite, group or signature scheme"
             ),
             "allow common parameters on both sides (check --tls, key types, and the peer's cipher settings)",
+        ),
+        A::NoApplicationProtocol => Failure::new(
+            C::Rejected,
+            format!("the {peer_role} {peer} accepts none of the application protocols (ALPN) offered (alert no_application_protocol)"),
+            "offer a protocol both sides accept (--alpn)",
         ),
         A::UnrecognisedName => Failure::new(
             C::Rejected,
@@ -314,6 +335,8 @@ mod tests {
         assert!(f.what.contains("Finished") && !f.what.contains("corrupted in transit"), "{f}");
         let f = server_reads(tls(TlsError::General("incompatible signing key".into())));
         assert!(f.what.contains("no signature scheme this key can make"), "{f}");
+        let f = server_reads(tls(TlsError::NoApplicationProtocol));
+        assert!(f.what.contains("application protocol (ALPN)") && f.fix.contains("--alpn"), "{f}");
     }
 
     #[test]
