@@ -15,7 +15,7 @@ use sealtls_endpoint::explain::{explain, tls_error, Side};
 use sealtls_endpoint::forward::{relay, RelayEnd, RelayError, Relayed, TargetStream};
 use sealtls_endpoint::identity::Rules;
 use sealtls_endpoint::metrics::{HandshakeFailure, ListenerMetrics, ServerMetrics};
-use sealtls_endpoint::net::accept_until;
+use sealtls_endpoint::net::{accept_until, finish_within, SHUTDOWN_GRACE};
 use sealtls_endpoint::server::ServerStats;
 use sealtls_endpoint::session::SessionInfo;
 use sealtls_endpoint::settings::ClientSettings;
@@ -318,10 +318,11 @@ impl PreparedTunnel {
         listener.with_counts(move || crate::endpoints::counts(&stats))
     }
 
-    /// Carries connections until `shutdown`, then lets the open ones finish.
+    /// Carries connections until `shutdown`, then gives the open ones
+    /// `SHUTDOWN_GRACE` to finish and cuts the rest.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let Self { listener, remote, max_connections, stats, metrics, .. } = self;
-        let mut connections = accept_until(
+        let connections = accept_until(
             || accept(&listener),
             max_connections,
             shutdown,
@@ -338,7 +339,7 @@ impl PreparedTunnel {
         if let Listener::Unix(socket) = &listener {
             socket.remove();
         }
-        connections.shutdown().await;
+        finish_within(connections, SHUTDOWN_GRACE).await;
         info!("stopped");
     }
 }

@@ -227,6 +227,44 @@ fn a_cut_session_resets_the_local_connection() {
     t.wait_log("within the idle timeout");
 }
 
+/// On SIGTERM a tunnel takes no new connections, gives the open ones the
+/// grace period, then cuts them with one log line; a connection that ends
+/// within the grace is carried to its end.
+#[test]
+fn a_stopping_tunnel_lets_open_connections_finish_within_the_grace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let backend = tcp_echo();
+    let server = serve_target(&d, &backend);
+    let mut t = tunnel(&d, "127.0.0.1:0", &server.addr, &p(&d, "ca.pem"), &[]);
+    let open = |line: &[u8]| {
+        let mut local = TcpStream::connect(&t.addr).unwrap();
+        read_timeout(&local);
+        local.write_all(line).unwrap();
+        let mut back = vec![0u8; line.len()];
+        local.read_exact(&mut back).unwrap();
+        local
+    };
+    let (mut finishing, mut lingering) = (open(b"one"), open(b"two"));
+    let o = run(std::process::Command::new("kill").args(["-TERM", &t.child.id().to_string()]));
+    assert!(o.status.success(), "{}", text(&o));
+    // Still carried after the signal, until it ends.
+    finishing.write_all(b"last").unwrap();
+    let mut back = [0u8; 4];
+    finishing.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"last");
+    finishing.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    finishing.read_to_end(&mut rest).unwrap();
+    // The other is cut at the end of the grace.
+    let end = lingering.read(&mut back);
+    assert!(!matches!(end, Ok(n) if n > 0), "{end:?}");
+    let status = t.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", t.log());
+    let log = t.log();
+    assert!(log.contains("sessions still open after the shutdown grace period were cut") && log.contains("open=1"), "{log}");
+}
+
 #[test]
 fn listening_off_loopback_needs_unsafe_listen() {
     let dir = tempfile::tempdir().unwrap();

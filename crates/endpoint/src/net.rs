@@ -396,6 +396,23 @@ where
     tasks
 }
 
+/// How long open sessions get to end by themselves once a server or tunnel stops.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits up to `grace` for `sessions` to end, then cuts the rest, with one
+/// log line saying how many.
+pub async fn finish_within(mut sessions: JoinSet<()>, grace: Duration) {
+    let _ = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+    if !sessions.is_empty() {
+        tracing::warn!(
+            open = sessions.len(),
+            grace_ms = grace.as_millis() as u64,
+            "sessions still open after the shutdown grace period were cut"
+        );
+    }
+    sessions.shutdown().await;
+}
+
 pub use sealtls_listen::bind;
 
 #[cfg(test)]

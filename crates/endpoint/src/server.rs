@@ -20,7 +20,7 @@ use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side}
 use crate::forward::{relay, Forward, RelayEnd, Relayed, TargetFailed, TargetStream};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
 use crate::metrics::{HandshakeFailure, ListenerMetrics};
-use crate::net::{accept_until, buffered, Buffered, TrafficBuffer};
+use crate::net::{accept_until, buffered, finish_within, Buffered, TrafficBuffer, SHUTDOWN_GRACE};
 use crate::proxy_protocol::{self, ProxyProtocol, TlsFacts};
 use crate::session::SessionInfo;
 use crate::settings::ServerTls;
@@ -104,7 +104,7 @@ impl Default for ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: 10_000,
-            grace: Duration::from_secs(2),
+            grace: SHUTDOWN_GRACE,
             forward: None,
             max_lifetime: None,
             metrics: ListenerMetrics::default(),
@@ -143,7 +143,7 @@ impl Server {
     /// sessions the grace period and closes the rest.
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let (closing_tx, closing) = watch::channel(false);
-        let mut sessions = accept_until(
+        let sessions = accept_until(
             || listener.accept(),
             self.options.max_connections,
             shutdown,
@@ -161,8 +161,7 @@ impl Server {
         drop(listener);
         // Open sessions send close_notify after the chunk in flight.
         let _ = closing_tx.send(true);
-        let _ = tokio::time::timeout(self.options.grace, async { while sessions.join_next().await.is_some() {} }).await;
-        sessions.shutdown().await;
+        finish_within(sessions, self.options.grace).await;
     }
 
     /// The TLS handshake, after a look at the ClientHello when the server
