@@ -82,10 +82,13 @@ impl Reloader {
     }
 }
 
+/// What the watch compares: modification time, status-change time (seconds, nanoseconds), size.
+type Stamp = (SystemTime, (i64, i64), u64);
+
 /// Modification time, status-change time and size of each file (`None` for
 /// one that cannot be read): the status change catches a `chmod 600` that
 /// makes a refused key file acceptable.
-fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, (i64, i64), u64)>> {
+fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
     use std::os::unix::fs::MetadataExt;
     files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, (m.ctime(), m.ctime_nsec()), m.len())))).collect()
 }
