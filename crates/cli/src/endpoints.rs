@@ -198,9 +198,9 @@ fn single(identity: Arc<CertifiedKey>, origin: Option<&Path>, served: &mut Vec<C
     Arc::new(SingleCertAndKey::from(Arc::unwrap_or_clone(identity)))
 }
 
-/// Signing through keyd instead of holding the key.
+/// Where keyd is: one or more keyds holding the same keys.
 #[derive(Args, Clone)]
-pub struct KeylessFlags {
+pub struct KeydLinkFlags {
     /// Take certificates and signatures from keyd (unix:PATH or tls://HOST:PORT) instead of --cert/--key.
     /// Repeat it for several keyds holding the same keys: requests go to healthy ones, and one that
     /// fails is retried on another.
@@ -212,7 +212,7 @@ pub struct KeylessFlags {
     /// CA that issued keyd's certificate (with tls://).
     #[arg(long)]
     pub keyd_ca: Option<PathBuf>,
-    /// This server's client certificate for keyd (with tls://).
+    /// Our client certificate for keyd's mutual TLS (with tls://).
     #[arg(long, requires = "keyd_key")]
     pub keyd_cert: Option<PathBuf>,
     /// Its private key.
@@ -221,6 +221,13 @@ pub struct KeylessFlags {
     /// Connections to keyd; requests are pipelined over them.
     #[arg(long, default_value_t = 4)]
     pub keyd_pool: usize,
+}
+
+/// A server signing through keyd instead of holding the key.
+#[derive(Args, Clone)]
+pub struct KeylessFlags {
+    #[command(flatten)]
+    pub link: KeydLinkFlags,
     /// Server names whose chains are kept from keyd; the least recently used is dropped beyond it.
     #[arg(long, value_name = "N", default_value_t = KeylessLimits::default().cache, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub keyless_cache: usize,
@@ -241,9 +248,11 @@ impl KeylessFlags {
             signing_threads: self.keyless_signing_threads,
             ..KeylessLimits::default()
         };
-        Ok(self.fleet()?.map(|keyds| Keyless::with_limits(keyds, KEYLESS_REFRESH, limits)))
+        Ok(self.link.fleet()?.map(|keyds| Keyless::with_limits(keyds, KEYLESS_REFRESH, limits)))
     }
+}
 
+impl KeydLinkFlags {
     /// The keyds, if --keyd was given.
     pub fn fleet(&self) -> Result<Option<Arc<KeydFleet>>, Failure> {
         if self.keyd.is_empty() {
@@ -384,7 +393,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
     let reloader = Reloader::install(args.reload);
     let config = args.files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
-    let flags_give_certificate = args.files.cert.is_some() || !args.keyless.keyd.is_empty();
+    let flags_give_certificate = args.files.cert.is_some() || !args.keyless.link.keyd.is_empty();
     let metrics = ServerMetrics::new();
     let prepared = match &config {
         Some(c) if !flags_give_certificate && !c.serve.is_empty() => {
@@ -498,12 +507,12 @@ pub async fn prepare_serve(
     let serve_tls = ServeTls::new(args, material, keyless.clone(), source.map(|config| (config.to_owned(), name.to_owned())));
     let (tls, loaded) = serve_tls.build()?;
     if tls.client_auth() == ClientAuthMode::Required {
-        match rules.is_empty() || rules.allows_all() {
-            true => info!(
-                name,
-                "client certificates: any certificate the --ca CAs issued is let in (no --allow-cn/-dns/-uri/-spki-sha256 rule)"
-            ),
-            false => info!(name, allow = %rules, "client certificates: only those matching an --allow rule are let in"),
+        if rules.allows_all() {
+            info!(name, "client certificates: any certificate the --ca CAs issued is let in (--allow-all)");
+        } else if rules.is_empty() {
+            info!(name, "client certificates: any certificate the --ca CAs issued is let in (no --allow-cn/-dns/-uri/-spki-sha256 rule)");
+        } else {
+            info!(name, allow = %rules, "client certificates: only those matching an --allow rule are let in");
         }
     }
     let forward = match &args.target {

@@ -273,8 +273,8 @@ fn serve_table(t: &str, r: &RawServe, ctx: &Ctx<'_>) -> Result<ServeTable, Confi
         }
         Identity::Keyd { specs, files } => {
             summary.push(("certificate", format!("from keyd {}, by SNI (keys stay in keyd)", specs.join(", "))));
-            a.keyless.keyd = specs;
-            [a.keyless.keyd_ca, a.keyless.keyd_cert, a.keyless.keyd_key] = files;
+            a.keyless.link.keyd = specs;
+            [a.keyless.link.keyd_ca, a.keyless.link.keyd_cert, a.keyless.link.keyd_key] = files;
             false
         }
         Identity::None => {

@@ -26,7 +26,7 @@ use sealtls_listen::{ListenSpec, Listener};
 use tracing::{info, warn};
 
 use crate::acl::VerifyFlags;
-use crate::endpoints::KeylessFlags;
+use crate::endpoints::KeydLinkFlags;
 use crate::identity::{anchors, identity_from_files};
 use crate::notify;
 use crate::reload::{describe_anchors, describe_cert, reload_line, Reload, ReloadFlags, Reloader};
@@ -73,7 +73,7 @@ pub struct TunnelArgs {
     #[arg(long, visible_alias = "private-key", requires = "cert")]
     pub key: Option<PathBuf>,
     #[command(flatten)]
-    pub keyless: KeylessFlags,
+    pub keyless: KeydLinkFlags,
     /// With --keyd: the name our client certificate and key are kept under in keyd.
     #[arg(long, value_name = "NAME", requires = "keyd")]
     pub keyd_name: Option<String>,

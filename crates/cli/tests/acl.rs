@@ -92,9 +92,12 @@ fn the_spki_hash_from_the_refusal_lets_the_client_in() {
 fn allow_all_and_no_rule_accept_any_certificate_the_ca_issued() {
     let dir = tempfile::tempdir().unwrap();
     pki(dir.path());
-    let server = serve(dir.path(), &["--allow-all"]);
+    // With a narrower rule beside it, --allow-all still lets everyone in, and the start says why.
+    let server = serve(dir.path(), &["--allow-all", "--allow-cn", "alice"]);
+    assert!(server.log().contains("is let in (--allow-all)"), "{}", server.log());
     assert!(hello(dir.path(), &server, "bob").status.success(), "{}", server.log());
     let server = serve(dir.path(), &[]);
+    assert!(server.log().contains("(no --allow-cn/-dns/-uri/-spki-sha256 rule)"), "{}", server.log());
     let starts: Vec<String> =
         server.log().lines().filter(|l| l.contains("any certificate the --ca CAs issued")).map(str::to_owned).collect();
     assert_eq!(starts.len(), 1, "{}", server.log());

@@ -424,3 +424,13 @@ fn limits_that_let_nothing_through_are_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("`127.0.0.1:0` is not HOST:PORT"), "{}", text(&o));
 }
+
+/// A tunnel's help lists only what a tunnel uses: the keyd link, not the keyless server's cache.
+#[test]
+fn tunnel_help_offers_the_keyd_link_but_not_server_settings() {
+    let help = text(&run(sealtls().args(["tunnel", "--help"])));
+    assert!(help.contains("--keyd-cert") && help.contains("Our client certificate for keyd"), "{help}");
+    assert!(!help.contains("--keyless-"), "{help}");
+    let help = text(&run(sealtls().args(["serve", "--help"])));
+    assert!(help.contains("--keyless-cache") && help.contains("--keyless-signing-threads"), "{help}");
+}
