@@ -546,6 +546,32 @@ fn a_cut_session_never_looks_complete_to_the_client() {
     assert!(!line.contains("closed the connection unexpectedly"), "the target's failure is put on the client: {line}");
 }
 
+/// `send --expect echo` passes only a byte-exact echo: a backend that adds
+/// bytes after echoing everything is caught, however large the file.
+#[test]
+fn bytes_beyond_the_echo_fail_the_echo_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let adds = tcp_backend(|s| {
+        echo(s, |mut s| {
+            let _ = s.write_all(b"EXTRA");
+            let _ = s.shutdown(Shutdown::Write);
+        })
+    });
+    let file = tmp.path().join("payload.bin");
+    std::fs::write(&file, vec![0x61u8; 8 << 20]).unwrap();
+    for (backend, exit) in [(tcp_echo(), 0), (adds, 8)] {
+        let server = proxy(&d, &backend, &[]);
+        let o = run(sealtls()
+            .args(["send", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--expect", "echo", "--file"])
+            .arg(&file));
+        assert_eq!(o.status.code(), Some(exit), "{backend}: {}", text(&o));
+        if exit == 8 {
+            assert!(text(&o).contains(&format!("{} bytes with sha256", (8 << 20) + 5)), "{}", text(&o));
+        }
+    }
+}
+
 #[test]
 fn a_busy_session_is_closed_at_the_maximum_lifetime() {
     let tmp = tempfile::tempdir().unwrap();

@@ -88,18 +88,31 @@ async fn write_file<W: AsyncWrite + Unpin>(
     Ok((total, hash.finish().as_ref().to_vec()))
 }
 
+/// How long, once every byte has come back, the server has to close (or to
+/// send more, which makes the echo wrong) before the echo counts as exact.
+const ECHO_END_WAIT: Duration = Duration::from_secs(2);
+
+/// Reads the echo: `expected` bytes, then whatever comes until the server
+/// closes or stays quiet for [`ECHO_END_WAIT`], so that bytes beyond the
+/// echo are counted (a server that closes after our close_notify ends it at once).
 async fn read_echo<R: AsyncRead + Unpin>(input: &mut R, expected: u64, bar: &ProgressBar) -> std::io::Result<(u64, Vec<u8>)> {
     let mut buf = vec![0u8; CHUNK];
     let mut hash = Context::new(&SHA256);
     let mut total = 0u64;
-    while total < expected {
-        let n = input.read(&mut buf).await?;
+    loop {
+        let n = match total < expected {
+            true => input.read(&mut buf).await?,
+            false => match tokio::time::timeout(ECHO_END_WAIT, input.read(&mut buf)).await {
+                Ok(read) => read?,
+                Err(_) => 0,
+            },
+        };
         if n == 0 {
             break;
         }
         hash.update(&buf[..n]);
         total += n as u64;
-        bar.set_position(total);
+        bar.set_position(total.min(expected));
     }
     Ok((total, hash.finish().as_ref().to_vec()))
 }
