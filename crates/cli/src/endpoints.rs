@@ -388,8 +388,9 @@ type Shown = Arc<RwLock<Vec<CertificateDer<'static>>>>;
 
 /// `sealtls serve`: the server the flags describe or, with `--config F` and
 /// no certificate flags, every `[[serve]]` table of F; one status page and
-/// one reload for all.
-pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+/// one reload for all. `given` (the flags on the command line) is checked:
+/// a flag that the tables replace is refused rather than ignored.
+pub async fn serve(args: ServeArgs, given: &[String]) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
     let reloader = Reloader::install(args.reload);
     let config = args.files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
@@ -397,6 +398,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let metrics = ServerMetrics::new();
     let prepared = match &config {
         Some(c) if !flags_give_certificate && !c.serve.is_empty() => {
+            refuse_flags_the_tables_replace(given, args.files.config.as_deref().unwrap_or(Path::new("")))?;
             let mut all = Vec::new();
             for table in &c.serve {
                 let source = args.files.config.as_deref();
@@ -564,6 +566,25 @@ pub async fn prepare_serve(
 }
 
 /// A server's lifetime counters, for the status page.
+/// With `--config F` serving F's `[[serve]]` tables, only the flags that
+/// apply to all of them (the status page, the reload watch) may be given.
+fn refuse_flags_the_tables_replace(given: &[String], config: &Path) -> Result<(), Failure> {
+    const FOR_ALL: [&str; 4] = ["--config", "--status", "--unsafe-status", "--reload-interval"];
+    let ignored: Vec<&str> = given.iter().map(String::as_str).filter(|f| !FOR_ALL.contains(f)).collect();
+    if ignored.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        FailureClass::Usage,
+        format!(
+            "{} would have no effect: {} has [[serve]] tables, and each says what its server does",
+            ignored.join(", "),
+            config.display()
+        ),
+        "set it in the tables (e.g. listen, target, idle_timeout_secs), or give --cert/--key or --keyd to serve once from the flags",
+    ))
+}
+
 /// A count or limit of at least 1, for flags where 0 would let nothing through.
 pub(crate) fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
     match s.parse::<T>() {

@@ -24,7 +24,7 @@ mod up_lock;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sealtls_failure::Failure;
 
 /// TLS endpoints whose dangerous parts are kept apart.
@@ -99,10 +99,26 @@ pub fn report(failure: &Failure) -> ExitCode {
     ExitCode::from(failure.class.exit_code() as u8)
 }
 
+/// The flags given on the command line to the subcommand, as `--name`
+/// (defaults are not given): for a command that must say when one of them
+/// has no effect.
+fn given_flags(matches: &clap::ArgMatches) -> Vec<String> {
+    let Some((name, sub)) = matches.subcommand() else { return Vec::new() };
+    let command = Cli::command();
+    let Some(flags) = command.find_subcommand(name) else { return Vec::new() };
+    flags
+        .get_arguments()
+        .filter(|a| sub.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .filter_map(|a| Some(format!("--{}", a.get_long()?)))
+        .collect()
+}
+
 fn main() -> ExitCode {
     // Before any thread starts: this takes the sockets systemd passed and clears their variables.
     sealtls_listen::systemd::take_from_env();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = given_flags(&matches);
     init_logging(cli.log_json);
     sealtls_endpoint::signing::on_idle(allocator::thread_idles);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -114,7 +130,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Pki(cmd) => pki::run(cmd),
             Command::Inspect(args) => pki::inspect(args),
-            Command::Serve(args) => endpoints::serve(args).await,
+            Command::Serve(args) => endpoints::serve(args, &given).await,
             Command::Connect(args) => endpoints::connect(args).await,
             Command::Send(args) => endpoints::send(args).await,
             Command::Tunnel(args) => tunnel::tunnel(args).await,

@@ -31,7 +31,7 @@ pub trait Reload: Send + Sync {
 /// `--reload-interval`.
 #[derive(Args, Clone, Copy, Debug, Default)]
 pub struct ReloadFlags {
-    /// Seconds between checks of the modification times of the files in use; a change reloads them as SIGHUP does (0: only on SIGHUP).
+    /// Seconds between checks of the files in use (modification time, status, size); a change reloads them as SIGHUP does (0: only on SIGHUP).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub reload_interval: u64,
 }

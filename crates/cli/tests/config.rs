@@ -122,6 +122,21 @@ fn serve_config_runs_every_serve_table() {
     }
     drop(server);
 
+    // A flag the tables replace is refused, not ignored; one that applies to all is taken.
+    let o = run(sealtls().args([
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--target",
+        "127.0.0.1:1",
+        "-p",
+        "1",
+        "--status",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--port, --target would have no effect") && text(&o).contains("[[serve]] tables"), "{}", text(&o));
+
     // Certificate flags still make it one server, with [tls] for the rest as before.
     let single = Server::start(&["--config", config.to_str().unwrap(), "--cert", &p(d, "localhost.pem"), "--key", &p(d, "localhost.key")]);
     assert!(!single.log().contains("[[serve]]"), "{}", single.log());
