@@ -384,14 +384,21 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
     let activity = tls.get_ref().0.activity();
     let mut local = local;
     let mut moved = Relayed::default();
+    // As a server counts: received from the TLS peer (here the target), sent to it.
+    let tally = |toward, n| match toward {
+        RelayEnd::Client => {
+            stats.bytes_in.fetch_add(n, Relaxed);
+            metrics.moved(n, 0);
+        }
+        RelayEnd::Target => {
+            stats.bytes_out.fetch_add(n, Relaxed);
+            metrics.moved(0, n);
+        }
+    };
     let result = tokio::select! {
-        r = relay(&mut local, tls, &mut moved) => Some(r),
+        r = relay(&mut local, tls, &mut moved, &tally) => Some(r),
         _ = activity.idle_for(remote.idle_timeout) => None,
     };
-    // Counted before the session stops being open, so that a reader who sees it closed sees its bytes.
-    stats.bytes_in.fetch_add(moved.to_client, Relaxed);
-    stats.bytes_out.fetch_add(moved.to_target, Relaxed);
-    metrics.moved(moved.to_client, moved.to_target);
     stats.open.fetch_sub(1, Relaxed);
     drop(open);
     let ms = started.elapsed().as_millis() as u64;

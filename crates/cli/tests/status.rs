@@ -246,18 +246,27 @@ fn a_tunnel_counts_what_it_carries_and_shows_whom_it_trusts() {
         back
     };
     assert_eq!(carry(b"hello", false), b"hello", "{}", tunnel.log());
+    let l = tunnel.addr.as_str();
+    // A connection still open is counted as its bytes go, not when it ends.
+    let mut live = std::net::TcpStream::connect(&tunnel.addr).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut live, b"live").unwrap();
+    std::io::Read::read_exact(&mut live, &mut [0u8; 4]).unwrap();
+    let s = scrape_until(&status, |s| value(s, "sealtls_tls_received_bytes_total", &[("listener", l)]) == 9.0);
+    assert_eq!(value(&s, "sealtls_tls_sent_bytes_total", &[("listener", l)]), 9.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_connections_open", &[("listener", l)]), 1.0, "{s:#?}");
+    drop(live);
     // Closed by the idle limit: its bytes count all the same.
     assert_eq!(carry(b"ping", true), b"ping", "{}", tunnel.log());
-    let l = tunnel.addr.as_str();
     let s = scrape_until(&status, |s| {
-        value(s, "sealtls_tls_handshakes_total", &[("listener", l), ("result", "ok")]) == 2.0
+        value(s, "sealtls_tls_handshakes_total", &[("listener", l), ("result", "ok")]) == 3.0
             && value(s, "sealtls_tls_connections_open", &[("listener", l)]) == 0.0
     });
     let ok = [("listener", l), ("result", "ok"), ("version", "TLSv1.3")];
-    assert_eq!(value(&s, "sealtls_tls_handshakes_total", &ok), 2.0, "{s:#?}");
-    assert_eq!(value(&s, "sealtls_tls_handshake_duration_seconds_count", &[("listener", l)]), 2.0, "{s:#?}");
-    assert_eq!(value(&s, "sealtls_tls_sent_bytes_total", &[("listener", l)]), 9.0, "{s:#?}");
-    assert_eq!(value(&s, "sealtls_tls_received_bytes_total", &[("listener", l)]), 9.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_handshakes_total", &ok), 3.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_handshake_duration_seconds_count", &[("listener", l)]), 3.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_sent_bytes_total", &[("listener", l)]), 13.0, "{s:#?}");
+    assert_eq!(value(&s, "sealtls_tls_received_bytes_total", &[("listener", l)]), 13.0, "{s:#?}");
 
     let _ = remote.child.kill();
     let _ = remote.child.wait();
@@ -274,7 +283,7 @@ fn a_tunnel_counts_what_it_carries_and_shows_whom_it_trusts() {
     assert!(shown["trust_anchors"][0]["subject"].as_str().unwrap().contains("sealtls development CA"), "{body}");
     let counts = &shown["counts"];
     let got: Vec<_> = ["accepted", "handshakes", "handshakes_failed", "open", "bytes_in", "bytes_out"].map(|k| counts[k].as_u64()).into();
-    assert_eq!(got, [Some(3), Some(2), Some(1), Some(0), Some(9), Some(9)], "{body}");
+    assert_eq!(got, [Some(4), Some(3), Some(1), Some(0), Some(13), Some(13)], "{body}");
 }
 
 fn keyd(dir: &Path, extra: &[&str]) -> Server {

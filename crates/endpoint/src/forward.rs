@@ -194,11 +194,15 @@ pub struct RelayError {
     pub error: std::io::Error,
 }
 
+/// Told of every chunk a relay has passed on: toward which end, how many bytes.
+pub type Tally<'a> = &'a (dyn Fn(RelayEnd, u64) + Sync);
+
 /// Copies `from` to `to` until `from` ends, then shuts `to`'s write side;
-/// each read waits for the previous write. `moved` counts as it goes. The
-/// buffer grows to `CHUNK` while data flows and shrinks while idle. A
-/// failure names its end: `from`'s for a read, `to`'s for a write.
-async fn pipe<R, W>(from: (&mut R, RelayEnd), to: (&mut W, RelayEnd), moved: &mut u64) -> Result<(), RelayError>
+/// each read waits for the previous write. `moved` counts as it goes, and
+/// `tally` hears of each chunk. The buffer grows to `CHUNK` while data
+/// flows and shrinks while idle. A failure names its end: `from`'s for a
+/// read, `to`'s for a write.
+async fn pipe<R, W>(from: (&mut R, RelayEnd), to: (&mut W, RelayEnd), moved: &mut u64, tally: Tally<'_>) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -214,22 +218,24 @@ where
         to.write_all(data).await.map_err(failed(writer))?;
         to.flush().await.map_err(failed(writer))?;
         *moved += data.len() as u64;
+        tally(writer, data.len() as u64);
     }
 }
 
 /// Relays between a TLS session and a target until both directions have
 /// ended, keeping each half-close. The first error ends both directions.
 /// `moved` counts as bytes go, so a relay cut short (an idle limit) still
-/// tells what it moved.
-pub async fn relay<C, T>(client: C, target: T, moved: &mut Relayed) -> Result<(), RelayError>
+/// tells what it moved; `tally` hears of each chunk as it is passed on (for
+/// counters that must not wait for the end of a long session).
+pub async fn relay<C, T>(client: C, target: T, moved: &mut Relayed, tally: Tally<'_>) -> Result<(), RelayError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut target_rd, mut target_wr) = tokio::io::split(target);
-    let up = pipe((&mut client_rd, RelayEnd::Client), (&mut target_wr, RelayEnd::Target), &mut moved.to_target);
-    let down = pipe((&mut target_rd, RelayEnd::Target), (&mut client_wr, RelayEnd::Client), &mut moved.to_client);
+    let up = pipe((&mut client_rd, RelayEnd::Client), (&mut target_wr, RelayEnd::Target), &mut moved.to_target, tally);
+    let down = pipe((&mut target_rd, RelayEnd::Target), (&mut client_wr, RelayEnd::Client), &mut moved.to_client, tally);
     tokio::try_join!(up, down).map(|_| ())
 }
 
@@ -284,7 +290,7 @@ mod tests {
         let (target, mut target_peer) = tokio::io::duplex(1024);
         let relay = tokio::spawn(async move {
             let mut moved = Relayed::default();
-            let result = relay(client, target, &mut moved).await;
+            let result = relay(client, target, &mut moved, &|_, _| ()).await;
             (moved, result)
         });
         client_peer.write_all(b"request").await.unwrap();

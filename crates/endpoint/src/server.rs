@@ -411,8 +411,7 @@ fn unsent_alert(err: &std::io::Error) -> Option<AlertDescription> {
     }
 }
 
-/// One session's byte counts, also added to the server's as they happen
-/// (a relay's when the session ends).
+/// One session's byte counts, also added to the server's as they happen.
 struct Counts<'a> {
     stats: &'a ServerStats,
     metrics: &'a ListenerMetrics,
@@ -428,11 +427,12 @@ impl Counts<'_> {
         self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         self.metrics.moved(n as u64, 0);
     }
-    /// Adds what a relay moved, once it has stopped.
+    /// Adds what a relay moved to this session's counts, once it has
+    /// stopped (the server's were told as it went).
     fn settle_relayed(&mut self) {
         let moved = std::mem::take(&mut self.relayed);
-        self.received(moved.to_target as usize);
-        self.sent(moved.to_client as usize);
+        self.bytes_in += moved.to_target;
+        self.bytes_out += moved.to_client;
     }
     fn sent(&mut self, n: usize) {
         self.bytes_out += n as u64;
@@ -489,7 +489,18 @@ async fn forward_session(
     let Some(target) = Box::pin(open_target(forward, stream, peer, local)).await else {
         return stream.shutdown().await;
     };
-    relay(&mut *stream, target, &mut counts.relayed).await.map_err(|e| match e.end {
+    let (stats, metrics) = (counts.stats, counts.metrics);
+    let tally = |toward, n| match toward {
+        RelayEnd::Target => {
+            stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+            metrics.moved(n, 0);
+        }
+        RelayEnd::Client => {
+            stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+            metrics.moved(0, n);
+        }
+    };
+    relay(&mut *stream, target, &mut counts.relayed, &tally).await.map_err(|e| match e.end {
         RelayEnd::Client => e.error,
         RelayEnd::Target => std::io::Error::new(e.error.kind(), TargetFailed { target: forward.target.to_string(), error: e.error }),
     })
