@@ -497,6 +497,8 @@ pub async fn prepare_serve(
     metrics: &Arc<ServerMetrics>,
     source: Option<&Path>,
 ) -> Result<PreparedServe, Failure> {
+    // The config table, for log lines; nothing for the flags.
+    let table = (!name.is_empty()).then_some(name);
     let keyless = args.keyless.keyless()?;
     if let Some(bad) = args.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
         return Err(Failure::new(
@@ -510,11 +512,14 @@ pub async fn prepare_serve(
     let (tls, loaded) = serve_tls.build()?;
     if tls.client_auth() == ClientAuthMode::Required {
         if rules.allows_all() {
-            info!(name, "client certificates: any certificate the --ca CAs issued is let in (--allow-all)");
+            info!(name = table, "client certificates: any certificate the --ca CAs issued is let in (--allow-all)");
         } else if rules.is_empty() {
-            info!(name, "client certificates: any certificate the --ca CAs issued is let in (no --allow-cn/-dns/-uri/-spki-sha256 rule)");
+            info!(
+                name = table,
+                "client certificates: any certificate the --ca CAs issued is let in (no --allow-cn/-dns/-uri/-spki-sha256 rule)"
+            );
         } else {
-            info!(name, allow = %rules, "client certificates: only those matching an --allow rule are let in");
+            info!(name = table, allow = %rules, "client certificates: only those matching an --allow rule are let in");
         }
     }
     let forward = match &args.target {
@@ -557,9 +562,9 @@ pub async fn prepare_serve(
     match &forward {
         Some(f) => {
             let proxy_protocol = f.proxy_protocol.map_or("none".into(), |p| p.to_string());
-            info!(listen = %local, name, target = %f.target, tls = %args.tls, %proxy_protocol, "forwarding")
+            info!(listen = %local, name = table, target = %f.target, tls = %args.tls, %proxy_protocol, "forwarding")
         }
-        None => info!(listen = %local, name, mode = ?args.mode, tls = %args.tls, "serving"),
+        None => info!(listen = %local, name = table, mode = ?args.mode, tls = %args.tls, "serving"),
     }
     let mode = mode_name(args.mode, forward.as_deref());
     Ok(PreparedServe { local, listener, server, keyless, mode, leaf, anchors, reload })

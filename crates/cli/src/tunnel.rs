@@ -280,7 +280,7 @@ pub async fn prepare(args: &TunnelArgs, name: &str, metrics: &Arc<ServerMetrics>
         Listener::Unix(_) => args.listen.clone(),
     };
     let verify = remote.rules.as_ref().map_or("chain and name".to_owned(), |r| format!("chain, name and {r}"));
-    info!(listen = %local, name, target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
+    info!(listen = %local, name = (!name.is_empty()).then_some(name), target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
     let reload = Arc::new(TunnelReload { name: format!("tunnel {local}"), remote: remote.clone(), args: args.clone() });
     Ok(PreparedTunnel {
         metrics: metrics.listener(local.to_string()),
