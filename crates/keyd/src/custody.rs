@@ -2,7 +2,7 @@
 //! Transport-free, so the Unix and TLS listeners share it.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use sealtls_custody_proto::{
@@ -77,6 +77,10 @@ pub struct Custody {
     /// Requests refused because no grant allowed them.
     forbidden: AtomicU64,
     metrics: KeydMetrics,
+    /// Held by PUT, GENERATE and REMOVE from their check of the table to
+    /// their change of it, so that two admins writing one domain at once
+    /// are served one after the other.
+    writes: Mutex<()>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -117,6 +121,7 @@ impl Custody {
             grants: RwLock::new(None),
             forbidden: AtomicU64::new(0),
             metrics: KeydMetrics::default(),
+            writes: Mutex::new(()),
         };
         for entry in custody.backend.load()? {
             custody.install(entry);
@@ -386,6 +391,7 @@ impl Custody {
     }
 
     fn put(&self, domain: &str, key: &[u8], chain: Vec<Vec<u8>>) -> Response {
+        let _one_writer = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let domain = match normalize_domain(domain) {
             Ok(d) => d,
             Err(e) => return error(ErrorCode::InvalidInput, format!("{domain:?}: {e}")),
@@ -427,6 +433,7 @@ impl Custody {
     }
 
     fn generate(&self, domain: &str, key_type: &str) -> Response {
+        let _one_writer = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let domain = match normalize_domain(domain) {
             Ok(d) => d,
             Err(e) => return error(ErrorCode::InvalidInput, format!("{domain:?}: {e}")),
@@ -456,6 +463,7 @@ impl Custody {
     }
 
     fn remove(&self, domain: &str) -> Response {
+        let _one_writer = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let Some(existing) = self.exact(domain) else { return error(ErrorCode::KeyNotFound, format!("no key is installed for {domain}")) };
         if let Err(e) = self.backend.remove(&existing.entry) {
             return store_error(&e);

@@ -36,9 +36,11 @@ impl Remedy for WriteError {
 }
 
 /// Writes `bytes` to `path` so that a crash at any point leaves either the old
-/// file or the complete new one: a temporary file in the same directory is
-/// written with `mode`, fsynced, renamed over the target, and the directory is
-/// fsynced. Without `replace`, an existing target is an error.
+/// file or the complete new one: a temporary file in the same directory
+/// (named for this process and this write, so concurrent writes never share
+/// one) is written with `mode`, fsynced, moved to the target, and the
+/// directory is fsynced. Without `replace`, an existing target is an error,
+/// decided atomically: of two writers racing for a new name, one gets it.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<(), WriteError> {
     let io_err = |source| WriteError::Io { path: path.to_owned(), source };
     if !replace && path.exists() {
@@ -49,17 +51,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Resu
         _ => PathBuf::from("."),
     };
     let file_name = path.file_name().ok_or_else(|| io_err(io::Error::other("no file name")))?;
-    let tmp = dir.join(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id()));
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nth = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{}.tmp{}.{nth}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         // The mode given to open() is masked by the umask; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        if !replace && path.exists() {
-            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        if replace {
+            fs::rename(&tmp, path)?;
+        } else {
+            // A link fails if the name exists; rename would replace it.
+            fs::hard_link(&tmp, path)?;
+            let _ = fs::remove_file(&tmp);
         }
-        fs::rename(&tmp, path)?;
         File::open(&dir)?.sync_all()
     })();
     if result.is_err() {
@@ -113,6 +120,29 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         // no temporary files are left behind
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn concurrent_writes_never_trip_over_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.key");
+        let path = p.as_path();
+        let write_all = |replace: bool| {
+            std::thread::scope(|s| {
+                let writers: Vec<_> = (0..16u8).map(|i| s.spawn(move || write_atomic(path, &[i; 64], 0o600, replace))).collect();
+                writers.into_iter().map(|w| w.join().unwrap()).collect::<Vec<_>>()
+            })
+        };
+        // Replacing: every write lands whole; the last one wins.
+        assert!(write_all(true).iter().all(Result::is_ok));
+        let got = fs::read(&p).unwrap();
+        assert!(got.len() == 64 && got.iter().all(|b| *b == got[0]), "{got:?}");
+        // Creating: exactly one writer gets the name, the others are told it exists.
+        fs::remove_file(&p).unwrap();
+        let results = write_all(false);
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, WriteError::Exists { .. })), "{results:?}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temporary files left behind");
     }
 
     #[test]

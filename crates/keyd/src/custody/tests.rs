@@ -379,3 +379,35 @@ fn keys_lists_what_the_caller_may_use_and_sign_digest_signs_for_it() {
     assert_eq!(code(f.edge(by_digest("a.example", DigestSigning::Ecdsa, hash.as_ref()))), ErrorCode::Forbidden);
     assert!(matches!(f.edge(by_digest("b.example", DigestSigning::Ecdsa, hash.as_ref())), Response::DigestSignature(_)));
 }
+
+/// Admins writing one domain at once are served one after the other: of
+/// several GENERATEs one makes the key (the one kept), the rest are told it
+/// exists; identical PUTs all land.
+#[test]
+fn concurrent_writes_to_one_domain_are_served_in_turn() {
+    let mut f = Fixture::new();
+    let generate = || Request::Generate { domain: "race.example.com".into(), key_type: "ecdsa-p256".into() };
+    let answers: Vec<Response> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8).map(|_| s.spawn(|| f.admin(generate()))).collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let csrs: Vec<&Vec<u8>> = answers.iter().filter_map(|a| if let Response::Csr(csr) = a { Some(csr) } else { None }).collect();
+    assert_eq!(csrs.len(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|a| matches!(a, Response::Error { .. })).count(), 7, "{answers:?}");
+    // The CSR that was handed out is for the key kept.
+    let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csrs[0].clone())).unwrap();
+    let kept = match f.admin(Request::PublicKey(Selector::Domain("race.example.com".into()))) {
+        Response::PublicKey { spki, .. } => spki,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(rcgen::PublicKeyData::subject_public_key_info(&csr.public_key), kept);
+
+    let leaf = Leaf::new(&["www.example.com"]);
+    let answers: Vec<Response> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8).map(|_| s.spawn(|| f.admin(leaf.put("www.example.com")))).collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|a| matches!(a, Response::Stored(_))), "{answers:?}");
+    f.restart();
+    assert_eq!(f.chain("www.example.com").key_id, leaf.id());
+}
