@@ -22,6 +22,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::keyd::{BackendKind, KeydArgs, SealKind};
+use crate::limits;
 use crate::services::Address;
 use crate::tables::{
     self, distinct_addresses, flag_defaults, serve_tables, tunnel_tables, Ctx, RawServe, RawStatus, RawTunnel, ServeTable, StatusSection,
@@ -489,16 +490,23 @@ impl Config {
             })?,
             None => material.ca.clone().unwrap_or(Anchors { origin: "none".into(), certs: Vec::new() }),
         };
+        let offload_secs = |key: &str, v: Option<u64>| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(10);
+            match limits::secs_refusal(v, false) {
+                Some((what, fix)) => Err(field(&l, "[offload]", &format!("{key} = {v}"), Problem::new(what, fix))),
+                None => Ok(Duration::from_secs(v)),
+            }
+        };
         let offload = OffloadSettings {
             socket: dir.join(o.socket.as_deref().unwrap_or(Path::new("offload.sock"))),
             trust,
             max_clients: o.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
             allow: Allow { uids: o.allow_uid.clone(), gids: o.allow_gid.clone() },
             buffer_size: o.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE),
-            connect_timeout: Duration::from_secs(o.connect_timeout_secs.unwrap_or(10)),
-            handshake_timeout: Duration::from_secs(o.handshake_timeout_secs.unwrap_or(10)),
+            connect_timeout: offload_secs("connect_timeout_secs", o.connect_timeout_secs)?,
+            handshake_timeout: offload_secs("handshake_timeout_secs", o.handshake_timeout_secs)?,
             name_check: o.hostname_check.unwrap_or(true),
-            answer_timeout: Duration::from_secs(o.client_timeout_secs.unwrap_or(10)),
+            answer_timeout: offload_secs("client_timeout_secs", o.client_timeout_secs)?,
         };
         let defaults = KeylessLimits::default();
         let keyless = KeylessSection {
@@ -509,7 +517,13 @@ impl Config {
                     Some(n) => n,
                     None => defaults.cache,
                 },
-                miss_ttl: raw.keyless.miss_ttl_secs.map_or(defaults.miss_ttl, Duration::from_secs),
+                miss_ttl: match raw.keyless.miss_ttl_secs.map(|v| (v, limits::secs_refusal(v, true))) {
+                    Some((v, Some((what, fix)))) => {
+                        return Err(field(&l, "[keyless]", &format!("miss_ttl_secs = {v}"), Problem::new(what, fix)))
+                    }
+                    Some((v, None)) => Duration::from_secs(v),
+                    None => defaults.miss_ttl,
+                },
                 ..defaults
             },
         };
@@ -635,9 +649,9 @@ fn keyd_store(raw: &RawKeyd, l: &Loader<'_>) -> Result<KeydArgs, ConfigError> {
         ("frame_timeout_secs", raw.frame_timeout_secs, &mut k.frame_timeout),
         ("first_byte_timeout_secs", raw.first_byte_timeout_secs, &mut k.first_byte_timeout),
     ] {
-        match value {
-            Some(0) => return Err(field(l, t, &format!("{key} = 0"), Problem::new("allows no time", "give at least 1"))),
-            Some(n) => *slot = n,
+        match value.map(|v| (v, limits::secs_refusal(v, false))) {
+            Some((v, Some((what, fix)))) => return Err(field(l, t, &format!("{key} = {v}"), Problem::new(what, fix))),
+            Some((v, None)) => *slot = v,
             None => {}
         }
     }

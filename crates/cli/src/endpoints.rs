@@ -31,6 +31,7 @@ use crate::acl::AllowFlags;
 use crate::config::Config;
 use crate::identity::{anchors, identity_from_files};
 use crate::keyd::KeydFlags;
+use crate::limits;
 use crate::notify;
 use crate::reload::{config_files, describe_anchors, describe_cert, reload_line, Reload, ReloadFlags, Reloader};
 use crate::signals::shutdown_signal;
@@ -93,19 +94,19 @@ pub struct ServeArgs {
     #[arg(long, value_delimiter = ',', value_name = "PROTOCOLS")]
     pub alpn: Vec<String>,
     /// Seconds connecting to the --target may take.
-    #[arg(long, default_value_t = 10, requires = "target", value_parser = at_least_one::<u64>)]
+    #[arg(long, default_value_t = 10, requires = "target", value_parser = limits::positive_secs)]
     pub connect_timeout: u64,
     /// Seconds a session may last however busy it is (0: no limit).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = limits::secs)]
     pub max_conn_lifetime: u64,
     /// Sessions served at once; more wait in the listen backlog.
-    #[arg(long, default_value_t = 10_000, value_parser = at_least_one::<usize>)]
+    #[arg(long, default_value_t = 10_000, value_parser = limits::at_least_one::<usize>)]
     pub max_connections: usize,
     /// Seconds a handshake may take before the connection is closed.
-    #[arg(long, default_value_t = 10, value_parser = at_least_one::<u64>)]
+    #[arg(long, default_value_t = 10, value_parser = limits::positive_secs)]
     pub handshake_timeout: u64,
     /// Seconds a session may move no byte in either direction before it is closed (0: never).
-    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = limits::secs)]
     pub idle_timeout: u64,
     #[command(flatten)]
     pub status: StatusFlags,
@@ -207,7 +208,7 @@ pub struct KeydLinkFlags {
     #[arg(long, conflicts_with_all = ["cert", "key"])]
     pub keyd: Vec<String>,
     /// Milliseconds between PINGs to each keyd; a keyd found down gets no requests until it answers.
-    #[arg(long, value_name = "MS", default_value_t = sealtls_keyless::DEFAULT_HEALTH_INTERVAL.as_millis() as u64, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(50..))]
+    #[arg(long, value_name = "MS", default_value_t = sealtls_keyless::DEFAULT_HEALTH_INTERVAL.as_millis() as u64, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(50..=limits::MAX_SECS * 1000))]
     pub keyd_health_ms: u64,
     /// CA that issued keyd's certificate (with tls://).
     #[arg(long)]
@@ -232,7 +233,7 @@ pub struct KeylessFlags {
     #[arg(long, value_name = "N", default_value_t = KeylessLimits::default().cache, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub keyless_cache: usize,
     /// Seconds a name keyd does not know is refused (unrecognized_name) without asking keyd again.
-    #[arg(long, value_name = "SECS", default_value_t = KeylessLimits::default().miss_ttl.as_secs())]
+    #[arg(long, value_name = "SECS", default_value_t = KeylessLimits::default().miss_ttl.as_secs(), value_parser = limits::secs)]
     pub keyless_miss_ttl: u64,
     /// Handshakes waiting for keyd's signature at once, each on a blocking thread; more wait their turn.
     #[arg(long, value_name = "N", default_value_t = KeylessLimits::default().signing_threads, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
@@ -590,15 +591,6 @@ fn refuse_flags_the_tables_replace(given: &[String], config: &Path) -> Result<()
     ))
 }
 
-/// A count or limit of at least 1, for flags where 0 would let nothing through.
-pub(crate) fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
-    match s.parse::<T>() {
-        Ok(v) if v >= T::from(1) => Ok(v),
-        Ok(_) => Err("0 would let nothing through; give at least 1".into()),
-        Err(_) => Err(format!("`{s}` is not a whole number")),
-    }
-}
-
 /// A server's (or tunnel's) counts as the status page lists them.
 pub(crate) fn counts(stats: &ServerStats) -> Vec<(&'static str, u64)> {
     use std::sync::atomic::Ordering::Relaxed;
@@ -639,10 +631,10 @@ pub struct ClientArgs {
     #[arg(long, default_value = "any")]
     tls: TlsVersions,
     /// Seconds to wait for the connection and handshake.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = limits::positive_secs)]
     timeout: u64,
     /// Seconds without a byte moving in either direction before a transfer or relay is given up (0: never).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = limits::secs)]
     idle_timeout: u64,
     /// Print JSON for scripts.
     #[arg(long)]

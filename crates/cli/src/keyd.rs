@@ -103,10 +103,10 @@ pub struct KeydArgs {
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
     /// Seconds a started request frame has to arrive whole.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = crate::limits::positive_secs)]
     pub frame_timeout: u64,
     /// Seconds a new connection has to send its first byte.
-    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = crate::limits::positive_secs)]
     pub first_byte_timeout: u64,
     #[command(flatten)]
     pub status: StatusFlags,

@@ -7,6 +7,7 @@ mod endpoints;
 mod identity;
 mod keyd;
 mod keyd_child;
+mod limits;
 mod notify;
 mod offload;
 mod pkcs11;

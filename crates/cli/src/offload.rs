@@ -48,13 +48,13 @@ pub struct OffloadArgs {
     #[arg(long)]
     buffer_size: Option<usize>,
     /// Limit for a TCP connect, in seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = crate::limits::positive_secs)]
     connect_timeout: Option<u64>,
     /// Limit for a TLS handshake, in seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = crate::limits::positive_secs)]
     handshake_timeout: Option<u64>,
     /// Drop a client that leaves answers unread this long, in seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = crate::limits::positive_secs)]
     client_timeout: Option<u64>,
     /// Verify server chains but not their names, as TRENTOS TlsServer does.
     /// Daemon-wide; clients cannot choose it.
@@ -202,7 +202,7 @@ pub struct OffloadClientArgs {
     #[arg(long, value_name = "TEXT")]
     send: Option<String>,
     /// How long to wait for the answer to --send, in seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::limits::positive_secs)]
     wait: u64,
 }
 

@@ -32,7 +32,7 @@ pub trait Reload: Send + Sync {
 #[derive(Args, Clone, Copy, Debug, Default)]
 pub struct ReloadFlags {
     /// Seconds between checks of the files in use (modification time, status, size); a change reloads them as SIGHUP does (0: only on SIGHUP).
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = crate::limits::secs)]
     pub reload_interval: u64,
 }
 

@@ -238,15 +238,12 @@ pub fn flag_defaults<T: Args + FromArgMatches>(required: &[&str]) -> T {
     T::from_arg_matches(&cmd.get_matches_from(required)).expect("the flags' defaults parse")
 }
 
-fn secs(v: Option<u64>, default: u64) -> u64 {
-    v.unwrap_or(default)
-}
-
-/// A limit in seconds that 0 would turn into "let nothing through".
-fn nonzero_secs(ctx: &Ctx<'_>, t: &str, key: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
-    match v {
-        Some(0) => Err(ctx.err(t, format!("{key} = 0"), Problem::new("lets no connection through", "give at least 1"))),
-        v => Ok(v.unwrap_or(default)),
+/// A limit in seconds, checked as its flag is (`zero_ok`: 0 means none).
+fn secs(ctx: &Ctx<'_>, t: &str, key: &str, v: Option<u64>, default: u64, zero_ok: bool) -> Result<u64, ConfigError> {
+    match v.map(|v| (v, crate::limits::secs_refusal(v, zero_ok))) {
+        Some((v, Some((what, fix)))) => Err(ctx.err(t, format!("{key} = {v}"), Problem::new(what, fix))),
+        Some((v, None)) => Ok(v),
+        None => Ok(default),
     }
 }
 
@@ -378,10 +375,10 @@ fn serve_table(t: &str, r: &RawServe, ctx: &Ctx<'_>) -> Result<ServeTable, Confi
             rules.to_string()
         },
     ));
-    a.handshake_timeout = nonzero_secs(ctx, t, "handshake_timeout_secs", r.handshake_timeout_secs, a.handshake_timeout)?;
-    a.idle_timeout = secs(r.idle_timeout_secs, a.idle_timeout);
-    a.connect_timeout = nonzero_secs(ctx, t, "connect_timeout_secs", r.connect_timeout_secs, a.connect_timeout)?;
-    a.max_conn_lifetime = secs(r.max_conn_lifetime_secs, a.max_conn_lifetime);
+    a.handshake_timeout = secs(ctx, t, "handshake_timeout_secs", r.handshake_timeout_secs, a.handshake_timeout, false)?;
+    a.idle_timeout = secs(ctx, t, "idle_timeout_secs", r.idle_timeout_secs, a.idle_timeout, true)?;
+    a.connect_timeout = secs(ctx, t, "connect_timeout_secs", r.connect_timeout_secs, a.connect_timeout, false)?;
+    a.max_conn_lifetime = secs(ctx, t, "max_conn_lifetime_secs", r.max_conn_lifetime_secs, a.max_conn_lifetime, true)?;
     a.max_connections = positive(ctx, t, r.max_connections, a.max_connections)?;
     summary.push((
         "limits",
@@ -538,8 +535,8 @@ fn tunnel_table(t: &str, r: &RawTunnel, ctx: &Ctx<'_>) -> Result<TunnelTable, Co
     let rules = a.verify.rules();
     let name = r.server_name.as_deref().unwrap_or(target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h));
     summary.push(("verify", if rules.is_empty() { format!("chain and name {name}") } else { format!("chain, name {name} and {rules}") }));
-    a.connect_timeout = nonzero_secs(ctx, t, "connect_timeout_secs", r.connect_timeout_secs, a.connect_timeout)?;
-    a.idle_timeout = secs(r.idle_timeout_secs, a.idle_timeout);
+    a.connect_timeout = secs(ctx, t, "connect_timeout_secs", r.connect_timeout_secs, a.connect_timeout, false)?;
+    a.idle_timeout = secs(ctx, t, "idle_timeout_secs", r.idle_timeout_secs, a.idle_timeout, true)?;
     a.max_connections = positive(ctx, t, r.max_connections, a.max_connections)?;
     summary.push(("limits", format!("connect {} s, idle {} s, {} connections", a.connect_timeout, a.idle_timeout, a.max_connections)));
     Ok(TunnelTable { label: t.to_owned(), args: a, summary })

@@ -92,13 +92,13 @@ pub struct TunnelArgs {
     #[arg(long)]
     pub unsafe_listen: bool,
     /// Seconds connecting to the target and the handshake may take, together.
-    #[arg(long, default_value_t = 10, value_parser = crate::endpoints::at_least_one::<u64>)]
+    #[arg(long, default_value_t = 10, value_parser = crate::limits::positive_secs)]
     pub connect_timeout: u64,
     /// Seconds a connection may move no byte in either direction before it is closed (0: never).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = crate::limits::secs)]
     pub idle_timeout: u64,
     /// Connections carried at once; more wait in the listen backlog.
-    #[arg(long, default_value_t = 1000, value_parser = crate::endpoints::at_least_one::<usize>)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::limits::at_least_one::<usize>)]
     pub max_connections: usize,
     #[command(flatten)]
     pub status: StatusFlags,

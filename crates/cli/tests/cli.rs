@@ -417,6 +417,18 @@ fn limits_that_let_nothing_through_are_refused() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         assert!(text(&o).contains("give at least 1"), "{args:?}: {}", text(&o));
     }
+    // Times a clock cannot add are refused too, rather than panicking at the first connection.
+    let huge = "18446744073709551614";
+    for args in [
+        &["serve", "--idle-timeout", huge][..],
+        &["keyd", "--frame-timeout", huge],
+        &["offload", "--connect-timeout", huge],
+        &["tunnel", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--ca", "ca.pem", "--idle-timeout", huge],
+    ] {
+        let o = run(sealtls().args(args));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("give at most 31536000"), "{args:?}: {}", text(&o));
+    }
     let o = run(sealtls().args(["serve", "--connect-timeout", "5"]));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--target"), "{}", text(&o));

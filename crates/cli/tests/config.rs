@@ -350,6 +350,11 @@ fn config_check_shows_every_service_and_refuses_conflicts() {
     refused(d, &format!("{base}handshake_timeout_secs = 0\n"), &["[[serve]] #1 handshake_timeout_secs = 0", "give at least 1"]);
     let tunnel = "[[tunnel]]\nlisten = \"127.0.0.1:1\"\ntarget = \"localhost:1\"\nca_file = \"ca.pem\"\n";
     refused(d, &format!("{base}{tunnel}connect_timeout_secs = 0\n"), &["[[tunnel]] #1 connect_timeout_secs = 0", "give at least 1"]);
+    refused(
+        d,
+        &format!("{base}idle_timeout_secs = 18446744073709551615\n"),
+        &["[[serve]] #1 idle_timeout_secs = 18446744073709551615", "give at most 31536000"],
+    );
 }
 
 #[test]

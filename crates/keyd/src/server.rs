@@ -371,10 +371,12 @@ where
             (false, None) => Some(Instant::now()),
         };
         let can_read = !eof && !failed && !pending;
+        // A limit too long for the clock to add means no limit.
+        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
         let deadline = match partial_since {
-            Some(t) => t + limits.frame_timeout,
-            None if !heard => opened + limits.idle_timeout,
-            None => Instant::now() + Duration::from_secs(86_400 * 365),
+            Some(t) => t.checked_add(limits.frame_timeout).unwrap_or_else(far),
+            None if !heard => opened.checked_add(limits.idle_timeout).unwrap_or_else(far),
+            None => far(),
         };
         buf.reserve(READ_CHUNK);
         tokio::select! {

@@ -72,7 +72,7 @@ async fn within<T>(
 
 /// The endpoint's own limit, kept past the daemon's.
 fn outer(limit: Duration) -> Duration {
-    limit + Duration::from_secs(1)
+    limit.saturating_add(Duration::from_secs(1))
 }
 
 impl Dialer {
