@@ -130,10 +130,21 @@ impl Grants {
         Decision::Refused(self.grants.iter().filter(|g| g.to.names(peer)).map(Grant::to_string).collect())
     }
 
-    /// Reads an `--authorize` file.
+    /// Reads an `--authorize` file; one that group or others may write is
+    /// refused (whoever can write it can grant themselves any key).
     pub fn load(path: &Path) -> Result<Self, Problem> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Problem::new(format!("{}: cannot read: {e}", path.display()), "give a readable TOML file of [[grant]] tables"))?;
+        use std::os::unix::fs::PermissionsExt;
+        let cannot_read = |e: std::io::Error| {
+            Problem::new(format!("{}: cannot read: {e}", path.display()), "give a readable TOML file of [[grant]] tables")
+        };
+        let mode = std::fs::metadata(path).map_err(cannot_read)?.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(Problem::new(
+                format!("{}: group or others may write it (mode {mode:04o}), and so grant themselves any key", path.display()),
+                format!("fix it with `chmod go-w {}`", path.display()),
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(cannot_read)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -307,5 +318,23 @@ domains = ["d.example"]
         assert!(e.what.contains("grant #1") && e.fix.as_deref().unwrap_or_default().contains("64 hex digits"), "{e:?}");
         let e = refused("[[grant]]\nuid = -1\ndomains = [\"a.example\"]\n");
         assert!(e.what.starts_with("auth.toml: "), "{e:?}");
+    }
+
+    #[test]
+    fn a_grant_file_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grants.toml");
+        std::fs::write(&path, "[[grant]]\nuid = 1000\ndomains = [\"a.example\"]\n").unwrap();
+        for (mode, ok) in [(0o644, true), (0o600, true), (0o664, false), (0o646, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            match Grants::load(&path) {
+                Ok(_) => assert!(ok, "{mode:o} accepted"),
+                Err(p) => {
+                    assert!(!ok, "{mode:o}: {p}");
+                    assert!(p.fix.as_deref().is_some_and(|f| f.contains("chmod go-w")), "{p}");
+                }
+            }
+        }
     }
 }
