@@ -762,6 +762,10 @@ pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
 
 /// Copies stdin to the server and the server to stdout; at stdin's end,
 /// sends close_notify and drains what the server still sends.
+/// Standard input to the server and the server's bytes to standard output.
+/// The end of standard input is passed on (close_notify) and the server's
+/// answer still read; the server's close ends it at once, whatever standard
+/// input still holds.
 async fn relay_stdio(stream: sealtls_endpoint::client::ClientStream) -> std::io::Result<()> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let upstream = async {
@@ -773,8 +777,12 @@ async fn relay_stdio(stream: sealtls_endpoint::client::ClientStream) -> std::io:
         tokio::io::copy(&mut rd, &mut stdout).await?;
         stdout.flush().await
     };
-    tokio::try_join!(upstream, downstream)?;
-    Ok(())
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        closed = &mut downstream => return closed,
+        sent = &mut upstream => sent?,
+    }
+    downstream.await
 }
 
 #[derive(Args)]

@@ -24,6 +24,7 @@ mod up;
 mod up_lock;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sealtls_failure::Failure;
@@ -147,6 +148,8 @@ fn main() -> ExitCode {
             Command::BenchClient(args) => bench::proxy::client(args).await,
         }
     });
+    // A read of standard input still waiting (the peer closed first) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => report(&failure),

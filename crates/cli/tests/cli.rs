@@ -446,3 +446,33 @@ fn tunnel_help_offers_the_keyd_link_but_not_server_settings() {
     let help = text(&run(sealtls().args(["serve", "--help"])));
     assert!(help.contains("--keyless-cache") && help.contains("--keyless-signing-threads"), "{help}");
 }
+
+/// `connect` ends when the server closes, even while its standard input
+/// stays open (as `openssl s_client` does), instead of waiting for more input.
+#[test]
+fn connect_exits_when_the_server_closes_though_stdin_is_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let server = Server::start(&["--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--idle-timeout", "1"]);
+    let mut client = sealtls()
+        .args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stdin_kept_open = client.stdin.take();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = client.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = client.kill();
+            panic!("connect still waits on its standard input after the server closed:\n{}", server.log());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    server.wait_log("within the idle timeout");
+}
