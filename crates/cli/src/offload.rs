@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_listen::ListenSpec;
-use sealtls_offload::{Code, Error};
+use sealtls_offload::{detail, Code, Error};
 use sealtls_offload_daemon::{Daemon, OffloadSettings, TrustAnchors};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
@@ -214,9 +215,16 @@ fn failure(e: Error, target: &str) -> Failure {
         None => (detail, String::new()),
     };
     let (class, fix) = match e.code {
-        Code::NotFound | Code::OutOfBounds | Code::OperationDenied | Code::Generic => {
-            (FailureClass::Network, "check that `sealtls offload` runs on --socket and admits this user".to_owned())
+        Code::OutOfBounds => {
+            (FailureClass::Network, "retry when a client closes, or start the daemon with a larger --max-clients".to_owned())
         }
+        Code::OperationDenied => {
+            (FailureClass::Network, "run as a user the daemon admits, or add this one to its --allow-uid/--allow-gid".to_owned())
+        }
+        Code::NotFound | Code::Generic => (FailureClass::Network, "check that `sealtls offload` runs on --socket".to_owned()),
+        // ABORTED covers every handshake failure; the daemon's detail says which.
+        Code::Aborted if fix.contains(detail::UNTRUSTED) => (FailureClass::PeerNotTrusted, fix),
+        Code::Aborted if what.contains(detail::TIMED_OUT) => (FailureClass::Network, fix),
         Code::Aborted => (FailureClass::Protocol, fix),
         Code::InvalidParameter => (FailureClass::Usage, "give the server as HOST:PORT with a port from 1 to 65535".to_owned()),
         _ => (FailureClass::Network, fix),

@@ -505,6 +505,18 @@ fn wrong_ca_and_wrong_name_are_refused_with_the_reason() {
         assert!(detail.contains(words) && detail.contains("fix:"), "{detail}");
         // A failed handshake leaves the slot DISCONNECTED, ready to connect again.
         assert_eq!(code(c.disconnect()), Code::InvalidState);
+        // offload-client exits as `connect` would (5: not trusted), with the daemon's remedy.
+        let socket = s.socket();
+        let o = run(sealtls().args([
+            "offload-client",
+            "--socket",
+            socket.to_str().unwrap(),
+            &format!("localhost:{}", server.port()),
+            "--send",
+            "x",
+        ]));
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+        assert!(text(&o).contains("--trust") && !text(&o).contains("--ca "), "{}", text(&o));
     }
 
     // The async API carries the same explanation.

@@ -11,7 +11,7 @@ use sealtls_endpoint::client::{handshake, tcp_connect, ClientStream};
 use sealtls_endpoint::explain::{explain, Side};
 use sealtls_endpoint::session::SessionInfo;
 use sealtls_endpoint::settings::ClientSettings;
-use sealtls_failure::Failure;
+use sealtls_failure::{Failure, FailureClass};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -24,6 +24,22 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// A failure as one line for DETAIL and logs.
 pub(crate) fn detail(f: &Failure) -> String {
     format!("{} (fix: {})", f.what, f.fix)
+}
+
+/// A handshake failure with the remedy the daemon's user can apply: trust
+/// is the daemon's to change, not the client's (who has no --ca to give).
+fn for_the_daemon(f: Failure) -> Failure {
+    match f.class {
+        FailureClass::PeerNotTrusted => Failure::new(
+            f.class,
+            f.what,
+            format!(
+                "add the CA that issued the server's certificate to {}, or connect by a name the certificate holds (names are checked unless the daemon runs with --no-hostname-check)",
+                sealtls_offload_proto::detail::UNTRUSTED
+            ),
+        ),
+        _ => f,
+    }
 }
 
 /// Where a slot connects, as given to CONNECT.
@@ -64,7 +80,8 @@ async fn within<T>(
     match tokio::time::timeout(limit, step).await {
         Ok(result) => result.map_err(|f| detail(&f)),
         Err(_) => Err(format!(
-            "{what} did not finish within {} s (fix: check that the server is reachable and speaks TLS on that port, or raise the daemon's {setting})",
+            "{what} {} {} s (fix: check that the server is reachable and speaks TLS on that port, or raise the daemon's {setting})",
+            sealtls_offload_proto::detail::TIMED_OUT,
             limit.as_secs_f32()
         )),
     }
@@ -105,7 +122,7 @@ impl Dialer {
         let (config, seen) = tls.config().map_err(|e| detail(&Failure::config(e)))?;
         let address = target.address();
         let what = format!("the TLS handshake with {address}");
-        let step = handshake(tcp, name, config, &seen, &address, outer(self.handshake_timeout));
+        let step = async { handshake(tcp, name, config, &seen, &address, outer(self.handshake_timeout)).await.map_err(for_the_daemon) };
         let stream = within(self.handshake_timeout, what, "--handshake-timeout", step).await?;
         let info = SessionInfo::of(stream.get_ref().1);
         let checked = if tls.name_check { format!("valid for {}", target.host) } else { "host name not checked".to_owned() };

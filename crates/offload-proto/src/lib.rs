@@ -12,3 +12,12 @@ pub mod slot;
 
 pub use code::{Code, ALL as ALL_CODES};
 pub use slot::{Action, Slot, State};
+
+/// Phrases the daemon's DETAIL uses for refusals a client tells apart (for
+/// its exit status) without a wire field for them.
+pub mod detail {
+    /// In the fix for a server certificate the daemon does not accept.
+    pub const UNTRUSTED: &str = "the daemon's trust anchors (--trust, [offload] trust)";
+    /// In the reason for a connect or handshake that ran out of time.
+    pub const TIMED_OUT: &str = "did not finish within";
+}

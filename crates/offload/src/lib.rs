@@ -26,5 +26,5 @@ mod stream;
 
 pub use client::Client;
 pub use error::{Error, Result};
-pub use sealtls_offload_proto::Code;
+pub use sealtls_offload_proto::{detail, Code};
 pub use stream::{connect, AsyncClient, OffloadStream};
