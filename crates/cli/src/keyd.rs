@@ -462,17 +462,18 @@ fn report_each(
             Ok(line) => println!("{name}: {line}"),
             Err(f) if total == 1 => return Err(f),
             Err(f) => {
-                println!("{name}: failed: {}", f.what);
-                failed.push(name);
+                println!("{name}: failed: {} (fix: {})", f.what, f.fix);
+                failed.push((name, f.class));
             }
         }
     }
-    if failed.is_empty() {
-        return Ok(());
-    }
+    let Some((_, first)) = failed.first() else { return Ok(()) };
+    // One cause everywhere keeps its exit status; mixed causes are the fleet's.
+    let class = if failed.iter().all(|(_, c)| c == first) { *first } else { FailureClass::Network };
+    let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
     Err(Failure::new(
-        FailureClass::Network,
-        format!("{} of {total} keyds failed: {}", failed.len(), failed.join(", ")),
+        class,
+        format!("{} of {total} keyds failed: {}", failed.len(), names.join(", ")),
         "see each keyd's line above; run the command again for those keyds once they are fixed",
     ))
 }
@@ -546,9 +547,10 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
             })?;
         }
         KeyCommand::Has { domain, admin } => {
-            let results = on_each(&admin.clients()?, &Request::Has(domain)).await;
+            let results = on_each(&admin.clients()?, &Request::Has(domain.clone())).await;
             let all = results.iter().all(|(_, r)| matches!(r, Ok(Response::Found(true))));
             report_each(results, |r| match r {
+                Response::Found(found) if admin.json => Ok(serde_json::json!({"domain": domain, "found": found}).to_string()),
                 Response::Found(true) => Ok("Key found".into()),
                 Response::Found(false) => Ok("Key not found".into()),
                 r => Err(unexpected(r)),
@@ -559,6 +561,7 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
         }
         KeyCommand::Rm { domain, admin } => {
             report_each(on_each(&admin.clients()?, &Request::Remove(domain.clone())).await, |r| match r {
+                Response::Removed if admin.json => Ok(serde_json::json!({"domain": domain, "removed": true}).to_string()),
                 Response::Removed => Ok(format!("Removed {domain}")),
                 r => Err(unexpected(r)),
             })?;
@@ -589,6 +592,18 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
             match call(&client, Request::Generate { domain: domain.clone(), key_type }).await? {
                 Response::Csr(der) => {
                     let pem = pem_csr(&der);
+                    if admin.json {
+                        let written = match &out {
+                            Some(path) => {
+                                std::fs::write(path, &pem)
+                                    .map_err(|e| Failure::new(FailureClass::Config, format!("{}: {e}", path.display()), CHECK_FILE))?;
+                                Some(path.display().to_string())
+                            }
+                            None => None,
+                        };
+                        println!("{}", serde_json::json!({"domain": domain, "csr_pem": pem, "written_to": written}));
+                        return Ok(());
+                    }
                     match out {
                         Some(path) => {
                             std::fs::write(&path, pem)

@@ -55,6 +55,11 @@ fn a_keyless_server_fails_over_between_keyds_and_takes_them_back() {
             assert!(out.contains(&format!("unix:{s}: Installed {domain}")), "{out}");
         }
     }
+    // Both refuse a key that is not the certificate's: the cause (3, bad input) and each fix are kept.
+    let o = fleet_key(&[&socket_a, &socket_b], &["put", "b.test", &p(&pki, "a.test.key"), "--cert", &p(&pki, "b.test.pem")]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(text(&o).matches(".sock: failed: ").count(), 2, "{}", text(&o));
+    assert!(text(&o).contains("(fix: "), "{}", text(&o));
     let ls = fleet_key(&[&socket_a, &socket_b], &["ls", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&ls)));
     for row in listed["domains"].as_array().unwrap() {

@@ -54,10 +54,19 @@ fn keyless_server_picks_the_key_by_sni_and_refuses_unknown_names() {
     assert!(text(&o).contains("the key does not match the certificate"), "{}", text(&o));
     let o = key(&kd.addr, &["has", "a.test"]);
     assert!(o.status.success() && text(&o).contains("Key found"), "{}", text(&o));
-    let o = key(&kd.addr, &["rm", "a.test"]);
-    assert!(o.status.success(), "{}", text(&o));
+    // --json for scripts, from every subcommand.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = key(&kd.addr, args);
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&o)))
+    };
+    assert_eq!(json(&["has", "a.test", "--json"]), serde_json::json!({"domain": "a.test", "found": true}));
+    assert_eq!(json(&["rm", "a.test", "--json"]), serde_json::json!({"domain": "a.test", "removed": true}));
+    let made = json(&["gen", "c.test", "--json"]);
+    assert!(made["csr_pem"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{made}");
     let o = key(&kd.addr, &["has", "a.test"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(json(&["has", "a.test", "--json"])["found"], false);
+    assert!(key(&kd.addr, &["rm", "c.test"]).status.success());
     assert!(text(&o).contains("Key not found"), "{}", text(&o));
 
     // Nothing in the data directory or the device secret is readable by others; no key is in the clear.
