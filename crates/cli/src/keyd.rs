@@ -491,6 +491,14 @@ pub fn keyd_failure(e: KeydError) -> Failure {
             let (what, fix) = message_parts(&message);
             Failure::new(FailureClass::Config, format!("keyd refused ({code}): {what}"), fix.unwrap_or("see keyd's log"))
         }
+        KeydError::Tls { endpoint, failure } => {
+            let fix = match failure.class {
+                FailureClass::PeerNotTrusted => "give --keyd-ca the CA that issued keyd's --tls-cert, and connect by a name that certificate holds",
+                FailureClass::Rejected => "keyd does not accept our certificate: give --admin-cert/--admin-key (or --keyd-cert/--keyd-key) one that keyd's --admin-ca (or --client-ca) issued",
+                _ => failure.fix.as_str(),
+            };
+            Failure::new(failure.class, format!("keyd at {endpoint}: {}", failure.what), fix)
+        }
         KeydError::Runtime => Failure::new(FailureClass::Config, e.to_string(), "report this as a bug"),
     }
 }

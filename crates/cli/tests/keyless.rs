@@ -314,6 +314,30 @@ fn over_tls_an_edge_may_sign_but_only_an_admin_may_provision() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(kd.wait_log("admin operation done").contains("CN=admin1"), "{}", kd.log());
 
+    // Refused TLS sessions are told apart from a keyd that is down: our certificate
+    // from a CA keyd does not know (6, rejected), keyd's from a CA we do not trust (5).
+    let strangers = d.join("strangers");
+    for args in [
+        vec!["pki", "init", "--dir", strangers.to_str().unwrap()],
+        vec!["pki", "issue", "client", "--dir", strangers.to_str().unwrap(), "--name", "mallory"],
+    ] {
+        assert!(run(sealtls().args(&args)).status.success());
+    }
+    let ls_with = |keyd_ca: &str, who: &str| {
+        run(sealtls().args(["key", "ls", "--keyd", &remote, "--keyd-ca", keyd_ca]).args([
+            "--admin-cert",
+            &format!("{who}.pem"),
+            "--admin-key",
+            &format!("{who}.key"),
+        ]))
+    };
+    let o = ls_with(&p(d, "edges/ca.pem"), &p(d, "strangers/mallory"));
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("--admin-ca") && !text(&o).contains("unreachable"), "{}", text(&o));
+    let o = ls_with(&p(d, "strangers/ca.pem"), &p(d, "admins/admin1"));
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert!(text(&o).contains("--keyd-ca") && !text(&o).contains("unreachable"), "{}", text(&o));
+
     // The edge's certificate is good for signing: a server on it serves a.test,
     // reaching keyd through a forwarder whose connections the test can cut.
     let cut = Forwarder::start(&format!("127.0.0.1:{tls_port}"));

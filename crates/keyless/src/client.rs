@@ -63,6 +63,15 @@ pub enum KeydError {
     /// No answer within the time limit.
     #[error("keyd at {0} did not answer within {1:?}")]
     Timeout(String, Duration),
+    /// The TLS session with keyd was refused, by keyd (our certificate) or
+    /// by us (keyd's), explained.
+    #[error("keyd at {endpoint}: {}", failure.what)]
+    Tls {
+        /// Where keyd was expected.
+        endpoint: String,
+        /// What went wrong, with its class and remedy.
+        failure: sealtls_endpoint::Failure,
+    },
     /// Blocking calls need a multi-thread tokio runtime.
     #[error("keyless signing needs a multi-thread tokio runtime")]
     Runtime,
@@ -92,6 +101,8 @@ struct Conn {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     pending: Pending,
     alive: Arc<AtomicBool>,
+    /// The TLS alert keyd closed the connection with, if it sent one.
+    alert: Arc<Mutex<Option<std::io::Error>>>,
 }
 
 /// A pool of pipelined connections to keyd.
@@ -140,6 +151,39 @@ impl KeydClient {
         KeydError::Unreachable { endpoint: self.endpoint.to_string(), detail: detail.to_string() }
     }
 
+    /// A TLS error explained, when it is one (a refused certificate, an alert).
+    fn tls_failure(&self, e: &std::io::Error) -> Option<KeydError> {
+        use rustls::AlertDescription as A;
+        use sealtls_endpoint::explain::{alert_name, explain, tls_error, Side};
+        let endpoint = self.endpoint.to_string();
+        let failure = match tls_error(e)? {
+            // A certificate alert from keyd is about ours: the client sends one over TLS.
+            rustls::Error::AlertReceived(
+                alert @ (A::UnknownCA
+                | A::BadCertificate
+                | A::CertificateUnknown
+                | A::UnsupportedCertificate
+                | A::CertificateExpired
+                | A::CertificateRevoked
+                | A::CertificateRequired
+                | A::AccessDenied),
+            ) => sealtls_endpoint::Failure::new(
+                sealtls_endpoint::FailureClass::Rejected,
+                format!("keyd refused our client certificate (alert {})", alert_name(*alert)),
+                "use a certificate issued by a CA keyd trusts for this caller",
+            ),
+            _ => explain(e, &Default::default(), Side::Client, &endpoint),
+        };
+        Some(KeydError::Tls { endpoint, failure })
+    }
+
+    /// Why `conn` closed: the alert keyd sent (our certificate refused, in
+    /// TLS 1.3 only after the handshake), or just that it closed.
+    fn closed(&self, conn: &Conn) -> KeydError {
+        let alert = conn.alert.lock().expect("alert lock");
+        alert.as_ref().and_then(|e| self.tls_failure(e)).unwrap_or_else(|| self.unreachable("keyd closed the connection"))
+    }
+
     async fn conn(&self) -> Result<Arc<Conn>, KeydError> {
         let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let mut held = slot.lock().await;
@@ -157,7 +201,7 @@ impl KeydClient {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(server_name.clone(), tcp)
                     .await
-                    .map_err(|e| self.unreachable(format!("TLS handshake: {e}")))?;
+                    .map_err(|e| self.tls_failure(&e).unwrap_or_else(|| self.unreachable(format!("TLS handshake: {e}"))))?;
                 start(tls)
             }
         });
@@ -210,7 +254,7 @@ impl KeydClient {
         let id = self.submit(&conn, request, Waiter::Async(tx))?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(r)) => refused(r),
-            Ok(Err(_)) => Err(self.unreachable("keyd closed the connection")),
+            Ok(Err(_)) => Err(self.closed(&conn)),
             Err(_) => Err(self.timed_out(&conn, id)),
         }
     }
@@ -240,7 +284,7 @@ impl KeydClient {
         let id = self.submit(&conn, request, Waiter::Blocking(tx))?;
         match tokio::task::block_in_place(|| rx.recv_timeout(self.timeout)) {
             Ok(r) => refused(r),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.unreachable("keyd closed the connection")),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.closed(&conn)),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(self.timed_out(&conn, id)),
         }
     }
@@ -261,6 +305,8 @@ fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
     let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
     let alive = Arc::new(AtomicBool::new(true));
     let alive_w = alive.clone();
+    let alert = Arc::new(Mutex::new(None));
+    let alert_r = alert.clone();
     tokio::spawn(async move {
         while let Some(mut batch) = rx.recv().await {
             while batch.len() < 64 * 1024 {
@@ -283,7 +329,11 @@ fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
         'read: loop {
             buf.reserve(64 * 1024);
             match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
+                Err(e) => {
+                    *alert_r.lock().expect("alert lock") = Some(e);
+                    break;
+                }
                 Ok(_) => {}
             }
             let mut used = 0;
@@ -304,5 +354,5 @@ fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
         // Waiters see their sender dropped: "keyd closed the connection".
         pending_r.lock().expect("pending lock").take();
     });
-    Conn { tx, pending, alive }
+    Conn { tx, pending, alive, alert }
 }

@@ -72,7 +72,8 @@ impl Drop for Outstanding<'_> {
 
 /// Whether an error says the keyd is down, rather than that it refused.
 fn is_down(e: &KeydError) -> bool {
-    matches!(e, KeydError::Unreachable { .. } | KeydError::Timeout(..))
+    // A keyd that refuses our TLS session serves nothing, as one that is down.
+    matches!(e, KeydError::Unreachable { .. } | KeydError::Timeout(..) | KeydError::Tls { .. })
 }
 
 impl KeydFleet {
@@ -168,6 +169,7 @@ impl KeydFleet {
         *m.last_error.lock().expect("error lock") = match e {
             KeydError::Unreachable { detail, .. } => detail.clone(),
             KeydError::Timeout(_, limit) => format!("no answer within {limit:?}"),
+            KeydError::Tls { failure, .. } => failure.what.clone(),
             other => other.to_string(),
         };
         m.up.set(0);

@@ -69,6 +69,7 @@ impl Call<'_> {
                     KeydError::Refused { code, .. } => code.name(),
                     KeydError::Unreachable { .. } => "unreachable",
                     KeydError::Timeout(..) => "timeout",
+                    KeydError::Tls { .. } => "tls",
                     KeydError::Runtime => "runtime",
                 };
                 self.metrics.errors.get_or_create(&[("code", code)]).inc();
