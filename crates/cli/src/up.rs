@@ -169,8 +169,13 @@ fn load(path: Option<&Path>) -> Result<Config, Failure> {
 
 /// Refuses to start when a TCP address `up` needs is held by a process
 /// this user can see, naming it; otherwise binding reports what it finds.
+/// Each address comes with what set it: a flag, or a config key (in `config`).
 fn check_ports_free(needed: &[(String, SocketAddr)], config: &Path) -> Result<(), Failure> {
     for (what, addr) in needed.iter().filter(|(_, a)| a.port() != 0) {
+        let change = match what.starts_with("--") {
+            true => format!("give {what} another address"),
+            false => format!("give {what} another address in {}", config.display()),
+        };
         let Some((pid, command)) = listener_of(*addr) else { continue };
         let holder = if command.contains("sealtls") && command.split_whitespace().any(|w| w == "up") {
             format!("another sealtls up (pid {pid}: {command})")
@@ -180,7 +185,7 @@ fn check_ports_free(needed: &[(String, SocketAddr)], config: &Path) -> Result<()
         return Err(Failure::new(
             FailureClass::Network,
             format!("{what} {addr} is already in use by {holder}"),
-            format!("stop pid {pid}, or give {what} another address in {}", config.display()),
+            format!("stop pid {pid}, or {change}"),
         ));
     }
     Ok(())
@@ -207,10 +212,11 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let keyless_listen = args.keyless_listen.unwrap_or(config.keyless.listen);
     let mut echo_section = config.echo.clone();
     echo_section.listen = args.echo_listen.unwrap_or(echo_section.listen);
+    let set_by = |flag: &str, given: bool, key: &str| if given { flag.to_owned() } else { key.to_owned() };
     let mut needed = vec![
-        ("[echo] listen".to_owned(), echo_section.listen),
-        ("[console] listen".to_owned(), console_section.listen),
-        ("[keyless] listen".to_owned(), keyless_listen),
+        (set_by("--echo-listen", args.echo_listen.is_some(), "[echo] listen"), echo_section.listen),
+        (set_by("--console-listen", args.console.listen.is_some(), "[console] listen"), console_section.listen),
+        (set_by("--keyless-listen", args.keyless_listen.is_some(), "[keyless] listen"), keyless_listen),
     ];
     let tcp = |label: &str, listen: &Listen| match listen {
         Listen::Tcp(a) => Some((format!("{label} listen"), *a)),

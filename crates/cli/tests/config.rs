@@ -236,6 +236,17 @@ fn a_second_up_names_the_first_by_pid() {
     let o = run(sealtls().arg("up").args(up_args(&other, config.to_str().unwrap(), &device)).current_dir(d));
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert!(text(&o).contains("[echo] listen") && text(&o).contains(&format!("another sealtls up (pid {pid}:")), "{}", text(&o));
+    // An address from a flag: the fix names the flag, not the file.
+    let held = std::fs::read_to_string(&config).unwrap();
+    let echo = held.split("[echo]\nlisten = \"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+    let o = run(sealtls().arg("up").args(up_args(&other, config.to_str().unwrap(), &device)).args(["--echo-listen", &echo]).current_dir(d));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(
+        text(&o).contains("or give --echo-listen another address\n")
+            || text(&o).trim_end().ends_with("or give --echo-listen another address"),
+        "{}",
+        text(&o)
+    );
     first.stop();
 
     // Stopped, or killed (the kernel drops the lock with the process), the directory can be used again.
