@@ -257,7 +257,7 @@ pub enum ConfigError {
 
 impl Remedy for ConfigError {
     fn fix(&self) -> Option<String> {
-        const CHECK_PATH: &str = "check the path given with --config";
+        const CHECK_PATH: &str = "check the config file's path (`config check FILE`, `--config FILE`)";
         match self {
             Self::Read { detail, .. } => Some(match detail.fix() {
                 Some(fix) => format!("{fix}; {CHECK_PATH}"),
@@ -419,7 +419,9 @@ struct Listen(SocketAddr);
 impl Listen {
     fn parse(s: &str) -> Result<Self, Problem> {
         s.parse().map(Listen).map_err(|_| {
-            Problem::new("not an address", format!("write it as IP:PORT, e.g. 127.0.0.1:{}", s.rsplit(':').next().unwrap_or("10007")))
+            // The example keeps the port given, when it is one.
+            let port = s.rsplit(':').next().filter(|p| p.parse::<u16>().is_ok_and(|p| p != 0)).unwrap_or("10007");
+            Problem::new("not an address", format!("write it as IP:PORT, e.g. 127.0.0.1:{port}"))
         })
     }
 }
@@ -868,7 +870,7 @@ pub fn run(cmd: ConfigCommand) -> Result<(), Failure> {
     println!("  TLS offload daemon    {}", c.offload.socket.display());
     match &c.keyd_socket {
         Some(socket) => println!("  keyd (key custody)    {}", socket.display()),
-        None => println!("  keyd (key custody)    DATA_DIR/keyd/keyd.sock"),
+        None => println!("  keyd (key custody)    keyd/keyd.sock in up's data directory (--data-dir, default ./sealtls-data)"),
     }
     match &c.keyd_authorize {
         Some(a) if a.grants == 0 => {

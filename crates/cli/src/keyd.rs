@@ -489,7 +489,12 @@ pub fn keyd_failure(e: KeydError) -> Failure {
         }
         KeydError::Refused { code, message } => {
             let (what, fix) = message_parts(&message);
-            Failure::new(FailureClass::Config, format!("keyd refused ({code}): {what}"), fix.unwrap_or("see keyd's log"))
+            let fallback = match code {
+                ErrorCode::KeyNotFound => "list what keyd holds with `sealtls key ls`",
+                ErrorCode::InvalidInput => "check the domain and files given",
+                _ => "see keyd's log",
+            };
+            Failure::new(FailureClass::Config, format!("keyd refused ({code}): {what}"), fix.unwrap_or(fallback))
         }
         KeydError::Tls { endpoint, failure } => {
             let fix = match failure.class {

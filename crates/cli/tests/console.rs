@@ -714,7 +714,7 @@ fn config_errors_name_the_file_the_key_and_the_fix() {
         "{t}"
     );
     let keyless = format!("keyless TLS server    {}", documented.keyless);
-    assert!(t.contains(&keyless) && t.contains("keyd (key custody)    DATA_DIR/keyd/keyd.sock"), "{t}");
+    assert!(t.contains(&keyless) && t.contains("keyd (key custody)    keyd/keyd.sock in up's data directory"), "{t}");
     let server = Server::start(&["--config", good.to_str().unwrap(), "--client-auth", "optional"]);
     let o = run(sealtls().args(["connect", &server.addr, "--server-name", "localhost", "--ca", &p(&d, "ca.pem"), "--send", "configured"]));
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("configured"), "{}", text(&o));

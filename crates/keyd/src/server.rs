@@ -12,7 +12,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, UnixTime};
-use sealtls_custody_proto::{decode_frame, BodyError, ErrorCode, Request, Response, HEADER_LEN, MAX_BODY};
+use sealtls_custody_proto::{decode_frame, BodyError, ErrorCode, Op, Request, Response, HEADER_LEN, MAX_BODY};
 use sealtls_failure::{Failure, FailureClass};
 use sealtls_listen::{bind, UnixSocket};
 use sealtls_pki::identity::PeerIdentity;
@@ -448,7 +448,8 @@ fn answer(
             }
             Err(e) => {
                 used += n;
-                Response::error(ErrorCode::BadRequest, format!("{} request: {e}", frame.kind)).encode(id, out);
+                let op = Op::from_u8(frame.kind).map_or_else(|| format!("op 0x{:02x}", frame.kind), |op| op.name().to_owned());
+                Response::error(ErrorCode::BadRequest, format!("{op} request: {e}")).encode(id, out);
                 continue;
             }
         };

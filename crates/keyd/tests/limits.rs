@@ -217,3 +217,21 @@ async fn connections_beyond_the_limit_are_told_busy_and_closed() {
     closed(&mut third).await;
     keyd.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_that_does_not_parse_is_answered_bad_request_naming_the_operation() {
+    let keyd = Running::start(KeydLimits::default(), None).await;
+    let mut stream = keyd.connect().await;
+    // A CHAIN body whose length field runs past the end.
+    let mut frame = Vec::new();
+    sealtls_custody_proto::encode_frame(&mut frame, sealtls_custody_proto::Op::Chain as u8, 7, &[0, 0, 0, 9, b'a']);
+    stream.write_all(&frame).await.unwrap();
+    match responses(&mut stream, 1).await.remove(0) {
+        (7, Response::Error { code, message }) => {
+            assert_eq!(code, sealtls_custody_proto::ErrorCode::BadRequest);
+            assert!(message.starts_with("CHAIN request: "), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    keyd.stop().await;
+}
