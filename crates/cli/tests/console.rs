@@ -207,6 +207,11 @@ fn console_access_beyond_loopback_needs_a_flag_and_a_token() {
     wrong.line("guess");
     wrong.expect("wrong token; closing.");
     assert!(wrong.closed());
+    assert!(
+        c.wait_log("console session closed").lines().any(|l| l.contains("console session closed") && l.contains("reason=\"wrong token\"")),
+        "{}",
+        c.log()
+    );
     let mut right = Telnet::connect(&c.addr);
     right.expect("token: ");
     right.line("s3cret-token-0123456789");
@@ -261,6 +266,8 @@ openssl x509 -req -days 365 -in server.csr -CA Other.pem -CAkey Other.key -CAcre
     let out = t.run(&format!("client connect 127.0.0.1 {}", other.port), PROMPT);
     assert!(out.contains("not the trusted CA of the same name") && out.contains("fix: "), "{out}");
     assert!(!out.contains("Connected:"), "{out}");
+    // The console's client has no flags: its fixes do not name any.
+    assert!(!out.contains(" --"), "{out}");
 }
 
 /// PATH for the processes `up` tests start: system tools only, no sealtls.

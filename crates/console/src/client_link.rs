@@ -56,12 +56,25 @@ pub struct ClientLink {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connect failure with a remedy a console user can apply: the console's
+/// client has no flags; it connects by address and trusts the config's CA.
+fn for_the_console(f: Failure) -> Failure {
+    let fix = if f.fix.contains("--server-name") {
+        "the console's client connects by address and sends no server name: use `sealtls connect HOST:PORT --server-name NAME` for a server that chooses its certificate by name".to_owned()
+    } else if f.fix.contains("--ca") {
+        "give the config's [tls] ca_cert (or ca_cert_file) the CA that issued the server's certificate".to_owned()
+    } else {
+        return f;
+    };
+    Failure::new(f.class, f.what, fix)
+}
+
 impl ClientLink {
     /// Connects and verifies the server as `ip` (its certificate must name
     /// that address unless `legacy_v1_leaf` is set).
     pub async fn open(ip: IpAddr, port: u16, settings: &ClientSettings) -> Result<Self, Failure> {
         let target = target_of(ip, port);
-        let connected = connect(&target, None, settings, CONNECT_TIMEOUT).await?;
+        let connected = connect(&target, None, settings, CONNECT_TIMEOUT).await.map_err(for_the_console)?;
         let peer_leaf = connected.stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
         let (mut rd, writer) = tokio::io::split(connected.stream);
         let (tx, events) = mpsc::channel(16);

@@ -126,8 +126,20 @@ pub fn parse_echoctl(line: &str) -> Result<EchoCommand, Malformed> {
         ["server", "start", p, rest @ ..] if rest.len() <= 1 => C::ServerStart { port: port(p)?, netif: netif(rest.first()) },
         ["server", "stop", p] => C::ServerStop(port(p)?),
         ["server", "list"] => C::ServerList,
+        // A known command with the wrong arguments: say which form it takes.
+        ["client", "connect", ..] => return Err(wrong_form("client connect <ipaddr> <port> [netif]")),
+        ["server", "start", ..] => return Err(wrong_form("server start <port> [netif]")),
+        ["server", "stop", ..] => return Err(wrong_form("server stop <port>")),
+        ["client", sub, ..] | ["server", sub, ..] => {
+            return Err(Malformed(format!("`{} {}` is not a command", words[0], truncate(sub, 40))))
+        }
+        ["client" | "server"] => return Err(Malformed(format!("`{}` needs a subcommand (see help)", words[0]))),
         [first, ..] => return Err(Malformed(format!("`{}` is not a command", truncate(first, 40)))),
     })
+}
+
+fn wrong_form(form: &str) -> Malformed {
+    Malformed(format!("wrong arguments: write it as `{form}`"))
 }
 
 /// At most `max` characters of `word`, for messages.
@@ -164,6 +176,12 @@ mod tests {
         assert!(parse_echoctl("client connect 127.0.0.1").is_err());
         assert!(parse_echoctl("server start 1 eth0 extra").is_err());
         assert!(parse_echoctl("dance").unwrap_err().0.contains("`dance` is not a command"));
+        // A known command missing an argument says which form it takes, not that it is unknown.
+        assert!(parse_echoctl("server start").unwrap_err().0.contains("`server start <port> [netif]`"));
+        assert!(parse_echoctl("client connect 127.0.0.1").unwrap_err().0.contains("`client connect <ipaddr> <port> [netif]`"));
+        assert!(parse_echoctl("server stop").unwrap_err().0.contains("`server stop <port>`"));
+        assert!(parse_echoctl("server dance").unwrap_err().0.contains("`server dance` is not a command"));
+        assert!(parse_echoctl("client").unwrap_err().0.contains("needs a subcommand"));
         let long = "x".repeat(300);
         for line in [format!("server stop {long}"), format!("client connect {long} 1"), long.clone()] {
             assert!(parse_echoctl(&line).unwrap_err().0.chars().count() < 80, "{line}");

@@ -103,7 +103,8 @@ impl Shell {
 /// What the session does after a line.
 enum Flow {
     Continue,
-    Close,
+    /// Close the session, for the reason logged.
+    Close(&'static str),
 }
 
 /// Writes to the session's peer; CR LF line ends, as telnet expects.
@@ -258,7 +259,7 @@ impl Console {
                         while let Some(input) = lines.next_input() {
                             match self.input(&mut s, &mut out, input).await {
                                 Ok(Flow::Continue) => {}
-                                Ok(Flow::Close) => break 'session "quit",
+                                Ok(Flow::Close(why)) => break 'session why,
                                 Err(_) => break 'session "write failed",
                             }
                             if out.raw(s.shell.prompt().as_bytes()).await.is_err() {
@@ -339,7 +340,7 @@ impl Console {
         warn!(session = s.id, peer = %s.peer, "console session gave a wrong token");
         tokio::time::sleep(WRONG_TOKEN_PAUSE).await;
         out.text("wrong token; closing.\n").await?;
-        Ok(Flow::Close)
+        Ok(Flow::Close("wrong token"))
     }
 
     async fn top(&self, s: &mut Session, out: &mut Out, line: &str) -> std::io::Result<Flow> {
@@ -347,7 +348,7 @@ impl Console {
             TopCommand::Empty => {}
             TopCommand::EchoctlTls => s.shell = Shell::Echoctl,
             TopCommand::Help => out.text(TOP_HELP).await?,
-            TopCommand::Quit => return Ok(Flow::Close),
+            TopCommand::Quit => return Ok(Flow::Close("quit")),
             TopCommand::Unknown(word) => {
                 let word: String = word.chars().take(40).collect();
                 out.text(&format!("unknown command `{word}`; type help\n")).await?;
@@ -370,7 +371,7 @@ impl Console {
                 s.shell = Shell::Top;
                 return Ok(Flow::Continue);
             }
-            EchoCommand::Quit => return Ok(Flow::Close),
+            EchoCommand::Quit => return Ok(Flow::Close("quit")),
             EchoCommand::Help => return out.text(USAGE).await.map(|_| Flow::Continue),
             EchoCommand::Status => Ok(Some(self.status(s))),
             EchoCommand::ServerStart { port, netif } => self.server_start(s, out, port, netif).await,
