@@ -6,6 +6,8 @@ use sealtls_failure::{Failure, FailureClass};
 use sealtls_pki::inspect::{inspect as inspect_inputs, Item};
 use sealtls_pki::issue::{default_ca_name, init_ca, issue_leaf, sign_csr, KeyType, LeafKind, DEFAULT_LEAF_DAYS};
 
+/// The longest validity `pki` gives, in days (a hundred years).
+const MAX_DAYS: u32 = 36_500;
 #[derive(Subcommand)]
 pub enum PkiCommand {
     /// Create a CA: DIR/ca.pem and DIR/ca.key.
@@ -20,8 +22,8 @@ pub enum PkiCommand {
         /// Key algorithm.
         #[arg(long, default_value = "ecdsa-p256")]
         key_type: KeyType,
-        /// Validity in days.
-        #[arg(long, default_value_t = 3650)]
+        /// Validity in days, 1 to 36500.
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=MAX_DAYS as i64))]
         days: u32,
         /// Replace existing files.
         #[arg(long)]
@@ -45,8 +47,8 @@ pub enum PkiCommand {
         /// Key algorithm.
         #[arg(long, default_value = "ecdsa-p256")]
         key_type: KeyType,
-        /// Validity in days.
-        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS)]
+        /// Validity in days, 1 to 36500.
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=MAX_DAYS as i64))]
         days: u32,
         /// Replace existing files.
         #[arg(long)]
@@ -67,8 +69,8 @@ pub enum PkiCommand {
         /// Where to write the certificate (leaf, then the CA).
         #[arg(long)]
         out: PathBuf,
-        /// Validity in days (the same default as `pki issue`).
-        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS)]
+        /// Validity in days, 1 to 36500 (the same default as `pki issue`).
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=MAX_DAYS as i64))]
         days: u32,
         /// Subject alternative names (DNS names or IP addresses), replacing
         /// the request's; default the request's subjectAltName, else its CN.
@@ -94,17 +96,17 @@ pub fn run(cmd: PkiCommand) -> Result<(), Failure> {
     let issued = match cmd {
         PkiCommand::Init { dir, cn, key_type, days, force } => {
             let cn = cn.unwrap_or_else(default_ca_name);
-            let issued = init_ca(&dir, &cn, key_type, days, force).map_err(Failure::config)?;
+            let issued = init_ca(&dir, &cn, key_type, days, force).map_err(issue_failure)?;
             println!("created the CA \"{cn}\"");
             issued
         }
         PkiCommand::Issue { kind, dir, name, sans, key_type, days, force } => {
             let kind = if kind == "server" { LeafKind::Server } else { LeafKind::Client };
-            issue_leaf(&dir, kind, &name, &sans, key_type, days, force).map_err(Failure::config)?
+            issue_leaf(&dir, kind, &name, &sans, key_type, days, force).map_err(issue_failure)?
         }
         PkiCommand::Sign { dir, csr, out, days, sans, force } => {
             let (bytes, _) = sealtls_pki::load::read_limited(&csr).map_err(Failure::config)?;
-            let signed = sign_csr(&dir, &bytes, &csr.display().to_string(), &sans, days, &out, force).map_err(Failure::config)?;
+            let signed = sign_csr(&dir, &bytes, &csr.display().to_string(), &sans, days, &out, force).map_err(issue_failure)?;
             println!(
                 "wrote {} (server certificate for {}, names from {}, valid {days} days; then the CA)",
                 signed.cert_path.display(),
@@ -118,20 +120,54 @@ pub fn run(cmd: PkiCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn inspect(args: InspectArgs) -> Result<(), Failure> {
-    let mut inputs = Vec::new();
-    for path in &args.files {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Failure::new(FailureClass::Config, format!("{}: cannot read: {e}", path.display()), "check the path"))?;
-        inputs.push((path.display().to_string(), zeroize::Zeroizing::new(bytes)));
+/// A bad name or SAN on the command line is a usage error (2); the rest
+/// concern files (3).
+fn issue_failure(e: sealtls_pki::issue::IssueError) -> Failure {
+    let usage = matches!(e, sealtls_pki::issue::IssueError::InvalidInput { .. });
+    let failure = Failure::config(e);
+    match usage {
+        true => Failure::new(FailureClass::Usage, failure.what, failure.fix),
+        false => failure,
     }
-    let items = inspect_inputs(&inputs);
+}
+
+pub fn inspect(args: InspectArgs) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut inputs = Vec::new();
+    let mut exposed = Vec::new();
+    for path in &args.files {
+        let (bytes, meta) = sealtls_pki::load::read_limited(path).map_err(Failure::config)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            exposed.push((path.display().to_string(), mode));
+        }
+        inputs.push((path.display().to_string(), bytes));
+    }
+    let mut items = inspect_inputs(&inputs);
+    // Inspect reads any file, but says what the other commands would refuse.
+    for item in &mut items {
+        if let Item::PrivateKey { source, warnings, .. } = item {
+            if let Some((_, mode)) = exposed.iter().find(|(s, _)| s == source) {
+                warnings.push(format!(
+                    "group or others may reach this key file (mode {mode:04o}): sealtls refuses to load it; fix it with `chmod 600 {source}`"
+                ));
+            }
+        }
+    }
+    let mut out = String::new();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&items).expect("items serialise"));
+        out = serde_json::to_string_pretty(&items).expect("items serialise") + "\n";
     } else {
         for item in &items {
-            print_item(item);
+            print_item(&mut out, item);
         }
+    }
+    // A reader that stops early (`| head`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(Failure::new(FailureClass::Config, format!("cannot write the report: {e}"), "check where standard output goes"))
+        }
+        _ => {}
     }
     match items.iter().any(|i| matches!(i, Item::Error { .. })) {
         true => Err(Failure::new(FailureClass::Config, "some inputs could not be read as certificates or keys", "see the errors above")),
@@ -139,10 +175,11 @@ pub fn inspect(args: InspectArgs) -> Result<(), Failure> {
     }
 }
 
-fn print_item(item: &Item) {
+fn print_item(out: &mut String, item: &Item) {
+    use std::fmt::Write;
     match item {
         Item::Certificate { source, index, facts, warnings } => {
-            println!("{source} #{index}: certificate");
+            let _ = writeln!(out, "{source} #{index}: certificate");
             let rows = [
                 ("subject", facts.subject.clone()),
                 ("issuer", facts.issuer.clone()),
@@ -157,26 +194,29 @@ fn print_item(item: &Item) {
                 ("valid", format!("{} to {} ({} days left)", facts.not_before, facts.not_after, facts.days_left)),
                 ("SHA-256", facts.sha256.clone()),
             ];
-            print_rows(&rows, warnings);
+            print_rows(out, &rows, warnings);
         }
         Item::PrivateKey { source, facts, matches, warnings } => {
-            println!("{source}: private key");
+            let _ = writeln!(out, "{source}: private key");
             let rows = [
                 ("key", facts.key.clone()),
                 ("encoding", facts.encoding.to_owned()),
                 ("matches", matches.clone().unwrap_or_else(|| "(no certificate given)".into())),
             ];
-            print_rows(&rows, warnings);
+            print_rows(out, &rows, warnings);
         }
-        Item::Error { source, error } => println!("{source}: error: {error}"),
+        Item::Error { source, error } => {
+            let _ = writeln!(out, "{source}: error: {error}");
+        }
     }
 }
 
-fn print_rows(rows: &[(&str, String)], warnings: &[String]) {
+fn print_rows(out: &mut String, rows: &[(&str, String)], warnings: &[String]) {
+    use std::fmt::Write;
     for (k, v) in rows {
-        println!("  {k:<17} {v}");
+        let _ = writeln!(out, "  {k:<17} {v}");
     }
     for w in warnings {
-        println!("  WARNING: {w}");
+        let _ = writeln!(out, "  WARNING: {w}");
     }
 }

@@ -476,3 +476,34 @@ fn connect_exits_when_the_server_closes_though_stdin_is_open() {
     assert!(status.success(), "{status:?}");
     server.wait_log("within the idle timeout");
 }
+
+/// `pki` refuses bad values as usage errors before touching a file, and
+/// `inspect` reads within a bound and survives a reader that stops early.
+#[test]
+fn pki_refuses_bad_values_and_inspect_reads_within_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let dir = d.to_str().unwrap();
+    for args in [
+        &["pki", "init", "--dir", "never-made", "--days", "3000000"][..],
+        &["pki", "init", "--dir", "never-made", "--days", "0"],
+        &["pki", "issue", "server", "--dir", dir, "--name", "bad", "--san", "foo bar"],
+        &["pki", "issue", "server", "--dir", dir, "--name", "bad", "--san", "300.1.1.1"],
+        &["pki", "issue", "server", "--dir", dir, "--name", "a/b"],
+    ] {
+        let o = run(sealtls().current_dir(tmp.path()).args(args));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(!text(&o).contains("check the file"), "{args:?}: {}", text(&o));
+    }
+    assert!(!tmp.path().join("never-made").exists());
+    assert!(!d.join("bad.pem").exists());
+
+    let o = run(sealtls().args(["inspect", "/dev/zero"]));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("larger than 4 MiB"), "{}", text(&o));
+    // More than a pipe holds, so that the writer meets the closed pipe.
+    let many = vec![format!("'{}'", p(&d, "ca.pem")); 300].join(" ");
+    let script = format!("'{}' inspect {many} | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}", env!("CARGO_BIN_EXE_sealtls"));
+    let o = run(Command::new("bash").args(["-c", &script]));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0", "{}", text(&o));
+}

@@ -131,13 +131,19 @@ impl Remedy for IssueError {
     fn fix(&self) -> Option<String> {
         const CREATE_CA: &str = "create the CA first with `sealtls pki init --dir DIR`";
         match self {
-            Self::Ca(e) => Some(match e.fix() {
+            // Creating the CA helps only when it is missing.
+            Self::Ca(e @ LoadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Some(match e.fix() {
                 Some(fix) => format!("{fix}; {CREATE_CA}"),
                 None => CREATE_CA.into(),
             }),
+            Self::Ca(e) => e.fix(),
             Self::Write(e) => e.fix(),
             Self::Csr { fix, .. } => Some(fix.clone()),
-            Self::Build(_) | Self::InvalidInput { .. } => None,
+            Self::InvalidInput { field: "SAN", .. } => {
+                Some("give a DNS name (letters, digits, hyphens; a leading `*.` for a wildcard) or an IP address".into())
+            }
+            Self::InvalidInput { .. } => Some("give a plain file name: no `/`, not starting with `.`".into()),
+            Self::Build(_) => None,
         }
     }
 }
@@ -188,7 +194,7 @@ fn base_params(cn: &str, days: u32) -> CertificateParams {
     let now = OffsetDateTime::now_utc();
     // An hour of slack for peers whose clocks run behind.
     params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(i64::from(days));
+    params.not_after = now.saturating_add(Duration::days(i64::from(days)));
     params.serial_number = Some(random_serial());
     params
 }
@@ -233,6 +239,10 @@ fn parse_san(value: &str) -> Result<SanType, IssueError> {
         });
     if !ok {
         return Err(IssueError::InvalidInput { field: "SAN", value: value.into(), why: "not a DNS name or IP address" });
+    }
+    // All digits, as 300.1.1.1 or 1.2.3: a mistyped address, not a name.
+    if value.split('.').all(|label| label.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(IssueError::InvalidInput { field: "SAN", value: value.into(), why: "looks like an IP address but is not one" });
     }
     let name = value.to_owned().try_into().map_err(IssueError::Build)?;
     Ok(SanType::DnsName(name))

@@ -130,8 +130,16 @@ pub fn read_limited(path: &Path) -> Result<(Zeroizing<Vec<u8>>, fs::Metadata), L
     if meta.len() > MAX_INPUT {
         return Err(LoadError::TooLarge { origin: origin() });
     }
-    let bytes = fs::read(path).map_err(|source| LoadError::Io { origin: origin(), source })?;
-    Ok((Zeroizing::new(bytes), meta))
+    // The size the file system reports is 0 for a device or a pipe: the read itself is bounded too.
+    // Sized for the file, so that a key is read into one buffer, never copied by growth.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    fs::File::open(path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_INPUT + 1), &mut bytes))
+        .map_err(|source| LoadError::Io { origin: origin(), source })?;
+    if bytes.len() as u64 > MAX_INPUT {
+        return Err(LoadError::TooLarge { origin: origin() });
+    }
+    Ok((bytes, meta))
 }
 
 fn is_pem(bytes: &[u8]) -> bool {
