@@ -51,12 +51,10 @@ fn engine() -> Result<PathBuf, Failure> {
     existing(path, "OpenSSL's pkcs11 engine", "apt-get install libengine-pkcs11-openssl")
 }
 
-/// `path` if it exists; else a failure naming `what` it is, and `fix`.
+/// `path` made absolute (programs load it from their own directory), if it
+/// exists; else a failure naming `what` it is, and `fix`.
 fn existing(path: PathBuf, what: &str, fix: &str) -> Result<PathBuf, Failure> {
-    if path.exists() {
-        return Ok(path);
-    }
-    Err(Failure::new(FailureClass::Config, format!("{what} {} is missing", path.display()), fix))
+    std::fs::canonicalize(&path).map_err(|e| Failure::new(FailureClass::Config, format!("{what} {} is missing ({e})", path.display()), fix))
 }
 
 /// The configuration: the engine loaded and initialized at start-up, with `module`.

@@ -217,9 +217,27 @@ fn pkcs11_tool_and_p11tool_list_keyds_keys_and_every_mechanism_signs() {
         text(&o)
     );
 
+    // A relative module path is written absolute: OpenSSL loads it from wherever it runs.
+    let here = module();
+    let o = run(sealtls().current_dir(here.parent().unwrap()).args(["pkcs11", "openssl-conf", "--module", "libsealtls_pkcs11.so"]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&format!("MODULE_PATH = {}\n", std::fs::canonicalize(&here).unwrap().display())), "{}", text(&o));
+
     // Without settings the module says what to set.
     let o = pkcs11_tool(&[], &["--list-objects"]);
     assert!(!o.status.success() && text(&o).contains("set SEALTLS_PKCS11_KEYD=unix:PATH"), "{}", text(&o));
+
+    // A keyd that takes the connection but never answers: the limit, not "unreachable".
+    let silent_path = d.join("silent.sock");
+    // Never accepted: the kernel completes the connection from the backlog, and nothing is ever read or written.
+    let silent = std::os::unix::net::UnixListener::bind(&silent_path).unwrap();
+    let env = [
+        ("SEALTLS_PKCS11_KEYD".to_string(), format!("unix:{}", silent_path.display())),
+        ("SEALTLS_PKCS11_TIMEOUT_MS".to_string(), "1000".to_string()),
+    ];
+    let o = pkcs11_tool(&env, &["--list-objects"]);
+    assert!(text(&o).contains("did not answer within 1000 ms"), "{}", text(&o));
+    drop(silent);
 }
 
 #[test]

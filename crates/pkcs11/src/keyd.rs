@@ -142,6 +142,10 @@ impl Keyd {
                     other => Ok(other),
                 }
             }
+            // A read that ran into the deadline: keyd is there but silent.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(KeydError::Unreachable(format!("keyd at {} did not answer within {} ms", self.endpoint, self.timeout.as_millis())))
+            }
             Err(e) => Err(KeydError::Unreachable(format!("keyd at {} is unreachable: {e}", self.endpoint))),
         }
     }
