@@ -22,7 +22,8 @@ use crate::report::Status;
 /// How much a status client may take.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections served at once; more are closed as they arrive.
+    /// Connections served at once; as many more are answered 503 and
+    /// closed, and beyond that they are closed as they arrive.
     pub connections: usize,
     /// A client must send its request headers within this time.
     pub header_timeout: Duration,
@@ -47,6 +48,8 @@ pub async fn serve(status: Arc<Status>, bound: Bound, shutdown: impl Future<Outp
 pub async fn serve_with(status: Arc<Status>, bound: Bound, limits: Limits, shutdown: impl Future<Output = ()>) {
     info!(listen = %bound.address(), "status");
     let limit = Arc::new(Semaphore::new(limits.connections));
+    let busy_answers = Arc::new(Semaphore::new(limits.connections));
+    let mut refused = Refusals::default();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -64,7 +67,17 @@ pub async fn serve_with(status: Arc<Status>, bound: Bound, limits: Limits, shutd
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(limit = limits.connections, "status: connection refused, too many open");
+            refused.count(limits.connections);
+            // A prober gets an answer it can read (503) rather than a reset, while that stays cheap.
+            if let Ok(answering) = busy_answers.clone().try_acquire_owned() {
+                connections.spawn(async move {
+                    match conn {
+                        Conn::Tcp(io) => answer_busy(io).await,
+                        Conn::Unix(io) => answer_busy(io).await,
+                    }
+                    drop(answering);
+                });
+            }
             continue;
         };
         let status = status.clone();
@@ -83,6 +96,43 @@ pub async fn serve_with(status: Arc<Status>, bound: Bound, limits: Limits, shutd
 enum Conn {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+}
+
+/// Connections turned away, logged at most once per [`Refusals::EVERY`].
+#[derive(Default)]
+struct Refusals {
+    since_logged: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn count(&mut self, limit: usize) {
+        self.since_logged += 1;
+        if self.logged_at.is_none_or(|at| at.elapsed() >= Self::EVERY) {
+            warn!(limit, refused = self.since_logged, "status: connections turned away, too many open");
+            (self.since_logged, self.logged_at) = (0, Some(std::time::Instant::now()));
+        }
+    }
+}
+
+/// Answers 503 to a connection over the limit: reads what the client sent
+/// (so that closing does not reset the answer away), writes, closes; all
+/// within a second.
+async fn answer_busy<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n\
+Connection: close\r\nContent-Length: 43\r\n\r\nbusy: too many status connections are open\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut request = [0u8; 4096];
+        let _ = io.read(&mut request).await;
+        io.write_all(BUSY).await?;
+        io.shutdown().await?;
+        while io.read(&mut request).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 async fn accept(bound: &Bound) -> std::io::Result<Conn> {
@@ -114,8 +164,11 @@ fn text(code: StatusCode, content_type: &'static str, body: String) -> Response<
 
 async fn respond(status: &Status, request: Request<Incoming>) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
-    if request.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET is served\n".into());
+    // hyper sends no body in answer to HEAD.
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut refused = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET and HEAD are served\n".into());
+        refused.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return refused;
     }
     match request.uri().path() {
         "/metrics" => {
@@ -185,18 +238,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn silent_and_excess_connections_are_closed() {
+    async fn silent_connections_are_closed_and_excess_ones_answered_busy() {
         let limits = Limits { connections: 1, header_timeout: Duration::from_millis(200), connection_timeout: Duration::from_secs(1) };
         let (_status, addr) = start(limits).await;
         let started = Instant::now();
         let mut silent = TcpStream::connect(&addr).await.unwrap();
-        // The one slot is taken: a second connection is closed at once.
-        let mut excess = TcpStream::connect(&addr).await.unwrap();
-        assert!(closed_within(&mut excess, Duration::from_millis(500)).await, "the connection over the limit stayed open");
+        // The one slot is taken: a prober is told so at once, with an answer it can read.
+        let busy = get(&addr, "/_health").await;
+        assert!(
+            busy.starts_with("HTTP/1.1 503") && busy.contains("Retry-After: 1") && busy.ends_with("too many status connections are open\n"),
+            "{busy}"
+        );
         assert!(closed_within(&mut silent, Duration::from_secs(3)).await, "a client that sends nothing was kept");
         // Closed by the header timeout, not the connection's time limit.
         assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
         // Its slot is free again.
         assert!(get(&addr, "/metrics").await.starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn head_is_served_and_other_methods_are_told_what_is() {
+        let (_status, addr) = start(Limits::default()).await;
+        let ask = |method: &'static str| {
+            let addr = addr.clone();
+            async move {
+                let mut tcp = TcpStream::connect(&addr).await.unwrap();
+                tcp.write_all(format!("{method} /_health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes()).await.unwrap();
+                let mut out = String::new();
+                tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out)).await.unwrap().unwrap();
+                out
+            }
+        };
+        let head = ask("HEAD").await;
+        assert!(head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"), "a HEAD answer has no body: {head}");
+        let post = ask("POST").await;
+        assert!(post.starts_with("HTTP/1.1 405") && post.to_lowercase().contains("allow: get, head"), "{post}");
     }
 }
