@@ -16,8 +16,10 @@ pub use slot::{Action, Slot, State};
 /// Phrases the daemon's DETAIL uses for refusals a client tells apart (for
 /// its exit status) without a wire field for them.
 pub mod detail {
-    /// In the fix for a server certificate the daemon does not accept.
+    /// In the fix for a server certificate from a CA the daemon does not trust.
     pub const UNTRUSTED: &str = "the daemon's trust anchors (--trust, [offload] trust)";
+    /// In the fix for a server certificate that does not name the host connected to.
+    pub const MISNAMED: &str = "start the daemon with --no-hostname-check";
     /// In the reason for a connect or handshake that ran out of time.
     pub const TIMED_OUT: &str = "did not finish within";
 }
