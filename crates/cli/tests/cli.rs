@@ -507,3 +507,16 @@ fn pki_refuses_bad_values_and_inspect_reads_within_bounds() {
     let o = run(Command::new("bash").args(["-c", &script]));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0", "{}", text(&o));
 }
+
+/// `serve` refuses a Unix socket to listen on, and leaves no socket file behind.
+#[test]
+fn serve_on_a_unix_socket_is_refused_without_leaving_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = dev_pki(tmp.path());
+    let socket = tmp.path().join("serve.sock");
+    let listen = format!("unix:{}", socket.display());
+    let o = run(sealtls().args(["serve", "--cert", &p(&d, "localhost.pem"), "--key", &p(&d, "localhost.key"), "--listen", &listen]));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("TCP only"), "{}", text(&o));
+    assert!(!socket.exists(), "the refused socket was left behind");
+}

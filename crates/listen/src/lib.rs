@@ -60,14 +60,14 @@ impl UnixSocket {
         use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
-                return Err(socket_failure(service, path, "exists and is not a socket", "remove it or choose another --socket path"));
+                return Err(socket_failure(service, path, "exists and is not a socket", "remove it or choose another path"));
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(socket_failure(
                     service,
                     path,
                     "another daemon is listening on it",
-                    "stop that daemon or choose another --socket path",
+                    "stop that daemon or choose another path",
                 ));
             }
             std::fs::remove_file(path)

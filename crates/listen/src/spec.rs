@@ -77,11 +77,15 @@ impl Listener {
     pub fn into_tcp(self, service: &str) -> Result<TcpListener, Failure> {
         match self {
             Self::Tcp(l) => Ok(l),
-            Self::Unix(u) => Err(Failure::new(
-                FailureClass::Config,
-                format!("{service} listens on TCP only, but {} is a Unix socket", u.path().display()),
-                "give an IP:PORT, or pass a TCP socket (ListenStream=PORT in the .socket unit)",
-            )),
+            Self::Unix(u) => {
+                // Bound on the way here: the refusal leaves no socket file behind.
+                u.remove();
+                Err(Failure::new(
+                    FailureClass::Config,
+                    format!("{service} listens on TCP only, but {} is a Unix socket", u.path().display()),
+                    "give an IP:PORT, or pass a TCP socket (ListenStream=PORT in the .socket unit)",
+                ))
+            }
         }
     }
 
