@@ -393,6 +393,9 @@ fn a_running_server_recovers_when_keyd_comes_back() {
     // Refused with an alert, whether the gate already knew keyd was down or the signature failed.
     assert!(!out.contains("subject=") && out.contains("alert handshake failure"), "served without keyd: {out}");
     assert!(server.wait_log("unreachable").contains("unreachable"), "{}", server.log());
+    // With one keyd there are no others to go to, and the log does not pretend there are.
+    let down = server.wait_log("keyd is down");
+    assert!(down.contains("requests fail until it answers PING again") && !down.contains("go to the others"), "{down}");
     // Taken back at its next PING (every 100 ms here).
     let _kd = keyd(&data, &device, &[]);
     assert!(server.wait_log("keyd answers again").contains("keyd answers again"), "{}", server.log());

@@ -175,7 +175,12 @@ impl KeydFleet {
         m.up.set(0);
         if m.healthy.swap(false, Ordering::Relaxed) {
             let left = self.members.iter().filter(|m| m.healthy.load(Ordering::Relaxed)).count();
-            warn!(keyd = %m.client.endpoint(), error = %e, healthy = left, of = self.members.len(), "keyd is down; requests go to the others until it answers PING again");
+            match self.members.len() {
+                1 => warn!(keyd = %m.client.endpoint(), error = %e, "keyd is down; requests fail until it answers PING again"),
+                of => {
+                    warn!(keyd = %m.client.endpoint(), error = %e, healthy = left, of, "keyd is down; requests go to the others until it answers PING again")
+                }
+            }
         }
     }
 

@@ -63,12 +63,7 @@ impl UnixSocket {
                 return Err(socket_failure(service, path, "exists and is not a socket", "remove it or choose another path"));
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(socket_failure(
-                    service,
-                    path,
-                    "another daemon is listening on it",
-                    "stop that daemon or choose another path",
-                ));
+                return Err(socket_failure(service, path, "another daemon is listening on it", "stop that daemon or choose another path"));
             }
             std::fs::remove_file(path)
                 .map_err(|e| socket_failure(service, path, format!("cannot remove the stale socket: {e}"), "remove it by hand"))?;
