@@ -44,12 +44,14 @@ pub enum LoadError {
         detail: String,
     },
     /// Neither PEM nor DER of the expected kind.
-    #[error("{origin}: neither PEM nor DER {expected}")]
+    #[error("{origin}: {}", if *.empty { format!("empty, where a {expected} was expected") } else { format!("neither PEM nor DER {expected}") })]
     Unrecognised {
         /// Where the input came from.
         origin: String,
         /// What was expected ("certificate" or "private key").
         expected: &'static str,
+        /// Whether there were no bytes at all.
+        empty: bool,
     },
     /// PEM without any certificate.
     #[error("{origin}: no certificate found{}", if *.found_key { " (it holds a private key: were the certificate and key files swapped?)" } else { "" })]
@@ -183,7 +185,7 @@ pub fn load_certs_pem(bytes: &[u8], origin: &str) -> Result<Vec<CertificateDer<'
         }
         certs
     } else {
-        split_der_certs(bytes).ok_or_else(|| LoadError::Unrecognised { origin: origin.to_owned(), expected: "certificate" })?
+        split_der_certs(bytes).ok_or_else(|| LoadError::Unrecognised { origin: origin.to_owned(), expected: "certificate", empty: bytes.is_empty() })?
     };
     for (i, cert) in certs.iter().enumerate() {
         if let Err(e) = x509_parser::parse_x509_certificate(cert) {
@@ -230,7 +232,7 @@ pub fn load_key_pem(bytes: &[u8], origin: &str) -> Result<Zeroizing<PrivateKeyDe
             count => return Err(LoadError::SeveralKeys { origin: origin_s(), count }),
         }
     } else {
-        PrivateKeyDer::try_from(bytes.to_vec()).map_err(|_| LoadError::Unrecognised { origin: origin_s(), expected: "private key" })?
+        PrivateKeyDer::try_from(bytes.to_vec()).map_err(|_| LoadError::Unrecognised { origin: origin_s(), expected: "private key", empty: bytes.is_empty() })?
     };
     let key = Zeroizing::new(key);
     signing_key(&key, origin)?;
@@ -301,7 +303,10 @@ mod tests {
         let broken = cert_pem.replacen('M', "!", 1);
         assert!(matches!(load_certs_pem(broken.as_bytes(), "c"), Err(LoadError::Pem { .. })));
         let e = load_certs_pem(b"hello world", "c").unwrap_err();
-        assert!(matches!(e, LoadError::Unrecognised { .. }));
+        assert!(matches!(e, LoadError::Unrecognised { empty: false, .. }));
+        // An empty file says so, rather than looking like a wrong format.
+        let e = load_certs_pem(b"", "c").unwrap_err();
+        assert_eq!(e.to_string(), "c: empty, where a certificate was expected");
     }
 
     proptest! {
