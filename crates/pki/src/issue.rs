@@ -227,6 +227,15 @@ pub fn init_ca(dir: &Path, cn: &str, key_type: KeyType, days: u32, force: bool) 
     Ok(Issued { cert_path, key_path, cert: cert.der().clone() })
 }
 
+/// A SAN that is neither a DNS name nor an IP address, as a person writes it.
+fn other_san_text(san: &SanType) -> String {
+    match san {
+        SanType::Rfc822Name(m) => format!("email:{}", m.as_str()),
+        SanType::URI(u) => format!("URI:{}", u.as_str()),
+        other => format!("{other:?}"),
+    }
+}
+
 fn parse_san(value: &str) -> Result<SanType, IssueError> {
     if let Ok(ip) = value.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
@@ -411,7 +420,7 @@ pub fn sign_csr(
         let requested = std::mem::take(&mut request.params.subject_alt_names);
         if let Some(other) = requested.iter().find(|s| san_text(s).is_none()) {
             return Err(refuse(
-                format!("the request asks for a subjectAltName that is not a DNS name or IP address ({other:?})"),
+                format!("the request asks for a subjectAltName that is not a DNS name or IP address ({})", other_san_text(other)),
                 "give the server's names with --san NAME (repeat for each)",
             ));
         }
@@ -539,6 +548,14 @@ mod tests {
             Err(IssueError::Write(WriteError::Exists { .. }))
         ));
 
+        // A request for an e-mail name is refused naming it as written, not as a Rust value.
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::Rfc822Name("x@y.test".try_into().unwrap())];
+        let mail = params.serialize_request(&key).unwrap().pem().unwrap();
+        let e = sign_csr(d, mail.as_bytes(), "m.csr", &[], 10, &d.join("m.pem"), false).unwrap_err().to_string();
+        assert!(e.contains("(email:x@y.test)"), "{e}");
+
         let (_, bad_cn) = csr(&[], "not a name");
         let e = sign_csr(d, bad_cn.as_bytes(), "x.csr", &[], 10, &d.join("x.pem"), false).unwrap_err();
         assert!(e.to_string().contains("x.csr: the request has no subjectAltName"), "{e}");
@@ -560,6 +577,15 @@ mod tests {
         let e = sign_csr(d, b"hello", "j.csr", &[], 10, &d.join("j.pem"), false).unwrap_err().to_string();
         assert!(e.contains("j.csr: not a PKCS#10"), "{e}");
         assert!(!d.join("z.pem").exists() && !d.join("j.pem").exists());
+    }
+
+    #[test]
+    fn a_mistyped_address_is_not_taken_for_a_name() {
+        for bad in ["300.1.1.1", "1.2.3", "12"] {
+            assert!(matches!(parse_san(bad), Err(IssueError::InvalidInput { .. })), "{bad}");
+        }
+        assert!(matches!(parse_san("10.1.2.3"), Ok(SanType::IpAddress(_))));
+        assert!(matches!(parse_san("1password.com"), Ok(SanType::DnsName(_))));
     }
 
     #[test]

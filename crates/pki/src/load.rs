@@ -185,7 +185,11 @@ pub fn load_certs_pem(bytes: &[u8], origin: &str) -> Result<Vec<CertificateDer<'
         }
         certs
     } else {
-        split_der_certs(bytes).ok_or_else(|| LoadError::Unrecognised { origin: origin.to_owned(), expected: "certificate", empty: bytes.is_empty() })?
+        split_der_certs(bytes).ok_or_else(|| LoadError::Unrecognised {
+            origin: origin.to_owned(),
+            expected: "certificate",
+            empty: bytes.is_empty(),
+        })?
     };
     for (i, cert) in certs.iter().enumerate() {
         if let Err(e) = x509_parser::parse_x509_certificate(cert) {
@@ -232,7 +236,11 @@ pub fn load_key_pem(bytes: &[u8], origin: &str) -> Result<Zeroizing<PrivateKeyDe
             count => return Err(LoadError::SeveralKeys { origin: origin_s(), count }),
         }
     } else {
-        PrivateKeyDer::try_from(bytes.to_vec()).map_err(|_| LoadError::Unrecognised { origin: origin_s(), expected: "private key", empty: bytes.is_empty() })?
+        PrivateKeyDer::try_from(bytes.to_vec()).map_err(|_| LoadError::Unrecognised {
+            origin: origin_s(),
+            expected: "private key",
+            empty: bytes.is_empty(),
+        })?
     };
     let key = Zeroizing::new(key);
     signing_key(&key, origin)?;
