@@ -167,7 +167,7 @@ impl Diagnosis {
                 format!("the {role} certificate's extended key usage ({}) does not allow {needed}", join(has))
             }
             Problem::Expired { not_after, days_ago } => {
-                format!("the {role} certificate ({subj}) expired on {not_after}, {days_ago} days ago")
+                format!("the {role} certificate ({subj}) expired on {not_after}, {}", crate::inspect::days_ago(*days_ago))
             }
             Problem::NotYetValid { not_before } => {
                 format!("the {role} certificate ({subj}) is not valid until {not_before}")

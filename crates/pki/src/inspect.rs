@@ -155,7 +155,8 @@ impl CertFacts {
             key_usage: cert.key_usage().ok().flatten().map(|e| e.value.to_string()),
             not_before: rfc3339(validity.0),
             not_after: rfc3339(validity.1),
-            days_left: (validity.1 - now).div_euclid(86_400),
+            // Whole days, toward zero: a certificate expired seconds ago is 0 days past, not 1.
+            days_left: (validity.1 - now) / 86_400,
             validity,
             sha256: hex_colon(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref()),
             spki: cert.public_key().raw.to_vec(),
@@ -217,7 +218,7 @@ impl CertFacts {
         }
         let now = OffsetDateTime::now_utc().unix_timestamp();
         if self.validity.1 < now {
-            w.push(format!("expired on {} ({} days ago)", self.not_after, -self.days_left));
+            w.push(format!("expired on {} ({})", self.not_after, days_ago(-self.days_left)));
         } else if self.validity.0 > now {
             w.push(format!("not valid yet: starts on {}", self.not_before));
         } else if self.days_left < 30 {
@@ -367,4 +368,34 @@ pub fn leaf_problems(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<(
     let facts = chain.first().and_then(|c| CertFacts::from_der(c).ok())?;
     let problems = facts.warnings(true);
     Some((facts.subject, problems))
+}
+
+/// How long ago something ended, in whole days.
+pub(crate) fn days_ago(days: i64) -> String {
+    match days {
+        0 => "less than a day ago".into(),
+        1 => "1 day ago".into(),
+        n => format!("{n} days ago"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_expired_seconds_ago_is_not_a_day_past() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".into()]).unwrap();
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(2);
+        params.not_after = now - time::Duration::seconds(10);
+        let cert = params.self_signed(&key).unwrap();
+        let facts = CertFacts::from_der(cert.der()).unwrap();
+        assert_eq!(facts.days_left, 0);
+        let warnings = facts.warnings(true).join("\n");
+        assert!(warnings.contains("(less than a day ago)"), "{warnings}");
+        assert_eq!(days_ago(1), "1 day ago");
+        assert_eq!(days_ago(3), "3 days ago");
+    }
 }
