@@ -436,19 +436,33 @@ fn pss_kib(pid: u32) -> u64 {
         .sum()
 }
 
+/// Clock ticks in fields 14 to 17 of `/proc/PID/stat`: utime, stime, and
+/// cutime, cstime (the children it has waited for).
+fn stat_ticks(pid: u32) -> Option<[u64; 4]> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 14 is the 12th after the command's ") ".
+    let mut after = stat.rsplit_once(") ")?.1.split_whitespace().skip(11);
+    let mut ticks = [0; 4];
+    for slot in &mut ticks {
+        *slot = after.next()?.parse().ok()?;
+    }
+    Some(ticks)
+}
+
+fn seconds(ticks: u64) -> f64 {
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
 /// CPU seconds used so far by a process and all its descendants: (user, kernel).
 fn cpu_seconds(pid: u32) -> (f64, f64) {
-    let (user, kernel) = process_tree(pid)
-        .iter()
-        .filter_map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command's ") ".
-            let mut after = stat.rsplit_once(") ")?.1.split_whitespace().skip(11);
-            Some((after.next()?.parse::<u64>().ok()?, after.next()?.parse::<u64>().ok()?))
-        })
-        .fold((0, 0), |(u, k), (du, dk)| (u + du, k + dk));
-    let tick = rustix::param::clock_ticks_per_second() as f64;
-    (user as f64 / tick, kernel as f64 / tick)
+    let (user, kernel) = process_tree(pid).iter().filter_map(|p| stat_ticks(*p)).fold((0, 0), |(u, k), t| (u + t[0], k + t[1]));
+    (seconds(user), seconds(kernel))
+}
+
+/// CPU seconds of the load so far: this process (the backend) and the
+/// client processes it has waited for.
+fn load_seconds() -> f64 {
+    seconds(stat_ticks(std::process::id()).map_or(0, |t| t.iter().sum()))
 }
 
 /// Memory for `count` connections held open through a fresh `who`, each
@@ -535,6 +549,7 @@ struct Samples {
     one_way: Vec<f64>,
     cpu_per_gib: Vec<f64>,
     kernel_per_gib: Vec<f64>,
+    load_per_gib: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
 }
@@ -546,6 +561,7 @@ struct Figures {
     one_way: Option<f64>,
     cpu_per_gib: Option<f64>,
     kernel_per_gib: Option<f64>,
+    load_per_gib: Option<f64>,
     p50: Option<f64>,
     p99: Option<f64>,
     idle: Option<(f64, f64, usize)>,
@@ -569,12 +585,13 @@ async fn timed_round(who: Proxy, pid: u32, addr: SocketAddr, dir: &Path, args: &
         }
     }
     let extra = ["--bytes".into(), args.bytes.to_string()];
-    let cpu_before = cpu_seconds(pid);
+    let (cpu_before, load_before) = (cpu_seconds(pid), load_seconds());
     if let Some(m) = keep(who, "one-way transfer", run_client("throughput", addr, dir, &extra).await) {
         into.one_way.push(m.value);
         let (after, gib) = (cpu_seconds(pid), args.bytes as f64 / GIB);
         into.cpu_per_gib.push((after.0 + after.1 - cpu_before.0 - cpu_before.1) / gib);
         into.kernel_per_gib.push((after.1 - cpu_before.1) / gib);
+        into.load_per_gib.push((load_seconds() - load_before) / gib);
     }
     let extra = ["--rounds".into(), args.rounds.to_string()];
     if let Some(m) = keep(who, "latency", run_client("latency", addr, dir, &extra).await) {
@@ -640,6 +657,7 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
             one_way: median_of(samples.one_way),
             cpu_per_gib: median_of(samples.cpu_per_gib),
             kernel_per_gib: median_of(samples.kernel_per_gib),
+            load_per_gib: median_of(samples.load_per_gib),
             p50: median_of(samples.p50),
             p99: median_of(samples.p99),
             ..Figures::default()
@@ -664,6 +682,7 @@ pub(super) async fn run(dir: &Path, args: &BenchArgs) -> Result<(), Failure> {
         row(format!("one-way {gib:.2} GiB into the backend, MiB/s"), true, column(&|f| f.one_way)),
         row("server CPU per GiB of that transfer, s".into(), false, column(&|f| f.cpu_per_gib)),
         row("  of which in the kernel, s".into(), false, column(&|f| f.kernel_per_gib)),
+        row("client and backend CPU per GiB of it, s (same load)".into(), false, column(&|f| f.load_per_gib)),
         row("echo round trip p50, us (32 B)".into(), false, column(&|f| f.p50)),
         row("echo round trip p99, us (32 B)".into(), false, column(&|f| f.p99)),
         row(format!("PSS added per idle connection, KiB ({idle})"), false, column(&|f| f.idle.map(|m| m.0))),
@@ -741,10 +760,10 @@ mod tests {
     #[test]
     fn cpu_seconds_count_the_work_done() {
         let me = std::process::id();
-        let (user, _) = cpu_seconds(me);
+        let ((user, _), load) = (cpu_seconds(me), load_seconds());
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut x = 0u64;
-        while cpu_seconds(me).0 - user < 0.05 {
+        while cpu_seconds(me).0 - user < 0.05 || load_seconds() - load < 0.05 {
             assert!(Instant::now() < deadline, "50 ms of user CPU never showed");
             for i in 0..1_000_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
