@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dev_pki, p, run, sealtls, text, Server};
+use common::{dev_pki, offload_send, p, run, sealtls, text, Server};
 use sealtls_offload::{Client, Code, Error};
 
 /// A development PKI, a TLS echo server for `localhost` and a daemon trusting the CA.
@@ -272,7 +272,7 @@ fn a_missing_daemon_and_an_unresolvable_name_are_explained() {
     // No daemon at the socket path: network (4), naming the path and what to do.
     let nothing = s.dir.path().join("nothing.sock");
     let nothing = nothing.to_str().unwrap();
-    let o = run(sealtls().args(["offload-client", "--socket", nothing, &target, "--send", "x"]));
+    let o = offload_send(Path::new(nothing), &target, "x");
     let out = text(&o);
     assert_eq!(o.status.code(), Some(4), "{out}");
     assert!(out.contains(&format!("error: no offload daemon at {nothing}\n")), "{out}");
@@ -280,8 +280,7 @@ fn a_missing_daemon_and_an_unresolvable_name_are_explained() {
     assert!(!out.contains("OS_ERROR_NOT_FOUND"), "{out}");
 
     // A name that does not resolve: the daemon's DETAIL says so, with the remedy.
-    let o =
-        run(sealtls().args(["offload-client", "--socket", s.socket().to_str().unwrap(), &format!("{UNRESOLVABLE}:443"), "--send", "x"]));
+    let o = offload_send(&s.socket(), &format!("{UNRESOLVABLE}:443"), "x");
     let out = text(&o);
     assert_eq!(o.status.code(), Some(4), "{out}");
     assert!(out.contains(&format!("cannot resolve {UNRESOLVABLE}: ")), "{out}");
@@ -506,15 +505,7 @@ fn wrong_ca_and_wrong_name_are_refused_with_the_reason() {
         // A failed handshake leaves the slot DISCONNECTED, ready to connect again.
         assert_eq!(code(c.disconnect()), Code::InvalidState);
         // offload-client exits as `connect` would (5: not trusted), with the daemon's remedy.
-        let socket = s.socket();
-        let o = run(sealtls().args([
-            "offload-client",
-            "--socket",
-            socket.to_str().unwrap(),
-            &format!("localhost:{}", server.port()),
-            "--send",
-            "x",
-        ]));
+        let o = offload_send(&s.socket(), &format!("localhost:{}", server.port()), "x");
         assert_eq!(o.status.code(), Some(5), "{}", text(&o));
         let fix = text(&o).lines().find(|l| l.trim_start().starts_with("fix:")).unwrap_or_default().to_owned();
         assert!(fix.contains(remedy) && !fix.contains("--ca "), "{}", text(&o));
@@ -645,14 +636,7 @@ fn hostile_and_stalled_clients_do_not_hold_up_a_good_one() {
 #[test]
 fn offload_client_and_missing_trust() {
     let s = Stack::start(&[]);
-    let o = run(sealtls().args([
-        "offload-client",
-        "--socket",
-        s.socket().to_str().unwrap(),
-        &format!("localhost:{}", s.port()),
-        "--send",
-        "hello offload",
-    ]));
+    let o = offload_send(&s.socket(), &format!("localhost:{}", s.port()), "hello offload");
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("through the offload daemon (badge 101): TLSv1.3"), "{out}");
@@ -660,14 +644,7 @@ fn offload_client_and_missing_trust() {
 
     // One newline is added unless the text ends with one, as `sealtls connect --send` does.
     for (sent, echoed) in [("hello\n", "hello\n"), ("two\nlines", "two\nlines\n"), ("", "\n")] {
-        let o = run(sealtls().args([
-            "offload-client",
-            "--socket",
-            s.socket().to_str().unwrap(),
-            &format!("localhost:{}", s.port()),
-            "--send",
-            sent,
-        ]));
+        let o = offload_send(&s.socket(), &format!("localhost:{}", s.port()), sent);
         assert!(o.status.success(), "{}", text(&o));
         assert_eq!(String::from_utf8_lossy(&o.stdout), echoed, "--send {sent:?}: {}", text(&o));
     }

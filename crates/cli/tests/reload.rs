@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::{dev_pki, p, run, sealtls, tcp_echo, text, Server};
+use common::{dev_pki, offload_send, p, run, sealtls, tcp_echo, text, Server};
 
 /// A second server certificate under the same CA, and a second CA with a client.
 fn pki(dir: &Path) {
@@ -303,16 +303,7 @@ fn the_offload_daemon_trusts_a_replaced_ca_file_after_sighup() {
     replace(&d.join("other/ca.pem"), &trust);
     let socket = d.join("offload.sock");
     let daemon = Server::spawn(&["offload", "--socket", socket.to_str().unwrap(), "--trust", trust.to_str().unwrap()]);
-    let hello = || {
-        run(sealtls().args([
-            "offload-client",
-            "--socket",
-            socket.to_str().unwrap(),
-            &format!("localhost:{}", server.port()),
-            "--send",
-            "hello",
-        ]))
-    };
+    let hello = || offload_send(&socket, &format!("localhost:{}", server.port()), "hello");
     let before = hello();
     assert!(!before.status.success(), "{}", text(&before));
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{logged_port, p, run, sealtls, text, Server};
+use common::{logged_port, offload_send, p, run, sealtls, text, Server};
 
 /// A CA, server `localhost`, and clients `alice` (let in) and `bob` (refused by the rule).
 fn pki(dir: &Path) -> std::path::PathBuf {
@@ -383,8 +383,7 @@ fn up_shows_all_its_services_on_one_status_page() {
     assert_eq!(served, fingerprint(&d.join("sealtls-data/echo-localhost.pem")), "{body}");
     assert_eq!(health_becomes(&status, 200), "ok\n");
     // One connection to the echo server through the offload daemon, counted by both.
-    let o =
-        run(sealtls().current_dir(d).args(["offload-client", "--socket", "offload.sock", &format!("localhost:{echo}"), "--send", "hi"]));
+    let o = offload_send(&d.join("offload.sock"), &format!("localhost:{echo}"), "hi");
     assert!(o.status.success(), "{}", text(&o));
     let echo_listener = format!("127.0.0.1:{echo}");
     let s = scrape_until(&status, |s| {

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{collect, dev_pki, free_port, p, run, sealtls, text};
+use common::{collect, dev_pki, free_port, offload_send, p, run, sealtls, text};
 
 fn units_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd")
@@ -260,14 +260,7 @@ fn offload_and_keyd_take_unix_sockets_systemd_passes() {
     let socket = d.join("offload.sock");
     let (mut offload, log) =
         activated_on_unix(d, &notify, &socket, "offload", &["offload", "--listen", "systemd:offload", "--trust", &p(d, "ca.pem")]);
-    let o = run(sealtls().args([
-        "offload-client",
-        "--socket",
-        socket.to_str().unwrap(),
-        &format!("localhost:{}", server.port()),
-        "--send",
-        "hi",
-    ]));
+    let o = offload_send(&socket, &format!("localhost:{}", server.port()), "hi");
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hi"), "{}\n{}", text(&o), log.lock().unwrap());
     stop_notified(&mut offload, &notify, &log);
 

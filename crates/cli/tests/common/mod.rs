@@ -416,6 +416,11 @@ pub fn tcp_echo() -> String {
     addr
 }
 
+/// `sealtls offload-client --socket SOCKET TARGET --send TEXT`, run to its end.
+pub fn offload_send(socket: &Path, target: &str, text: &str) -> Output {
+    run(sealtls().args(["offload-client", "--socket"]).arg(socket).args([target, "--send", text]))
+}
+
 /// A plain TCP service that writes `partial`, waits for two bytes from the
 /// client (so the partial reply has surely been passed on), then resets
 /// the connection: an application that fails in the middle of a reply.
