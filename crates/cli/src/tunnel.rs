@@ -12,7 +12,7 @@ use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
 use sealtls_endpoint::client::{handshake, host_of, server_name_for, tcp_connect};
 use sealtls_endpoint::explain::{explain, tls_error, Side};
-use sealtls_endpoint::forward::{relay, RelayEnd, RelayError, Relayed, TargetStream};
+use sealtls_endpoint::forward::{relay, CutOnDrop, RelayEnd, RelayError, Relayed, TargetStream};
 use sealtls_endpoint::identity::Rules;
 use sealtls_endpoint::metrics::{HandshakeFailure, ListenerMetrics, ServerMetrics};
 use sealtls_endpoint::net::{accept_until, finish_within, SHUTDOWN_GRACE};
@@ -378,11 +378,16 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
     let info = SessionInfo::of(tls.get_ref().1);
     stats.handshakes.fetch_add(1, Relaxed);
     metrics.handshake_ok(&info, started.elapsed());
-    stats.open.fetch_add(1, Relaxed);
-    let open = metrics.session();
+    let open = (OpenCount::new(stats), metrics.session());
     let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     let activity = tls.get_ref().0.activity();
-    let mut local = local;
+    // Reset unless the session ends cleanly (an abort at shutdown included): plain TCP has no
+    // close_notify, and a reset is how the program learns that what it got may be incomplete.
+    let mut local = CutOnDrop::new(local);
+    let reset_note = match local.can_reset() {
+        true => "the local connection was reset, so the program sees the cut",
+        false => "a Unix socket has no reset: the program sees an ordinary end",
+    };
     let mut moved = Relayed::default();
     // As a server counts: received from the TLS peer (here the target), sent to it.
     let tally = |toward, n| match toward {
@@ -396,15 +401,15 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
         }
     };
     let result = tokio::select! {
-        r = relay(&mut local, tls, &mut moved, &tally) => Some(r),
+        r = relay(local.stream(), tls, &mut moved, &tally) => Some(r),
         _ = activity.idle_for(remote.idle_timeout) => None,
     };
-    stats.open.fetch_sub(1, Relaxed);
     drop(open);
     let ms = started.elapsed().as_millis() as u64;
     let (bytes_up, bytes_down) = (moved.to_target, moved.to_client);
     match result {
         Some(Ok(())) => {
+            local.ended();
             info!(client = %from, %target, version = %info.version, %alpn, bytes_up, bytes_down, duration_ms = ms, "connection closed")
         }
         Some(Err(RelayError { end: RelayEnd::Target, error })) => {
@@ -413,23 +418,37 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
                     Failure::new(
                         FailureClass::Network,
                         format!("the server {target} cut the connection in the middle of the session, without close_notify ({error})"),
-                        "look at the server's log; the local connection was reset, so the program sees the cut",
+                        format!("look at the server's log; {reset_note}"),
                     )
                 }
                 _ => explain(&error, &seen, Side::Client, target),
             };
             warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, reason = %why.what, fix = %why.fix, "connection ended with an error");
-            // Plain TCP has no close_notify: a reset is how the program learns that what it got may be incomplete.
-            local.reset();
         }
         Some(Err(RelayError { end: RelayEnd::Client, error })) => {
             warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, %error, "connection ended with an error: the local program's side failed; the server gets no close_notify");
         }
         None => {
             let idle_s = remote.idle_timeout.as_secs();
-            warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, idle_s, "connection closed: no bytes moved in either direction within the idle timeout");
-            local.reset();
+            warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, idle_s, note = reset_note, "connection closed: no bytes moved in either direction within the idle timeout");
         }
+    }
+}
+
+/// One connection in the tunnel's open count, for as long as it lives
+/// (also when its task is aborted at shutdown).
+struct OpenCount<'a>(&'a ServerStats);
+
+impl<'a> OpenCount<'a> {
+    fn new(stats: &'a ServerStats) -> Self {
+        stats.open.fetch_add(1, Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenCount<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
     }
 }
 

@@ -515,12 +515,13 @@ fn a_target_off_this_machine_needs_unsafe_target() {
 fn a_cut_session_never_looks_complete_to_the_client() {
     let tmp = tempfile::tempdir().unwrap();
     let d = dev_pki(tmp.path());
-    // Idle: the target sends half a reply and then nothing.
-    let (_hold, held) = mpsc::channel::<()>();
-    let held = Arc::new(std::sync::Mutex::new(held));
+    // Idle: the target sends half a reply and then nothing; it learns how its connection ended.
+    let (ended_tx, ended) = mpsc::channel::<std::io::Result<usize>>();
+    let ended_tx = std::sync::Mutex::new(ended_tx);
     let stalls = tcp_backend(move |mut s| {
         let _ = s.write_all(b"partial");
-        let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(60));
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let _ = ended_tx.lock().unwrap().send(s.read(&mut [0u8; 16]));
     });
     let server = proxy(&d, &stalls, &["--idle-timeout", "1"]);
     let mut tls = Tls::connect(&server.addr, &d);
@@ -529,6 +530,9 @@ fn a_cut_session_never_looks_complete_to_the_client() {
     let end = tls.read_to_end().expect_err("the idle cut looked like a clean end (close_notify)");
     assert_eq!(end.kind(), std::io::ErrorKind::UnexpectedEof, "{end}");
     server.wait_log("no bytes moved");
+    // The target is reset too, not given an ordinary end of a cut request.
+    let target_end = ended.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(target_end.as_ref().map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset), "{target_end:?}");
 
     // The target resets in the middle of its reply.
     let resets = common::tcp_backend_that_resets_mid_reply();

@@ -123,6 +123,42 @@ impl TargetStream {
     }
 }
 
+/// A plain connection that is reset when dropped unless [`CutOnDrop::ended`]
+/// says its session ended cleanly: a session cut short (a limit, a shutdown,
+/// a failure on the other side) must not look complete to the program
+/// behind it, however the cut comes (a dropped future included).
+pub struct CutOnDrop(Option<TargetStream>);
+
+impl CutOnDrop {
+    /// Guards `stream`.
+    pub fn new(stream: TargetStream) -> Self {
+        Self(Some(stream))
+    }
+
+    /// The connection, for the relay.
+    pub fn stream(&mut self) -> &mut TargetStream {
+        self.0.as_mut().expect("present until ended or dropped")
+    }
+
+    /// Whether dropping it can tell the program (TCP has resets; a Unix socket does not).
+    pub fn can_reset(&self) -> bool {
+        matches!(self.0, Some(TargetStream::Tcp(_)))
+    }
+
+    /// The session ended cleanly: close as usual.
+    pub fn ended(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for CutOnDrop {
+    fn drop(&mut self) {
+        if let Some(stream) = self.0.take() {
+            stream.reset();
+        }
+    }
+}
+
 impl AsyncRead for TargetStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {

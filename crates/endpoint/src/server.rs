@@ -17,7 +17,7 @@ use rustls::server::ServerConnection;
 use rustls::{AlertDescription, ServerConfig};
 
 use crate::explain::{alert_name, explain, is_oversized_message, tls_error, Side};
-use crate::forward::{relay, Forward, RelayEnd, Relayed, TargetFailed, TargetStream};
+use crate::forward::{relay, CutOnDrop, Forward, RelayEnd, Relayed, TargetFailed, TargetStream};
 use crate::gate::{read_client_hello, send_alert, Hello, HelloInfo, Refusal};
 use crate::metrics::{HandshakeFailure, ListenerMetrics};
 use crate::net::{accept_until, buffered, finish_within, Buffered, TrafficBuffer, SHUTDOWN_GRACE};
@@ -489,6 +489,8 @@ async fn forward_session(
     let Some(target) = Box::pin(open_target(forward, stream, peer, local)).await else {
         return stream.shutdown().await;
     };
+    // Reset unless the relay ends cleanly: the target must not take a cut request for a whole one.
+    let mut target = CutOnDrop::new(target);
     let (stats, metrics) = (counts.stats, counts.metrics);
     let tally = |toward, n| match toward {
         RelayEnd::Target => {
@@ -500,10 +502,16 @@ async fn forward_session(
             metrics.moved(0, n);
         }
     };
-    relay(&mut *stream, target, &mut counts.relayed, &tally).await.map_err(|e| match e.end {
-        RelayEnd::Client => e.error,
-        RelayEnd::Target => std::io::Error::new(e.error.kind(), TargetFailed { target: forward.target.to_string(), error: e.error }),
-    })
+    match relay(&mut *stream, target.stream(), &mut counts.relayed, &tally).await {
+        Ok(()) => {
+            target.ended();
+            Ok(())
+        }
+        Err(e) => Err(match e.end {
+            RelayEnd::Client => e.error,
+            RelayEnd::Target => std::io::Error::new(e.error.kind(), TargetFailed { target: forward.target.to_string(), error: e.error }),
+        }),
+    }
 }
 
 /// Connects to the target and sends the PROXY header, if any; `None`
