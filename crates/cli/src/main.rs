@@ -128,6 +128,8 @@ fn main() -> ExitCode {
         .on_thread_park(allocator::thread_idles)
         .build()
         .expect("tokio runtime starts");
+    // Commands that relay standard input may end while a read of it is still pending.
+    let reads_stdin = matches!(cli.command, Command::Connect(_) | Command::OffloadClient(_));
     let result = runtime.block_on(async {
         match cli.command {
             Command::Pki(cmd) => pki::run(cmd),
@@ -148,8 +150,11 @@ fn main() -> ExitCode {
             Command::BenchClient(args) => bench::proxy::client(args).await,
         }
     });
-    // A read of standard input still waiting (the peer closed first) must not hold the exit.
-    runtime.shutdown_timeout(Duration::from_millis(500));
+    // A read of standard input still waiting (the peer closed first) must not hold the exit;
+    // every other command waits for its blocking work (keyd's writes) as the runtime drops.
+    if reads_stdin {
+        runtime.shutdown_timeout(Duration::from_millis(500));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => report(&failure),

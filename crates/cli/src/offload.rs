@@ -223,7 +223,7 @@ fn failure(e: Error, target: &str) -> Failure {
         }
         Code::NotFound | Code::Generic => (FailureClass::Network, "check that `sealtls offload` runs on --socket".to_owned()),
         // ABORTED covers every handshake failure; the daemon's detail says which.
-        Code::Aborted if fix.contains(detail::UNTRUSTED) || fix.contains(detail::MISNAMED) => (FailureClass::PeerNotTrusted, fix),
+        Code::Aborted if what.contains(detail::REFUSED_CERTIFICATE) => (FailureClass::PeerNotTrusted, fix),
         Code::Aborted if what.contains(detail::TIMED_OUT) => (FailureClass::Network, fix),
         Code::Aborted => (FailureClass::Protocol, fix),
         Code::InvalidParameter => (FailureClass::Usage, "give the server as HOST:PORT with a port from 1 to 65535".to_owned()),

@@ -229,17 +229,19 @@ fn a_tunnel_counts_what_it_carries_and_shows_whom_it_trusts() {
         &p(&pki, "ca.pem"),
         "--status",
         "127.0.0.1:0",
+        // Long enough that the live connection below is still open when scraped, even on a slow machine.
         "--idle-timeout",
-        "1",
+        "3",
     ]);
     let status = logged_port(&tunnel.wait_log("status listen="), "status listen");
     // Sends, then half-closes unless `wait_for_idle_close`; returns all that came back.
     let carry = |send: &[u8], wait_for_idle_close: bool| {
         let mut local = std::net::TcpStream::connect(&tunnel.addr).unwrap();
         local.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        std::io::Write::write_all(&mut local, send).unwrap();
+        let _ = std::io::Write::write_all(&mut local, send);
         if !wait_for_idle_close {
-            local.shutdown(std::net::Shutdown::Write).unwrap();
+            // The tunnel may have reset it already (a target that is down).
+            let _ = local.shutdown(std::net::Shutdown::Write);
         }
         let mut back = Vec::new();
         let _ = std::io::Read::read_to_end(&mut local, &mut back);

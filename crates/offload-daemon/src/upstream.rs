@@ -29,19 +29,19 @@ pub(crate) fn detail(f: &Failure) -> String {
 /// A handshake failure with the remedy the daemon's user can apply: trust
 /// is the daemon's to change, not the client's (who has no --ca to give).
 fn for_the_daemon(f: Failure) -> Failure {
-    use sealtls_offload_proto::detail::{MISNAMED, UNTRUSTED};
-    match f.class {
-        // The name check's fix offers a client's --server-name.
-        FailureClass::PeerNotTrusted if f.fix.contains("--server-name") => {
-            let fix =
-                format!("connect by a name the certificate holds, reissue it for this one, or {MISNAMED} if names are not to be checked");
-            Failure::new(f.class, f.what, fix)
-        }
-        FailureClass::PeerNotTrusted => {
-            Failure::new(f.class, f.what, format!("add the CA that issued the server's certificate to {UNTRUSTED}"))
-        }
-        _ => f,
+    use sealtls_offload_proto::detail::{MISNAMED, REFUSED_CERTIFICATE, UNTRUSTED};
+    if f.class != FailureClass::PeerNotTrusted {
+        return f;
     }
+    // Only the remedies that name a client's flags are the daemon's to restate.
+    let fix = if f.fix.contains("--server-name") {
+        format!("connect by a name the certificate holds, reissue it for this one, or {MISNAMED} if names are not to be checked")
+    } else if f.fix.contains("--ca") {
+        format!("add the CA that issued the server's certificate to {UNTRUSTED}")
+    } else {
+        f.fix
+    };
+    Failure::new(f.class, format!("{REFUSED_CERTIFICATE}{}", f.what), fix)
 }
 
 /// Where a slot connects, as given to CONNECT.

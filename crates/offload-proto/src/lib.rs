@@ -16,6 +16,8 @@ pub use slot::{Action, Slot, State};
 /// Phrases the daemon's DETAIL uses for refusals a client tells apart (for
 /// its exit status) without a wire field for them.
 pub mod detail {
+    /// Opens the reason for a server certificate the daemon did not accept.
+    pub const REFUSED_CERTIFICATE: &str = "the daemon did not accept the server's certificate: ";
     /// In the fix for a server certificate from a CA the daemon does not trust.
     pub const UNTRUSTED: &str = "the daemon's trust anchors (--trust, [offload] trust)";
     /// In the fix for a server certificate that does not name the host connected to.
