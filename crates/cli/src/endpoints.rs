@@ -760,8 +760,6 @@ pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Copies stdin to the server and the server to stdout; at stdin's end,
-/// sends close_notify and drains what the server still sends.
 /// Standard input to the server and the server's bytes to standard output.
 /// The end of standard input is passed on (close_notify) and the server's
 /// answer still read; the server's close ends it at once, whatever standard

@@ -51,10 +51,16 @@ fn engine() -> Result<PathBuf, Failure> {
     existing(path, "OpenSSL's pkcs11 engine", "apt-get install libengine-pkcs11-openssl")
 }
 
-/// `path` made absolute (programs load it from their own directory), if it
-/// exists; else a failure naming `what` it is, and `fix`.
+/// `path` made absolute (programs load it from their own directory; a
+/// symbolic link is kept, so that a package upgrade behind it still works),
+/// if it exists; else a failure naming `what` it is, and `fix`.
 fn existing(path: PathBuf, what: &str, fix: &str) -> Result<PathBuf, Failure> {
-    std::fs::canonicalize(&path).map_err(|e| Failure::new(FailureClass::Config, format!("{what} {} is missing ({e})", path.display()), fix))
+    let missing = |why: String| Failure::new(FailureClass::Config, format!("{what} {} is missing{why}", path.display()), fix);
+    let absolute = std::path::absolute(&path).map_err(|e| missing(format!(" ({e})")))?;
+    match absolute.exists() {
+        true => Ok(absolute),
+        false => Err(missing(String::new())),
+    }
 }
 
 /// The configuration: the engine loaded and initialized at start-up, with `module`.

@@ -221,7 +221,7 @@ fn pkcs11_tool_and_p11tool_list_keyds_keys_and_every_mechanism_signs() {
     let here = module();
     let o = run(sealtls().current_dir(here.parent().unwrap()).args(["pkcs11", "openssl-conf", "--module", "libsealtls_pkcs11.so"]));
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains(&format!("MODULE_PATH = {}\n", std::fs::canonicalize(&here).unwrap().display())), "{}", text(&o));
+    assert!(text(&o).contains(&format!("MODULE_PATH = {}\n", here.display())), "{}", text(&o));
 
     // Without settings the module says what to set.
     let o = pkcs11_tool(&[], &["--list-objects"]);

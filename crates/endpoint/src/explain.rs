@@ -250,7 +250,7 @@ fn explain_io(err: &io::Error, seen: &Observation, side: Side, peer: &str) -> Fa
         return Failure::new(
             C::Network,
             format!("the target {} failed in the middle of the session ({})", t.target, t.error),
-            "look at the application behind --target (its log, whether it restarted); the client's connection was closed without close_notify, so it sees the session cut",
+            "look at the application behind the target (--target, or a table's `target`): its log, whether it restarted; the client's connection was closed without close_notify, so it sees the session cut",
         );
     }
     if is_oversized_message(err) {

@@ -64,8 +64,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Resu
             fs::rename(&tmp, path)?;
         } else {
             // A link fails if the name exists; rename would replace it.
-            fs::hard_link(&tmp, path)?;
-            let _ = fs::remove_file(&tmp);
+            match fs::hard_link(&tmp, path) {
+                Ok(()) => fs::remove_file(&tmp)?,
+                // A file system without links (vfat, some network mounts): check, then rename.
+                Err(e) if matches!(e.kind(), io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied) => {
+                    if path.exists() {
+                        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+                    }
+                    fs::rename(&tmp, path)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         File::open(&dir)?.sync_all()
     })();

@@ -133,7 +133,8 @@ pub fn read_limited(path: &Path) -> Result<(Zeroizing<Vec<u8>>, fs::Metadata), L
         return Err(LoadError::TooLarge { origin: origin() });
     }
     // The size the file system reports is 0 for a device or a pipe: the read itself is bounded too.
-    // Sized for the file, so that a key is read into one buffer, never copied by growth.
+    // Sized for the file, so that a key file is read into one buffer, not copied by growth
+    // (a device or pipe reports size 0 and grows the buffer as it reads).
     let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
     fs::File::open(path)
         .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_INPUT + 1), &mut bytes))
