@@ -452,6 +452,7 @@ async fn on_each(clients: &[(String, Arc<KeydClient>)], request: &Request) -> Ve
 /// Prints each keyd's outcome on its own line; fails if any failed.
 fn report_each(
     results: Vec<(String, Result<Response, Failure>)>,
+    json: bool,
     done: impl Fn(Response) -> Result<String, Failure>,
 ) -> Result<(), Failure> {
     let total = results.len();
@@ -459,10 +460,21 @@ fn report_each(
     for (name, result) in results {
         match result.and_then(&done) {
             Ok(line) if total == 1 => println!("{line}"),
+            // One JSON object per keyd, naming it.
+            Ok(line) if json => {
+                let mut answer = serde_json::from_str::<serde_json::Value>(&line).unwrap_or(serde_json::Value::String(line));
+                if let Some(fields) = answer.as_object_mut() {
+                    fields.insert("keyd".into(), name.clone().into());
+                }
+                println!("{answer}");
+            }
             Ok(line) => println!("{name}: {line}"),
             Err(f) if total == 1 => return Err(f),
             Err(f) => {
-                println!("{name}: failed: {} (fix: {})", f.what, f.fix);
+                match json {
+                    true => println!("{}", serde_json::json!({"keyd": name, "error": f.what, "fix": f.fix})),
+                    false => println!("{name}: failed: {} (fix: {})", f.what, f.fix),
+                }
                 failed.push((name, f.class));
             }
         }
@@ -553,7 +565,7 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
             };
             // Each keyd seals the key under its own device secret or TPM.
             let request = Request::Put { domain: domain.clone(), key, chain: chain.iter().map(|c| c.to_vec()).collect() };
-            report_each(on_each(&admin.clients()?, &request).await, |r| match r {
+            report_each(on_each(&admin.clients()?, &request).await, admin.json, |r| match r {
                 Response::Stored(id) if admin.json => Ok(serde_json::json!({"domain": domain, "key_id": id.to_string()}).to_string()),
                 Response::Stored(id) => Ok(format!("Installed {domain} (key id {id})")),
                 r => Err(unexpected(r)),
@@ -562,7 +574,7 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
         KeyCommand::Has { domain, admin } => {
             let results = on_each(&admin.clients()?, &Request::Has(domain.clone())).await;
             let all = results.iter().all(|(_, r)| matches!(r, Ok(Response::Found(true))));
-            report_each(results, |r| match r {
+            report_each(results, admin.json, |r| match r {
                 Response::Found(found) if admin.json => Ok(serde_json::json!({"domain": domain, "found": found}).to_string()),
                 Response::Found(true) => Ok("Key found".into()),
                 Response::Found(false) => Ok("Key not found".into()),
@@ -573,7 +585,7 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
             }
         }
         KeyCommand::Rm { domain, admin } => {
-            report_each(on_each(&admin.clients()?, &Request::Remove(domain.clone())).await, |r| match r {
+            report_each(on_each(&admin.clients()?, &Request::Remove(domain.clone())).await, admin.json, |r| match r {
                 Response::Removed if admin.json => Ok(serde_json::json!({"domain": domain, "removed": true}).to_string()),
                 Response::Removed => Ok(format!("Removed {domain}")),
                 r => Err(unexpected(r)),

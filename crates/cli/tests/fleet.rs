@@ -60,6 +60,13 @@ fn a_keyless_server_fails_over_between_keyds_and_takes_them_back() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert_eq!(text(&o).matches(".sock: failed: ").count(), 2, "{}", text(&o));
     assert!(text(&o).contains("(fix: "), "{}", text(&o));
+    // --json on several keyds: one object per keyd, naming it.
+    let o = fleet_key(&[&socket_a, &socket_b], &["has", "a.test", "--json"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{}", text(&o));
+    for (line, socket) in lines.iter().zip([&socket_a, &socket_b]) {
+        assert_eq!((line["found"].as_bool(), line["keyd"].as_str()), (Some(true), Some(format!("unix:{socket}").as_str())), "{line}");
+    }
     let ls = fleet_key(&[&socket_a, &socket_b], &["ls", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&ls)));
     for row in listed["domains"].as_array().unwrap() {
