@@ -130,14 +130,23 @@ impl Grants {
         Decision::Refused(self.grants.iter().filter(|g| g.to.names(peer)).map(Grant::to_string).collect())
     }
 
-    /// Reads an `--authorize` file; one that group or others may write is
-    /// refused (whoever can write it can grant themselves any key).
+    /// Reads an `--authorize` file; one that group or others may write, or
+    /// that belongs to another user than root or keyd's, is refused (whoever
+    /// can change it can grant themselves any key).
     pub fn load(path: &Path) -> Result<Self, Problem> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let cannot_read = |e: std::io::Error| {
             Problem::new(format!("{}: cannot read: {e}", path.display()), "give a readable TOML file of [[grant]] tables")
         };
-        let mode = std::fs::metadata(path).map_err(cannot_read)?.permissions().mode() & 0o7777;
+        let meta = std::fs::metadata(path).map_err(cannot_read)?;
+        let own = rustix::process::geteuid().as_raw();
+        if meta.uid() != 0 && meta.uid() != own {
+            return Err(Problem::new(
+                format!("{}: it belongs to uid {}, who could grant themselves any key", path.display(), meta.uid()),
+                format!("give it to root or to keyd's user: `chown {own} {}`", path.display()),
+            ));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o022 != 0 {
             return Err(Problem::new(
                 format!("{}: group or others may write it (mode {mode:04o}), and so grant themselves any key", path.display()),
@@ -326,6 +335,13 @@ domains = ["d.example"]
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grants.toml");
         std::fs::write(&path, "[[grant]]\nuid = 1000\ndomains = [\"a.example\"]\n").unwrap();
+        // Another owner than root or keyd's user (when the test can make one: run as root).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let p = Grants::load(&path).unwrap_err();
+            assert!(p.what.contains("belongs to uid 65534") && p.fix.as_deref().is_some_and(|f| f.contains("chown 0")), "{p}");
+            std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        }
         for (mode, ok) in [(0o644, true), (0o600, true), (0o664, false), (0o646, false)] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             match Grants::load(&path) {
