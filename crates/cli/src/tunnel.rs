@@ -413,14 +413,18 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
             info!(client = %from, %target, version = %info.version, %alpn, bytes_up, bytes_down, duration_ms = ms, "connection closed")
         }
         Some(Err(RelayError { end: RelayEnd::Target, error })) => {
-            let why = match tls_error(&error) {
-                None if matches!(error.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-                    Failure::new(
-                        FailureClass::Network,
-                        format!("the server {target} cut the connection in the middle of the session, without close_notify ({error})"),
-                        format!("look at the server's log; {reset_note}"),
-                    )
-                }
+            let how = match error.kind() {
+                ErrorKind::UnexpectedEof => Some("closed the connection without close_notify"),
+                ErrorKind::ConnectionReset => Some("reset the connection"),
+                ErrorKind::BrokenPipe => Some("closed the connection while we were still sending to it"),
+                _ => None,
+            };
+            let why = match (tls_error(&error), how) {
+                (None, Some(how)) => Failure::new(
+                    FailureClass::Network,
+                    format!("the server {target} {how}, in the middle of the session ({error})"),
+                    format!("look at the server's log; {reset_note}"),
+                ),
                 _ => explain(&error, &seen, Side::Client, target),
             };
             warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, reason = %why.what, fix = %why.fix, "connection ended with an error");
