@@ -297,13 +297,45 @@ struct ServeTls {
     keyless: Option<Keyless>,
     alpn: Vec<Vec<u8>>,
     rules: Rules,
-    /// The config file and `[[serve]]` table this server was described by:
-    /// a reload reads the table again (its files, client CAs and rules).
-    table: Option<(PathBuf, String)>,
+    /// The `[[serve]]` table this server was described by: a reload reads
+    /// the table again (its files, client CAs and rules).
+    table: Option<TableSource>,
+}
+
+/// Where a server's `[[serve]]` table is, and what a reload must find unchanged in it.
+struct TableSource {
+    config: PathBuf,
+    /// The table's listen address: tables are found again by it, not by
+    /// their place in the file, which an edit above them changes.
+    listen: String,
+    /// The settings a reload does not apply (see [`fixed_settings`]).
+    fixed: String,
+}
+
+/// What of a table a running server cannot change on reload: a reload
+/// that finds any of it edited is refused, so that no setting is applied
+/// silently or half.
+fn fixed_settings(args: &ServeArgs) -> String {
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {} {} {} {} {} {} {:?}",
+        args.client_auth,
+        args.tls,
+        args.alpn,
+        args.mode,
+        args.target,
+        args.proxy_protocol,
+        args.unsafe_target,
+        args.connect_timeout,
+        args.max_conn_lifetime,
+        args.max_connections,
+        args.handshake_timeout,
+        args.idle_timeout,
+        args.keyless.link.keyd,
+    )
 }
 
 impl ServeTls {
-    fn new(args: &ServeArgs, material: Option<&TlsMaterial>, keyless: Option<Keyless>, table: Option<(PathBuf, String)>) -> Self {
+    fn new(args: &ServeArgs, material: Option<&TlsMaterial>, keyless: Option<Keyless>, table: Option<TableSource>) -> Self {
         Self {
             files: args.files.clone(),
             client_auth: args.client_auth,
@@ -317,15 +349,28 @@ impl ServeTls {
     }
 
     fn build(&self) -> Result<(ServerTls, Loaded), Failure> {
-        if let Some((path, label)) = &self.table {
+        if let Some(source) = &self.table {
+            let path = &source.config;
             let config = Config::load(path).map_err(Failure::config)?;
-            let Some(table) = config.serve.iter().find(|t| &t.label == label) else {
+            let Some(table) = config.serve.iter().find(|t| t.args.listen.to_string() == source.listen) else {
                 return Err(Failure::new(
                     FailureClass::Config,
-                    format!("{}: {label} is no longer there", path.display()),
-                    "a reload changes certificates, trust and rules; restart to change which servers run",
+                    format!("{}: no [[serve]] table listens on {} any more", path.display(), source.listen),
+                    "a reload changes certificates, client CAs and client rules; restart to change which servers run",
                 ));
             };
+            if fixed_settings(&table.args) != source.fixed {
+                return Err(Failure::new(
+                    FailureClass::Config,
+                    format!(
+                        "{}: {} (listen {}) has edits a reload does not apply (tls, client_auth, alpn, mode or target, proxy_protocol, limits, keyd)",
+                        path.display(),
+                        table.label,
+                        source.listen
+                    ),
+                    "restart to apply them; a reload changes certificates, client CAs and client rules",
+                ));
+            }
             return ServeTls::new(&table.args, table.material(&config.material), self.keyless.clone(), None).build();
         }
         let config = self.files.config.as_deref().map(Config::load).transpose().map_err(Failure::config)?;
@@ -357,8 +402,8 @@ impl Reload for ServeReload {
         let f = &self.tls.files;
         let mut files: Vec<PathBuf> = [&f.cert, &f.key, &f.ca].into_iter().flatten().cloned().collect();
         files.extend(f.config.as_deref().map(config_files).unwrap_or_default());
-        if let Some((config, _)) = &self.tls.table {
-            files.extend(config_files(config));
+        if let Some(source) = &self.tls.table {
+            files.extend(config_files(&source.config));
         }
         files
     }
@@ -509,7 +554,9 @@ pub async fn prepare_serve(
         ));
     }
     let rules = args.allow.rules();
-    let serve_tls = ServeTls::new(args, material, keyless.clone(), source.map(|config| (config.to_owned(), name.to_owned())));
+    let described_by =
+        source.map(|config| TableSource { config: config.to_owned(), listen: args.listen.to_string(), fixed: fixed_settings(args) });
+    let serve_tls = ServeTls::new(args, material, keyless.clone(), described_by);
     let (tls, loaded) = serve_tls.build()?;
     if tls.client_auth() == ClientAuthMode::Required {
         if rules.allows_all() {

@@ -103,6 +103,29 @@ fn serve_config_runs_every_serve_table() {
     assert!(log.contains("reloaded client rules for serve 127.0.0.1:") && log.contains("cn=bob"), "{log}");
     assert!(hello(d, echo, Some("bob")).status.success(), "{}", server.log());
     assert_eq!(hello(d, echo, Some("alice")).status.code(), Some(6), "{}", server.log());
+
+    // A table added above the others: each running server finds its own table again by its
+    // listen address, not by its place in the file, and keeps requiring a client certificate.
+    let first = free_port();
+    let added = format!("[[serve]]\nlisten = \"127.0.0.1:{first}\"\ncert_file = \"localhost.pem\"\nkey_file = \"localhost.key\"\nclient_auth = \"none\"\n[[serve]]");
+    let shifted = std::fs::read_to_string(&config).unwrap().replacen("[[serve]]", &added, 1);
+    write_mode(&config, &shifted, 0o600);
+    let hup = || assert!(run(std::process::Command::new("kill").args(["-HUP", &server.child.id().to_string()])).status.success());
+    hup();
+    server.wait_log(&format!("reload: nothing changed for serve 127.0.0.1:{echo}"));
+    assert!(hello(d, echo, Some("bob")).status.success(), "{}", server.log());
+    assert!(!hello(d, echo, None).status.success(), "a client without a certificate got in after the reload:\n{}", server.log());
+    // An edit a reload cannot apply is refused, not applied halfway.
+    let edited = std::fs::read_to_string(&config).unwrap().replace("allow_cn = [\"bob\"]", "allow_cn = [\"bob\"]\ntls = \"1.2\"");
+    write_mode(&config, &edited, 0o600);
+    hup();
+    let log = server.wait_log("edits a reload does not apply");
+    assert!(
+        log.contains(&format!("(listen 127.0.0.1:{echo}) has edits a reload does not apply")) && log.contains("restart to apply them"),
+        "{log}"
+    );
+    let shifted = std::fs::read_to_string(&config).unwrap().replace(&added, "[[serve]]").replace("\ntls = \"1.2\"", "");
+    write_mode(&config, &shifted, 0o600);
     std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("allow_cn = [\"bob\"]", "allow_cn = [\"alice\"]")).unwrap();
 
     // [status] in the file gives the same page --status would, for both tables.
