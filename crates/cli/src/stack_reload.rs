@@ -23,10 +23,11 @@ pub struct MaterialReload {
     pub servers: Arc<EchoServers>,
 }
 
-/// What reload lines show of the material: server certificate, CAs, client certificate.
-fn describe(m: &TlsMaterial) -> [Option<String>; 3] {
+/// What reload lines show of the material: server certificate, CAs, client
+/// certificate, and whether the client checks server leaves the legacy way.
+fn describe(m: &TlsMaterial) -> [Option<String>; 4] {
     let leaf = |k: &Option<Arc<rustls::sign::CertifiedKey>>| k.as_ref().and_then(|k| k.cert.first()).map(describe_cert);
-    [leaf(&m.server), m.ca.as_ref().map(|a| describe_anchors(&a.certs)), leaf(&m.client)]
+    [leaf(&m.server), m.ca.as_ref().map(|a| describe_anchors(&a.certs)), leaf(&m.client), Some(m.legacy_v1_leaf.to_string())]
 }
 
 impl Reload for MaterialReload {
@@ -40,14 +41,15 @@ impl Reload for MaterialReload {
 
     fn reload(&self) -> Result<Option<String>, Failure> {
         let material = Config::load(&self.config).map_err(Failure::config)?.material;
-        let [old_cert, old_ca, old_client] = describe(&self.servers.material());
-        let [new_cert, new_ca, new_client] = describe(&material);
+        let [old_cert, old_ca, old_client, old_legacy] = describe(&self.servers.material());
+        let [new_cert, new_ca, new_client, new_legacy] = describe(&material);
         let line = reload_line(
             &self.name,
             &[
                 ("certificate", "fingerprint", old_cert, new_cert),
                 ("CAs", "fingerprints", old_ca, new_ca),
                 ("client certificate", "fingerprint", old_client, new_client),
+                ("legacy_v1_leaf", "value", old_legacy, new_legacy),
             ],
         );
         if line.is_some() {

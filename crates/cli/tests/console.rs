@@ -766,12 +766,15 @@ fn up_reloads_the_echo_certificate_a_tunnels_cas_and_keyds_grants_on_sighup() {
     write_mode(&grants, &format!("[[grant]]\nuid = {uid}\ndomains = [\"localhost\"]\n"), 0o644);
     std::fs::copy(data.join("ca.pem"), d.join("tunnel-ca.pem.new")).unwrap();
     std::fs::rename(d.join("tunnel-ca.pem.new"), d.join("tunnel-ca.pem")).unwrap();
+    // The client's legacy leaf check is part of [tls] too.
+    let config = std::fs::read_to_string(d.join("sealtls.toml")).unwrap().replacen("[tls]\n", "[tls]\nlegacy_v1_leaf = true\n", 1);
+    write_mode(&d.join("sealtls.toml"), &config, 0o644);
     assert!(std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let log = loop {
         let log = stderr.lock().unwrap().clone();
-        if log.contains("reloaded certificate for up")
+        if log.contains("reloaded certificate and legacy_v1_leaf for up")
             && log.contains("reloaded CAs for tunnel")
             && log.lines().any(|l| l.starts_with("keyd: ") && l.contains("reloaded grants"))
         {
@@ -781,8 +784,13 @@ fn up_reloads_the_echo_certificate_a_tunnels_cas_and_keyds_grants_on_sighup() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let renewed = sha256_fingerprint(&data.join("renewed.pem"));
-    assert!(log.lines().any(|l| l.contains("reloaded certificate for up") && l.contains(&format!("-> {renewed}"))), "{log}");
+    assert!(log.lines().any(|l| l.contains("reloaded certificate and legacy_v1_leaf for up") && l.contains(&format!("-> {renewed}"))), "{log}");
     assert!(log.contains("SIGHUP passed to keyd"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reloaded certificate and legacy_v1_leaf for up") && l.contains("legacy_v1_leaf: value false -> true")),
+        "{log}"
+    );
     let tunnel_ca = log.lines().find(|l| l.contains("reloaded CAs for tunnel")).unwrap();
     assert!(tunnel_ca.contains(&format!("-> [{}", sha256_fingerprint(&data.join("ca.pem")))), "{tunnel_ca}");
 
