@@ -176,9 +176,10 @@ pub async fn tunnel_table(
     table: &TunnelTable,
     stop: watch::Receiver<bool>,
     shown: &mut Shown,
+    source: &Path,
     reloads: &mut Vec<Arc<dyn crate::reload::Reload>>,
 ) -> Result<Service, Failure> {
-    let prepared = crate::tunnel::prepare(&table.args, &table.label, &shown.servers).await?;
+    let prepared = crate::tunnel::prepare(&table.args, &table.label, &shown.servers, Some(source)).await?;
     reloads.push(prepared.reload_part());
     prepared.show(&mut shown.registry);
     shown.listeners.push(prepared.status_listener());

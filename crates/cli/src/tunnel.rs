@@ -2,7 +2,7 @@
 //! server (ghostunnel's client mode). The remote is verified like
 //! `connect` verifies, and must also match the --verify-* rules if any.
 use std::io::ErrorKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -212,6 +212,29 @@ struct TunnelReload {
     name: String,
     args: TunnelArgs,
     remote: Arc<Remote>,
+    /// The config file of the `[[tunnel]]` table it was described by, if any.
+    config: Option<PathBuf>,
+}
+
+/// What of a tunnel's table a reload does not change (it reads the same
+/// files again): an edit to any of it needs a restart.
+fn fixed_settings(args: &TunnelArgs) -> String {
+    format!(
+        "{} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {} {} {} {}",
+        args.target,
+        args.ca,
+        args.cert,
+        args.key,
+        args.keyless.keyd,
+        args.keyd_name,
+        args.server_name,
+        args.alpn,
+        args.tls,
+        args.verify.rules(),
+        args.connect_timeout,
+        args.idle_timeout,
+        args.max_connections,
+    )
 }
 
 impl Reload for TunnelReload {
@@ -224,6 +247,25 @@ impl Reload for TunnelReload {
     }
 
     fn reload(&self) -> Result<Option<String>, Failure> {
+        if let Some(path) = &self.config {
+            // Found by its listen address, as serve's tables are.
+            let config = crate::config::Config::load(path).map_err(Failure::config)?;
+            let listen = self.args.listen.to_string();
+            let table = config.tunnel.iter().find(|t| t.args.listen.to_string() == listen).ok_or_else(|| {
+                Failure::new(
+                    FailureClass::Config,
+                    format!("{}: no [[tunnel]] table listens on {listen} any more", path.display()),
+                    "restart to change which tunnels run; a reload reads the files a tunnel names again",
+                )
+            })?;
+            if fixed_settings(&table.args) != fixed_settings(&self.args) {
+                return Err(Failure::new(
+                    FailureClass::Config,
+                    format!("{}: {} (listen {listen}) was edited", path.display(), table.label),
+                    "restart to apply it; a reload reads the files a tunnel names again (its certificate, key and CAs)",
+                ));
+            }
+        }
         let new = self.args.settings(self.remote.keyd_identity.as_ref(), &self.remote.rules)?;
         let ((old_cert, old_ca), (new_cert, new_ca)) = (describe(&self.remote.settings()), describe(&new));
         let line =
@@ -239,7 +281,7 @@ pub async fn tunnel(args: TunnelArgs) -> Result<(), Failure> {
     let shutdown = shutdown_signal();
     let reloader = Reloader::install(args.reload);
     let metrics = ServerMetrics::new();
-    let prepared = prepare(&args, "", &metrics).await?;
+    let prepared = prepare(&args, "", &metrics, None).await?;
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     prepared.show(&mut registry);
@@ -270,7 +312,12 @@ pub struct PreparedTunnel {
 /// listener: everything that can fail happens here. `name` (a config table
 /// such as `[[tunnel]] #1`, or empty for the flags) goes into the log lines;
 /// `metrics` counts its handshakes and bytes under its listen address.
-pub async fn prepare(args: &TunnelArgs, name: &str, metrics: &Arc<ServerMetrics>) -> Result<PreparedTunnel, Failure> {
+pub async fn prepare(
+    args: &TunnelArgs,
+    name: &str,
+    metrics: &Arc<ServerMetrics>,
+    config: Option<&Path>,
+) -> Result<PreparedTunnel, Failure> {
     check_local(&args.listen, args.unsafe_listen)?;
     host_of(&args.target)?;
     let remote = Arc::new(args.remote().await?);
@@ -281,7 +328,12 @@ pub async fn prepare(args: &TunnelArgs, name: &str, metrics: &Arc<ServerMetrics>
     };
     let verify = remote.rules.as_ref().map_or("chain and name".to_owned(), |r| format!("chain, name and {r}"));
     info!(listen = %local, name = (!name.is_empty()).then_some(name), target = %remote.target, server_name = %remote.name_text, %verify, "tunnel");
-    let reload = Arc::new(TunnelReload { name: format!("tunnel {local}"), remote: remote.clone(), args: args.clone() });
+    let reload = Arc::new(TunnelReload {
+        name: format!("tunnel {local}"),
+        remote: remote.clone(),
+        args: args.clone(),
+        config: config.map(Path::to_owned),
+    });
     Ok(PreparedTunnel {
         metrics: metrics.listener(local.to_string()),
         local,

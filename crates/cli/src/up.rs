@@ -259,7 +259,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
             list.push(services::serve_table(table, &config.material, stop_rx.clone(), &mut shown, &path, &mut table_reloads).await?);
         }
         for table in &config.tunnel {
-            list.push(services::tunnel_table(table, stop_rx.clone(), &mut shown, &mut table_reloads).await?);
+            list.push(services::tunnel_table(table, stop_rx.clone(), &mut shown, &path, &mut table_reloads).await?);
         }
         let page = args.status.or_config(config.status.as_ref())?.bind(std::mem::take(&mut shown.registry)).await?;
         Ok::<_, Failure>((list, page))

@@ -233,6 +233,20 @@ fn up_runs_every_serve_and_tunnel_table_beside_its_own_services() {
     let mut back = [0u8; 19];
     plain.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"through the tunnel\n");
+
+    // An edited [[tunnel]] table is found again by its listen address and its edit is
+    // refused with a restart to do, rather than ignored as if nothing changed.
+    let edited =
+        std::fs::read_to_string(&config).unwrap().replace("target = \"localhost:", "server_name = \"localhost\"\ntarget = \"localhost:");
+    write_mode(&config, &edited, 0o600);
+    assert!(run(Command::new("kill").args(["-HUP", &up.child.id().to_string()])).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !up.stderr.lock().unwrap().contains("was edited") {
+        assert!(Instant::now() < deadline, "no refusal for the edited tunnel:\n{}", up.stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = up.stderr.lock().unwrap().clone();
+    assert!(log.contains(&format!("[[tunnel]] #1 (listen 127.0.0.1:{tunnel}) was edited")) && log.contains("restart to apply it"), "{log}");
     up.stop();
 }
 

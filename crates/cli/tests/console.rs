@@ -784,7 +784,10 @@ fn up_reloads_the_echo_certificate_a_tunnels_cas_and_keyds_grants_on_sighup() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let renewed = sha256_fingerprint(&data.join("renewed.pem"));
-    assert!(log.lines().any(|l| l.contains("reloaded certificate and legacy_v1_leaf for up") && l.contains(&format!("-> {renewed}"))), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("reloaded certificate and legacy_v1_leaf for up") && l.contains(&format!("-> {renewed}"))),
+        "{log}"
+    );
     assert!(log.contains("SIGHUP passed to keyd"), "{log}");
     assert!(
         log.lines()
