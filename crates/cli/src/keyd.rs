@@ -534,7 +534,8 @@ fn expiry(t: Option<i64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_list(entries: &[ListEntry], json: bool) {
+fn print_list(entries: &[ListEntry], json: bool) -> Result<(), Failure> {
+    use std::fmt::Write;
     if json {
         let rows: Vec<_> = entries
             .iter()
@@ -545,14 +546,14 @@ fn print_list(entries: &[ListEntry], json: bool) {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
-        return;
+        return crate::print_report(&format!("{}\n", serde_json::Value::Array(rows)));
     }
-    println!("{:<32} {:<12} {:<22} {:<18} STATUS", "DOMAIN", "KEY", "EXPIRES", "KEY ID");
+    let mut out = format!("{:<32} {:<12} {:<22} {:<18} STATUS\n", "DOMAIN", "KEY", "EXPIRES", "KEY ID");
     for e in entries {
         let id = e.key_id.to_string();
-        println!("{:<32} {:<12} {:<22} {:<18} {}", e.domain, e.key_type, expiry(e.not_after), &id[..16], e.status);
+        let _ = writeln!(out, "{:<32} {:<12} {:<22} {:<18} {}", e.domain, e.key_type, expiry(e.not_after), &id[..16], e.status);
     }
+    crate::print_report(&out)
 }
 
 pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
@@ -596,7 +597,7 @@ pub async fn key(cmd: KeyCommand) -> Result<(), Failure> {
             let mut results = on_each(&clients, &Request::List).await;
             if results.len() == 1 {
                 match results.remove(0).1? {
-                    Response::List(entries) => print_list(&entries, admin.json),
+                    Response::List(entries) => print_list(&entries, admin.json)?,
                     r => return Err(unexpected(r)),
                 }
             } else {
@@ -678,19 +679,21 @@ fn print_fleet_list(results: Vec<(String, Result<Response, Failure>)>, json: boo
             })
             .collect();
         let unreachable: Vec<_> = down.iter().map(|(n, why)| serde_json::json!({"keyd": n, "error": why})).collect();
-        println!("{}", serde_json::json!({"domains": rows, "unreachable": unreachable}));
+        crate::print_report(&format!("{}\n", serde_json::json!({"domains": rows, "unreachable": unreachable})))?;
     } else {
-        println!("{:<32} {:<12} {:<22} {:<8} HELD BY", "DOMAIN", "KEY", "EXPIRES", "AGREE");
+        use std::fmt::Write;
+        let mut out = format!("{:<32} {:<12} {:<22} {:<8} HELD BY\n", "DOMAIN", "KEY", "EXPIRES", "AGREE");
         for (domain, held) in &domains {
             let first = &held[0].1;
             let names: Vec<_> = held.iter().map(|(n, _)| n.as_str()).collect();
             let agrees = if agree(held) { "yes" } else { "NO" };
             let count = format!("{}/{total}: {}", held.len(), names.join(", "));
-            println!("{:<32} {:<12} {:<22} {:<8} {count}", domain, first.key_type, expiry(first.not_after), agrees);
+            let _ = writeln!(out, "{:<32} {:<12} {:<22} {:<8} {count}", domain, first.key_type, expiry(first.not_after), agrees);
         }
         for (name, why) in &down {
-            println!("{name}: failed: {why}");
+            let _ = writeln!(out, "{name}: failed: {why}");
         }
+        crate::print_report(&out)?;
     }
     if down.is_empty() {
         return Ok(());

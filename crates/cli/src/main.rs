@@ -95,6 +95,19 @@ fn init_logging(json: bool) {
     }
 }
 
+/// Writes a command's report to standard output at once; a reader that
+/// stops early (`| head`) is not an error.
+pub fn print_report(text: &str) -> Result<(), Failure> {
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::new(
+            sealtls_failure::FailureClass::Config,
+            format!("cannot write the report: {e}"),
+            "check where standard output goes",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Prints a failure as two lines (what, fix) and turns it into its exit code.
 pub fn report(failure: &Failure) -> ExitCode {
     eprintln!("error: {failure}");

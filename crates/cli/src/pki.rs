@@ -162,13 +162,7 @@ pub fn inspect(args: InspectArgs) -> Result<(), Failure> {
             print_item(&mut out, item);
         }
     }
-    // A reader that stops early (`| head`) is not an error.
-    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            return Err(Failure::new(FailureClass::Config, format!("cannot write the report: {e}"), "check where standard output goes"))
-        }
-        _ => {}
-    }
+    crate::print_report(&out)?;
     match items.iter().any(|i| matches!(i, Item::Error { .. })) {
         true => Err(Failure::new(FailureClass::Config, "some inputs could not be read as certificates or keys", "see the errors above")),
         false => Ok(()),
