@@ -16,7 +16,7 @@ use sealtls_endpoint::forward::{relay, CutOnDrop, RelayEnd, RelayError, Relayed,
 use sealtls_endpoint::identity::Rules;
 use sealtls_endpoint::metrics::{HandshakeFailure, ListenerMetrics, ServerMetrics};
 use sealtls_endpoint::net::{accept_until, finish_within, SHUTDOWN_GRACE};
-use sealtls_endpoint::server::ServerStats;
+use sealtls_endpoint::server::{relay_tally, ServerStats};
 use sealtls_endpoint::session::SessionInfo;
 use sealtls_endpoint::settings::ClientSettings;
 use sealtls_endpoint::TlsVersions;
@@ -430,7 +430,7 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
     let info = SessionInfo::of(tls.get_ref().1);
     stats.handshakes.fetch_add(1, Relaxed);
     metrics.handshake_ok(&info, started.elapsed());
-    let open = (OpenCount::new(stats), metrics.session());
+    let open = (stats.session(), metrics.session());
     let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     let activity = tls.get_ref().0.activity();
     // Reset unless the session ends cleanly (an abort at shutdown included): plain TCP has no
@@ -442,16 +442,7 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
     };
     let mut moved = Relayed::default();
     // As a server counts: received from the TLS peer (here the target), sent to it.
-    let tally = |toward, n| match toward {
-        RelayEnd::Client => {
-            stats.bytes_in.fetch_add(n, Relaxed);
-            metrics.moved(n, 0);
-        }
-        RelayEnd::Target => {
-            stats.bytes_out.fetch_add(n, Relaxed);
-            metrics.moved(0, n);
-        }
-    };
+    let tally = relay_tally(stats, metrics, RelayEnd::Target);
     let result = tokio::select! {
         r = relay(local.stream(), tls, &mut moved, &tally) => Some(r),
         _ = activity.idle_for(remote.idle_timeout) => None,
@@ -488,23 +479,6 @@ async fn carry(local: TargetStream, from: String, remote: &Remote, stats: &Serve
             let idle_s = remote.idle_timeout.as_secs();
             warn!(client = %from, %target, bytes_up, bytes_down, duration_ms = ms, idle_s, note = reset_note, "connection closed: no bytes moved in either direction within the idle timeout");
         }
-    }
-}
-
-/// One connection in the tunnel's open count, for as long as it lives
-/// (also when its task is aborted at shutdown).
-struct OpenCount<'a>(&'a ServerStats);
-
-impl<'a> OpenCount<'a> {
-    fn new(stats: &'a ServerStats) -> Self {
-        stats.open.fetch_add(1, Relaxed);
-        Self(stats)
-    }
-}
-
-impl Drop for OpenCount<'_> {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
     }
 }
 

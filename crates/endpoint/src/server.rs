@@ -72,6 +72,39 @@ pub struct ServerStats {
     pub open: AtomicU64,
 }
 
+impl ServerStats {
+    /// Counts a session as open until the guard drops: when it ends, and
+    /// also when its task is aborted at shutdown.
+    pub fn session(&self) -> OpenCount<'_> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenCount(self)
+    }
+}
+
+/// One session in [`ServerStats::open`], for as long as it lives.
+pub struct OpenCount<'a>(&'a ServerStats);
+
+impl Drop for OpenCount<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a relay's bytes into a listener's counters as they go: bytes
+/// moving away from `tls_peer` (the relay end that is the TLS session) were
+/// received from it, bytes toward it were sent.
+pub fn relay_tally<'a>(stats: &'a ServerStats, metrics: &'a ListenerMetrics, tls_peer: RelayEnd) -> impl Fn(RelayEnd, u64) + Sync + 'a {
+    move |toward, n| {
+        if toward == tls_peer {
+            stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+            metrics.moved(0, n);
+        } else {
+            stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+            metrics.moved(n, 0);
+        }
+    }
+}
+
 /// How long a server session may move no bytes before it is closed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -213,8 +246,7 @@ impl Server {
         self.session_started(&stream, peer, started.elapsed());
         let mut counts =
             Counts { stats: &self.stats, metrics: &self.options.metrics, closing, relayed: Relayed::default(), bytes_in: 0, bytes_out: 0 };
-        self.stats.open.fetch_add(1, Ordering::Relaxed);
-        let open = self.options.metrics.session();
+        let open = (self.stats.session(), self.options.metrics.session());
         let activity = stream.get_ref().0.activity();
         let end_of_life = self.options.max_lifetime.map(|limit| tokio::time::Instant::now() + limit);
         let result = tokio::select! {
@@ -227,7 +259,6 @@ impl Server {
             },
         };
         counts.settle_relayed();
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
         drop(open);
         let ms = started.elapsed().as_millis() as u64;
         let (bytes_in, bytes_out) = (counts.bytes_in, counts.bytes_out);
@@ -491,17 +522,7 @@ async fn forward_session(
     };
     // Reset unless the relay ends cleanly: the target must not take a cut request for a whole one.
     let mut target = CutOnDrop::new(target);
-    let (stats, metrics) = (counts.stats, counts.metrics);
-    let tally = |toward, n| match toward {
-        RelayEnd::Target => {
-            stats.bytes_in.fetch_add(n, Ordering::Relaxed);
-            metrics.moved(n, 0);
-        }
-        RelayEnd::Client => {
-            stats.bytes_out.fetch_add(n, Ordering::Relaxed);
-            metrics.moved(0, n);
-        }
-    };
+    let tally = relay_tally(counts.stats, counts.metrics, RelayEnd::Client);
     match relay(&mut *stream, target.stream(), &mut counts.relayed, &tally).await {
         Ok(()) => {
             target.ended();
